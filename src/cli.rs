@@ -1,0 +1,320 @@
+//! Command line. `cordon [OPTIONS] [-- COMMAND...]` is the entrypoint; `firewall`, `plan` and
+//! `check` are subcommands. Invoked as `init-firewall.sh`, cordon behaves as
+//! `cordon firewall --profile anthropic-devcontainer`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The name under which Anthropic's reference devcontainer runs its firewall script.
+pub const INIT_FIREWALL_NAME: &str = "init-firewall.sh";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cordon",
+    version,
+    about = "Fence a container's egress to an allowlist, drop every privilege, and run a coding \
+             agent as a correct PID 1",
+    args_conflicts_with_subcommands = true,
+    after_help = "With no COMMAND, runs `claude --dangerously-skip-permissions`. \
+                  Exit statuses are listed in README.md."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub subcommand: Option<Sub>,
+
+    #[command(flatten)]
+    pub output: OutputOpts,
+
+    #[command(flatten)]
+    pub fence: FenceOpts,
+
+    #[command(flatten)]
+    pub agent: AgentOpts,
+
+    #[command(flatten)]
+    pub sandbox: SandboxOpts,
+
+    /// The agent command and its arguments (a Docker CMD lands here).
+    #[arg(
+        value_name = "COMMAND",
+        trailing_var_arg = true,
+        allow_hyphen_values = true
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Apply and verify the fence, then exit (what `init-firewall.sh` does).
+    Firewall(FirewallArgs),
+    /// Print the resolved allowlist and the exact ipset / iptables-restore input; change nothing.
+    Plan(FirewallArgs),
+    /// Report whether the sandbox holds (fence, capabilities, setuid files, sudo); exit 0 only if
+    /// it does. Runnable by any user; usable as a Docker HEALTHCHECK.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FirewallArgs {
+    #[command(flatten)]
+    pub output: OutputOpts,
+    #[command(flatten)]
+    pub fence: FenceOpts,
+    #[command(flatten)]
+    pub agent: AgentOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub output: OutputOpts,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct OutputOpts {
+    /// Print only warnings and errors.
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more detail (repeat for debug output). CORDON_LOG=debug|info|warn|error also works.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Backend {
+    /// Use the variant the image's `iptables` command points to.
+    #[default]
+    Auto,
+    Nft,
+    Legacy,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct FenceOpts {
+    /// Allow an entry: NAME, NAME:PORTS, *.NAME, ADDRESS[/LEN][:PORTS], [IPV6[/LEN]]:PORTS.
+    /// PORTS is a comma list of PORT, LOW-HIGH, tcp/PORT or udp/PORT. Repeatable; also
+    /// CORDON_ALLOW (entries separated by spaces or commas).
+    #[arg(long = "allow", value_name = "ENTRY")]
+    pub allow: Vec<String>,
+
+    /// Read entries from FILE (one or more per line, # comments). Repeatable.
+    #[arg(long = "allowlist", value_name = "FILE")]
+    pub allowlist: Vec<PathBuf>,
+
+    /// Add a built-in profile: claude, npm, pypi, github, vscode, anthropic-devcontainer.
+    /// Repeatable or comma-separated; also CORDON_PROFILE.
+    #[arg(
+        long = "profile",
+        value_name = "NAME",
+        value_delimiter = ',',
+        env = "CORDON_PROFILE"
+    )]
+    pub profiles: Vec<String>,
+
+    /// Do not include the `claude` profile that is on by default.
+    #[arg(long)]
+    pub no_default_profile: bool,
+
+    /// Accept inbound connections on these ports (e.g. a port published with `docker run -p`).
+    /// Comma list like the port part of an entry; also CORDON_INBOUND.
+    #[arg(long = "inbound", value_name = "PORTS", env = "CORDON_INBOUND")]
+    pub inbound: Vec<String>,
+
+    /// Treat a name that does not resolve as an error instead of a warning.
+    #[arg(long, env = "CORDON_STRICT")]
+    pub strict: bool,
+
+    /// After the self-test, also open a real TCP connection to each allowed name.
+    #[arg(long)]
+    pub verify_connect: bool,
+
+    /// Upper bound on the whole resolution phase, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub resolve_timeout: Duration,
+
+    /// The resolver configuration to read.
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    pub resolv_conf: PathBuf,
+
+    /// Directory holding `allowlist` and `allowlist.d/` (read when present).
+    #[arg(long, value_name = "DIR", default_value = "/etc/cordon")]
+    pub config_dir: PathBuf,
+
+    /// Which iptables variant to drive.
+    #[arg(long, value_enum, default_value_t = Backend::Auto, env = "CORDON_IPTABLES")]
+    pub iptables_backend: Backend,
+
+    /// Apply the fence even though this looks like the host's network namespace.
+    #[arg(long)]
+    pub allow_host_network: bool,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct AgentOpts {
+    /// The user the agent runs as: a name, UID or UID:GID (never root).
+    #[arg(long, value_name = "USER", default_value = "node", env = "CORDON_USER")]
+    pub user: String,
+
+    /// Run the agent as the owner (uid and gid) of PATH, e.g. /workspace, so files it writes in a
+    /// bind-mounted workspace belong to you on the host.
+    #[arg(long, value_name = "PATH")]
+    pub uid_from: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args, Default)]
+pub struct SandboxOpts {
+    /// Skip stripping setuid/setgid bits, file capabilities and sudo (not recommended).
+    #[arg(long)]
+    pub no_harden: bool,
+
+    /// Pass this credential variable to the agent although it matches a scrub pattern.
+    #[arg(long = "keep-env", value_name = "NAME")]
+    pub keep_env: Vec<String>,
+
+    /// Also remove variables matching PATTERN (`*` matches any run of characters).
+    #[arg(long = "scrub-env", value_name = "PATTERN")]
+    pub scrub_env: Vec<String>,
+
+    /// Forward signals to the agent's whole process group instead of the agent alone.
+    #[arg(long)]
+    pub signal_group: bool,
+
+    /// Seconds the remaining processes get between SIGTERM and SIGKILL once the agent exits.
+    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
+    pub grace: Duration,
+
+    /// Replace cordon with the agent instead of supervising it (no PID 1 duties).
+    #[arg(long)]
+    pub exec: bool,
+}
+
+fn parse_seconds(text: &str) -> Result<Duration, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(0.0..=3600.0).contains(&seconds) {
+        return Err(format!("`{text}` is outside 0..3600 seconds"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// What the user asked for, with the `init-firewall.sh` alias already applied.
+#[derive(Debug)]
+pub enum Invocation {
+    Run {
+        output: OutputOpts,
+        fence: FenceOpts,
+        agent: AgentOpts,
+        sandbox: SandboxOpts,
+        command: Vec<OsString>,
+    },
+    Firewall(FirewallArgs),
+    Plan(FirewallArgs),
+    Check(CheckArgs),
+}
+
+pub fn parse(args: Vec<OsString>) -> Invocation {
+    let invoked_as = args
+        .first()
+        .map(PathBuf::from)
+        .and_then(|path| path.file_name().map(|name| name.to_os_string()));
+    if invoked_as.as_deref() == Some(INIT_FIREWALL_NAME.as_ref()) {
+        let mut firewall_args: Vec<OsString> = vec!["cordon".into(), "firewall".into()];
+        firewall_args.push("--profile".into());
+        firewall_args.push("anthropic-devcontainer".into());
+        firewall_args.extend(args.into_iter().skip(1));
+        return from_cli(Cli::parse_from(firewall_args));
+    }
+    from_cli(Cli::parse_from(args))
+}
+
+fn from_cli(cli: Cli) -> Invocation {
+    match cli.subcommand {
+        Some(Sub::Firewall(args)) => Invocation::Firewall(args),
+        Some(Sub::Plan(args)) => Invocation::Plan(args),
+        Some(Sub::Check(args)) => Invocation::Check(args),
+        None => Invocation::Run {
+            output: cli.output,
+            fence: cli.fence,
+            agent: cli.agent,
+            sandbox: cli.sandbox,
+            command: cli.command,
+        },
+    }
+}
+
+impl Invocation {
+    pub fn output(&self) -> &OutputOpts {
+        match self {
+            Invocation::Run { output, .. } => output,
+            Invocation::Firewall(args) | Invocation::Plan(args) => &args.output,
+            Invocation::Check(args) => &args.output,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Invocation {
+        parse(args.iter().map(OsString::from).collect())
+    }
+
+    #[test]
+    fn docker_cmd_is_the_command_with_its_own_flags() {
+        let Invocation::Run { command, .. } = parse_strs(&[
+            "cordon",
+            "claude",
+            "--dangerously-skip-permissions",
+            "-p",
+            "hi",
+        ]) else {
+            panic!("expected the entrypoint form");
+        };
+        assert_eq!(
+            command,
+            ["claude", "--dangerously-skip-permissions", "-p", "hi"]
+        );
+    }
+
+    #[test]
+    fn options_before_double_dash_belong_to_cordon() {
+        let Invocation::Run { fence, command, .. } = parse_strs(&[
+            "cordon",
+            "--allow",
+            "example.test",
+            "--",
+            "sh",
+            "-c",
+            "true",
+        ]) else {
+            panic!("expected the entrypoint form");
+        };
+        assert_eq!(fence.allow, ["example.test"]);
+        assert_eq!(command, ["sh", "-c", "true"]);
+    }
+
+    #[test]
+    fn init_firewall_name_means_firewall_with_the_reference_profile() {
+        let Invocation::Firewall(args) = parse_strs(&["/usr/local/bin/init-firewall.sh"]) else {
+            panic!("expected the firewall subcommand");
+        };
+        assert_eq!(args.fence.profiles, ["anthropic-devcontainer"]);
+    }
+
+    #[test]
+    fn subcommands_parse() {
+        assert!(matches!(
+            parse_strs(&["cordon", "plan", "--allow", "a.test"]),
+            Invocation::Plan(_)
+        ));
+        assert!(matches!(
+            parse_strs(&["cordon", "check"]),
+            Invocation::Check(_)
+        ));
+    }
+}

@@ -1,0 +1,236 @@
+//! One error type for the whole pipeline. Every variant renders as a single line that says what
+//! failed and, where there is one, how to fix it; `exit_code` maps it to the documented status.
+
+use std::fmt;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Exit statuses of cordon itself (the agent's own status is passed through unchanged).
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// `cordon check`: the sandbox does not hold.
+    pub const CHECK_FAILED: i32 = 1;
+    pub const USAGE: i32 = 64;
+    /// A malformed allowlist entry, resolv.conf, passwd/group line or profile name.
+    pub const BAD_INPUT: i32 = 65;
+    /// A configuration file the agent's user could change.
+    pub const UNSAFE_CONFIG: i32 = 66;
+    /// Unknown user, or a user that resolves to root.
+    pub const BAD_USER: i32 = 67;
+    /// An internal or operating-system failure before the agent started.
+    pub const INTERNAL: i32 = 70;
+    /// A required binary or kernel feature is missing.
+    pub const UNAVAILABLE: i32 = 69;
+    /// Name resolution failed (`--strict`, or no resolver answered).
+    pub const RESOLVE: i32 = 75;
+    /// Loading the ruleset failed; the fence was left denying everything but loopback.
+    pub const APPLY: i32 = 76;
+    /// Not root, no CAP_NET_ADMIN, or the host's network namespace.
+    pub const PERMISSION: i32 = 77;
+    /// The self-test found a wrong verdict; the fence was left denying everything but loopback.
+    pub const VERIFY: i32 = 78;
+    /// The command was found but could not be executed.
+    pub const CANNOT_EXECUTE: i32 = 126;
+    /// The command was not found.
+    pub const NOT_FOUND: i32 = 127;
+}
+
+/// Where a piece of input came from, for `file:line:` prefixes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub source: String,
+    pub line: Option<usize>,
+}
+
+impl Location {
+    pub fn new(source: impl Into<String>, line: Option<usize>) -> Self {
+        Location {
+            source: source.into(),
+            line,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{}", self.source, line),
+            None => write!(f, "{}", self.source),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    Usage(String),
+    /// Malformed input at a known place: an allowlist entry, a resolv.conf or passwd line.
+    BadInput {
+        at: Location,
+        reason: String,
+    },
+    UnsafeConfig {
+        path: PathBuf,
+        why: String,
+    },
+    BadUser(String),
+    NotRoot {
+        action: &'static str,
+    },
+    NoNetAdmin {
+        detail: String,
+    },
+    HostNetwork {
+        devices: Vec<String>,
+    },
+    MissingTool {
+        tool: String,
+        package: &'static str,
+    },
+    KernelSupport {
+        what: String,
+        detail: String,
+    },
+    Resolve(String),
+    /// The ruleset could not be loaded. `locked_down` says whether the deny-all fallback held.
+    Apply {
+        step: String,
+        detail: String,
+        locked_down: bool,
+    },
+    Verify {
+        failures: Vec<String>,
+        locked_down: bool,
+    },
+    Io {
+        context: String,
+        source: std::io::Error,
+    },
+    Sys {
+        context: String,
+        errno: nix::Error,
+    },
+    Exec {
+        command: String,
+        errno: nix::Error,
+    },
+}
+
+impl Error {
+    pub fn bad_input(at: Location, reason: impl Into<String>) -> Self {
+        Error::BadInput {
+            at,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub fn sys(context: impl Into<String>, errno: nix::Error) -> Self {
+        Error::Sys {
+            context: context.into(),
+            errno,
+        }
+    }
+
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) => exit::USAGE,
+            Error::BadInput { .. } => exit::BAD_INPUT,
+            Error::UnsafeConfig { .. } => exit::UNSAFE_CONFIG,
+            Error::BadUser(_) => exit::BAD_USER,
+            Error::NotRoot { .. } | Error::NoNetAdmin { .. } | Error::HostNetwork { .. } => {
+                exit::PERMISSION
+            }
+            Error::MissingTool { .. } | Error::KernelSupport { .. } => exit::UNAVAILABLE,
+            Error::Resolve(_) => exit::RESOLVE,
+            Error::Apply { .. } => exit::APPLY,
+            Error::Verify { .. } => exit::VERIFY,
+            Error::Io { .. } | Error::Sys { .. } => exit::INTERNAL,
+            Error::Exec { errno, .. } => match errno {
+                nix::Error::ENOENT => exit::NOT_FOUND,
+                _ => exit::CANNOT_EXECUTE,
+            },
+        }
+    }
+}
+
+fn lockdown_note(locked_down: bool) -> &'static str {
+    if locked_down {
+        "; egress is now denied except loopback"
+    } else {
+        "; the deny-all fallback could not be loaded either: treat this network namespace as unfenced"
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(msg) => write!(f, "{msg}"),
+            Error::BadInput { at, reason } => write!(f, "{at}: {reason}"),
+            Error::UnsafeConfig { path, why } => write!(
+                f,
+                "refusing {}: {why}; the agent could widen its own fence. Make it root-owned and \
+                 not writable by others, or mount it read-only (docker run -v HOST_FILE:{}:ro)",
+                path.display(),
+                path.display()
+            ),
+            Error::BadUser(msg) => write!(f, "{msg}"),
+            Error::NotRoot { action } => write!(
+                f,
+                "{action} needs root: run cordon as the container's ENTRYPOINT without USER, or \
+                 with sudo"
+            ),
+            Error::NoNetAdmin { detail } => write!(
+                f,
+                "cannot change the firewall ({detail}): run the container with \
+                 --cap-add NET_ADMIN --cap-add NET_RAW"
+            ),
+            Error::HostNetwork { devices } => write!(
+                f,
+                "this looks like the host's network namespace (found {}); cordon would firewall \
+                 the host. Run the container without --network host, or pass \
+                 --allow-host-network if this is really what you want",
+                devices.join(", ")
+            ),
+            Error::MissingTool { tool, package } => write!(
+                f,
+                "{tool} not found: install the {package} package in the image \
+                 (apt-get install {package})"
+            ),
+            Error::KernelSupport { what, detail } => write!(
+                f,
+                "the kernel lacks {what} ({detail}): load the module on the host \
+                 (modprobe ip_set ip_set_hash_netport xt_set) or use a newer kernel"
+            ),
+            Error::Resolve(msg) => write!(f, "{msg}"),
+            Error::Apply {
+                step,
+                detail,
+                locked_down,
+            } => write!(f, "{step} failed: {detail}{}", lockdown_note(*locked_down)),
+            Error::Verify {
+                failures,
+                locked_down,
+            } => write!(
+                f,
+                "fence self-test failed: {}{}",
+                failures.join("; "),
+                lockdown_note(*locked_down)
+            ),
+            Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Sys { context, errno } => write!(f, "{context}: {}", errno.desc()),
+            Error::Exec { command, errno } => match errno {
+                nix::Error::ENOENT => write!(f, "{command}: command not found"),
+                _ => write!(f, "cannot execute {command}: {}", errno.desc()),
+            },
+        }
+    }
+}
+
+impl std::error::Error for Error {}

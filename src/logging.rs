@@ -1,0 +1,28 @@
+//! Logging to stderr as `cordon: ...` lines. CORDON_LOG (error|warn|info|debug|trace) overrides
+//! the level chosen by -q / -v.
+
+use std::io::Write;
+
+use crate::cli::OutputOpts;
+
+pub fn init(output: &OutputOpts) {
+    let level = match (output.quiet, output.verbose) {
+        (true, _) => log::LevelFilter::Warn,
+        (false, 0) => log::LevelFilter::Info,
+        (false, 1) => log::LevelFilter::Debug,
+        (false, _) => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        .parse_env(env_logger::Env::new().filter("CORDON_LOG"))
+        .format(|out, record| match record.level() {
+            log::Level::Info => writeln!(out, "cordon: {}", record.args()),
+            level => writeln!(
+                out,
+                "cordon: {}: {}",
+                level.as_str().to_ascii_lowercase(),
+                record.args()
+            ),
+        })
+        .init();
+}

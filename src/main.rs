@@ -1,0 +1,62 @@
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::ExitCode;
+
+use cordon::cli::{self, AgentOpts, FenceOpts, Invocation, SandboxOpts};
+use cordon::error::Result;
+use cordon::{check, env, fence, harden, launch, logging, supervise, user};
+
+fn main() -> ExitCode {
+    let invocation = cli::parse(std::env::args_os().collect());
+    logging::init(invocation.output());
+    let status = match run(invocation) {
+        Ok(status) => status,
+        Err(error) => {
+            log::error!("{error}");
+            error.exit_code()
+        }
+    };
+    ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX))
+}
+
+fn run(invocation: Invocation) -> Result<i32> {
+    match invocation {
+        Invocation::Plan(args) => fence::plan(&args.fence, &args.agent),
+        Invocation::Firewall(args) => fence::firewall(&args.fence, &args.agent),
+        Invocation::Check(args) => check::run(&args),
+        Invocation::Run {
+            fence,
+            agent,
+            sandbox,
+            command,
+            ..
+        } => entrypoint(&fence, &agent, &sandbox, command),
+    }
+}
+
+/// The whole pipeline: fence → harden → launch → supervise. Nothing of the agent runs unless
+/// every earlier stage succeeded.
+fn entrypoint(
+    fence_opts: &FenceOpts,
+    agent: &AgentOpts,
+    sandbox: &SandboxOpts,
+    command: Vec<OsString>,
+) -> Result<i32> {
+    // Blocked first, so a `docker stop` during start-up is seen by the supervisor, not lost.
+    let signals = supervise::Signals::block_all()?;
+    let account = user::resolve(&agent.user, agent.uid_from.as_deref())?;
+    fence::establish(fence_opts, account.uid)?;
+    if sandbox.no_harden {
+        log::warn!("--no-harden: setuid/setgid bits, file capabilities and sudo are left in place");
+    } else {
+        harden::harden(Path::new("/"))?.log();
+    }
+    let environment = env::agent_environment(std::env::vars_os(), &account, sandbox);
+    environment.log();
+    let launch = launch::Launch::new(command, environment.vars, account)?;
+    if sandbox.exec {
+        return launch.exec(&signals);
+    }
+    let child = launch.spawn(&signals)?;
+    Ok(supervise::run(child, &signals, sandbox))
+}
