@@ -1,1 +1,257 @@
-//! apply
+//! Apply: load the planned ruleset with one `ipset restore`, one `iptables-restore --noflush` and
+//! one `ip6tables-restore --noflush`. Each call is atomic for what it loads; if any fails, egress
+//! is locked down to loopback before the error is returned.
+//!
+//! The `iptables` crate is not used: it runs one process per rule and cannot batch, while the
+//! restore tools load a whole table in one transaction.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::cli::Backend;
+use crate::error::{Error, Result};
+use crate::plan::{self, Family, Ruleset};
+
+const SEARCH_PATH: &[&str] = &[
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/sbin",
+    "/usr/local/bin",
+    "/usr/bin",
+    "/bin",
+];
+
+/// The firewall tools of the image, for one iptables variant.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub variant: &'static str,
+    pub ipset: PathBuf,
+    pub iptables_restore: PathBuf,
+    pub ip6tables_restore: PathBuf,
+}
+
+impl Tools {
+    pub fn locate(backend: Backend) -> Result<Tools> {
+        let variant = match backend {
+            Backend::Nft => "nft",
+            Backend::Legacy => "legacy",
+            Backend::Auto => detect_variant()?,
+        };
+        let restore = |stem: &str| -> Result<PathBuf> {
+            let name = format!("{stem}-{variant}-restore");
+            find_tool(&name).ok_or(Error::MissingTool {
+                tool: name,
+                package: "iptables",
+            })
+        };
+        Ok(Tools {
+            variant,
+            ipset: find_tool("ipset").ok_or(Error::MissingTool {
+                tool: "ipset".into(),
+                package: "ipset",
+            })?,
+            iptables_restore: restore("iptables")?,
+            ip6tables_restore: restore("ip6tables")?,
+        })
+    }
+
+    fn restore_tool(&self, family: Family) -> &Path {
+        match family {
+            Family::V4 => &self.iptables_restore,
+            Family::V6 => &self.ip6tables_restore,
+        }
+    }
+}
+
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let from_env = std::env::var("PATH").unwrap_or_default();
+    from_env
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .chain(SEARCH_PATH.iter().copied())
+        .map(|dir| Path::new(dir).join(name))
+        .find(|path| path.is_file())
+}
+
+/// Which variant the image's `iptables` command is: read from where its symlinks lead
+/// (…/xtables-nft-multi), else from `iptables --version`. Neither creates tables.
+fn detect_variant() -> Result<&'static str> {
+    let iptables = find_tool("iptables").ok_or(Error::MissingTool {
+        tool: "iptables".into(),
+        package: "iptables",
+    })?;
+    let target = std::fs::canonicalize(&iptables).unwrap_or(iptables.clone());
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    if name.contains("nft") {
+        return Ok("nft");
+    }
+    if name.contains("legacy") {
+        return Ok("legacy");
+    }
+    let version = Command::new(&iptables)
+        .arg("--version")
+        .output()
+        .map_err(|e| Error::io(format!("running {} --version", iptables.display()), e))?;
+    let text = String::from_utf8_lossy(&version.stdout);
+    Ok(if text.contains("legacy") {
+        "legacy"
+    } else {
+        "nft"
+    })
+}
+
+/// Fails before anything changes when cordon cannot manage the firewall at all.
+pub fn preflight() -> Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot {
+            action: "applying the firewall",
+        });
+    }
+    let has_net_admin = caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_NET_ADMIN,
+    )
+    .unwrap_or(false);
+    if !has_net_admin {
+        return Err(Error::NoNetAdmin {
+            detail: "CAP_NET_ADMIN is not in the effective capability set".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Loads the ruleset. `ipv6` says whether the kernel has IPv6 (then its table must be loaded too).
+/// The sets go first (the rules refer to them); the two families' tables load in parallel.
+pub fn apply(tools: &Tools, ruleset: &Ruleset, ipv6: bool) -> Result<()> {
+    let fail = |step: String, detail: String| Error::Apply {
+        step,
+        detail: explain(&detail),
+        locked_down: lockdown(tools, ipv6),
+    };
+    run_restore(
+        &tools.ipset,
+        &["-exist", "restore"],
+        &ruleset.ipset_restore(),
+    )
+    .map_err(|detail| fail("ipset restore".into(), detail))?;
+    let loads: Vec<(Family, Result<Running, String>)> = families(ipv6)
+        .iter()
+        .map(|family| {
+            let input = ruleset.iptables_restore(*family);
+            (
+                *family,
+                Running::start(tools.restore_tool(*family), &["--noflush"], &input),
+            )
+        })
+        .collect();
+    let mut first_failure = None;
+    for (family, load) in loads {
+        if let Err(detail) = load.and_then(Running::finish) {
+            let step = format!("{} --noflush", tools.restore_tool(family).display());
+            first_failure.get_or_insert((step, detail));
+        }
+    }
+    match first_failure {
+        None => Ok(()),
+        Some((step, detail)) => Err(fail(step, detail)),
+    }
+}
+
+fn families(ipv6: bool) -> &'static [Family] {
+    if ipv6 {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    }
+}
+
+/// Leaves egress denied except loopback (and root's DNS). Returns whether that held for every
+/// family.
+pub fn lockdown(tools: &Tools, ipv6: bool) -> bool {
+    families(ipv6).iter().all(|family| {
+        let tool = tools.restore_tool(*family);
+        match run_restore(tool, &["--noflush"], &plan::lockdown_restore(*family)) {
+            Ok(()) => true,
+            Err(detail) => {
+                log::error!("lockdown with {} failed: {detail}", tool.display());
+                false
+            }
+        }
+    })
+}
+
+fn run_restore(tool: &Path, args: &[&str], input: &str) -> Result<(), String> {
+    Running::start(tool, args, input)?.finish()
+}
+
+/// A restore tool that has been given its whole input and is working on it.
+struct Running {
+    tool: PathBuf,
+    child: std::process::Child,
+    written: std::io::Result<()>,
+}
+
+impl Running {
+    fn start(tool: &Path, args: &[&str], input: &str) -> Result<Running, String> {
+        let mut child = Command::new(tool)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+        // Dropping stdin after writing closes it: the tool sees the end of its input.
+        let written = child
+            .stdin
+            .take()
+            .expect("stdin is piped")
+            .write_all(input.as_bytes());
+        Ok(Running {
+            tool: tool.to_path_buf(),
+            child,
+            written,
+        })
+    }
+
+    fn finish(self) -> Result<(), String> {
+        let tool = self.tool.display();
+        let output = self
+            .child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for {tool}: {e}"))?;
+        if output.status.success() {
+            return self.written.map_err(|e| format!("writing to {tool}: {e}"));
+        }
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let first_lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .take(3)
+            .collect();
+        Err(match first_lines.is_empty() {
+            true => format!("exited with {}", output.status),
+            false => first_lines.join(" / "),
+        })
+    }
+}
+
+/// Adds the likely fix to what the tools print for missing privileges or kernel support.
+fn explain(detail: &str) -> String {
+    let lower = detail.to_ascii_lowercase();
+    let hint = if lower.contains("permission denied") || lower.contains("operation not permitted") {
+        " (run the container with --cap-add NET_ADMIN --cap-add NET_RAW)"
+    } else if lower.contains("kernel error")
+        || lower.contains("cannot open session")
+        || lower.contains("couldn't load")
+        || lower.contains("not supported")
+        || lower.contains("missing kernel module")
+    {
+        " (the kernel lacks ipset/xt_set or conntrack support: on the host, modprobe ip_set \
+         ip_set_hash_netport ip_set_hash_net xt_set nf_conntrack, or try --iptables-backend legacy)"
+    } else {
+        ""
+    };
+    format!("{detail}{hint}")
+}

@@ -1,19 +1,305 @@
-//! The fence pipeline: policy → resolve → plan → apply → verify.
+//! The fence: policy → resolve → plan → apply → verify, and the `plan` / `firewall` commands.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::apply::{self, Tools};
 use crate::cli::{AgentOpts, FenceOpts};
-use crate::error::Result;
+use crate::error::{exit, Error, Result};
+use crate::netinfo::{self, NetInfo};
+use crate::plan::{self, Family, Ruleset};
+use crate::policy::{self, Policy, Ports, Target};
+use crate::resolv_conf::{self, ResolvConf};
+use crate::resolve::{self, Outcome, Resolution};
+use crate::user;
+use crate::verify;
 
-pub fn plan(fence: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
-    let _ = (fence, agent);
-    todo!()
+/// The uid probes use when no agent account is known (`cordon firewall` without a `node` user).
+const NOBODY: u32 = 65534;
+
+/// Everything up to (not including) touching the kernel.
+struct Prepared {
+    policy: Policy,
+    conf: ResolvConf,
+    resolution: Resolution,
+    ruleset: Ruleset,
 }
 
-pub fn firewall(fence: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
-    let _ = (fence, agent);
-    todo!()
+fn prepare(opts: &FenceOpts, timings: &mut Timings) -> Result<Prepared> {
+    let cordon_allow = std::env::var("CORDON_ALLOW").ok();
+    let policy = policy::load(opts, cordon_allow.as_deref())?;
+    let conf = resolv_conf::read(&opts.resolv_conf)?;
+    timings.mark("policy");
+
+    let resolution = resolve::resolve(&policy.names(), &conf, opts.resolve_timeout)?;
+    timings.mark("resolve");
+    report_resolution(&resolution);
+    let unresolved: Vec<&str> = resolution.unresolved().map(|n| n.name.as_str()).collect();
+    if policy.strict && !unresolved.is_empty() {
+        return Err(Error::Resolve(format!(
+            "--strict: {} did not resolve (the fence was not changed)",
+            unresolved.join(", ")
+        )));
+    }
+
+    let ruleset = plan::plan(&policy, &resolution, &conf)?;
+    timings.mark("plan");
+    Ok(Prepared {
+        policy,
+        conf,
+        resolution,
+        ruleset,
+    })
 }
 
-pub fn establish(fence: &FenceOpts, agent_uid: u32) -> Result<()> {
-    let _ = (fence, agent_uid);
-    todo!()
+/// `cordon plan`: print what would be loaded; change nothing.
+pub fn plan(opts: &FenceOpts, _agent: &AgentOpts) -> Result<i32> {
+    let mut timings = Timings::start();
+    let prepared = prepare(opts, &mut timings)?;
+    print!("{}", render_plan(&prepared));
+    Ok(exit::OK)
+}
+
+/// `cordon firewall` and `init-firewall.sh`: apply, verify, exit.
+pub fn firewall(opts: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
+    let probe_uid = match user::resolve(&agent.user, agent.uid_from.as_deref()) {
+        Ok(account) => account.uid,
+        Err(error) => {
+            log::debug!("probing as uid {NOBODY}: {error}");
+            NOBODY
+        }
+    };
+    establish(opts, probe_uid)?;
+    Ok(exit::OK)
+}
+
+/// Builds the fence and proves it. Any failure after the first change leaves egress denied
+/// except loopback.
+pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
+    let mut timings = Timings::start();
+    apply::preflight()?;
+    if !opts.allow_host_network {
+        let devices = netinfo::host_namespace_devices(Path::new("/sys/class/net"));
+        if !devices.is_empty() {
+            return Err(Error::HostNetwork { devices });
+        }
+    }
+    let tools = Tools::locate(opts.iptables_backend)?;
+    let prepared = prepare(opts, &mut timings)?;
+    let net = NetInfo::read();
+
+    apply::apply(&tools, &prepared.ruleset, net.ipv6_kernel)?;
+    timings.mark("apply");
+    log::info!(
+        "fence loaded ({} iptables): {}",
+        tools.variant,
+        describe_sets(&prepared.ruleset)
+    );
+
+    let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, &net), agent_uid);
+    let mut failures: Vec<String> = results
+        .iter()
+        .filter(|r| !r.passed())
+        .map(|r| r.describe())
+        .collect();
+    if failures.is_empty() && opts.verify_connect {
+        failures.extend(connect_to_allowed_names(&prepared, agent_uid));
+    }
+    timings.mark("verify");
+    if !failures.is_empty() {
+        return Err(Error::Verify {
+            failures,
+            locked_down: apply::lockdown(&tools, net.ipv6_kernel),
+        });
+    }
+    let blocked = results
+        .iter()
+        .filter(|r| r.probe.expect == plan::Verdict::Reject)
+        .count();
+    log::info!(
+        "self-test passed: {} probes ({} allowed, {} blocked) in {:.1} ms",
+        results.len(),
+        results.len() - blocked,
+        blocked,
+        results
+            .iter()
+            .map(|r| r.elapsed)
+            .max()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3
+    );
+    for result in &results {
+        log::debug!("probe {}", result.describe());
+    }
+    log::info!("fence ready in {}", timings.summary());
+    Ok(())
+}
+
+fn report_resolution(resolution: &Resolution) {
+    for name in &resolution.names {
+        let addrs: Vec<String> = name.addrs.iter().map(|a| a.to_string()).collect();
+        match &name.outcome {
+            Outcome::Resolved => log::debug!("{} → {}", name.name, addrs.join(" ")),
+            Outcome::NoAddress => {
+                log::warn!("{} has no A or AAAA records: not reachable", name.name)
+            }
+            Outcome::NxDomain => {
+                log::warn!("{} does not exist (NXDOMAIN): not reachable", name.name)
+            }
+            Outcome::Failed(reason) => {
+                log::warn!("{} did not resolve ({reason}): not reachable", name.name)
+            }
+        }
+        if !name.refused.is_empty() {
+            let refused: Vec<String> = name.refused.iter().map(|a| a.to_string()).collect();
+            log::warn!(
+                "{} resolved to {}: loopback, link-local and multicast answers are ignored \
+                 (allow the address itself if it is meant)",
+                name.name,
+                refused.join(" ")
+            );
+        }
+    }
+    let resolved = resolution
+        .names
+        .iter()
+        .filter(|n| n.outcome == Outcome::Resolved)
+        .count();
+    if !resolution.names.is_empty() {
+        log::info!(
+            "resolved {resolved}/{} names in {:.1} ms",
+            resolution.names.len(),
+            resolution.elapsed.as_secs_f64() * 1e3
+        );
+    }
+}
+
+fn describe_sets(ruleset: &Ruleset) -> String {
+    [Family::V4, Family::V6]
+        .iter()
+        .map(|family| {
+            let rules = ruleset.family(*family);
+            format!(
+                "{} {} (address, port) + {} any-port",
+                family.name(),
+                rules.port_elements(),
+                rules.hosts.len()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `--verify-connect`: one real TCP connection per allowed name, to its first address and port.
+fn connect_to_allowed_names(prepared: &Prepared, agent_uid: u32) -> Vec<String> {
+    let _ = agent_uid;
+    let mut failures = Vec::new();
+    for entry in &prepared.policy.entries {
+        let (Target::Name(name), Ports::Listed(ranges)) = (&entry.target, &entry.ports) else {
+            continue;
+        };
+        let Some(range) = ranges.iter().find(|r| r.proto == policy::Proto::Tcp) else {
+            continue;
+        };
+        let Some(addr) = prepared.resolution.addrs_of(name).first() else {
+            continue;
+        };
+        let target = std::net::SocketAddr::new(*addr, range.first);
+        match std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)) {
+            Ok(_) => log::info!("--verify-connect: {name} ({target}) connected"),
+            Err(e) => failures.push(format!("--verify-connect: {name} ({target}): {e}")),
+        }
+    }
+    failures
+}
+
+fn render_plan(prepared: &Prepared) -> String {
+    let mut out = String::new();
+    out.push_str("# Allowlist\n");
+    for entry in &prepared.policy.entries {
+        let addrs = match &entry.target {
+            Target::Name(name) => {
+                match prepared.resolution.names.iter().find(|n| &n.name == name) {
+                    Some(n) if n.outcome == Outcome::Resolved => n
+                        .addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    Some(n) => format!("(unresolved: {:?})", n.outcome),
+                    None => "(unresolved)".into(),
+                }
+            }
+            _ => String::new(),
+        };
+        out.push_str(&format!(
+            "# {} [{}] {}  ({})\n",
+            entry.target, entry.ports, addrs, entry.origin
+        ));
+    }
+    if !prepared.policy.inbound.is_empty() {
+        let inbound: Vec<String> = prepared
+            .policy
+            .inbound
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        out.push_str(&format!("# Inbound ports: {}\n", inbound.join(",")));
+    }
+    out.push_str(&format!(
+        "# Resolvers ({}): {}\n\n",
+        prepared.conf.source,
+        prepared
+            .conf
+            .nameservers
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    ));
+    out.push_str("# ipset -exist restore\n");
+    out.push_str(&prepared.ruleset.ipset_restore());
+    out.push('\n');
+    out.push_str(&prepared.ruleset.iptables_restore(Family::V4));
+    out.push('\n');
+    out.push_str(&prepared.ruleset.iptables_restore(Family::V6));
+    out
+}
+
+/// Wall-clock time per phase, for the startup report.
+struct Timings {
+    last: Instant,
+    started: Instant,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    fn start() -> Self {
+        let now = Instant::now();
+        Timings {
+            last: now,
+            started: now,
+            phases: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.phases.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        let phases: Vec<String> = self
+            .phases
+            .iter()
+            .map(|(name, took)| format!("{name} {:.1}", took.as_secs_f64() * 1e3))
+            .collect();
+        format!(
+            "{:.1} ms ({} ms)",
+            self.started.elapsed().as_secs_f64() * 1e3,
+            phases.join(", ")
+        )
+    }
 }

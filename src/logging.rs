@@ -17,6 +17,7 @@ pub fn init(output: &OutputOpts) {
         .parse_env(env_logger::Env::new().filter("CORDON_LOG"))
         .format(|out, record| match record.level() {
             log::Level::Info => writeln!(out, "cordon: {}", record.args()),
+            log::Level::Warn => writeln!(out, "cordon: warning: {}", record.args()),
             level => writeln!(
                 out,
                 "cordon: {}: {}",

@@ -1,1 +1,699 @@
-//! plan
+//! Plan (pure): policy + resolved addresses + resolvers → the ruleset for IPv4 and IPv6, rendered
+//! as `ipset restore` and `iptables-restore` input. No syscalls here: everything is unit- and
+//! snapshot-tested.
+//!
+//! Layout, per family, in the filter table only (Docker's DNS redirect lives in nat, never
+//! touched):
+//!
+//! ```text
+//! OUTPUT (policy DROP) → CORDON_OUTPUT: loopback; established/related; DNS to the resolvers;
+//!     [DNS from uid 0 to the embedded forwarder's upstreams]; set cordonN-ports (addr, proto,
+//!     port); set cordonN-hosts (addr, any port); everything else → CORDON_REJECT
+//! INPUT  (policy DROP) → CORDON_INPUT: loopback; established/related; [--inbound ports]; reject
+//! CORDON_ALLOW: the verifier's marked probes are answered locally here, all else accepted
+//! CORDON_REJECT: REJECT (icmp admin-prohibited), so a blocked connect fails at once
+//! ```
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::error::{Error, Result};
+use crate::policy::{Policy, PortRange, Ports, Proto, Target};
+use crate::resolv_conf::{ForwarderUpstreams, ResolvConf};
+use crate::resolve::Resolution;
+
+pub const CHAIN_INPUT: &str = "CORDON_INPUT";
+pub const CHAIN_OUTPUT: &str = "CORDON_OUTPUT";
+pub const CHAIN_ALLOW: &str = "CORDON_ALLOW";
+pub const CHAIN_REJECT: &str = "CORDON_REJECT";
+
+/// SO_MARK carried by the verifier's probes ("cord"). Setting a mark needs CAP_NET_ADMIN, so the
+/// agent cannot produce it; a marked packet that reaches CORDON_ALLOW is answered locally and
+/// never leaves the namespace.
+pub const PROBE_MARK: u32 = 0x636f_7264;
+
+/// Upper bound on set elements (ipset's maxelem); fixed so that re-creating a set is idempotent.
+pub const MAX_SET_ELEMENTS: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    fn digit(self) -> char {
+        match self {
+            Family::V4 => '4',
+            Family::V6 => '6',
+        }
+    }
+
+    pub fn ports_set(self) -> String {
+        format!("cordon{}-ports", self.digit())
+    }
+
+    pub fn hosts_set(self) -> String {
+        format!("cordon{}-hosts", self.digit())
+    }
+
+    fn ipset_family(self) -> &'static str {
+        match self {
+            Family::V4 => "inet",
+            Family::V6 => "inet6",
+        }
+    }
+
+    fn reject_admin(self) -> &'static str {
+        match self {
+            Family::V4 => "icmp-admin-prohibited",
+            Family::V6 => "icmp6-adm-prohibited",
+        }
+    }
+
+    fn reject_port(self) -> &'static str {
+        match self {
+            Family::V4 => "icmp-port-unreachable",
+            Family::V6 => "icmp6-port-unreachable",
+        }
+    }
+}
+
+/// Where uid 0 may send DNS besides the resolvers (Docker's embedded forwarder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forwarder {
+    None,
+    To(Vec<IpAddr>),
+    Anywhere,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FamilyRules {
+    pub family: Family,
+    pub resolvers: Vec<IpAddr>,
+    pub forwarder: Forwarder,
+    /// Elements of the `hash:net,port` set.
+    pub ports: BTreeSet<(IpNet, PortRange)>,
+    /// Elements of the `hash:net` set (every port and protocol).
+    pub hosts: BTreeSet<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    pub v4: FamilyRules,
+    pub v6: FamilyRules,
+    pub inbound: Vec<PortRange>,
+}
+
+/// What the ruleset does with one connection attempt; mirrors the rendered rule order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Reject,
+}
+
+pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Result<Ruleset> {
+    let mut ruleset = Ruleset {
+        v4: FamilyRules::new(Family::V4, conf),
+        v6: FamilyRules::new(Family::V6, conf),
+        inbound: policy.inbound.clone(),
+    };
+    for entry in &policy.entries {
+        let nets: Vec<IpNet> = match &entry.target {
+            Target::Net(net) => vec![*net],
+            Target::Name(name) => resolution
+                .addrs_of(name)
+                .iter()
+                .map(|addr| IpNet::from(*addr))
+                .collect(),
+            Target::Wildcard(_) => Vec::new(),
+        };
+        for net in nets {
+            let rules = ruleset.family_mut(Family::of(&net.addr()));
+            match &entry.ports {
+                Ports::Any => {
+                    rules.hosts.insert(net);
+                }
+                Ports::Listed(ranges) => {
+                    for range in ranges {
+                        rules.ports.insert((net, *range));
+                    }
+                }
+            }
+        }
+    }
+    for rules in [&ruleset.v4, &ruleset.v6] {
+        let elements = rules.port_elements() + rules.hosts.len();
+        if elements > MAX_SET_ELEMENTS {
+            return Err(Error::Usage(format!(
+                "the {} allowlist expands to {elements} set elements (at most {MAX_SET_ELEMENTS}); \
+                 use networks or fewer port ranges",
+                rules.family.name()
+            )));
+        }
+    }
+    Ok(ruleset)
+}
+
+impl FamilyRules {
+    fn new(family: Family, conf: &ResolvConf) -> Self {
+        let in_family = |addrs: &[IpAddr]| -> Vec<IpAddr> {
+            addrs
+                .iter()
+                .filter(|a| Family::of(a) == family)
+                .copied()
+                .collect()
+        };
+        let forwarder = match conf.forwarder_upstreams() {
+            ForwarderUpstreams::None => Forwarder::None,
+            ForwarderUpstreams::Unknown => Forwarder::Anywhere,
+            ForwarderUpstreams::Listed(addrs) => match in_family(&addrs) {
+                listed if listed.is_empty() => Forwarder::None,
+                listed => Forwarder::To(listed),
+            },
+        };
+        FamilyRules {
+            family,
+            resolvers: in_family(&conf.nameservers),
+            forwarder,
+            ports: BTreeSet::new(),
+            hosts: BTreeSet::new(),
+        }
+    }
+
+    /// Number of kernel set elements of the ports set (a port range is one element per port).
+    pub fn port_elements(&self) -> usize {
+        self.ports
+            .iter()
+            .map(|(net, range)| set_nets(*net).len() * (usize::from(range.last - range.first) + 1))
+            .sum()
+    }
+
+    /// The verdict for a new connection from a process of the given uid class.
+    pub fn verdict(&self, as_root: bool, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
+        let dns = port == 53;
+        let allowed = dst.is_loopback()
+            || (dns && self.resolvers.contains(&dst))
+            || (dns
+                && as_root
+                && match &self.forwarder {
+                    Forwarder::None => false,
+                    Forwarder::To(upstreams) => upstreams.contains(&dst),
+                    Forwarder::Anywhere => true,
+                })
+            || self
+                .ports
+                .iter()
+                .any(|(net, range)| net.contains(&dst) && range.contains(proto, port))
+            || self.hosts.iter().any(|net| net.contains(&dst));
+        if allowed {
+            Verdict::Allow
+        } else {
+            Verdict::Reject
+        }
+    }
+}
+
+impl Ruleset {
+    pub fn family(&self, family: Family) -> &FamilyRules {
+        match family {
+            Family::V4 => &self.v4,
+            Family::V6 => &self.v6,
+        }
+    }
+
+    fn family_mut(&mut self, family: Family) -> &mut FamilyRules {
+        match family {
+            Family::V4 => &mut self.v4,
+            Family::V6 => &mut self.v6,
+        }
+    }
+
+    pub fn verdict(&self, as_root: bool, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
+        self.family(Family::of(&dst))
+            .verdict(as_root, dst, proto, port)
+    }
+
+    /// `ipset restore` input (run with `-exist`): each set is filled under a temporary name and
+    /// swapped in, so a live set changes in one step.
+    pub fn ipset_restore(&self) -> String {
+        let mut out = String::new();
+        for rules in [&self.v4, &self.v6] {
+            let family = rules.family;
+            let ports: Vec<String> = rules
+                .ports
+                .iter()
+                .flat_map(|(net, range)| {
+                    set_nets(*net).into_iter().map(move |net| {
+                        format!(
+                            "{},{}:{}",
+                            set_net(net),
+                            range.proto.as_str(),
+                            port_text(range)
+                        )
+                    })
+                })
+                .collect();
+            let hosts: Vec<String> = rules
+                .hosts
+                .iter()
+                .flat_map(|net| set_nets(*net).into_iter().map(set_net))
+                .collect();
+            write_set(
+                &mut out,
+                &family.ports_set(),
+                "hash:net,port",
+                family,
+                &ports,
+            );
+            write_set(&mut out, &family.hosts_set(), "hash:net", family, &hosts);
+        }
+        out
+    }
+
+    /// `iptables-restore --noflush` (or `ip6tables-restore`) input for one family. Loaded in one
+    /// transaction: the chains are rebuilt and re-linked atomically.
+    pub fn iptables_restore(&self, family: Family) -> String {
+        let rules = self.family(family);
+        let mut out = String::new();
+        let mut line = |text: String| {
+            out.push_str(&text);
+            out.push('\n');
+        };
+        let tool = match family {
+            Family::V4 => "iptables-restore",
+            Family::V6 => "ip6tables-restore",
+        };
+        line(format!(
+            "# cordon {} ruleset ({tool} --noflush)",
+            family.name()
+        ));
+        line("*filter".into());
+        line(":INPUT DROP [0:0]".into());
+        line(":OUTPUT DROP [0:0]".into());
+        for chain in [CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_ALLOW, CHAIN_REJECT] {
+            line(format!(":{chain} - [0:0]"));
+        }
+        line("-F INPUT".into());
+        line("-F OUTPUT".into());
+        line(format!("-A INPUT -j {CHAIN_INPUT}"));
+        line(format!("-A OUTPUT -j {CHAIN_OUTPUT}"));
+
+        let input = |rule: &str| format!("-A {CHAIN_INPUT} {rule}");
+        line(input("-i lo -j ACCEPT"));
+        line(input(
+            "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        ));
+        if family == Family::V6 {
+            for kind in [
+                "router-advertisement",
+                "neighbour-solicitation",
+                "neighbour-advertisement",
+            ] {
+                line(input(&format!(
+                    "-p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
+                )));
+            }
+        }
+        for range in &self.inbound {
+            line(input(&format!("{} -j ACCEPT", port_match(range))));
+        }
+        line(input(&format!(
+            "-j REJECT --reject-with {}",
+            family.reject_admin()
+        )));
+
+        let output = |rule: &str| format!("-A {CHAIN_OUTPUT} {rule}");
+        line(output(&format!("-o lo -j {CHAIN_ALLOW}")));
+        line(output(
+            "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        ));
+        if family == Family::V6 {
+            // Neighbour discovery and MLD never leave the link (hop limit 255 / 1) and only the
+            // kernel sends them: without them IPv6 cannot reach even an allowed address.
+            for kind in [
+                "router-solicitation",
+                "neighbour-solicitation",
+                "neighbour-advertisement",
+            ] {
+                line(output(&format!(
+                    "-p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
+                )));
+            }
+            line(output(
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 143 -m hl --hl-eq 1 -j ACCEPT",
+            ));
+        }
+        for resolver in &rules.resolvers {
+            for proto in ["udp", "tcp"] {
+                line(output(&format!(
+                    "-d {} -p {proto} -m {proto} --dport 53 -j {CHAIN_ALLOW}",
+                    host_net(*resolver)
+                )));
+            }
+        }
+        let forwarder_targets: Vec<Option<IpAddr>> = match &rules.forwarder {
+            Forwarder::None => Vec::new(),
+            Forwarder::Anywhere => vec![None],
+            Forwarder::To(addrs) => addrs.iter().copied().map(Some).collect(),
+        };
+        for target in forwarder_targets {
+            let dst = target
+                .map(|a| format!("-d {} ", host_net(a)))
+                .unwrap_or_default();
+            for proto in ["udp", "tcp"] {
+                line(output(&format!(
+                    "{dst}-p {proto} -m {proto} --dport 53 -m owner --uid-owner 0 -j {CHAIN_ALLOW}"
+                )));
+            }
+        }
+        line(output(&format!(
+            "-m set --match-set {} dst,dst -j {CHAIN_ALLOW}",
+            family.ports_set()
+        )));
+        line(output(&format!(
+            "-m set --match-set {} dst -j {CHAIN_ALLOW}",
+            family.hosts_set()
+        )));
+        line(output(&format!("-j {CHAIN_REJECT}")));
+
+        line(format!(
+            "-A {CHAIN_ALLOW} -p tcp -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"
+        ));
+        line(format!(
+            "-A {CHAIN_ALLOW} -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with {}",
+            family.reject_port()
+        ));
+        line(format!("-A {CHAIN_ALLOW} -j ACCEPT"));
+        if family == Family::V6 {
+            // An ICMPv6 error for the first SYN arrives while connect() holds the socket and only
+            // fails it on the retransmit a second later; a reset fails it at once. Marked probes
+            // keep the ICMP answer so the verifier can tell a rejection from CORDON_ALLOW's reset.
+            line(format!(
+                "-A {CHAIN_REJECT} -p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"
+            ));
+        }
+        line(format!(
+            "-A {CHAIN_REJECT} -j REJECT --reject-with {}",
+            family.reject_admin()
+        ));
+        line("COMMIT".into());
+        out
+    }
+}
+
+/// The fallback when applying or verifying fails: nothing leaves but loopback — and DNS from
+/// uid 0, so that the next start of cordon (and Docker's embedded forwarder) can still resolve
+/// names and replace the lockdown. The agent never runs as uid 0.
+pub fn lockdown_restore(family: Family) -> String {
+    let mut out = String::from("# cordon lockdown: deny all egress but loopback and root's DNS\n");
+    out.push_str("*filter\n:OUTPUT DROP [0:0]\n-F OUTPUT\n-A OUTPUT -o lo -j ACCEPT\n");
+    for proto in ["udp", "tcp"] {
+        let _ = writeln!(
+            out,
+            "-A OUTPUT -p {proto} -m {proto} --dport 53 -m owner --uid-owner 0 -j ACCEPT"
+        );
+    }
+    let _ = writeln!(out, "-A OUTPUT -j REJECT --reject-with {}", family.reject_admin());
+    out.push_str("COMMIT\n");
+    out
+}
+
+fn write_set(out: &mut String, name: &str, kind: &str, family: Family, elements: &[String]) {
+    let staging = format!("{name}-new");
+    let options = format!(
+        "{kind} family {} hashsize 1024 maxelem {MAX_SET_ELEMENTS}",
+        family.ipset_family()
+    );
+    let _ = writeln!(out, "create {name} {options}");
+    let _ = writeln!(out, "create {staging} {options}");
+    let _ = writeln!(out, "flush {staging}");
+    for element in elements {
+        let _ = writeln!(out, "add {staging} {element}");
+    }
+    let _ = writeln!(out, "swap {staging} {name}");
+    let _ = writeln!(out, "destroy {staging}");
+}
+
+/// ipset's hash:net types cannot hold a /0: split it into its two halves.
+fn set_nets(net: IpNet) -> Vec<IpNet> {
+    if net.prefix_len() == 0 {
+        net.subnets(1)
+            .map(|s| s.collect())
+            .unwrap_or_else(|_| vec![net])
+    } else {
+        vec![net]
+    }
+}
+
+fn set_net(net: IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+fn host_net(addr: IpAddr) -> String {
+    IpNet::from(addr).to_string()
+}
+
+fn port_text(range: &PortRange) -> String {
+    if range.first == range.last {
+        range.first.to_string()
+    } else {
+        format!("{}-{}", range.first, range.last)
+    }
+}
+
+fn port_match(range: &PortRange) -> String {
+    let proto = range.proto.as_str();
+    let port = if range.first == range.last {
+        range.first.to_string()
+    } else {
+        format!("{}:{}", range.first, range.last)
+    };
+    format!("-p {proto} -m {proto} --dport {port}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Location;
+    use crate::policy::{parse_entry, Entry};
+    use crate::resolv_conf;
+    use crate::resolve::{NameAddrs, Outcome};
+
+    fn policy(entries: &[&str], inbound: &[PortRange]) -> Policy {
+        Policy {
+            entries: entries
+                .iter()
+                .map(|text| {
+                    let (target, ports) = parse_entry(text).unwrap();
+                    Entry {
+                        target,
+                        ports,
+                        origin: Location::new("test", None),
+                    }
+                })
+                .collect(),
+            inbound: inbound.to_vec(),
+            strict: false,
+        }
+    }
+
+    fn resolved(names: &[(&str, &[&str])]) -> Resolution {
+        Resolution {
+            names: names
+                .iter()
+                .map(|(name, addrs)| NameAddrs {
+                    name: name.to_string(),
+                    addrs: addrs.iter().map(|a| a.parse().unwrap()).collect(),
+                    outcome: Outcome::Resolved,
+                    refused: Vec::new(),
+                })
+                .collect(),
+            elapsed: Default::default(),
+        }
+    }
+
+    fn conf(text: &str) -> ResolvConf {
+        resolv_conf::parse(text, "resolv.conf").unwrap()
+    }
+
+    fn render(ruleset: &Ruleset) -> String {
+        format!(
+            "## ipset restore\n{}\n## iptables-restore\n{}\n## ip6tables-restore\n{}",
+            ruleset.ipset_restore(),
+            ruleset.iptables_restore(Family::V4),
+            ruleset.iptables_restore(Family::V6)
+        )
+    }
+
+    #[test]
+    fn ipv4_only() {
+        let ruleset = plan(
+            &policy(&["api.example.test"], &[]),
+            &resolved(&[("api.example.test", &["192.0.2.10", "192.0.2.11"])]),
+            &conf("nameserver 10.0.0.2\n"),
+        )
+        .unwrap();
+        insta::assert_snapshot!(render(&ruleset));
+    }
+
+    #[test]
+    fn ipv4_and_ipv6() {
+        let ruleset = plan(
+            &policy(&["api.example.test", "[2001:db8:5::/48]:443"], &[]),
+            &resolved(&[("api.example.test", &["192.0.2.10", "2001:db8::10"])]),
+            &conf("nameserver 10.0.0.2\nnameserver 2001:db8::53\n"),
+        )
+        .unwrap();
+        insta::assert_snapshot!(render(&ruleset));
+    }
+
+    #[test]
+    fn ports_ranges_udp_and_inbound() {
+        let ruleset = plan(
+            &policy(
+                &[
+                    "git.example.test:22,443",
+                    "vpn.example.test:udp/51820,8000-8003",
+                ],
+                &[
+                    PortRange::tcp(3000),
+                    PortRange {
+                        proto: Proto::Udp,
+                        first: 6000,
+                        last: 6001,
+                    },
+                ],
+            ),
+            &resolved(&[
+                ("git.example.test", &["192.0.2.20"]),
+                ("vpn.example.test", &["192.0.2.30"]),
+            ]),
+            &conf("nameserver 10.0.0.2\n"),
+        )
+        .unwrap();
+        assert_eq!(ruleset.v4.port_elements(), 2 + 1 + 4);
+        insta::assert_snapshot!(render(&ruleset));
+    }
+
+    #[test]
+    fn cidrs_with_and_without_ports() {
+        let ruleset = plan(
+            &policy(
+                &[
+                    "10.1.0.0/16:5432",
+                    "192.0.2.0/24",
+                    "0.0.0.0/0:443",
+                    "[2001:db8::/32]",
+                ],
+                &[],
+            ),
+            &resolved(&[]),
+            &conf("nameserver 10.0.0.2\n"),
+        )
+        .unwrap();
+        insta::assert_snapshot!(render(&ruleset));
+    }
+
+    #[test]
+    fn docker_embedded_dns_without_ext_servers() {
+        let ruleset = plan(
+            &policy(&["api.example.test"], &[]),
+            &resolved(&[("api.example.test", &["192.0.2.10"])]),
+            &conf("nameserver 127.0.0.11\noptions ndots:0\n"),
+        )
+        .unwrap();
+        assert_eq!(ruleset.v4.forwarder, Forwarder::Anywhere);
+        insta::assert_snapshot!(render(&ruleset));
+    }
+
+    #[test]
+    fn docker_embedded_dns_with_ext_servers() {
+        let ruleset = plan(
+            &policy(&["api.example.test"], &[]),
+            &resolved(&[("api.example.test", &["192.0.2.10"])]),
+            &conf(
+                "nameserver 127.0.0.11\n# ExtServers: [192.0.2.53 host(127.0.0.53) 2001:db8::53]\n",
+            ),
+        )
+        .unwrap();
+        insta::assert_snapshot!(render(&ruleset));
+    }
+
+    #[test]
+    fn unresolved_names_open_nothing() {
+        let ruleset = plan(
+            &policy(&["gone.example.test"], &[]),
+            &resolved(&[]),
+            &conf("nameserver 10.0.0.2\n"),
+        )
+        .unwrap();
+        assert!(ruleset.v4.ports.is_empty() && ruleset.v6.ports.is_empty());
+    }
+
+    #[test]
+    fn lockdown() {
+        insta::assert_snapshot!(format!(
+            "{}{}",
+            lockdown_restore(Family::V4),
+            lockdown_restore(Family::V6)
+        ));
+    }
+
+    #[test]
+    fn the_model_matches_the_rules() {
+        let ruleset = plan(
+            &policy(
+                &["api.example.test", "10.1.0.0/16:5432", "192.0.2.128/25"],
+                &[],
+            ),
+            &resolved(&[("api.example.test", &["192.0.2.10", "2001:db8::10"])]),
+            &conf("nameserver 127.0.0.11\n"),
+        )
+        .unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        use Verdict::*;
+        let cases = [
+            (false, "192.0.2.10", Proto::Tcp, 443, Allow),
+            (false, "192.0.2.10", Proto::Tcp, 22, Reject),
+            (false, "192.0.2.10", Proto::Udp, 443, Reject),
+            (false, "2001:db8::10", Proto::Tcp, 80, Allow),
+            (false, "10.1.7.7", Proto::Tcp, 5432, Allow),
+            (false, "10.1.7.7", Proto::Tcp, 5433, Reject),
+            (false, "192.0.2.200", Proto::Udp, 9, Allow),
+            (false, "127.0.0.11", Proto::Udp, 53, Allow),
+            (false, "198.51.100.1", Proto::Udp, 53, Reject),
+            (true, "198.51.100.1", Proto::Udp, 53, Allow),
+            (true, "198.51.100.1", Proto::Tcp, 443, Reject),
+            (false, "169.254.169.254", Proto::Tcp, 80, Reject),
+        ];
+        for (root, dst, proto, port, expected) in cases {
+            assert_eq!(
+                ruleset.verdict(root, ip(dst), proto, port),
+                expected,
+                "{dst} {proto:?} {port} root={root}"
+            );
+        }
+    }
+}

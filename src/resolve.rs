@@ -1,1 +1,251 @@
-//! resolve
+//! Resolve: every allowlisted name, A and AAAA in parallel, through the nameservers of
+//! resolv.conf, with the whole phase bounded. A current-thread runtime exists only for this stage.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::Name;
+use hickory_resolver::{Resolver, TokioResolver};
+
+use crate::error::{Error, Result};
+use crate::resolv_conf::ResolvConf;
+
+/// Queries in flight at once. Each lookup is two queries (A and AAAA).
+const MAX_IN_FLIGHT: usize = 512;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Resolved,
+    /// The name exists but has no A or AAAA records.
+    NoAddress,
+    NxDomain,
+    /// No usable answer: timeout, refused, server failure.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameAddrs {
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+    pub outcome: Outcome,
+    /// Answers dropped because a name must never open loopback, link-local or multicast.
+    pub refused: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Resolution {
+    pub names: Vec<NameAddrs>,
+    pub elapsed: Duration,
+}
+
+impl Resolution {
+    pub fn addrs_of(&self, name: &str) -> &[IpAddr] {
+        self.names
+            .iter()
+            .find(|n| n.name == name)
+            .map(|n| n.addrs.as_slice())
+            .unwrap_or(&[])
+    }
+
+    pub fn unresolved(&self) -> impl Iterator<Item = &NameAddrs> {
+        self.names.iter().filter(|n| n.outcome != Outcome::Resolved)
+    }
+}
+
+/// Resolves `names`. Unresolvable names are reported in the result (the caller decides whether
+/// that is fatal); an error means the resolvers gave no usable answer at all.
+pub fn resolve(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Resolution> {
+    let started = Instant::now();
+    if names.is_empty() {
+        return Ok(Resolution::default());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the DNS runtime", e))?;
+    let results = runtime.block_on(resolve_all(names, conf, bound))?;
+    // Dropping the runtime joins nothing: current-thread runtimes own no threads.
+    drop(runtime);
+
+    let resolution = Resolution {
+        names: results,
+        elapsed: started.elapsed(),
+    };
+    let answered = resolution
+        .names
+        .iter()
+        .any(|n| !matches!(n.outcome, Outcome::Failed(_)));
+    if !answered {
+        let servers: Vec<String> = conf.nameservers.iter().map(|a| a.to_string()).collect();
+        let reason = match &resolution.names[0].outcome {
+            Outcome::Failed(reason) => reason.clone(),
+            _ => unreachable!("checked above"),
+        };
+        return Err(Error::Resolve(format!(
+            "no usable answer from the nameservers in {} ({}) for any of {} names (first: {} — \
+             {reason}); check the container's DNS (docker run --dns ADDRESS)",
+            conf.source,
+            servers.join(", "),
+            resolution.names.len(),
+            resolution.names[0].name,
+        )));
+    }
+    Ok(resolution)
+}
+
+async fn resolve_all(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Vec<NameAddrs>> {
+    let resolver = Arc::new(build_resolver(conf)?);
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT / 2));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, name) in names.iter().enumerate() {
+        let resolver = Arc::clone(&resolver);
+        let permits = Arc::clone(&permits);
+        let name = name.to_string();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            (index, lookup(&resolver, name).await)
+        });
+    }
+
+    let mut results: Vec<Option<NameAddrs>> = vec![None; names.len()];
+    let deadline = tokio::time::Instant::now() + bound;
+    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+        if let Ok((index, result)) = joined {
+            results[index] = Some(result);
+        }
+    }
+    tasks.abort_all();
+    Ok(results
+        .into_iter()
+        .zip(names)
+        .map(|(result, name)| {
+            result.unwrap_or_else(|| NameAddrs {
+                name: name.to_string(),
+                addrs: Vec::new(),
+                outcome: Outcome::Failed(format!(
+                    "no answer within the {:.1} s bound (--resolve-timeout)",
+                    bound.as_secs_f64()
+                )),
+                refused: Vec::new(),
+            })
+        })
+        .collect())
+}
+
+fn build_resolver(conf: &ResolvConf) -> Result<TokioResolver> {
+    let servers = conf
+        .nameservers
+        .iter()
+        .map(|addr| NameServerConfig::udp_and_tcp(*addr))
+        .collect();
+    let search = conf
+        .search
+        .iter()
+        .filter_map(|domain| Name::from_str_relaxed(domain).ok())
+        .collect();
+    let config = ResolverConfig::from_parts(None, search, servers);
+
+    let mut options = ResolverOpts::default();
+    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.cache_size = 0;
+    options.max_active_requests = MAX_IN_FLIGHT;
+    if let Some(ndots) = conf.ndots {
+        options.ndots = ndots;
+    }
+    if let Some(timeout) = conf.timeout {
+        options.timeout = timeout;
+    }
+    if let Some(attempts) = conf.attempts {
+        options.attempts = attempts;
+    }
+    Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .map_err(|e| Error::Resolve(format!("cannot set up the resolver: {e}")))
+}
+
+async fn lookup(resolver: &TokioResolver, name: String) -> NameAddrs {
+    let mut result = NameAddrs {
+        name,
+        addrs: Vec::new(),
+        outcome: Outcome::Resolved,
+        refused: Vec::new(),
+    };
+    match resolver.lookup_ip(result.name.as_str()).await {
+        Ok(lookup) => {
+            for addr in lookup.iter() {
+                let list = if may_be_opened_by_name(addr) {
+                    &mut result.addrs
+                } else {
+                    &mut result.refused
+                };
+                if !list.contains(&addr) {
+                    list.push(addr);
+                }
+            }
+            result.addrs.sort();
+            if result.addrs.is_empty() {
+                result.outcome = Outcome::NoAddress;
+            }
+        }
+        Err(e) if e.is_nx_domain() => result.outcome = Outcome::NxDomain,
+        Err(e) if e.is_no_records_found() => result.outcome = Outcome::NoAddress,
+        Err(e) => result.outcome = Outcome::Failed(e.to_string()),
+    }
+    result
+}
+
+/// A DNS answer may open a public or private address, never loopback (always reachable anyway),
+/// link-local (cloud metadata lives at 169.254.169.254), multicast or unspecified: those need an
+/// address entry that names them.
+pub fn may_be_opened_by_name(addr: IpAddr) -> bool {
+    match addr {
+        IpAddr::V4(v4) => {
+            !(v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast())
+        }
+        IpAddr::V6(v6) => {
+            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
+            let mapped = v6.to_ipv4_mapped().is_some();
+            !(v6.is_loopback() || link_local || v6.is_multicast() || v6.is_unspecified() || mapped)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_never_open_link_local_or_loopback() {
+        for refused in [
+            "169.254.169.254",
+            "127.0.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "fe80::1",
+            "::1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(
+                !may_be_opened_by_name(refused.parse().unwrap()),
+                "{refused}"
+            );
+        }
+        for allowed in [
+            "10.1.2.3",
+            "192.0.2.1",
+            "172.18.0.2",
+            "2001:db8::1",
+            "fd00::1",
+        ] {
+            assert!(may_be_opened_by_name(allowed.parse().unwrap()), "{allowed}");
+        }
+    }
+}

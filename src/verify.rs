@@ -1,1 +1,532 @@
-//! verify
+//! Verify: after loading, prove every verdict class against the kernel, locally, in milliseconds.
+//!
+//! Each probe is a connection attempt carrying `plan::PROBE_MARK`, made with the agent's uid as
+//! the socket owner (the `--uid-owner` rules see it). The ruleset answers a marked packet that it
+//! would let out inside the namespace (TCP reset / port unreachable → ECONNREFUSED) and rejects
+//! a blocked one with admin-prohibited (EHOSTUNREACH, or EACCES over IPv6). So no probe ever
+//! leaves the namespace, no remote host needs to answer, and the two verdicts cannot be confused.
+//! The expected verdict of each probe comes from the plan's own model of the rules.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    connect, getsockopt, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag,
+    SockType, SockaddrStorage,
+};
+use nix::unistd::{setfsuid, Uid};
+
+use crate::netinfo::NetInfo;
+use crate::plan::{Family, Forwarder, Ruleset, Verdict, PROBE_MARK};
+use crate::policy::Proto;
+
+/// How long a probe may take to get its verdict (they arrive in well under a millisecond).
+const PROBE_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Addresses for the "not allowed" probes: documentation ranges (RFC 5737, RFC 3849), so even a
+/// broken fence would send a probe nowhere real.
+const PUBLIC_V4: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(203, 0, 113, 1),
+    Ipv4Addr::new(198, 51, 100, 1),
+    Ipv4Addr::new(192, 0, 2, 1),
+];
+const DNS_ELSEWHERE_V4: [Ipv4Addr; 2] = [
+    Ipv4Addr::new(198, 51, 100, 53),
+    Ipv4Addr::new(203, 0, 113, 53),
+];
+const PRIVATE_V4: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 254, 254, 254),
+    Ipv4Addr::new(172, 31, 254, 254),
+    Ipv4Addr::new(192, 168, 254, 254),
+];
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+const PUBLIC_V6: [Ipv6Addr; 2] = [
+    Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+    Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 0, 0, 0, 0, 1),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub class: &'static str,
+    pub dst: SocketAddr,
+    pub proto: Proto,
+    /// Probe as uid 0 (Docker's DNS forwarder) instead of as the agent.
+    pub as_root: bool,
+    pub expect: Verdict,
+    /// Routing stops this destination before the fence sees it.
+    pub unrouted: bool,
+}
+
+/// What the kernel did with one probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    /// Reached CORDON_ALLOW and was answered there.
+    Allowed,
+    /// Rejected by CORDON_REJECT.
+    Rejected,
+    /// No route: stopped before the fence.
+    NoRoute,
+    /// Anything else: a real connection, a timeout, another error.
+    Unexpected(&'static str),
+}
+
+#[derive(Debug)]
+pub struct ProbeResult {
+    pub probe: Probe,
+    pub observed: Observed,
+    pub elapsed: Duration,
+}
+
+impl ProbeResult {
+    pub fn passed(&self) -> bool {
+        match (self.probe.expect, self.observed) {
+            (Verdict::Allow, Observed::Allowed) => true,
+            (Verdict::Reject, Observed::Rejected) => true,
+            (_, Observed::NoRoute) => self.probe.unrouted,
+            _ => false,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let who = if self.probe.as_root { "uid 0" } else { "agent" };
+        let expected = match self.probe.expect {
+            Verdict::Allow => "allowed",
+            Verdict::Reject => "blocked",
+        };
+        let observed = match self.observed {
+            Observed::Allowed => "allowed".to_string(),
+            Observed::Rejected => "blocked".to_string(),
+            Observed::NoRoute => "no route".to_string(),
+            Observed::Unexpected(what) => what.to_string(),
+        };
+        format!(
+            "{} {}/{} ({who}): expected {expected}, got {observed}",
+            self.probe.class,
+            self.probe.proto.as_str(),
+            self.probe.dst,
+        )
+    }
+}
+
+/// One probe per verdict class (pure: from the ruleset and what the namespace looks like).
+pub fn plan_probes(ruleset: &Ruleset, net: &NetInfo) -> Vec<Probe> {
+    let mut probes = Vec::new();
+    let mut add = |class: &'static str, addr: IpAddr, proto: Proto, port: u16, as_root: bool| {
+        // A rejected IPv6 SYN only fails connect() on its retransmit, a second later (see
+        // plan.rs): probe IPv6 rejections with a datagram, which takes the same reject rule.
+        let proto = match (addr, ruleset.verdict(as_root, addr, proto, port)) {
+            (IpAddr::V6(_), Verdict::Reject) => Proto::Udp,
+            _ => proto,
+        };
+        let routed = routes(net, addr);
+        probes.push(Probe {
+            class,
+            dst: SocketAddr::new(addr, port),
+            proto,
+            as_root,
+            expect: ruleset.verdict(as_root, addr, proto, port),
+            unrouted: !routed,
+        });
+    };
+
+    for family in [Family::V4, Family::V6] {
+        let rules = ruleset.family(family);
+        for (net_, range) in sample(&rules.ports) {
+            add(
+                "allowed",
+                probe_addr(*net_),
+                range.proto,
+                range.first,
+                false,
+            );
+        }
+        for net_ in sample(&rules.hosts) {
+            add("allowed", probe_addr(*net_), Proto::Tcp, 443, false);
+        }
+        for resolver in &rules.resolvers {
+            add("resolver", *resolver, Proto::Udp, 53, false);
+        }
+        match &rules.forwarder {
+            Forwarder::None => {}
+            Forwarder::To(upstreams) => {
+                for upstream in upstreams {
+                    add("dns forwarder", *upstream, Proto::Udp, 53, true);
+                }
+            }
+            Forwarder::Anywhere if family == Family::V4 => {
+                add(
+                    "dns forwarder",
+                    IpAddr::V4(DNS_ELSEWHERE_V4[0]),
+                    Proto::Udp,
+                    53,
+                    true,
+                );
+            }
+            Forwarder::Anywhere => {}
+        }
+    }
+
+    let blocked = |candidates: &[IpAddr], proto: Proto, port: u16| -> Option<IpAddr> {
+        candidates
+            .iter()
+            .copied()
+            .find(|a| ruleset.verdict(false, *a, proto, port) == Verdict::Reject)
+            .or(candidates.first().copied())
+    };
+    let v4 = |list: &[Ipv4Addr]| list.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>();
+    if let Some(addr) = blocked(&v4(&PUBLIC_V4), Proto::Tcp, 443) {
+        add("public address", addr, Proto::Tcp, 443, false);
+    }
+    if let Some(addr) = blocked(&v4(&DNS_ELSEWHERE_V4), Proto::Udp, 53) {
+        add("dns to a non-resolver", addr, Proto::Udp, 53, false);
+    }
+    let private: Vec<IpAddr> = v4(&PRIVATE_V4)
+        .into_iter()
+        .filter(|a| !net.addrs.iter().any(|n| n.contains(a)))
+        .collect();
+    if let Some(addr) = blocked(&private, Proto::Tcp, 443) {
+        add("private address", addr, Proto::Tcp, 443, false);
+    }
+    for peer in lan_peers(net) {
+        add("lan peer", peer, Proto::Tcp, 22, false);
+    }
+    for gateway in &net.gateways {
+        add("gateway", *gateway, Proto::Tcp, 80, false);
+    }
+    add(
+        "cloud metadata",
+        IpAddr::V4(METADATA),
+        Proto::Tcp,
+        80,
+        false,
+    );
+    if net.ipv6_kernel {
+        let v6: Vec<IpAddr> = PUBLIC_V6.iter().map(|a| IpAddr::V6(*a)).collect();
+        if let Some(addr) = blocked(&v6, Proto::Tcp, 443) {
+            add("ipv6 address", addr, Proto::Tcp, 443, false);
+        }
+    }
+    probes
+}
+
+/// First, middle and last element: enough to show the set is loaded and matched by the rule;
+/// membership itself is the kernel's business.
+fn sample<T>(set: &std::collections::BTreeSet<T>) -> Vec<&T> {
+    let items: Vec<&T> = set.iter().collect();
+    let mut picked: Vec<&T> = Vec::new();
+    for index in [0, items.len() / 2, items.len().saturating_sub(1)] {
+        if let Some(item) = items.get(index) {
+            if !picked.iter().any(|p| std::ptr::eq(*p, *item)) {
+                picked.push(item);
+            }
+        }
+    }
+    picked
+}
+
+/// An address inside `net` to connect to: the address itself for a host, else the first host.
+fn probe_addr(net: IpNet) -> IpAddr {
+    if net.prefix_len() + 1 >= net.max_prefix_len() {
+        return net.addr();
+    }
+    net.hosts().next().unwrap_or(net.addr())
+}
+
+/// For each IPv4 subnet this namespace sits on, one address that is neither ours nor a gateway.
+fn lan_peers(net: &NetInfo) -> Vec<IpAddr> {
+    net.addrs
+        .iter()
+        .filter(|n| n.addr().is_ipv4() && n.prefix_len() < 31)
+        .filter_map(|n| {
+            n.hosts()
+                .take(16)
+                .find(|a| *a != n.addr() && !net.gateways.contains(a))
+        })
+        .collect()
+}
+
+fn routes(net: &NetInfo, addr: IpAddr) -> bool {
+    addr.is_loopback()
+        || net.gateways.iter().any(|g| g.is_ipv4() == addr.is_ipv4())
+        || net.addrs.iter().any(|n| n.contains(&addr))
+}
+
+/// Runs every probe at once and collects the verdicts.
+pub fn run_probes(probes: Vec<Probe>, agent_uid: u32) -> Vec<ProbeResult> {
+    let started = Instant::now();
+    let mut pending: Vec<(Probe, Result<OwnedFd, Observed>)> = probes
+        .into_iter()
+        .map(|probe| {
+            let socket = open_probe(&probe, agent_uid);
+            (probe, socket)
+        })
+        .collect();
+
+    let mut results: Vec<ProbeResult> = Vec::new();
+    let deadline = started + PROBE_DEADLINE;
+    loop {
+        let mut waiting: Vec<(Probe, OwnedFd)> = Vec::new();
+        for (probe, socket) in pending.drain(..) {
+            match socket {
+                Err(observed) => results.push(ProbeResult {
+                    probe,
+                    observed,
+                    elapsed: started.elapsed(),
+                }),
+                Ok(fd) => waiting.push((probe, fd)),
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            results.extend(waiting.into_iter().map(|(probe, _)| ProbeResult {
+                probe,
+                observed: Observed::Unexpected("no verdict within 1 s"),
+                elapsed: started.elapsed(),
+            }));
+            break;
+        }
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = waiting
+                .iter()
+                .map(|(probe, fd)| {
+                    let wanted = match probe.proto {
+                        Proto::Tcp => PollFlags::POLLOUT,
+                        Proto::Udp => PollFlags::POLLIN,
+                    };
+                    PollFd::new(fd.as_fd(), wanted)
+                })
+                .collect();
+            let timeout = PollTimeout::try_from(remaining.as_millis().max(1) as u64)
+                .unwrap_or(PollTimeout::MAX);
+            let _ = nix::poll::poll(&mut fds, timeout);
+            fds.iter()
+                .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        for ((probe, fd), is_ready) in waiting.into_iter().zip(ready) {
+            if is_ready {
+                let observed = settle(&probe, &fd);
+                results.push(ProbeResult {
+                    probe,
+                    observed,
+                    elapsed: started.elapsed(),
+                });
+            } else {
+                pending.push((probe, Ok(fd)));
+            }
+        }
+    }
+    results
+}
+
+/// Creates the probe's socket (owned by the agent's uid unless it probes as root), marks it and
+/// starts the connection. An immediate verdict comes back as `Err`.
+fn open_probe(probe: &Probe, agent_uid: u32) -> Result<OwnedFd, Observed> {
+    let family = match probe.dst {
+        SocketAddr::V4(_) => AddressFamily::Inet,
+        SocketAddr::V6(_) => AddressFamily::Inet6,
+    };
+    let kind = match probe.proto {
+        Proto::Tcp => SockType::Stream,
+        Proto::Udp => SockType::Datagram,
+    };
+    let owner = if probe.as_root { 0 } else { agent_uid };
+    // The owner match reads the credentials the socket was created with.
+    let previous = setfsuid(Uid::from_raw(owner));
+    let created = socket(
+        family,
+        kind,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    );
+    setfsuid(previous);
+    let fd = created.map_err(|e| Observed::Unexpected(e.desc()))?;
+    setsockopt(&fd, sockopt::Mark, &PROBE_MARK).map_err(|e| Observed::Unexpected(e.desc()))?;
+
+    let addr = SockaddrStorage::from(probe.dst);
+    match connect(fd.as_raw_fd(), &addr) {
+        Ok(()) | Err(Errno::EINPROGRESS) => {}
+        Err(errno) => return Err(classify(errno)),
+    }
+    if probe.proto == Proto::Udp {
+        // A filtered datagram fails the send with EPERM whatever the verdict; the verdict itself
+        // arrives as the socket error the ICMP answer sets.
+        match send(fd.as_raw_fd(), b"cordon-probe", MsgFlags::empty()) {
+            Ok(_) | Err(Errno::EPERM) => {}
+            Err(errno) => return Err(classify(errno)),
+        }
+    }
+    Ok(fd)
+}
+
+fn settle(probe: &Probe, fd: &OwnedFd) -> Observed {
+    match getsockopt(fd, sockopt::SocketError) {
+        Ok(0) => match probe.proto {
+            Proto::Tcp => Observed::Unexpected("connected (the packet left the namespace)"),
+            Proto::Udp => Observed::Unexpected("a reply (the packet left the namespace)"),
+        },
+        Ok(errno) => classify(Errno::from_raw(errno)),
+        Err(errno) => Observed::Unexpected(errno.desc()),
+    }
+}
+
+fn classify(errno: Errno) -> Observed {
+    match errno {
+        Errno::ECONNREFUSED => Observed::Allowed,
+        // IPv4 admin-prohibited maps to EHOSTUNREACH, ICMPv6 adm-prohibited to EACCES.
+        Errno::EHOSTUNREACH | Errno::EACCES => Observed::Rejected,
+        Errno::ENETUNREACH => Observed::NoRoute,
+        other => Observed::Unexpected(other.desc()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Location;
+    use crate::plan::plan;
+    use crate::policy::{parse_entry, Entry, Policy};
+    use crate::resolv_conf;
+    use crate::resolve::{NameAddrs, Outcome, Resolution};
+
+    fn ruleset(entries: &[&str], resolv: &str) -> Ruleset {
+        let policy = Policy {
+            entries: entries
+                .iter()
+                .map(|t| {
+                    let (target, ports) = parse_entry(t).unwrap();
+                    Entry {
+                        target,
+                        ports,
+                        origin: Location::new("test", None),
+                    }
+                })
+                .collect(),
+            ..Policy::default()
+        };
+        let resolution = Resolution {
+            names: vec![NameAddrs {
+                name: "api.example.test".into(),
+                addrs: vec![
+                    "192.0.2.10".parse().unwrap(),
+                    "2001:db8::10".parse().unwrap(),
+                ],
+                outcome: Outcome::Resolved,
+                refused: vec![],
+            }],
+            elapsed: Duration::ZERO,
+        };
+        plan(
+            &policy,
+            &resolution,
+            &resolv_conf::parse(resolv, "r").unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn container_net() -> NetInfo {
+        NetInfo {
+            addrs: vec!["172.18.0.5/16".parse().unwrap()],
+            gateways: vec!["172.18.0.1".parse().unwrap()],
+            ipv6_kernel: true,
+            ipv6_routed: false,
+        }
+    }
+
+    fn classes(probes: &[Probe]) -> Vec<String> {
+        probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} {}/{} {:?}{}{}",
+                    p.class,
+                    p.proto.as_str(),
+                    p.dst,
+                    p.expect,
+                    if p.as_root { " root" } else { "" },
+                    if p.unrouted { " unrouted" } else { "" }
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_verdict_class_is_probed() {
+        let probes = plan_probes(
+            &ruleset(&["api.example.test"], "nameserver 127.0.0.11\n"),
+            &container_net(),
+        );
+        assert_eq!(
+            classes(&probes),
+            [
+                "allowed tcp/192.0.2.10:80 Allow",
+                "allowed tcp/192.0.2.10:443 Allow",
+                "resolver udp/127.0.0.11:53 Allow",
+                "dns forwarder udp/198.51.100.53:53 Allow root",
+                "allowed tcp/[2001:db8::10]:80 Allow unrouted",
+                "allowed tcp/[2001:db8::10]:443 Allow unrouted",
+                "public address tcp/203.0.113.1:443 Reject",
+                "dns to a non-resolver udp/198.51.100.53:53 Reject",
+                "private address tcp/10.254.254.254:443 Reject",
+                "lan peer tcp/172.18.0.2:22 Reject",
+                "gateway tcp/172.18.0.1:80 Reject",
+                "cloud metadata tcp/169.254.169.254:80 Reject",
+                "ipv6 address udp/[2001:db8::1]:443 Reject unrouted",
+            ]
+        );
+    }
+
+    #[test]
+    fn an_entry_that_names_the_gateway_flips_its_expectation() {
+        let probes = plan_probes(
+            &ruleset(
+                &["172.18.0.1:80", "203.0.113.1:443"],
+                "nameserver 10.0.0.2\n",
+            ),
+            &container_net(),
+        );
+        let gateway = probes.iter().find(|p| p.class == "gateway").unwrap();
+        assert_eq!(gateway.expect, Verdict::Allow);
+        let public = probes.iter().find(|p| p.class == "public address").unwrap();
+        assert_eq!(
+            public.dst.ip(),
+            "198.51.100.1".parse::<IpAddr>().unwrap(),
+            "skips the allowed candidate"
+        );
+        assert_eq!(public.expect, Verdict::Reject);
+    }
+
+    #[test]
+    fn outcomes_pass_only_on_the_expected_verdict() {
+        let probe = |expect, unrouted| Probe {
+            class: "x",
+            dst: "192.0.2.1:443".parse().unwrap(),
+            proto: Proto::Tcp,
+            as_root: false,
+            expect,
+            unrouted,
+        };
+        let result = |probe, observed| ProbeResult {
+            probe,
+            observed,
+            elapsed: Duration::ZERO,
+        };
+        assert!(result(probe(Verdict::Allow, false), Observed::Allowed).passed());
+        assert!(!result(probe(Verdict::Allow, false), Observed::Rejected).passed());
+        assert!(result(probe(Verdict::Reject, false), Observed::Rejected).passed());
+        assert!(!result(
+            probe(Verdict::Reject, false),
+            Observed::Unexpected("connected")
+        )
+        .passed());
+        assert!(!result(probe(Verdict::Reject, false), Observed::NoRoute).passed());
+        assert!(result(probe(Verdict::Reject, true), Observed::NoRoute).passed());
+    }
+}
