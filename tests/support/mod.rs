@@ -1,6 +1,8 @@
 //! Shared helpers for the integration suites. Each suite includes this with `mod support;`.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -12,7 +14,9 @@ pub fn privileged() -> bool {
     let required = std::env::var("CORDON_REQUIRE_PRIVILEGED").as_deref() == Ok("1");
     match (is_root, required) {
         (true, _) => true,
-        (false, true) => panic!("privileged test run without root while CORDON_REQUIRE_PRIVILEGED=1"),
+        (false, true) => {
+            panic!("privileged test run without root while CORDON_REQUIRE_PRIVILEGED=1")
+        }
         (false, false) => {
             eprintln!("skipped: needs root (set CORDON_REQUIRE_PRIVILEGED=1 to make this fatal)");
             false
@@ -36,7 +40,14 @@ pub fn static_binary(name: &str) -> PathBuf {
             return PathBuf::from(dir);
         }
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--target", MUSL, "--workspace", "--bins"])
+            .args([
+                "build",
+                "--release",
+                "--target",
+                MUSL,
+                "--workspace",
+                "--bins",
+            ])
             .current_dir(workspace_root())
             .status()
             .expect("run cargo build");

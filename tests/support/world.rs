@@ -1,0 +1,353 @@
+//! A test world in two network namespaces joined by a veth pair:
+//!
+//! - "world": the gateway (10.77.0.1, fd77::1) running the test's own DNS server (no upstream),
+//!   a LAN peer (10.77.0.3), listeners on an allowed (10.77.1.10, fd77:1::10) and a blocked
+//!   (10.77.1.20, fd77:1::20) address, the cloud metadata address, and a second DNS server that
+//!   is not the sandbox's resolver (10.77.1.53);
+//! - "sandbox": where cordon runs (10.77.0.2, fd77::2), with its own /etc/resolv.conf through
+//!   `ip netns exec`'s /etc/netns/NAME.
+//!
+//! Nothing is ever sent outside these namespaces.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{cordon, run, testkit};
+
+pub const GATEWAY: &str = "10.77.0.1";
+pub const SANDBOX: &str = "10.77.0.2";
+pub const LAN_PEER: &str = "10.77.0.3";
+pub const ALLOWED: &str = "10.77.1.10";
+pub const BLOCKED: &str = "10.77.1.20";
+pub const OTHER_DNS: &str = "10.77.1.53";
+pub const METADATA: &str = "169.254.169.254";
+pub const GATEWAY6: &str = "fd77::1";
+pub const ALLOWED6: &str = "fd77:1::10";
+pub const BLOCKED6: &str = "fd77:1::20";
+/// The uid probes run as (no passwd entry needed: cordon takes `--user 1000`).
+pub const AGENT_UID: &str = "1000";
+
+#[derive(Clone)]
+pub struct WorldOpts {
+    /// `name=address` records for the world's DNS server, in addition to the defaults.
+    pub records: Vec<String>,
+    /// Extra arguments for the DNS server (e.g. `--delay-ms 20`, `--wildcard ...`).
+    pub dns_args: Vec<String>,
+    /// Whether the world's resolver runs at all.
+    pub dns: bool,
+    /// Give the sandbox Docker's embedded-DNS shape: 127.0.0.11 in resolv.conf, nat DNAT of
+    /// 127.0.0.11:53 to a local port, and a forwarder running as root inside the sandbox.
+    pub docker_dns: bool,
+}
+
+impl Default for WorldOpts {
+    fn default() -> Self {
+        WorldOpts {
+            records: Vec::new(),
+            dns_args: Vec::new(),
+            dns: true,
+            docker_dns: false,
+        }
+    }
+}
+
+pub struct World {
+    pub world_ns: String,
+    pub sandbox_ns: String,
+    pub dir: PathBuf,
+    children: Vec<Child>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    run("ip", args);
+}
+
+impl World {
+    pub fn new(opts: WorldOpts) -> World {
+        let id = format!(
+            "{:x}{}",
+            std::process::id() & 0xffff,
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = std::env::temp_dir().join(format!("cordon-world-{id}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut world = World {
+            world_ns: format!("cdw-{id}"),
+            sandbox_ns: format!("cds-{id}"),
+            dir,
+            children: Vec::new(),
+        };
+        world.build_network(&id);
+        world.start_services(&opts);
+        world
+    }
+
+    fn build_network(&mut self, id: &str) {
+        let (w, s) = (self.world_ns.as_str(), self.sandbox_ns.as_str());
+        let (vw, vs) = (format!("vw{id}"), format!("vs{id}"));
+        ip(&["netns", "add", w]);
+        ip(&["netns", "add", s]);
+        ip(&["link", "add", &vw, "type", "veth", "peer", "name", &vs]);
+        ip(&["link", "set", &vw, "netns", w]);
+        ip(&["link", "set", &vs, "netns", s]);
+        for ns in [w, s] {
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        for addr in [&format!("{GATEWAY}/24"), &format!("{LAN_PEER}/24")] {
+            ip(&["-n", w, "addr", "add", addr, "dev", &vw]);
+        }
+        ip(&[
+            "-n",
+            w,
+            "addr",
+            "add",
+            &format!("{GATEWAY6}/64"),
+            "dev",
+            &vw,
+            "nodad",
+        ]);
+        for addr in [ALLOWED, BLOCKED, OTHER_DNS, METADATA] {
+            ip(&["-n", w, "addr", "add", &format!("{addr}/32"), "dev", "lo"]);
+        }
+        for addr in [ALLOWED6, BLOCKED6] {
+            ip(&["-n", w, "addr", "add", &format!("{addr}/128"), "dev", "lo"]);
+        }
+        ip(&["-n", w, "link", "set", &vw, "up"]);
+        ip(&["-n", s, "addr", "add", &format!("{SANDBOX}/24"), "dev", &vs]);
+        ip(&["-n", s, "addr", "add", "fd77::2/64", "dev", &vs, "nodad"]);
+        ip(&["-n", s, "link", "set", &vs, "up"]);
+        ip(&["-n", s, "route", "add", "default", "via", GATEWAY]);
+        ip(&["-n", s, "-6", "route", "add", "default", "via", GATEWAY6]);
+    }
+
+    fn start_services(&mut self, opts: &WorldOpts) {
+        let kit = testkit();
+        let kit = kit.to_str().unwrap();
+        let mut records: Vec<String> = [
+            format!("allowed.test={ALLOWED}"),
+            format!("allowed.test={ALLOWED6}"),
+            format!("blocked.test={BLOCKED}"),
+            format!("blocked.test={BLOCKED6}"),
+        ]
+        .into();
+        records.extend(opts.records.iter().cloned());
+        if opts.dns {
+            let mut args: Vec<String> = vec!["dns".into()];
+            for listen in [format!("{GATEWAY}:53"), format!("{OTHER_DNS}:53")] {
+                args.extend(["--listen".into(), listen]);
+            }
+            for record in &records {
+                args.extend(["--record".into(), record.clone()]);
+            }
+            args.extend(["--cname".into(), "alias.test=allowed.test".into()]);
+            args.extend(opts.dns_args.iter().cloned());
+            args.extend(["--query-log".into(), self.path("dns.log")]);
+            self.spawn_ready(&self.world_ns.clone(), kit, args, "dns.ready");
+        }
+        let mut listen: Vec<String> = vec!["listen".into()];
+        for addr in [
+            format!("{ALLOWED}:80"),
+            format!("{ALLOWED}:443"),
+            format!("{BLOCKED}:443"),
+            format!("{LAN_PEER}:22"),
+            format!("{GATEWAY}:80"),
+            format!("{METADATA}:80"),
+            format!("[{ALLOWED6}]:443"),
+            format!("[{BLOCKED6}]:443"),
+            format!("[{GATEWAY6}]:80"),
+        ] {
+            listen.extend(["--tcp".into(), addr]);
+        }
+        for addr in [format!("{ALLOWED}:443"), format!("{BLOCKED}:443")] {
+            listen.extend(["--udp".into(), addr]);
+        }
+        listen.extend(["--log".into(), self.path("listen.log")]);
+        self.spawn_ready(&self.world_ns.clone(), kit, listen, "listen.ready");
+
+        let etc = self.netns_etc();
+        std::fs::create_dir_all(&etc).unwrap();
+        let resolver = if opts.docker_dns {
+            "127.0.0.11"
+        } else {
+            GATEWAY
+        };
+        std::fs::write(etc.join("resolv.conf"), format!("nameserver {resolver}\n")).unwrap();
+        if opts.docker_dns {
+            for proto in ["udp", "tcp"] {
+                self.sandbox(&[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "OUTPUT",
+                    "-d",
+                    "127.0.0.11/32",
+                    "-p",
+                    proto,
+                    "--dport",
+                    "53",
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    "127.0.0.11:5300",
+                ]);
+            }
+            let args = vec![
+                "forward".into(),
+                "--listen".into(),
+                "127.0.0.11:5300".into(),
+                "--upstream".into(),
+                format!("{GATEWAY}:53"),
+            ];
+            self.spawn_ready(&self.sandbox_ns.clone(), kit, args, "forward.ready");
+        }
+    }
+
+    fn spawn_ready(&mut self, ns: &str, program: &str, mut args: Vec<String>, ready: &str) {
+        let ready_file = self.path(ready);
+        args.extend(["--ready-file".into(), ready_file.clone()]);
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn world service");
+        self.children.push(child);
+        wait_for(Path::new(&ready_file));
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_str().unwrap().to_string()
+    }
+
+    fn netns_etc(&self) -> PathBuf {
+        Path::new("/etc/netns").join(&self.sandbox_ns)
+    }
+
+    pub fn set_resolv_conf(&self, text: &str) {
+        std::fs::write(self.netns_etc().join("resolv.conf"), text).unwrap();
+    }
+
+    /// Runs a command in the sandbox namespace, panicking if it fails; returns stdout.
+    pub fn sandbox(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.sandbox_ns];
+        full.extend_from_slice(args);
+        run("ip", &full)
+    }
+
+    /// Runs cordon in the sandbox namespace.
+    pub fn cordon(&self, args: &[&str]) -> Output {
+        self.cordon_with(Path::new(&cordon()), args, &[])
+    }
+
+    pub fn cordon_with(&self, binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &self.sandbox_ns])
+            .arg(binary)
+            .args(args)
+            .envs(env.iter().copied())
+            .output()
+            .expect("run cordon");
+        eprintln!(
+            "cordon {args:?} → {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+
+    /// Probes from the sandbox as the agent's uid; returns SPEC → verdict.
+    pub fn probe(&self, specs: &[&str]) -> HashMap<String, String> {
+        self.probe_as(Some(AGENT_UID), specs)
+    }
+
+    pub fn probe_as(&self, uid: Option<&str>, specs: &[&str]) -> HashMap<String, String> {
+        let kit = testkit();
+        let mut args = vec![
+            "netns",
+            "exec",
+            &self.sandbox_ns,
+            kit.to_str().unwrap(),
+            "probe",
+        ];
+        if let Some(uid) = uid {
+            args.extend(["--uid", uid, "--gid", uid]);
+        }
+        args.extend(["--timeout-ms", "1500"]);
+        args.extend_from_slice(specs);
+        parse_probe_lines(&run("ip", &args))
+    }
+
+    /// The filter table as `iptables-save` prints it, without counters or comments.
+    pub fn filter_rules(&self, tool: &str) -> String {
+        self.sandbox(&[tool, "-t", "filter"])
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| match l.strip_prefix(':') {
+                Some(chain) => chain.split(" [").next().unwrap().to_string(),
+                None => l.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Lines the world's listeners logged (`tcp LOCAL PEER` / `udp LOCAL PEER`).
+    pub fn listener_log(&self) -> String {
+        std::fs::read_to_string(self.path("listen.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in [&self.sandbox_ns, &self.world_ns] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(self.netns_etc());
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn parse_probe_lines(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            Some((words.next()?.to_string(), words.next()?.to_string()))
+        })
+        .collect()
+}
+
+pub fn wait_for(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts each SPEC got the verdict given, with every mismatch in one message.
+pub fn assert_verdicts(got: &HashMap<String, String>, expected: &[(&str, &str)]) {
+    let wrong: Vec<String> = expected
+        .iter()
+        .filter(|(spec, verdict)| got.get(*spec).map(String::as_str) != Some(*verdict))
+        .map(|(spec, verdict)| format!("{spec}: expected {verdict}, got {:?}", got.get(*spec)))
+        .collect();
+    assert!(wrong.is_empty(), "wrong verdicts:\n{}", wrong.join("\n"));
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
