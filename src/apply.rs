@@ -128,7 +128,6 @@ pub fn apply(tools: &Tools, ruleset: &Ruleset, ipv6: bool) -> Result<()> {
     let fail = |step: String, detail: String| Error::Apply {
         step,
         detail: explain(&detail),
-        locked_down: lockdown(tools, ipv6),
     };
     run_restore(
         &tools.ipset,

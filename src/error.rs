@@ -87,19 +87,19 @@ pub enum Error {
         tool: String,
         package: &'static str,
     },
-    KernelSupport {
-        what: String,
-        detail: String,
-    },
     Resolve(String),
-    /// The ruleset could not be loaded. `locked_down` says whether the deny-all fallback held.
+    /// A restore tool rejected its input.
     Apply {
         step: String,
         detail: String,
-        locked_down: bool,
     },
     Verify {
         failures: Vec<String>,
+    },
+    /// Building the fence failed after cordon could change the firewall; egress was locked down
+    /// (`locked_down` says whether that fallback held).
+    FailedClosed {
+        cause: Box<Error>,
         locked_down: bool,
     },
     Io {
@@ -147,24 +147,17 @@ impl Error {
             Error::NotRoot { .. } | Error::NoNetAdmin { .. } | Error::HostNetwork { .. } => {
                 exit::PERMISSION
             }
-            Error::MissingTool { .. } | Error::KernelSupport { .. } => exit::UNAVAILABLE,
+            Error::MissingTool { .. } => exit::UNAVAILABLE,
             Error::Resolve(_) => exit::RESOLVE,
             Error::Apply { .. } => exit::APPLY,
             Error::Verify { .. } => exit::VERIFY,
+            Error::FailedClosed { cause, .. } => cause.exit_code(),
             Error::Io { .. } | Error::Sys { .. } => exit::INTERNAL,
             Error::Exec { errno, .. } => match errno {
                 nix::Error::ENOENT => exit::NOT_FOUND,
                 _ => exit::CANNOT_EXECUTE,
             },
         }
-    }
-}
-
-fn lockdown_note(locked_down: bool) -> &'static str {
-    if locked_down {
-        "; egress is now denied except loopback"
-    } else {
-        "; the deny-all fallback could not be loaded either: treat this network namespace as unfenced"
     }
 }
 
@@ -203,26 +196,23 @@ impl fmt::Display for Error {
                 "{tool} not found: install the {package} package in the image \
                  (apt-get install {package})"
             ),
-            Error::KernelSupport { what, detail } => write!(
-                f,
-                "the kernel lacks {what} ({detail}): load the module on the host \
-                 (modprobe ip_set ip_set_hash_netport xt_set) or use a newer kernel"
-            ),
             Error::Resolve(msg) => write!(f, "{msg}"),
-            Error::Apply {
-                step,
-                detail,
-                locked_down,
-            } => write!(f, "{step} failed: {detail}{}", lockdown_note(*locked_down)),
-            Error::Verify {
-                failures,
-                locked_down,
-            } => write!(
-                f,
-                "fence self-test failed: {}{}",
-                failures.join("; "),
-                lockdown_note(*locked_down)
-            ),
+            Error::Apply { step, detail } => write!(f, "{step} failed: {detail}"),
+            Error::Verify { failures } => {
+                write!(f, "fence self-test failed: {}", failures.join("; "))
+            }
+            Error::FailedClosed { cause, locked_down } => {
+                write!(f, "{cause}")?;
+                if *locked_down {
+                    write!(f, " [egress is now denied except loopback]")
+                } else {
+                    write!(
+                        f,
+                        " [the deny-all fallback could not be loaded either: treat this network \
+                         namespace as unfenced]"
+                    )
+                }
+            }
             Error::Io { context, source } => write!(f, "{context}: {source}"),
             Error::Sys { context, errno } => write!(f, "{context}: {}", errno.desc()),
             Error::Exec { command, errno } => match errno {

@@ -73,8 +73,9 @@ pub fn firewall(opts: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// Builds the fence and proves it. Any failure after the first change leaves egress denied
-/// except loopback.
+/// Builds the fence and proves it. Once cordon is able to change the firewall, any failure —
+/// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict — leaves egress
+/// locked down (loopback and root's DNS only) instead of open.
 pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
     let mut timings = Timings::start();
     apply::preflight()?;
@@ -85,10 +86,24 @@ pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
         }
     }
     let tools = Tools::locate(opts.iptables_backend)?;
-    let prepared = prepare(opts, &mut timings)?;
     let net = NetInfo::read();
+    build(opts, agent_uid, &tools, &net, &mut timings).map_err(|cause| Error::FailedClosed {
+        cause: Box::new(cause),
+        locked_down: apply::lockdown(&tools, net.ipv6_kernel),
+    })?;
+    log::info!("fence ready in {}", timings.summary());
+    Ok(())
+}
 
-    apply::apply(&tools, &prepared.ruleset, net.ipv6_kernel)?;
+fn build(
+    opts: &FenceOpts,
+    agent_uid: u32,
+    tools: &Tools,
+    net: &NetInfo,
+    timings: &mut Timings,
+) -> Result<()> {
+    let prepared = prepare(opts, timings)?;
+    apply::apply(tools, &prepared.ruleset, net.ipv6_kernel)?;
     timings.mark("apply");
     log::info!(
         "fence loaded ({} iptables): {}",
@@ -96,21 +111,21 @@ pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
         describe_sets(&prepared.ruleset)
     );
 
-    let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, &net), agent_uid);
+    let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid);
+    for result in &results {
+        log::debug!("probe {}", result.describe());
+    }
     let mut failures: Vec<String> = results
         .iter()
         .filter(|r| !r.passed())
         .map(|r| r.describe())
         .collect();
     if failures.is_empty() && opts.verify_connect {
-        failures.extend(connect_to_allowed_names(&prepared, agent_uid));
+        failures.extend(connect_to_allowed_names(&prepared));
     }
     timings.mark("verify");
     if !failures.is_empty() {
-        return Err(Error::Verify {
-            failures,
-            locked_down: apply::lockdown(&tools, net.ipv6_kernel),
-        });
+        return Err(Error::Verify { failures });
     }
     let blocked = results
         .iter()
@@ -129,10 +144,6 @@ pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
             .as_secs_f64()
             * 1e3
     );
-    for result in &results {
-        log::debug!("probe {}", result.describe());
-    }
-    log::info!("fence ready in {}", timings.summary());
     Ok(())
 }
 
@@ -192,8 +203,7 @@ fn describe_sets(ruleset: &Ruleset) -> String {
 }
 
 /// `--verify-connect`: one real TCP connection per allowed name, to its first address and port.
-fn connect_to_allowed_names(prepared: &Prepared, agent_uid: u32) -> Vec<String> {
-    let _ = agent_uid;
+fn connect_to_allowed_names(prepared: &Prepared) -> Vec<String> {
     let mut failures = Vec::new();
     for entry in &prepared.policy.entries {
         let (Target::Name(name), Ports::Listed(ranges)) = (&entry.target, &entry.ports) else {
