@@ -111,7 +111,7 @@ fn build(
         describe_sets(&prepared.ruleset)
     );
 
-    let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid);
+    let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid, true);
     for result in &results {
         log::debug!("probe {}", result.describe());
     }

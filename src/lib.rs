@@ -10,6 +10,7 @@ pub mod env;
 pub mod error;
 pub mod fence;
 pub mod harden;
+pub mod inspect;
 pub mod launch;
 pub mod logging;
 pub mod netinfo;

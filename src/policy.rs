@@ -78,7 +78,7 @@ pub const MAX_PORT_RANGE: u32 = 1024;
 
 pub const DEFAULT_NAME_PORTS: [PortRange; 2] = [PortRange::tcp(80), PortRange::tcp(443)];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Ports {
     /// Every port and protocol (an address or network entry without a port list).
     Any,
@@ -97,7 +97,7 @@ impl fmt::Display for Ports {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// A DNS name, lower-case, without a trailing dot.
     Name(String),
@@ -148,15 +148,14 @@ pub struct Policy {
 impl Policy {
     /// The distinct names to resolve, in first-seen order.
     pub fn names(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = Vec::new();
-        for entry in &self.entries {
-            if let Target::Name(name) = &entry.target {
-                if !names.contains(&name.as_str()) {
-                    names.push(name);
-                }
-            }
-        }
-        names
+        let mut seen = std::collections::HashSet::new();
+        self.entries
+            .iter()
+            .filter_map(|entry| match &entry.target {
+                Target::Name(name) if seen.insert(name.as_str()) => Some(name.as_str()),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -507,6 +506,8 @@ pub fn load(opts: &FenceOpts, cordon_allow: Option<&str>) -> Result<Policy> {
 #[derive(Default)]
 struct Builder {
     entries: Vec<Entry>,
+    /// (target, ports) of every entry so far, to drop repeats in constant time.
+    seen: std::collections::HashSet<(Target, Ports)>,
 }
 
 impl Builder {
@@ -535,17 +536,12 @@ impl Builder {
                 log::warn!("{at}: `{text}` allows every {} address", family_name(net));
             }
         }
-        let entry = Entry {
-            target,
-            ports,
-            origin: at.clone(),
-        };
-        if !self
-            .entries
-            .iter()
-            .any(|e| e.target == entry.target && e.ports == entry.ports)
-        {
-            self.entries.push(entry);
+        if self.seen.insert((target.clone(), ports.clone())) {
+            self.entries.push(Entry {
+                target,
+                ports,
+                origin: at.clone(),
+            });
         }
         Ok(())
     }

@@ -13,8 +13,11 @@ use hickory_resolver::{Resolver, TokioResolver};
 use crate::error::{Error, Result};
 use crate::resolv_conf::ResolvConf;
 
-/// Queries in flight at once. Each lookup is two queries (A and AAAA).
+/// Queries in flight at once per runtime. Each lookup is two queries (A and AAAA).
 const MAX_IN_FLIGHT: usize = 512;
+
+/// Names below which a second resolver thread costs more than it saves.
+const NAMES_PER_SHARD: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -62,16 +65,29 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Res
     if names.is_empty() {
         return Ok(Resolution::default());
     }
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| Error::io("starting the DNS runtime", e))?;
-    let results = runtime.block_on(resolve_all(names, conf, bound))?;
-    // Dropping the runtime joins nothing: current-thread runtimes own no threads.
-    drop(runtime);
+    // Resolving is CPU-bound past a few hundred names (sockets and futures per query), so large
+    // lists are split over short-lived current-thread runtimes, one per core. All threads are
+    // joined before this returns: the rest of cordon runs single-threaded.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let shards = names.len().div_ceil(NAMES_PER_SHARD).clamp(1, cores);
+    let chunk = names.len().div_ceil(shards);
+    let results: Vec<Result<Vec<NameAddrs>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || resolve_on_own_runtime(part, conf, bound)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|worker| worker.join().expect("resolver thread panicked"))
+            .collect()
+    });
+    let mut all = Vec::with_capacity(names.len());
+    for part in results {
+        all.extend(part?);
+    }
 
     let resolution = Resolution {
-        names: results,
+        names: all,
         elapsed: started.elapsed(),
     };
     let answered = resolution
@@ -94,6 +110,18 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Res
         )));
     }
     Ok(resolution)
+}
+
+fn resolve_on_own_runtime(
+    names: &[&str],
+    conf: &ResolvConf,
+    bound: Duration,
+) -> Result<Vec<NameAddrs>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the DNS runtime", e))?;
+    runtime.block_on(resolve_all(names, conf, bound))
 }
 
 async fn resolve_all(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Vec<NameAddrs>> {

@@ -249,19 +249,20 @@ fn lan_peers(net: &NetInfo) -> Vec<IpAddr> {
         .collect()
 }
 
-fn routes(net: &NetInfo, addr: IpAddr) -> bool {
+pub fn routes(net: &NetInfo, addr: IpAddr) -> bool {
     addr.is_loopback()
         || net.gateways.iter().any(|g| g.is_ipv4() == addr.is_ipv4())
         || net.addrs.iter().any(|n| n.contains(&addr))
 }
 
-/// Runs every probe at once and collects the verdicts.
-pub fn run_probes(probes: Vec<Probe>, agent_uid: u32) -> Vec<ProbeResult> {
+/// Runs every probe at once and collects the verdicts. Unmarked probes (`cordon check` as a
+/// non-root user) can only show rejections: an allowed one would really leave.
+pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<ProbeResult> {
     let started = Instant::now();
     let mut pending: Vec<(Probe, Result<OwnedFd, Observed>)> = probes
         .into_iter()
         .map(|probe| {
-            let socket = open_probe(&probe, agent_uid);
+            let socket = open_probe(&probe, agent_uid, marked);
             (probe, socket)
         })
         .collect();
@@ -328,7 +329,7 @@ pub fn run_probes(probes: Vec<Probe>, agent_uid: u32) -> Vec<ProbeResult> {
 
 /// Creates the probe's socket (owned by the agent's uid unless it probes as root), marks it and
 /// starts the connection. An immediate verdict comes back as `Err`.
-fn open_probe(probe: &Probe, agent_uid: u32) -> Result<OwnedFd, Observed> {
+fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<OwnedFd, Observed> {
     let family = match probe.dst {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -348,7 +349,9 @@ fn open_probe(probe: &Probe, agent_uid: u32) -> Result<OwnedFd, Observed> {
     );
     setfsuid(previous);
     let fd = created.map_err(|e| Observed::Unexpected(e.desc()))?;
-    setsockopt(&fd, sockopt::Mark, &PROBE_MARK).map_err(|e| Observed::Unexpected(e.desc()))?;
+    if marked {
+        setsockopt(&fd, sockopt::Mark, &PROBE_MARK).map_err(|e| Observed::Unexpected(e.desc()))?;
+    }
 
     let addr = SockaddrStorage::from(probe.dst);
     match connect(fd.as_raw_fd(), &addr) {

@@ -1,0 +1,281 @@
+//! What fence is in place, as `cordon check` sees it from inside the container.
+//!
+//! As root (with CAP_NET_ADMIN): the loaded chains, policies, counters and set sizes, plus marked
+//! probes of the verdict classes that never depend on the allowlist. As anyone else, who cannot
+//! read the firewall: the same probes unmarked, each of which must be rejected at once.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Command;
+
+use crate::apply::{self, Tools};
+use crate::cli::Backend;
+use crate::netinfo::NetInfo;
+use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
+use crate::policy::Proto;
+use crate::verify::{self, Probe};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceStatus {
+    pub holds: bool,
+    /// One line per fact (chains, set sizes, counters, probe verdicts).
+    pub lines: Vec<String>,
+}
+
+pub fn fence() -> FenceStatus {
+    let mut status = FenceStatus {
+        holds: true,
+        lines: Vec::new(),
+    };
+    let net = NetInfo::read();
+    let can_read = apply::preflight().is_ok();
+    if can_read {
+        match Tools::locate(Backend::Auto) {
+            Ok(tools) => read_rules(&tools, &net, &mut status),
+            Err(error) => status.fail(format!("cannot read the firewall: {error}")),
+        }
+    } else {
+        status
+            .lines
+            .push("not root: the firewall cannot be read, only probed".to_string());
+    }
+    probe_blocked_classes(&net, can_read, &mut status);
+    status
+}
+
+impl FenceStatus {
+    fn fail(&mut self, line: String) {
+        self.holds = false;
+        self.lines.push(line);
+    }
+}
+
+fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
+    let families: &[Family] = if net.ipv6_kernel {
+        &[Family::V4, Family::V6]
+    } else {
+        &[Family::V4]
+    };
+    for family in families {
+        let stem = match family {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        };
+        let tool = format!("{stem}-{}-save", tools.variant);
+        let output = Command::new(apply::find_tool(&tool).unwrap_or(tool.clone().into()))
+            .args(["-c", "-t", "filter"])
+            .output();
+        match output {
+            Ok(out) if out.status.success() => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                let rules = SavedRules::parse(&text);
+                match rules.problem() {
+                    None => status.lines.push(format!(
+                        "{} fence loaded: OUTPUT policy DROP, {} allowed and {} rejected packets \
+                         so far",
+                        family.name(),
+                        rules.allowed_packets,
+                        rules.rejected_packets
+                    )),
+                    Some(problem) => status.fail(format!("{} fence: {problem}", family.name())),
+                }
+            }
+            Ok(out) => status.fail(format!(
+                "{tool} failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )),
+            Err(e) => status.fail(format!("cannot run {tool}: {e}")),
+        }
+    }
+    match Command::new(&tools.ipset).args(["list", "-t"]).output() {
+        Ok(out) if out.status.success() => {
+            let sizes = set_sizes(&String::from_utf8_lossy(&out.stdout));
+            if sizes.is_empty() {
+                status.fail("no cordon sets are loaded".to_string());
+            }
+            for (name, size) in sizes {
+                status.lines.push(format!("set {name}: {size} entries"));
+            }
+        }
+        _ => status.fail("cannot list the ipsets".to_string()),
+    }
+}
+
+/// The facts `check` needs from `iptables-save -c -t filter`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SavedRules {
+    output_policy_drop: bool,
+    output_jumps_first: bool,
+    output_ends_in_reject: bool,
+    allowed_packets: u64,
+    rejected_packets: u64,
+}
+
+impl SavedRules {
+    pub fn parse(text: &str) -> SavedRules {
+        let mut rules = SavedRules::default();
+        let mut first_output_rule = None;
+        let mut last_cordon_output_rule = None;
+        for line in text.lines() {
+            if line.starts_with(":OUTPUT DROP") {
+                rules.output_policy_drop = true;
+            }
+            let (packets, rule) = match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+                Some((counters, rule)) => (
+                    counters
+                        .split(':')
+                        .next()
+                        .and_then(|p| p.parse::<u64>().ok())
+                        .unwrap_or(0),
+                    rule,
+                ),
+                None => (0, line),
+            };
+            if rule.starts_with("-A OUTPUT ") && first_output_rule.is_none() {
+                first_output_rule = Some(rule.to_string());
+            }
+            if rule.starts_with(&format!("-A {CHAIN_OUTPUT} ")) {
+                last_cordon_output_rule = Some(rule.to_string());
+            }
+            if rule == format!("-A {CHAIN_ALLOW} -j ACCEPT") {
+                rules.allowed_packets += packets;
+            }
+            if rule.starts_with(&format!("-A {CHAIN_REJECT} ")) {
+                rules.rejected_packets += packets;
+            }
+        }
+        rules.output_jumps_first =
+            first_output_rule.as_deref() == Some(&format!("-A OUTPUT -j {CHAIN_OUTPUT}"));
+        rules.output_ends_in_reject = last_cordon_output_rule.as_deref()
+            == Some(&format!("-A {CHAIN_OUTPUT} -j {CHAIN_REJECT}"));
+        rules
+    }
+
+    fn problem(&self) -> Option<&'static str> {
+        if !self.output_jumps_first {
+            Some("OUTPUT does not start with cordon's chain (cordon never ran, or was undone)")
+        } else if !self.output_ends_in_reject {
+            Some("cordon's chain does not end in its reject rule")
+        } else if !self.output_policy_drop {
+            Some("the OUTPUT policy is not DROP")
+        } else {
+            None
+        }
+    }
+}
+
+fn set_sizes(text: &str) -> Vec<(String, u64)> {
+    let mut sizes = Vec::new();
+    let mut name = None;
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("Name: ") {
+            name = n.starts_with("cordon").then(|| n.to_string());
+        }
+        if let (Some(n), Some(count)) = (&name, line.strip_prefix("Number of entries: ")) {
+            sizes.push((n.clone(), count.trim().parse().unwrap_or(0)));
+        }
+    }
+    sizes
+}
+
+/// Destinations that no allowlist opens unless it names them explicitly; `check` has no
+/// allowlist, so it only probes these.
+fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) {
+    let mut targets: Vec<(&'static str, IpAddr, Proto, u16)> = vec![
+        (
+            "public address",
+            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
+            Proto::Tcp,
+            443,
+        ),
+        (
+            "cloud metadata",
+            IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+            Proto::Tcp,
+            80,
+        ),
+        (
+            "dns to a non-resolver",
+            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 53)),
+            Proto::Udp,
+            53,
+        ),
+    ];
+    targets.extend(
+        net.gateways
+            .iter()
+            .filter(|g| g.is_ipv4())
+            .map(|g| ("gateway", *g, Proto::Tcp, 80)),
+    );
+    if net.ipv6_kernel {
+        let doc = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
+        targets.push(("ipv6 address", doc, Proto::Udp, 443));
+    }
+    let probes = targets
+        .into_iter()
+        .map(|(class, addr, proto, port)| Probe {
+            class,
+            dst: SocketAddr::new(addr, port),
+            proto,
+            as_root: false,
+            expect: Verdict::Reject,
+            unrouted: !verify::routes(net, addr),
+        })
+        .collect();
+    let uid = nix::unistd::getuid().as_raw();
+    for result in verify::run_probes(probes, uid, marked) {
+        let line = format!("probe {}", result.describe());
+        if result.passed() {
+            status.lines.push(line);
+        } else {
+            status.fail(line);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAVED: &str = "# Generated by iptables-nft-save\n*filter\n:INPUT DROP [0:0]\n\
+        :FORWARD ACCEPT [0:0]\n:OUTPUT DROP [0:0]\n:CORDON_ALLOW - [0:0]\n\
+        :CORDON_OUTPUT - [0:0]\n:CORDON_REJECT - [0:0]\n\
+        [120:9000] -A OUTPUT -j CORDON_OUTPUT\n\
+        [3:180] -A CORDON_ALLOW -p tcp -m mark --mark 0x636f7264 -j REJECT --reject-with tcp-reset\n\
+        [40:3000] -A CORDON_ALLOW -j ACCEPT\n\
+        [0:0] -A CORDON_OUTPUT -o lo -j CORDON_ALLOW\n\
+        [7:420] -A CORDON_OUTPUT -j CORDON_REJECT\n\
+        [7:420] -A CORDON_REJECT -j REJECT --reject-with icmp-admin-prohibited\nCOMMIT\n";
+
+    #[test]
+    fn a_loaded_fence_and_its_counters() {
+        let rules = SavedRules::parse(SAVED);
+        assert_eq!(rules.problem(), None);
+        assert_eq!((rules.allowed_packets, rules.rejected_packets), (40, 7));
+    }
+
+    #[test]
+    fn a_missing_or_weakened_fence_is_named() {
+        let empty = SavedRules::parse("*filter\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n");
+        assert!(empty.problem().unwrap().contains("never ran"));
+        let accepting = SavedRules::parse(&SAVED.replace(":OUTPUT DROP", ":OUTPUT ACCEPT"));
+        assert!(accepting.problem().unwrap().contains("policy"));
+        let bypass = SavedRules::parse(&SAVED.replace(
+            "[120:9000] -A OUTPUT -j CORDON_OUTPUT",
+            "[0:0] -A OUTPUT -j ACCEPT\n[120:9000] -A OUTPUT -j CORDON_OUTPUT",
+        ));
+        assert!(bypass.problem().is_some());
+    }
+
+    #[test]
+    fn set_sizes_from_ipset_list() {
+        let text = "Name: cordon4-ports\nType: hash:net,port\nNumber of entries: 4\n\
+                    Name: other\nNumber of entries: 9\nName: cordon6-hosts\nNumber of entries: 0\n";
+        assert_eq!(
+            set_sizes(text),
+            [
+                ("cordon4-ports".to_string(), 4),
+                ("cordon6-hosts".to_string(), 0)
+            ]
+        );
+    }
+}
