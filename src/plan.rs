@@ -342,9 +342,11 @@ impl Ruleset {
 
         let output = |rule: &str| format!("-A {CHAIN_OUTPUT} {rule}");
         line(output(&format!("-o lo -j {CHAIN_ALLOW}")));
-        line(output(
-            "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        ));
+        // Probes skip this shortcut: a probe's source port may match a flow cordon's own DNS
+        // queries just used, and it must still reach the verdict rules.
+        line(output(&format!(
+            "-m conntrack --ctstate ESTABLISHED,RELATED -m mark ! --mark {PROBE_MARK:#x} -j ACCEPT"
+        )));
         if family == Family::V6 {
             // Neighbour discovery and MLD never leave the link (hop limit 255 / 1) and only the
             // kernel sends them: without them IPv6 cannot reach even an allowed address.
@@ -431,7 +433,11 @@ pub fn lockdown_restore(family: Family) -> String {
             "-A OUTPUT -p {proto} -m {proto} --dport 53 -m owner --uid-owner 0 -j ACCEPT"
         );
     }
-    let _ = writeln!(out, "-A OUTPUT -j REJECT --reject-with {}", family.reject_admin());
+    let _ = writeln!(
+        out,
+        "-A OUTPUT -j REJECT --reject-with {}",
+        family.reject_admin()
+    );
     out.push_str("COMMIT\n");
     out
 }

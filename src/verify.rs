@@ -312,15 +312,13 @@ pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<Probe
                 .collect()
         };
         for ((probe, fd), is_ready) in waiting.into_iter().zip(ready) {
-            if is_ready {
-                let observed = settle(&probe, &fd);
-                results.push(ProbeResult {
+            match is_ready.then(|| settle(&probe, &fd)).flatten() {
+                Some(observed) => results.push(ProbeResult {
                     probe,
                     observed,
                     elapsed: started.elapsed(),
-                });
-            } else {
-                pending.push((probe, Ok(fd)));
+                }),
+                None => pending.push((probe, Ok(fd))),
             }
         }
     }
@@ -369,14 +367,24 @@ fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<OwnedFd, Ob
     Ok(fd)
 }
 
-fn settle(probe: &Probe, fd: &OwnedFd) -> Observed {
+/// The verdict of a probe whose socket became ready, or `None` to keep waiting.
+fn settle(probe: &Probe, fd: &OwnedFd) -> Option<Observed> {
     match getsockopt(fd, sockopt::SocketError) {
         Ok(0) => match probe.proto {
-            Proto::Tcp => Observed::Unexpected("connected (the packet left the namespace)"),
-            Proto::Udp => Observed::Unexpected("a reply (the packet left the namespace)"),
+            Proto::Tcp => Some(Observed::Unexpected(
+                "connected (the packet left the namespace)",
+            )),
+            // A datagram from the peer can be a late answer to an earlier query that used the
+            // same port; the probe's own verdict is the socket error still to come.
+            Proto::Udp => {
+                let mut discard = [0u8; 512];
+                let _ =
+                    nix::sys::socket::recv(fd.as_raw_fd(), &mut discard, MsgFlags::MSG_DONTWAIT);
+                None
+            }
         },
-        Ok(errno) => classify(Errno::from_raw(errno)),
-        Err(errno) => Observed::Unexpected(errno.desc()),
+        Ok(errno) => Some(classify(Errno::from_raw(errno))),
+        Err(errno) => Some(Observed::Unexpected(errno.desc())),
     }
 }
 
