@@ -7,6 +7,7 @@ mod forward;
 mod listen;
 mod mockapi;
 mod net;
+mod pid1;
 mod probe;
 mod util;
 
@@ -24,6 +25,7 @@ fn main() {
         "listen" => listen::main(rest),
         "probe" => probe::main(rest),
         "mock-api" => mockapi::main(rest),
+        cmd if pid1::COMMANDS.contains(&cmd) => pid1::main(cmd, rest),
         _ => {
             eprintln!("{USAGE}");
             2
