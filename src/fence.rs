@@ -80,7 +80,10 @@ pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
     let mut timings = Timings::start();
     apply::preflight()?;
     if !opts.allow_host_network {
-        let devices = netinfo::host_namespace_devices(Path::new("/sys/class/net"));
+        let devices = netinfo::host_namespace_devices(
+            Path::new("/proc/net/dev"),
+            Path::new("/sys/class/net"),
+        );
         if !devices.is_empty() {
             return Err(Error::HostNetwork { devices });
         }

@@ -218,7 +218,7 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
             proto,
             as_root: false,
             expect: Verdict::Reject,
-            unrouted: !verify::routes(net, addr),
+            unrouted: !net.routes(addr),
         })
         .collect();
     let uid = nix::unistd::getuid().as_raw();

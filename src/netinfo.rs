@@ -13,8 +13,6 @@ pub struct NetInfo {
     pub gateways: Vec<IpAddr>,
     /// The kernel has IPv6 (ip6tables must then be loaded too).
     pub ipv6_kernel: bool,
-    /// Some non-loopback IPv6 route exists, so IPv6 probes reach the fence.
-    pub ipv6_routed: bool,
 }
 
 impl NetInfo {
@@ -47,25 +45,16 @@ impl NetInfo {
             info.gateways.extend(parse_route_v4(&text));
         }
         if let Ok(text) = std::fs::read_to_string("/proc/net/ipv6_route") {
-            let routes = parse_route_v6(&text);
-            info.ipv6_routed = routes.routed;
-            info.gateways.extend(routes.gateways);
+            info.gateways.extend(parse_route_v6(&text));
         }
         info
     }
 
-    /// Whether a connection to `addr` gets past routing (so a fence verdict can be observed).
+    /// Whether a connection to `addr` gets past routing, so the fence gives the verdict.
     pub fn routes(&self, addr: IpAddr) -> bool {
-        let has_default = self.gateways.iter().any(|g| g.is_ipv4() == addr.is_ipv4());
-        let on_link = self.addrs.iter().any(|net| net.contains(&addr));
-        match addr {
-            IpAddr::V4(_) => has_default || on_link,
-            IpAddr::V6(_) => has_default || on_link || (self.ipv6_routed && self.ipv6_default()),
-        }
-    }
-
-    fn ipv6_default(&self) -> bool {
-        self.gateways.iter().any(|g| g.is_ipv6())
+        addr.is_loopback()
+            || self.gateways.iter().any(|g| g.is_ipv4() == addr.is_ipv4())
+            || self.addrs.iter().any(|net| net.contains(&addr))
     }
 }
 
@@ -87,40 +76,25 @@ pub fn parse_route_v4(text: &str) -> Vec<IpAddr> {
     gateways
 }
 
-pub struct V6Routes {
-    pub gateways: Vec<IpAddr>,
-    /// A usable route other than loopback's and link-local/multicast ones.
-    pub routed: bool,
-}
-
-/// /proc/net/ipv6_route: dest, dest_len, src, src_len, next_hop, metric, refcnt, use, flags, dev.
-pub fn parse_route_v6(text: &str) -> V6Routes {
+/// Default gateways from /proc/net/ipv6_route: dest, dest_len, src, src_len, next_hop, metric,
+/// refcnt, use, flags, dev.
+pub fn parse_route_v6(text: &str) -> Vec<IpAddr> {
     const RTF_REJECT: u32 = 0x0200;
-    let mut routes = V6Routes {
-        gateways: Vec::new(),
-        routed: false,
-    };
+    let mut gateways = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.len() < 10 || fields[9] == "lo" {
+        if fields.len() < 10 || fields[9] == "lo" || fields[1] != "00" {
             continue;
         }
         let flags = u32::from_str_radix(fields[8], 16).unwrap_or(RTF_REJECT);
-        let (Some(dest), Some(next_hop)) = (hex_v6(fields[0]), hex_v6(fields[4])) else {
-            continue;
-        };
         if flags & RTF_REJECT != 0 {
             continue;
         }
-        let local_scope = (dest.segments()[0] & 0xffc0) == 0xfe80 || dest.is_multicast();
-        if !local_scope {
-            routes.routed = true;
-        }
-        if fields[1] == "00" && !next_hop.is_unspecified() {
-            routes.gateways.push(IpAddr::V6(next_hop));
+        if let Some(next_hop) = hex_v6(fields[4]).filter(|hop| !hop.is_unspecified()) {
+            gateways.push(IpAddr::V6(next_hop));
         }
     }
-    routes
+    gateways
 }
 
 fn hex_v6(text: &str) -> Option<Ipv6Addr> {
@@ -129,14 +103,21 @@ fn hex_v6(text: &str) -> Option<Ipv6Addr> {
 
 /// Network devices that a container's own namespace never has: bridges (docker0, br-…) and
 /// devices backed by hardware. Their presence means this is (most likely) the host's namespace.
-pub fn host_namespace_devices(sys_class_net: &Path) -> Vec<String> {
-    let Ok(listing) = std::fs::read_dir(sys_class_net) else {
+/// Names come from /proc/net/dev, which always shows this namespace; sysfs only says what each
+/// is (a sysfs mounted for another namespace may list devices that are not here).
+pub fn host_namespace_devices(proc_net_dev: &Path, sys_class_net: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(proc_net_dev) else {
         return Vec::new();
     };
-    let mut found: Vec<String> = listing
-        .flatten()
-        .filter(|dev| dev.path().join("bridge").is_dir() || dev.path().join("device").exists())
-        .map(|dev| dev.file_name().to_string_lossy().into_owned())
+    let mut found: Vec<String> = text
+        .lines()
+        .skip(2)
+        .filter_map(|line| line.split(':').next().map(str::trim))
+        .filter(|name| {
+            let dev = sys_class_net.join(name);
+            dev.join("bridge").is_dir() || dev.join("device").exists()
+        })
+        .map(str::to_string)
         .collect();
     found.sort();
     found
@@ -159,17 +140,14 @@ mod tests {
     }
 
     #[test]
-    fn default_gateway_v6_and_reachability() {
+    fn default_gateway_v6() {
         let text = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth0\n\
              fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
              00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
-        let routes = parse_route_v6(text);
-        assert_eq!(routes.gateways, ["fd00::1".parse::<IpAddr>().unwrap()]);
-        assert!(routes.routed);
+        assert_eq!(parse_route_v6(text), ["fd00::1".parse::<IpAddr>().unwrap()]);
 
         let link_local_only = "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
              ff000000000000000000000000000000 08 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000004 00000000 00000001     eth0\n";
-        let routes = parse_route_v6(link_local_only);
-        assert!(!routes.routed && routes.gateways.is_empty());
+        assert!(parse_route_v6(link_local_only).is_empty());
     }
 }

@@ -122,7 +122,7 @@ pub fn plan_probes(ruleset: &Ruleset, net: &NetInfo) -> Vec<Probe> {
             (IpAddr::V6(_), Verdict::Reject) => Proto::Udp,
             _ => proto,
         };
-        let routed = routes(net, addr);
+        let routed = net.routes(addr);
         probes.push(Probe {
             class,
             dst: SocketAddr::new(addr, port),
@@ -247,12 +247,6 @@ fn lan_peers(net: &NetInfo) -> Vec<IpAddr> {
                 .find(|a| *a != n.addr() && !net.gateways.contains(a))
         })
         .collect()
-}
-
-pub fn routes(net: &NetInfo, addr: IpAddr) -> bool {
-    addr.is_loopback()
-        || net.gateways.iter().any(|g| g.is_ipv4() == addr.is_ipv4())
-        || net.addrs.iter().any(|n| n.contains(&addr))
 }
 
 /// Runs every probe at once and collects the verdicts. Unmarked probes (`cordon check` as a
@@ -447,7 +441,6 @@ mod tests {
             addrs: vec!["172.18.0.5/16".parse().unwrap()],
             gateways: vec!["172.18.0.1".parse().unwrap()],
             ipv6_kernel: true,
-            ipv6_routed: false,
         }
     }
 
