@@ -1,9 +1,576 @@
 //! `cordon check`: does the sandbox hold, as seen from inside?
+//!
+//! Runnable by any user and as a Docker HEALTHCHECK; exit 0 only if the sandbox holds. It holds
+//! when nothing found is a failure:
+//! - the fence holds (`FenceStatus`, from the fence stage);
+//! - no setuid/setgid file and no file with capabilities is left on the root filesystem, and no
+//!   setuid sudo (or su, doas, pkexec) exists: otherwise any session without no_new_privs can
+//!   become root (or another user) and open the fence;
+//! - a non-root caller holds no capability in its permitted, effective or ambient set.
+//!
+//! Not failures, but reported: a root caller's own capabilities (`docker exec -u root` and a
+//! HEALTHCHECK in an image without USER are the trusted operator); a non-root caller with a
+//! non-empty bounding or inheritable set or without no_new_privs (a `docker exec -u node`
+//! session rather than the agent): with no privileged file left it has nothing to gain them
+//! from, and the scan is what decides; sudoers rules left behind a sudo without its setuid bit.
+//! A non-root caller cannot read every directory: what it could not scan is reported, and a
+//! full scan needs root.
+
+use std::fmt;
+use std::path::Path;
 
 use crate::cli::CheckArgs;
-use crate::error::Result;
+use crate::error::{exit, Error, Result};
+use crate::harden::{self, sudoers, Privileged, Scan};
+use crate::inspect::{self, FenceStatus};
 
 pub fn run(args: &CheckArgs) -> Result<i32> {
     let _ = args;
-    todo!("issue 3: check")
+    let status_text = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("cannot read /proc/self/status", e))?;
+    let caller = Status::parse(&status_text).map_err(|reason| {
+        Error::io(
+            "cannot read /proc/self/status",
+            std::io::Error::other(reason),
+        )
+    })?;
+    let scan = harden::scan(Path::new("/"))?;
+    let sudoers = Sudoers::read(Path::new("/"));
+    let facts = Facts {
+        caller,
+        scan,
+        sudoers,
+        fence: inspect::fence(),
+    };
+    let findings = assess(&facts);
+    for finding in &findings {
+        println!("{finding}");
+    }
+    let failures = findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Fail)
+        .count();
+    if failures == 0 {
+        println!("the sandbox holds");
+        Ok(exit::OK)
+    } else {
+        println!("the sandbox does NOT hold ({failures} failed)");
+        Ok(exit::CHECK_FAILED)
+    }
+}
+
+/// The capability sets of a process, as bit masks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapSets {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
+}
+
+/// What /proc/self/status says about the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Status {
+    pub uid: u32,
+    pub euid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub caps: CapSets,
+    pub no_new_privs: bool,
+}
+
+impl Status {
+    pub fn parse(text: &str) -> std::result::Result<Status, String> {
+        let mut status = Status::default();
+        let mut seen = 0;
+        for line in text.lines() {
+            let Some((key, value)) = line.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            let caps = &mut status.caps;
+            let slot = match key {
+                "Uid" => {
+                    let ids = ids(value)?;
+                    status.uid = *ids.first().ok_or("empty Uid line")?;
+                    status.euid = *ids.get(1).ok_or("short Uid line")?;
+                    seen += 1;
+                    continue;
+                }
+                "Gid" => {
+                    status.gid = *ids(value)?.first().ok_or("empty Gid line")?;
+                    continue;
+                }
+                "Groups" => {
+                    status.groups = ids(value)?;
+                    continue;
+                }
+                "NoNewPrivs" => {
+                    status.no_new_privs = value == "1";
+                    continue;
+                }
+                "CapInh" => &mut caps.inheritable,
+                "CapPrm" => &mut caps.permitted,
+                "CapEff" => &mut caps.effective,
+                "CapBnd" => &mut caps.bounding,
+                "CapAmb" => &mut caps.ambient,
+                _ => continue,
+            };
+            *slot = u64::from_str_radix(value, 16).map_err(|_| format!("bad {key} `{value}`"))?;
+            seen += 1;
+        }
+        if seen < 5 {
+            return Err("no Uid or capability lines".to_string());
+        }
+        Ok(status)
+    }
+}
+
+fn ids(text: &str) -> std::result::Result<Vec<u32>, String> {
+    text.split_whitespace()
+        .map(|id| id.parse().map_err(|_| format!("bad id `{id}`")))
+        .collect()
+}
+
+/// Capability names in a mask, e.g. "cap_net_admin, cap_net_raw".
+pub fn cap_names(mask: u64) -> String {
+    let mut known: Vec<caps::Capability> = caps::all()
+        .into_iter()
+        .filter(|cap| mask & cap.bitmask() != 0)
+        .collect();
+    known.sort_by_key(|cap| cap.index());
+    let covered = known.iter().fold(0, |acc, cap| acc | cap.bitmask());
+    let mut names: Vec<String> = known
+        .iter()
+        .map(|cap| cap.to_string().to_ascii_lowercase())
+        .collect();
+    names.extend(
+        (0..64)
+            .filter(|bit| (mask & !covered) & (1 << bit) != 0)
+            .map(|bit| format!("capability {bit}")),
+    );
+    names.join(", ")
+}
+
+/// The state of sudo's rules as far as the caller can read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sudoers {
+    /// Every file was readable; these still hold rules.
+    Read { granting: Vec<String> },
+    /// At least one file could not be read by the caller.
+    Unreadable,
+}
+
+impl Sudoers {
+    pub fn read(root: &Path) -> Sudoers {
+        let mut granting = Vec::new();
+        for path in sudoers::files(root) {
+            match std::fs::read(&path) {
+                Ok(text) if sudoers::grants(&String::from_utf8_lossy(&text)) => {
+                    granting.push(path.display().to_string())
+                }
+                Ok(_) => {}
+                Err(_) => return Sudoers::Unreadable,
+            }
+        }
+        Sudoers::Read { granting }
+    }
+}
+
+pub struct Facts {
+    pub caller: Status,
+    pub scan: Scan,
+    pub sudoers: Sudoers,
+    pub fence: FenceStatus,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ok,
+    Note,
+    Fail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub verdict: Verdict,
+    pub topic: &'static str,
+    pub text: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = match self.verdict {
+            Verdict::Ok => "ok",
+            Verdict::Note => "note",
+            Verdict::Fail => "FAIL",
+        };
+        write!(f, "{verdict:<5} {}: {}", self.topic, self.text)
+    }
+}
+
+fn finding(verdict: Verdict, topic: &'static str, text: impl Into<String>) -> Finding {
+    Finding {
+        verdict,
+        topic,
+        text: text.into(),
+    }
+}
+
+pub fn assess(facts: &Facts) -> Vec<Finding> {
+    let mut findings = vec![identity(&facts.caller), capabilities(&facts.caller)];
+    findings.extend(privileged_files(&facts.scan, &facts.caller));
+    findings.push(sudo(&facts.scan.privileged, &facts.sudoers));
+    let fence = &facts.fence;
+    let verdict = if fence.holds {
+        Verdict::Ok
+    } else {
+        Verdict::Fail
+    };
+    findings.extend(
+        fence
+            .lines
+            .iter()
+            .map(|line| finding(verdict, "fence", line)),
+    );
+    if fence.lines.is_empty() {
+        findings.push(finding(
+            verdict,
+            "fence",
+            if fence.holds {
+                "holds"
+            } else {
+                "does not hold"
+            },
+        ));
+    }
+    findings
+}
+
+fn identity(caller: &Status) -> Finding {
+    let groups: Vec<String> = caller.groups.iter().map(u32::to_string).collect();
+    let text = format!(
+        "uid {} (effective {}), gid {}, groups [{}]",
+        caller.uid,
+        caller.euid,
+        caller.gid,
+        groups.join(" ")
+    );
+    finding(Verdict::Ok, "caller", text)
+}
+
+fn capabilities(caller: &Status) -> Finding {
+    let caps = caller.caps;
+    let sets = format!(
+        "CapInh {:016x} CapPrm {:016x} CapEff {:016x} CapBnd {:016x} CapAmb {:016x}, NoNewPrivs {}",
+        caps.inheritable,
+        caps.permitted,
+        caps.effective,
+        caps.bounding,
+        caps.ambient,
+        u8::from(caller.no_new_privs)
+    );
+    let held = caps.permitted | caps.effective | caps.ambient;
+    let (verdict, text) = if caller.euid == 0 {
+        (
+            Verdict::Note,
+            format!("caller is root (the trusted operator); its own sets are not judged: {sets}"),
+        )
+    } else if held != 0 {
+        (
+            Verdict::Fail,
+            format!("a non-root process holds {}: {sets}", cap_names(held)),
+        )
+    } else if caps.bounding != 0 || caps.inheritable != 0 || !caller.no_new_privs {
+        (
+            Verdict::Note,
+            format!(
+                "none held, but this session was not started by cordon (e.g. docker exec): it \
+                 could gain some only through a setuid or file-capability binary: {sets}"
+            ),
+        )
+    } else {
+        (
+            Verdict::Ok,
+            format!("none in any set, no_new_privs on: {sets}"),
+        )
+    };
+    finding(verdict, "capabilities", text)
+}
+
+fn privileged_files(scan: &Scan, caller: &Status) -> Vec<Finding> {
+    let where_ = format!(
+        "{} ({} entries in {} ms)",
+        scan.root.display(),
+        scan.entries,
+        scan.elapsed.as_millis()
+    );
+    let mut findings = vec![if scan.privileged.is_empty() {
+        finding(
+            Verdict::Ok,
+            "privileged files",
+            format!("no setuid/setgid file or file capabilities on {where_}"),
+        )
+    } else {
+        let listed: Vec<String> = scan
+            .privileged
+            .iter()
+            .take(10)
+            .map(|file| format!("{} ({})", file.path.display(), file.describe()))
+            .collect();
+        let more = scan.privileged.len().saturating_sub(listed.len());
+        let more = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        finding(
+            Verdict::Fail,
+            "privileged files",
+            format!(
+                "{} on {where_}: {}{more}",
+                scan.privileged.len(),
+                listed.join(", ")
+            ),
+        )
+    }];
+    if let Some((first, errno)) = scan.unreadable.first() {
+        let who = if caller.euid == 0 {
+            "root"
+        } else {
+            "this user"
+        };
+        findings.push(finding(
+            Verdict::Note,
+            "privileged files",
+            format!(
+                "{} directories not readable by {who} were not scanned, e.g. {} ({}); run as \
+                 root (docker exec -u root) for a full scan",
+                scan.unreadable.len(),
+                first.display(),
+                errno.desc()
+            ),
+        ));
+    }
+    findings
+}
+
+fn sudo(privileged: &[Privileged], sudoers: &Sudoers) -> Finding {
+    let tools: Vec<String> = privileged
+        .iter()
+        .filter(|file| file.setuid() && file.uid == 0 && sudoers::is_elevation_tool(&file.path))
+        .map(|file| file.path.display().to_string())
+        .collect();
+    if !tools.is_empty() {
+        return finding(
+            Verdict::Fail,
+            "sudo",
+            format!("could work: {} setuid root", tools.join(" and ")),
+        );
+    }
+    match sudoers {
+        Sudoers::Read { granting } if granting.is_empty() => finding(
+            Verdict::Ok,
+            "sudo",
+            "cannot work: no setuid sudo, no sudoers rules",
+        ),
+        Sudoers::Read { granting } => finding(
+            Verdict::Note,
+            "sudo",
+            format!(
+                "cannot work (no setuid sudo), although {} still hold rules",
+                granting.join(", ")
+            ),
+        ),
+        Sudoers::Unreadable => finding(
+            Verdict::Ok,
+            "sudo",
+            "cannot work: no setuid sudo (sudoers not readable by this user)",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    const AGENT: &str = "\
+Name:\tclaude
+Umask:\t0022
+State:\tR (running)
+Uid:\t1000\t1000\t1000\t1000
+Gid:\t1000\t1000\t1000\t1000
+Groups:\t27 1000 
+CapInh:\t0000000000000000
+CapPrm:\t0000000000000000
+CapEff:\t0000000000000000
+CapBnd:\t0000000000000000
+CapAmb:\t0000000000000000
+NoNewPrivs:\t1
+Seccomp:\t2
+";
+
+    fn agent() -> Status {
+        Status::parse(AGENT).unwrap()
+    }
+
+    fn exec_session() -> Status {
+        Status {
+            caps: CapSets {
+                bounding: 0x00000000a80425fb,
+                ..CapSets::default()
+            },
+            no_new_privs: false,
+            ..agent()
+        }
+    }
+
+    fn root() -> Status {
+        Status {
+            uid: 0,
+            euid: 0,
+            gid: 0,
+            groups: vec![],
+            caps: CapSets {
+                permitted: 0x00000000a80435fb,
+                effective: 0x00000000a80435fb,
+                bounding: 0x00000000a80435fb,
+                ..CapSets::default()
+            },
+            no_new_privs: false,
+        }
+    }
+
+    fn scan(privileged: Vec<Privileged>) -> Scan {
+        Scan {
+            root: PathBuf::from("/"),
+            entries: 100,
+            files: 80,
+            privileged,
+            skipped: vec![],
+            unreadable: vec![],
+            root_dev: 1,
+            elapsed: Duration::from_millis(3),
+        }
+    }
+
+    fn fence(holds: bool) -> FenceStatus {
+        FenceStatus {
+            holds,
+            lines: vec!["chains in place".to_string()],
+        }
+    }
+
+    fn facts(caller: Status, privileged: Vec<Privileged>, fence_holds: bool) -> Facts {
+        Facts {
+            caller,
+            scan: scan(privileged),
+            sudoers: Sudoers::Read { granting: vec![] },
+            fence: fence(fence_holds),
+        }
+    }
+
+    fn failures(facts: &Facts) -> Vec<&'static str> {
+        assess(facts)
+            .into_iter()
+            .filter(|f| f.verdict == Verdict::Fail)
+            .map(|f| f.topic)
+            .collect()
+    }
+
+    fn sudo_binary() -> Privileged {
+        let mut scan = harden::tests_support::privileged("/usr/bin/sudo", 0o4755, 0);
+        scan.capability = false;
+        scan
+    }
+
+    #[test]
+    fn parses_proc_status() {
+        let status = agent();
+        assert_eq!((status.uid, status.euid, status.gid), (1000, 1000, 1000));
+        assert_eq!(status.groups, [27, 1000]);
+        assert_eq!(status.caps, CapSets::default());
+        assert!(status.no_new_privs);
+        assert!(Status::parse("Name: x\n").is_err());
+        assert!(Status::parse(&AGENT.replace("CapEff:\t0000", "CapEff:\tzz00")).is_err());
+    }
+
+    #[test]
+    fn names_capabilities() {
+        assert_eq!(cap_names(1 << 12 | 1 << 13), "cap_net_admin, cap_net_raw");
+        assert_eq!(cap_names(1 << 63), "capability 63");
+        assert_eq!(cap_names(0), "");
+    }
+
+    #[test]
+    fn the_agent_in_a_sandbox_that_holds_passes() {
+        assert_eq!(failures(&facts(agent(), vec![], true)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn a_fence_that_does_not_hold_fails() {
+        assert_eq!(failures(&facts(agent(), vec![], false)), ["fence"]);
+    }
+
+    #[test]
+    fn a_non_root_caller_with_capabilities_fails() {
+        let mut caller = agent();
+        caller.caps.ambient = 1 << 12;
+        let found = assess(&facts(caller, vec![], true));
+        assert_eq!(found[1].verdict, Verdict::Fail);
+        assert!(found[1].text.contains("cap_net_admin"), "{}", found[1].text);
+    }
+
+    #[test]
+    fn a_docker_exec_session_is_noted_not_failed() {
+        let found = assess(&facts(exec_session(), vec![], true));
+        assert_eq!(found[1].verdict, Verdict::Note);
+        assert!(found.iter().all(|f| f.verdict != Verdict::Fail));
+    }
+
+    #[test]
+    fn root_callers_capabilities_are_not_judged() {
+        assert_eq!(failures(&facts(root(), vec![], true)), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn any_privileged_file_fails_for_every_caller() {
+        for caller in [agent(), exec_session(), root()] {
+            let file = harden::tests_support::privileged("/usr/bin/ping", 0o755, 0);
+            assert_eq!(
+                failures(&facts(caller, vec![file], true)),
+                ["privileged files"]
+            );
+        }
+    }
+
+    #[test]
+    fn a_setuid_sudo_fails_twice() {
+        assert_eq!(
+            failures(&facts(agent(), vec![sudo_binary()], true)),
+            ["privileged files", "sudo"]
+        );
+    }
+
+    #[test]
+    fn sudoers_rules_without_setuid_sudo_are_a_note() {
+        let mut facts = facts(agent(), vec![], true);
+        facts.sudoers = Sudoers::Read {
+            granting: vec!["/etc/sudoers".to_string()],
+        };
+        let sudo = assess(&facts)
+            .into_iter()
+            .find(|f| f.topic == "sudo")
+            .unwrap();
+        assert_eq!(sudo.verdict, Verdict::Note);
+    }
+
+    #[test]
+    fn findings_render_as_one_line_each() {
+        let text = finding(Verdict::Fail, "fence", "no chains").to_string();
+        assert_eq!(text, "FAIL  fence: no chains");
+    }
 }

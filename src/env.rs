@@ -1,10 +1,77 @@
 //! The agent's environment: credentials removed (not blanked), cordon's own settings dropped,
 //! HOME/USER/LOGNAME/SHELL from the account.
+//!
+//! A variable is removed when its name matches a scrub pattern (the defaults below, then
+//! `--scrub-env`) and no keep pattern. Patterns are names with `*` for any run of characters,
+//! matched without regard to ASCII case (`github_token` goes like `GITHUB_TOKEN`). Precedence,
+//! strongest first: `CORDON_*` (always removed: they configure cordon, not the agent),
+//! `--keep-env`, `--scrub-env`, the default keep list, the default scrub list.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 
 use crate::cli::SandboxOpts;
 use crate::user::Account;
+
+/// Names or patterns of variables that carry secrets or a way out of the container.
+pub const DEFAULT_SCRUB: &[&str] = &[
+    // Secrets by name.
+    "TOKEN",
+    "*_TOKEN",
+    "*_TOKEN_*",
+    "*SECRET*",
+    "*PASSWORD*",
+    "*PASSWD*",
+    "*_PWD",
+    "*API_KEY*",
+    "*APIKEY*",
+    "*_KEY",
+    "*ACCESS_KEY*",
+    "*PRIVATE_KEY*",
+    "*CREDENTIAL*",
+    "*_AUTH",
+    "*_JWT",
+    "*_COOKIE",
+    "*_DSN",
+    // Cloud and tool credentials.
+    "AWS_*",
+    "AZURE_*",
+    "ARM_CLIENT_*",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUDSDK_AUTH_*",
+    "GH_TOKEN",
+    "GITHUB_TOKEN",
+    "NPM_TOKEN",
+    "OP_SESSION_*",
+    "KRB5CCNAME",
+    "DOCKER_AUTH_CONFIG",
+    // Sockets and helpers that reach back to the host: agents, editors, container engines.
+    "SSH_AUTH_SOCK",
+    "GPG_AGENT_INFO",
+    "VSCODE_IPC_HOOK*",
+    "VSCODE_GIT_ASKPASS_*",
+    "VSCODE_GIT_IPC_HANDLE",
+    "REMOTE_CONTAINERS_IPC",
+    "REMOTE_CONTAINERS_SOCKETS",
+    "GIT_ASKPASS",
+    "SSH_ASKPASS",
+    "SUDO_ASKPASS",
+    "DOCKER_HOST",
+    "CONTAINER_HOST",
+];
+
+/// What the agent itself needs to reach its API, although the names look like credentials.
+pub const DEFAULT_KEEP: &[&str] = &[
+    "ANTHROPIC_API_KEY",
+    "CLAUDE_CODE_OAUTH_TOKEN",
+    "ANTHROPIC_AUTH_TOKEN",
+    "ANTHROPIC_BASE_URL",
+];
+
+/// cordon's own configuration, never passed on.
+const OWN_PREFIX: &str = "CORDON_*";
+
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub struct AgentEnvironment {
     pub vars: Vec<(OsString, OsString)>,
@@ -14,7 +81,15 @@ pub struct AgentEnvironment {
 
 impl AgentEnvironment {
     pub fn log(&self) {
-        todo!("issue 3: report removed variable names")
+        if self.removed.is_empty() {
+            log::info!("environment: no credential variables to remove");
+        } else {
+            log::info!(
+                "environment: removed {} variables: {}",
+                self.removed.len(),
+                self.removed.join(", ")
+            );
+        }
     }
 }
 
@@ -23,6 +98,300 @@ pub fn agent_environment(
     account: &Account,
     sandbox: &SandboxOpts,
 ) -> AgentEnvironment {
-    let _ = (vars.into_iter(), account, sandbox);
-    todo!("issue 3: environment scrubbing")
+    let rules = Rules::new(sandbox);
+    let mut kept: Vec<(OsString, OsString)> = Vec::new();
+    let mut removed = Vec::new();
+    for (name, value) in vars {
+        if name.is_empty() || name.as_bytes().contains(&b'=') {
+            continue;
+        }
+        if rules.removes(&name) {
+            let name = name.to_string_lossy().into_owned();
+            if !removed.contains(&name) {
+                removed.push(name);
+            }
+        } else if let Some(slot) = kept.iter_mut().find(|(kept_name, _)| *kept_name == name) {
+            slot.1 = value;
+        } else {
+            kept.push((name, value));
+        }
+    }
+    let identity = [
+        ("HOME", account.home.as_os_str().to_os_string()),
+        ("USER", account.name.clone().into()),
+        ("LOGNAME", account.name.clone().into()),
+        ("SHELL", account.shell.as_os_str().to_os_string()),
+    ];
+    for (name, value) in identity {
+        set(&mut kept, name, value);
+    }
+    if !kept.iter().any(|(name, _)| name == "PATH") {
+        kept.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    removed.sort();
+    AgentEnvironment {
+        vars: kept,
+        removed,
+    }
+}
+
+fn set(vars: &mut Vec<(OsString, OsString)>, name: &str, value: OsString) {
+    match vars.iter_mut().find(|(existing, _)| existing == name) {
+        Some(slot) => slot.1 = value,
+        None => vars.push((name.into(), value)),
+    }
+}
+
+struct Rules<'a> {
+    keep: &'a [String],
+    scrub: &'a [String],
+}
+
+impl<'a> Rules<'a> {
+    fn new(sandbox: &'a SandboxOpts) -> Self {
+        Rules {
+            keep: &sandbox.keep_env,
+            scrub: &sandbox.scrub_env,
+        }
+    }
+
+    fn removes(&self, name: &OsStr) -> bool {
+        let name = name.as_bytes();
+        let user = |patterns: &[String]| any_match(patterns.iter().map(String::as_str), name);
+        if matches(OWN_PREFIX.as_bytes(), name) {
+            true
+        } else if user(self.keep) {
+            false
+        } else if user(self.scrub) {
+            true
+        } else if any_match(DEFAULT_KEEP.iter().copied(), name) {
+            false
+        } else {
+            any_match(DEFAULT_SCRUB.iter().copied(), name)
+        }
+    }
+}
+
+fn any_match<'p>(patterns: impl IntoIterator<Item = &'p str>, name: &[u8]) -> bool {
+    patterns
+        .into_iter()
+        .any(|pattern| matches(pattern.as_bytes(), name))
+}
+
+/// Glob match where `*` stands for any run of bytes, ignoring ASCII case.
+pub fn matches(pattern: &[u8], name: &[u8]) -> bool {
+    let Some(star) = pattern.iter().position(|&b| b == b'*') else {
+        return pattern.eq_ignore_ascii_case(name);
+    };
+    let (prefix, rest) = (&pattern[..star], &pattern[star + 1..]);
+    if name.len() < prefix.len() || !name[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return false;
+    }
+    let name = &name[prefix.len()..];
+    (0..=name.len()).any(|start| matches(rest, &name[start..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn account() -> Account {
+        Account {
+            name: "node".into(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000],
+            home: PathBuf::from("/home/node"),
+            shell: PathBuf::from("/bin/bash"),
+        }
+    }
+
+    fn scrub(vars: &[(&str, &str)], sandbox: &SandboxOpts) -> AgentEnvironment {
+        agent_environment(
+            vars.iter().map(|(name, value)| (name.into(), value.into())),
+            &account(),
+            sandbox,
+        )
+    }
+
+    fn names(env: &AgentEnvironment) -> Vec<String> {
+        env.vars
+            .iter()
+            .map(|(name, _)| name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    fn value<'a>(env: &'a AgentEnvironment, name: &str) -> Option<&'a OsStr> {
+        env.vars
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_os_str())
+    }
+
+    #[test]
+    fn glob_matching() {
+        assert!(matches(b"AWS_*", b"AWS_SECRET_ACCESS_KEY"));
+        assert!(matches(b"*_TOKEN", b"GH_TOKEN"));
+        assert!(!matches(b"*_TOKEN", b"TOKENIZERS_PARALLELISM"));
+        assert!(matches(b"*SECRET*", b"SECRET"));
+        assert!(matches(b"*_TOKEN_*", b"GITHUB_TOKEN_RO"));
+        assert!(matches(b"a*b*c", b"aXXbYYc"));
+        assert!(!matches(b"a*b*c", b"aXXbYY"));
+        assert!(matches(b"*", b""));
+        assert!(matches(b"gh_token", b"GH_TOKEN"));
+        assert!(!matches(b"GH_TOKEN", b"GH_TOKENS"));
+    }
+
+    #[test]
+    fn credentials_are_removed_not_blanked() {
+        let env = scrub(
+            &[
+                ("GH_TOKEN", "x"),
+                ("GITHUB_TOKEN", "x"),
+                ("NPM_TOKEN", "x"),
+                ("AWS_ACCESS_KEY_ID", "x"),
+                ("AWS_PROFILE", "x"),
+                ("AZURE_CLIENT_SECRET", "x"),
+                ("GOOGLE_APPLICATION_CREDENTIALS", "/k.json"),
+                ("PGPASSWORD", "x"),
+                ("MYSQL_PWD", "x"),
+                ("DB_PASSWD", "x"),
+                ("OPENAI_API_KEY", "x"),
+                ("STRIPE_KEY", "x"),
+                ("DEPLOY_PRIVATE_KEY", "x"),
+                ("SENTRY_DSN", "x"),
+                ("HF_TOKEN", "x"),
+                ("github_token", "x"),
+                ("SSH_AUTH_SOCK", "/tmp/ssh"),
+                ("VSCODE_IPC_HOOK_CLI", "/tmp/vscode.sock"),
+                ("REMOTE_CONTAINERS_IPC", "/tmp/rc.sock"),
+                ("REMOTE_CONTAINERS_SOCKETS", "[]"),
+                ("GIT_ASKPASS", "/askpass.sh"),
+                ("VSCODE_GIT_ASKPASS_MAIN", "/main.js"),
+                ("VSCODE_GIT_IPC_HANDLE", "/tmp/git.sock"),
+                ("DOCKER_HOST", "unix:///var/run/docker.sock"),
+            ],
+            &SandboxOpts::default(),
+        );
+        assert_eq!(env.removed.len(), 24, "{:?}", env.removed);
+        assert_eq!(names(&env), ["HOME", "USER", "LOGNAME", "SHELL", "PATH"]);
+    }
+
+    #[test]
+    fn the_agents_own_credentials_and_everything_else_are_kept() {
+        let vars = [
+            ("ANTHROPIC_API_KEY", "sk"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "t"),
+            ("ANTHROPIC_AUTH_TOKEN", "t"),
+            ("ANTHROPIC_BASE_URL", "http://mock"),
+            ("TERM", "xterm-256color"),
+            ("PATH", "/custom/bin:/usr/bin"),
+            ("LANG", "C.UTF-8"),
+            ("TOKENIZERS_PARALLELISM", "false"),
+            ("PWD", "/workspace"),
+            ("OLDPWD", "/"),
+            ("HTTPS_PROXY", "http://proxy:3128"),
+            ("NODE_EXTRA_CA_CERTS", "/ca.pem"),
+            ("REMOTE_CONTAINERS", "true"),
+        ];
+        let env = scrub(&vars, &SandboxOpts::default());
+        assert!(env.removed.is_empty(), "{:?}", env.removed);
+        for (name, val) in vars {
+            assert_eq!(value(&env, name), Some(OsStr::new(val)), "{name}");
+        }
+    }
+
+    #[test]
+    fn cordon_settings_are_never_passed_on() {
+        let sandbox = SandboxOpts {
+            keep_env: vec!["CORDON_ALLOW".into()],
+            ..SandboxOpts::default()
+        };
+        let env = scrub(&[("CORDON_ALLOW", "x"), ("CORDON_LOG", "debug")], &sandbox);
+        assert_eq!(env.removed, ["CORDON_ALLOW", "CORDON_LOG"]);
+    }
+
+    #[test]
+    fn keep_env_beats_every_scrub_pattern() {
+        let sandbox = SandboxOpts {
+            keep_env: vec!["GH_TOKEN".into(), "AWS_*".into()],
+            scrub_env: vec!["GH_*".into()],
+            ..SandboxOpts::default()
+        };
+        let env = scrub(
+            &[("GH_TOKEN", "g"), ("AWS_REGION", "eu"), ("NPM_TOKEN", "n")],
+            &sandbox,
+        );
+        assert_eq!(env.removed, ["NPM_TOKEN"]);
+        assert_eq!(value(&env, "GH_TOKEN"), Some(OsStr::new("g")));
+        assert_eq!(value(&env, "AWS_REGION"), Some(OsStr::new("eu")));
+    }
+
+    #[test]
+    fn scrub_env_adds_patterns_and_beats_the_default_keep_list() {
+        let sandbox = SandboxOpts {
+            scrub_env: vec![
+                "DATABASE_URL".into(),
+                "MY_*".into(),
+                "ANTHROPIC_API_KEY".into(),
+            ],
+            ..SandboxOpts::default()
+        };
+        let env = scrub(
+            &[
+                ("DATABASE_URL", "postgres://u:p@db/x"),
+                ("MY_THING", "1"),
+                ("ANTHROPIC_API_KEY", "sk"),
+                ("EDITOR", "vi"),
+            ],
+            &sandbox,
+        );
+        assert_eq!(
+            env.removed,
+            ["ANTHROPIC_API_KEY", "DATABASE_URL", "MY_THING"]
+        );
+        assert_eq!(names(&env)[0], "EDITOR");
+    }
+
+    #[test]
+    fn identity_comes_from_the_account_and_path_gets_a_default() {
+        let env = scrub(
+            &[
+                ("HOME", "/root"),
+                ("USER", "root"),
+                ("SHELL", "/bin/sh"),
+                ("TERM", "dumb"),
+            ],
+            &SandboxOpts::default(),
+        );
+        assert_eq!(value(&env, "HOME"), Some(OsStr::new("/home/node")));
+        assert_eq!(value(&env, "USER"), Some(OsStr::new("node")));
+        assert_eq!(value(&env, "LOGNAME"), Some(OsStr::new("node")));
+        assert_eq!(value(&env, "SHELL"), Some(OsStr::new("/bin/bash")));
+        assert_eq!(value(&env, "PATH"), Some(OsStr::new(DEFAULT_PATH)));
+        assert_eq!(
+            names(&env),
+            ["HOME", "USER", "SHELL", "TERM", "LOGNAME", "PATH"]
+        );
+    }
+
+    #[test]
+    fn duplicate_names_keep_the_last_value_once() {
+        let env = scrub(
+            &[("A", "1"), ("A", "2"), ("GH_TOKEN", "x"), ("GH_TOKEN", "y")],
+            &SandboxOpts::default(),
+        );
+        assert_eq!(value(&env, "A"), Some(OsStr::new("2")));
+        assert_eq!(env.vars.iter().filter(|(n, _)| n == "A").count(), 1);
+        assert_eq!(env.removed, ["GH_TOKEN"]);
+    }
+
+    #[test]
+    fn non_utf8_names_are_handled() {
+        use std::os::unix::ffi::OsStringExt;
+        let name = OsString::from_vec(b"X\xff_TOKEN".to_vec());
+        let env = agent_environment([(name, "v".into())], &account(), &SandboxOpts::default());
+        assert_eq!(env.removed.len(), 1);
+    }
 }

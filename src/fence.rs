@@ -62,7 +62,7 @@ pub fn plan(opts: &FenceOpts, _agent: &AgentOpts) -> Result<i32> {
 
 /// `cordon firewall` and `init-firewall.sh`: apply, verify, exit.
 pub fn firewall(opts: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
-    let probe_uid = match user::resolve(&agent.user, agent.uid_from.as_deref()) {
+    let probe_uid = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
         Ok(account) => account.uid,
         Err(error) => {
             log::debug!("probing as uid {NOBODY}: {error}");

@@ -9,7 +9,14 @@ use support::world::*;
 use support::{cordon, privileged, testkit};
 
 /// The fence most tests use: only `allowed.test`, probed as uid 1000.
-const FENCE: &[&str] = &["firewall", "--no-default-profile", "--allow", "allowed.test", "--user", AGENT_UID];
+const FENCE: &[&str] = &[
+    "firewall",
+    "--no-default-profile",
+    "--allow",
+    "allowed.test",
+    "--user",
+    AGENT_UID,
+];
 
 fn tcp(addr: &str, port: u16) -> String {
     if addr.contains(':') {
@@ -25,7 +32,11 @@ fn specs(list: &[String]) -> Vec<&str> {
 
 /// Probes that show egress is closed for the agent: even the allowed address is refused.
 fn assert_locked_down(world: &World) {
-    let probes = [tcp(ALLOWED, 443), tcp(BLOCKED, 443), format!("dns:allowed.test@{GATEWAY}")];
+    let probes = [
+        tcp(ALLOWED, 443),
+        tcp(BLOCKED, 443),
+        format!("dns:allowed.test@{GATEWAY}"),
+    ];
     let got = world.probe(&specs(&probes));
     for spec in &probes {
         let verdict = got[spec].as_str();
@@ -43,7 +54,10 @@ fn every_verdict_holds_for_the_agent() {
     }
     let world = World::new(WorldOpts::default());
     let open_before = world.probe(&[&tcp(BLOCKED, 443), &tcp(METADATA, 80)]);
-    assert_verdicts(&open_before, &[(&tcp(BLOCKED, 443), "open"), (&tcp(METADATA, 80), "open")]);
+    assert_verdicts(
+        &open_before,
+        &[(&tcp(BLOCKED, 443), "open"), (&tcp(METADATA, 80), "open")],
+    );
 
     let log_before = world.listener_log().len();
     let output = world.cordon(FENCE);
@@ -89,9 +103,15 @@ fn every_verdict_holds_for_the_agent() {
     );
     // What the listeners saw since the fence: the allowed connections, none of the blocked.
     let log = world.listener_log()[log_before..].to_string();
-    assert!(log.contains(&format!("tcp {ALLOWED}:443 {SANDBOX}:")), "{log}");
+    assert!(
+        log.contains(&format!("tcp {ALLOWED}:443 {SANDBOX}:")),
+        "{log}"
+    );
     for blocked in [BLOCKED, LAN_PEER, GATEWAY, METADATA, BLOCKED6] {
-        assert!(!log.contains(&format!(" {blocked}:")), "{blocked} was reached:\n{log}");
+        assert!(
+            !log.contains(&format!(" {blocked}:")),
+            "{blocked} was reached:\n{log}"
+        );
     }
 }
 
@@ -102,14 +122,34 @@ fn applying_twice_gives_the_same_ruleset_and_plan_changes_nothing() {
     }
     let world = World::new(WorldOpts::default());
     let pristine = world.filter_rules("iptables-save");
-    let plan = world.cordon(&["plan", "--no-default-profile", "--allow", "allowed.test", "--allow", "10.9.0.0/16:5432"]);
+    let plan = world.cordon(&[
+        "plan",
+        "--no-default-profile",
+        "--allow",
+        "allowed.test",
+        "--allow",
+        "10.9.0.0/16:5432",
+    ]);
     assert!(plan.status.success());
     let text = String::from_utf8_lossy(&plan.stdout);
-    assert!(text.contains(&format!("add cordon4-ports-new {ALLOWED},tcp:443")), "{text}");
-    assert!(text.contains("add cordon4-ports-new 10.9.0.0/16,tcp:5432"), "{text}");
-    assert!(text.contains(&format!("add cordon6-ports-new {ALLOWED6},tcp:443")), "{text}");
+    assert!(
+        text.contains(&format!("add cordon4-ports-new {ALLOWED},tcp:443")),
+        "{text}"
+    );
+    assert!(
+        text.contains("add cordon4-ports-new 10.9.0.0/16,tcp:5432"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("add cordon6-ports-new {ALLOWED6},tcp:443")),
+        "{text}"
+    );
     assert!(text.contains("-A CORDON_OUTPUT -j CORDON_REJECT"), "{text}");
-    assert_eq!(world.filter_rules("iptables-save"), pristine, "plan changed the firewall");
+    assert_eq!(
+        world.filter_rules("iptables-save"),
+        pristine,
+        "plan changed the firewall"
+    );
 
     let sets = || {
         // Element order and the random hash seed differ between loads of the same set.
@@ -122,12 +162,29 @@ fn applying_twice_gives_the_same_ruleset_and_plan_changes_nothing() {
         lines.join("\n")
     };
     assert!(world.cordon(FENCE).status.success());
-    let first = (world.filter_rules("iptables-save"), world.filter_rules("ip6tables-save"), sets());
+    let first = (
+        world.filter_rules("iptables-save"),
+        world.filter_rules("ip6tables-save"),
+        sets(),
+    );
     assert!(world.cordon(FENCE).status.success());
-    let second = (world.filter_rules("iptables-save"), world.filter_rules("ip6tables-save"), sets());
+    let second = (
+        world.filter_rules("iptables-save"),
+        world.filter_rules("ip6tables-save"),
+        sets(),
+    );
     assert_eq!(first, second);
-    assert_eq!(first.0.matches("-j CORDON_OUTPUT").count(), 1, "{}", first.0);
-    assert!(!first.2.contains("-new"), "staging sets left behind:\n{}", first.2);
+    assert_eq!(
+        first.0.matches("-j CORDON_OUTPUT").count(),
+        1,
+        "{}",
+        first.0
+    );
+    assert!(
+        !first.2.contains("-new"),
+        "staging sets left behind:\n{}",
+        first.2
+    );
 }
 
 #[test]
@@ -136,22 +193,44 @@ fn init_firewall_name_applies_the_reference_profile() {
         return;
     }
     let names = [
-        "registry.npmjs.org", "api.anthropic.com", "sentry.io", "statsig.anthropic.com",
-        "statsig.com", "marketplace.visualstudio.com", "vscode.blob.core.windows.net",
-        "update.code.visualstudio.com", "github.com", "api.github.com", "codeload.github.com",
-        "objects.githubusercontent.com", "raw.githubusercontent.com", "claude.ai",
+        "registry.npmjs.org",
+        "api.anthropic.com",
+        "sentry.io",
+        "statsig.anthropic.com",
+        "statsig.com",
+        "marketplace.visualstudio.com",
+        "vscode.blob.core.windows.net",
+        "update.code.visualstudio.com",
+        "github.com",
+        "api.github.com",
+        "codeload.github.com",
+        "objects.githubusercontent.com",
+        "raw.githubusercontent.com",
+        "claude.ai",
         "platform.claude.com",
     ];
     let records: Vec<String> = names.iter().map(|n| format!("{n}={ALLOWED}")).collect();
-    let world = World::new(WorldOpts { records, ..WorldOpts::default() });
+    let world = World::new(WorldOpts {
+        records,
+        ..WorldOpts::default()
+    });
     let link = world.dir.join("init-firewall.sh");
     std::os::unix::fs::symlink(cordon(), &link).unwrap();
 
     let output = world.cordon_with(&link, &[], &[]);
     assert!(output.status.success());
-    assert!(stderr(&output).contains("resolved 15/15 names"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("resolved 15/15 names"),
+        "{}",
+        stderr(&output)
+    );
     let github_ssh = tcp(ALLOWED, 22);
-    let got = world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443), &github_ssh, &format!("udp:{OTHER_DNS}:53")]);
+    let got = world.probe(&[
+        &tcp(ALLOWED, 443),
+        &tcp(BLOCKED, 443),
+        &github_ssh,
+        &format!("udp:{OTHER_DNS}:53"),
+    ]);
     assert_verdicts(
         &got,
         &[
@@ -170,7 +249,10 @@ fn docker_embedded_dns_still_resolves_through_the_root_forwarder() {
     if !privileged() {
         return;
     }
-    let world = World::new(WorldOpts { docker_dns: true, ..WorldOpts::default() });
+    let world = World::new(WorldOpts {
+        docker_dns: true,
+        ..WorldOpts::default()
+    });
     let nat_before = world.sandbox(&["iptables-save", "-t", "nat"]);
     let output = world.cordon(FENCE);
     assert!(output.status.success());
@@ -179,10 +261,23 @@ fn docker_embedded_dns_still_resolves_through_the_root_forwarder() {
     let got = world.probe(&[embedded, &upstream_direct, &tcp(ALLOWED, 443)]);
     assert_verdicts(
         &got,
-        &[(embedded, "answered"), (&upstream_direct, "rejected"), (&tcp(ALLOWED, 443), "open")],
+        &[
+            (embedded, "answered"),
+            (&upstream_direct, "rejected"),
+            (&tcp(ALLOWED, 443), "open"),
+        ],
     );
-    let strip = |t: &str| t.lines().filter(|l| !l.starts_with('#')).map(|l| l.split(" [").next().unwrap().to_string()).collect::<Vec<_>>();
-    assert_eq!(strip(&world.sandbox(&["iptables-save", "-t", "nat"])), strip(&nat_before), "nat table touched");
+    let strip = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| l.split(" [").next().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        strip(&world.sandbox(&["iptables-save", "-t", "nat"])),
+        strip(&nat_before),
+        "nat table touched"
+    );
 }
 
 #[test]
@@ -199,10 +294,26 @@ fn reapplying_never_opens_a_window() {
     let prober = Command::new("ip")
         .args(["netns", "exec", &world.sandbox_ns])
         .arg(&kit)
-        .args(["probe", "--uid", AGENT_UID, "--gid", AGENT_UID, "--timeout-ms", "500"])
+        .args([
+            "probe",
+            "--uid",
+            AGENT_UID,
+            "--gid",
+            AGENT_UID,
+            "--timeout-ms",
+            "500",
+        ])
         // Every 4 ms: rejections are ICMP errors, and the kernel sends at most 1000 a second
         // (net.ipv4.icmp_msgs_per_sec); faster probing would starve cordon's own self-test.
-        .args(["--repeat-for-ms", "4000", "--interval-ms", "4", &blocked, &allowed, &metadata])
+        .args([
+            "--repeat-for-ms",
+            "4000",
+            "--interval-ms",
+            "4",
+            &blocked,
+            &allowed,
+            &metadata,
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -210,7 +321,11 @@ fn reapplying_never_opens_a_window() {
     let mut applied = 0;
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_millis(3000) {
-        let extra = if applied % 2 == 0 { "10.9.0.0/16" } else { "192.0.2.0/24:443" };
+        let extra = if applied % 2 == 0 {
+            "10.9.0.0/16"
+        } else {
+            "192.0.2.0/24:443"
+        };
         let mut args = FENCE.to_vec();
         args.extend(["--allow", extra, "-q"]);
         assert!(world.cordon(&args).status.success());
@@ -227,11 +342,23 @@ fn reapplying_never_opens_a_window() {
             .parse()
             .unwrap()
     };
-    assert_eq!(count(&blocked, "open"), 0, "the blocked address was reached");
-    assert_eq!(count(&metadata, "open"), 0, "the metadata address was reached");
+    assert_eq!(
+        count(&blocked, "open"),
+        0,
+        "the blocked address was reached"
+    );
+    assert_eq!(
+        count(&metadata, "open"),
+        0,
+        "the metadata address was reached"
+    );
     assert!(count(&blocked, "rejected") > 100);
     for verdict in ["rejected", "timeout", "denied", "refused"] {
-        assert_eq!(count(&allowed, verdict), 0, "the allowed address was cut off ({verdict})");
+        assert_eq!(
+            count(&allowed, verdict),
+            0,
+            "the allowed address was cut off ({verdict})"
+        );
     }
 }
 
@@ -241,16 +368,28 @@ fn an_unreachable_resolver_fails_closed() {
         return;
     }
     // Nothing listening: queries are refused at once.
-    let world = World::new(WorldOpts { dns: false, ..WorldOpts::default() });
+    let world = World::new(WorldOpts {
+        dns: false,
+        ..WorldOpts::default()
+    });
     let output = world.cordon(FENCE);
     assert_eq!(output.status.code(), Some(75));
     let message = stderr(&output);
-    assert!(message.contains("no usable answer from the nameservers"), "{message}");
-    assert!(message.contains("egress is now denied except loopback"), "{message}");
+    assert!(
+        message.contains("no usable answer from the nameservers"),
+        "{message}"
+    );
+    assert!(
+        message.contains("egress is now denied except loopback"),
+        "{message}"
+    );
     assert_locked_down(&world);
 
     // A resolver that never answers: bounded by --resolve-timeout.
-    let world = World::new(WorldOpts { dns_args: vec!["--no-answer".into()], ..WorldOpts::default() });
+    let world = World::new(WorldOpts {
+        dns_args: vec!["--no-answer".into()],
+        ..WorldOpts::default()
+    });
     let started = std::time::Instant::now();
     let mut args = FENCE.to_vec();
     args.extend(["--resolve-timeout", "1"]);
@@ -269,7 +408,10 @@ fn strict_fails_closed_on_a_name_that_does_not_resolve() {
     let mut args = FENCE.to_vec();
     args.extend(["--allow", "missing.test"]);
     let lenient = world.cordon(&args);
-    assert!(lenient.status.success(), "without --strict a missing name is a warning");
+    assert!(
+        lenient.status.success(),
+        "without --strict a missing name is a warning"
+    );
     assert!(stderr(&lenient).contains("missing.test does not exist"));
 
     args.push("--strict");
@@ -300,13 +442,26 @@ fn a_restore_failing_part_way_fails_closed() {
     }
     let world = World::new(WorldOpts::default());
     // IPv4 loads, IPv6 fails: both families must end locked down.
-    let path = failing_tool(&world, "ip6tables-nft-restore", "/usr/sbin/ip6tables-nft-restore");
+    let path = failing_tool(
+        &world,
+        "ip6tables-nft-restore",
+        "/usr/sbin/ip6tables-nft-restore",
+    );
     let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
     assert_eq!(output.status.code(), Some(76));
     let message = stderr(&output);
-    assert!(message.contains("ip6tables-nft-restore --noflush failed"), "{message}");
-    assert!(message.contains("modprobe"), "the hint names the kernel modules: {message}");
-    assert!(message.contains("egress is now denied except loopback"), "{message}");
+    assert!(
+        message.contains("ip6tables-nft-restore --noflush failed"),
+        "{message}"
+    );
+    assert!(
+        message.contains("modprobe"),
+        "the hint names the kernel modules: {message}"
+    );
+    assert!(
+        message.contains("egress is now denied except loopback"),
+        "{message}"
+    );
     assert_locked_down(&world);
     let v6 = world.probe(&[&tcp(ALLOWED6, 443)]);
     assert_eq!(v6[&tcp(ALLOWED6, 443)], "denied", "IPv6 locked down too");
@@ -320,12 +475,19 @@ fn a_wrong_verdict_fails_closed() {
     let world = World::new(WorldOpts::default());
     // A rule cordon does not own drops the allowed address before the filter table sees it:
     // the self-test must notice that allowed traffic does not pass.
-    world.sandbox(&["iptables", "-t", "raw", "-A", "OUTPUT", "-d", ALLOWED, "-j", "DROP"]);
+    world.sandbox(&[
+        "iptables", "-t", "raw", "-A", "OUTPUT", "-d", ALLOWED, "-j", "DROP",
+    ]);
     let output = world.cordon(FENCE);
     assert_eq!(output.status.code(), Some(78));
     let message = stderr(&output);
-    assert!(message.contains("fence self-test failed: allowed tcp/10.77.1.10"), "{message}");
-    world.sandbox(&["iptables", "-t", "raw", "-D", "OUTPUT", "-d", ALLOWED, "-j", "DROP"]);
+    assert!(
+        message.contains("fence self-test failed: allowed tcp/10.77.1.10"),
+        "{message}"
+    );
+    world.sandbox(&[
+        "iptables", "-t", "raw", "-D", "OUTPUT", "-d", ALLOWED, "-j", "DROP",
+    ]);
     assert_locked_down(&world);
 }
 
@@ -337,7 +499,14 @@ fn without_net_admin_nothing_changes_and_the_fix_is_named() {
     let world = World::new(WorldOpts::default());
     let marker = world.dir.join("agent-ran");
     let output = Command::new("ip")
-        .args(["netns", "exec", &world.sandbox_ns, "capsh", "--drop=cap_net_admin", "--"])
+        .args([
+            "netns",
+            "exec",
+            &world.sandbox_ns,
+            "capsh",
+            "--drop=cap_net_admin",
+            "--",
+        ])
         .arg("-c")
         .arg(format!(
             "exec {} --no-default-profile --allow allowed.test --user {AGENT_UID} -- /bin/touch {}",
@@ -348,7 +517,10 @@ fn without_net_admin_nothing_changes_and_the_fix_is_named() {
         .unwrap();
     assert_eq!(output.status.code(), Some(77));
     let message = stderr(&output);
-    assert!(message.contains("--cap-add NET_ADMIN --cap-add NET_RAW"), "{message}");
+    assert!(
+        message.contains("--cap-add NET_ADMIN --cap-add NET_RAW"),
+        "{message}"
+    );
     assert_eq!(message.lines().count(), 1, "one line: {message}");
     assert!(!marker.exists(), "the agent ran without a fence");
 }
@@ -363,7 +535,10 @@ fn the_host_namespace_is_refused() {
     let output = world.cordon(FENCE);
     assert_eq!(output.status.code(), Some(77));
     assert!(stderr(&output).contains("host's network namespace (found br-test)"));
-    assert!(!world.filter_rules("iptables-save").contains("CORDON"), "nothing may change");
+    assert!(
+        !world.filter_rules("iptables-save").contains("CORDON"),
+        "nothing may change"
+    );
 
     let mut forced = FENCE.to_vec();
     forced.push("--allow-host-network");
@@ -379,23 +554,56 @@ fn bad_input_is_one_line_with_file_and_line() {
     let list = world.dir.join("allowlist");
     std::fs::write(&list, "# tools\nallowed.test\nexample.test:99999\n").unwrap();
     let list_arg = list.to_str().unwrap();
-    let output = world.cordon(&["firewall", "--no-default-profile", "--allowlist", list_arg, "--user", AGENT_UID]);
+    let output = world.cordon(&[
+        "firewall",
+        "--no-default-profile",
+        "--allowlist",
+        list_arg,
+        "--user",
+        AGENT_UID,
+    ]);
     assert_eq!(output.status.code(), Some(65));
     let message = stderr(&output);
-    assert!(message.starts_with(&format!("cordon: error: {list_arg}:3: `99999` is not a port")), "{message}");
+    assert!(
+        message.starts_with(&format!(
+            "cordon: error: {list_arg}:3: `99999` is not a port"
+        )),
+        "{message}"
+    );
 
     // Writable by the agent's uid: refused, with the read-only mount as the fix.
     std::fs::write(&list, "allowed.test\n").unwrap();
     std::os::unix::fs::chown(&list, Some(1000), Some(1000)).unwrap();
-    let output = world.cordon(&["firewall", "--no-default-profile", "--allowlist", list_arg, "--user", AGENT_UID]);
+    let output = world.cordon(&[
+        "firewall",
+        "--no-default-profile",
+        "--allowlist",
+        list_arg,
+        "--user",
+        AGENT_UID,
+    ]);
     assert_eq!(output.status.code(), Some(66));
     assert!(stderr(&output).contains(":ro"), "{}", stderr(&output));
 
     // A read-only bind mount of the same file is fine.
     let ro = world.dir.join("ro-allowlist");
     std::fs::write(&ro, "").unwrap();
-    run_ok(&["mount", "--bind", "-o", "ro", list_arg, ro.to_str().unwrap()]);
-    let mounted = world.cordon(&["firewall", "--no-default-profile", "--allowlist", ro.to_str().unwrap(), "--user", AGENT_UID]);
+    run_ok(&[
+        "mount",
+        "--bind",
+        "-o",
+        "ro",
+        list_arg,
+        ro.to_str().unwrap(),
+    ]);
+    let mounted = world.cordon(&[
+        "firewall",
+        "--no-default-profile",
+        "--allowlist",
+        ro.to_str().unwrap(),
+        "--user",
+        AGENT_UID,
+    ]);
     run_ok(&["umount", ro.to_str().unwrap()]);
     assert!(mounted.status.success());
 
@@ -419,7 +627,13 @@ fn inbound_connections_need_an_inbound_port() {
     let mut listener = Command::new("ip")
         .args(["netns", "exec", &world.sandbox_ns])
         .arg(&kit)
-        .args(["listen", "--tcp", &format!("{SANDBOX}:3000"), "--tcp", &format!("{SANDBOX}:3001")])
+        .args([
+            "listen",
+            "--tcp",
+            &format!("{SANDBOX}:3000"),
+            "--tcp",
+            &format!("{SANDBOX}:3001"),
+        ])
         .args(["--ready-file", &world.path("sandbox-listen.ready")])
         .stdout(Stdio::null())
         .spawn()
@@ -430,9 +644,23 @@ fn inbound_connections_need_an_inbound_port() {
     assert!(world.cordon(&args).status.success());
     let got = support::world::parse_probe_lines(&support::run(
         "ip",
-        &["netns", "exec", &world.world_ns, kit.to_str().unwrap(), "probe", &tcp(SANDBOX, 3000), &tcp(SANDBOX, 3001)],
+        &[
+            "netns",
+            "exec",
+            &world.world_ns,
+            kit.to_str().unwrap(),
+            "probe",
+            &tcp(SANDBOX, 3000),
+            &tcp(SANDBOX, 3001),
+        ],
     ));
     listener.kill().unwrap();
     let _ = listener.wait();
-    assert_verdicts(&got, &[(&tcp(SANDBOX, 3000), "open"), (&tcp(SANDBOX, 3001), "rejected")]);
+    assert_verdicts(
+        &got,
+        &[
+            (&tcp(SANDBOX, 3000), "open"),
+            (&tcp(SANDBOX, 3001), "rejected"),
+        ],
+    );
 }
