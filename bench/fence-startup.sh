@@ -15,18 +15,19 @@ cargo build --quiet --release --target x86_64-unknown-linux-musl --workspace --b
 bin=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release
 cordon=$bin/cordon
 testkit=$bin/testkit
-work=$(mktemp -d /tmp/cordon-bench.XXXXXX)
 world=cordon-bench-w
 sandbox=cordon-bench-s
+work=
 
 cleanup() {
     [ -n "${dns_pid:-}" ] && kill "$dns_pid" 2>/dev/null || true
     ip netns del "$sandbox" 2>/dev/null || true
     ip netns del "$world" 2>/dev/null || true
-    rm -rf "/etc/netns/$sandbox" "$work"
+    rm -rf "/etc/netns/$sandbox" ${work:+"$work"}
 }
 trap cleanup EXIT
 cleanup
+work=$(mktemp -d /tmp/cordon-bench.XXXXXX)
 
 ip netns add "$world"
 ip netns add "$sandbox"
@@ -46,7 +47,8 @@ ip netns exec "$world" "$testkit" dns --listen 10.79.0.1:53 --delay-ms 20 \
     --wildcard bench.test=10.200.0.0/16 --wildcard bench.test=fd79::/64 \
     --ready-file "$work/dns.ready" >/dev/null 2>&1 &
 dns_pid=$!
-while [ ! -e "$work/dns.ready" ]; do sleep 0.01; done
+for _ in $(seq 500); do [ -e "$work/dns.ready" ] && break; sleep 0.01; done
+[ -e "$work/dns.ready" ] || { echo "the bench DNS server did not start" >&2; exit 1; }
 
 for n in 10 100 1000; do
     seq 1 "$n" | sed 's/^/name/; s/$/.bench.test/' > "$work/$n.list"

@@ -122,39 +122,48 @@ pub fn preflight() -> Result<()> {
     Ok(())
 }
 
-/// Loads the ruleset. `ipv6` says whether the kernel has IPv6 (then its table must be loaded too).
-/// The sets go first (the rules refer to them); the two families' tables load in parallel.
-pub fn apply(tools: &Tools, ruleset: &Ruleset, ipv6: bool) -> Result<()> {
-    let fail = |step: String, detail: String| Error::Apply {
-        step,
-        detail: explain(&detail),
-    };
+/// Loads the rules: creates the sets they refer to (an existing set keeps its contents), then
+/// both families' tables in parallel, each in one transaction. Nothing here depends on resolved
+/// addresses, so this runs while names resolve.
+pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: bool) -> Result<()> {
     run_restore(
         &tools.ipset,
         &["-exist", "restore"],
-        &ruleset.ipset_restore(),
+        &ruleset.ipset_create(),
     )
-    .map_err(|detail| fail("ipset restore".into(), detail))?;
+    .map_err(|detail| failed("ipset restore", detail))?;
     let loads: Vec<(Family, Result<Running, String>)> = families(ipv6)
         .iter()
         .map(|family| {
             let input = ruleset.iptables_restore(*family);
-            (
-                *family,
-                Running::start(tools.restore_tool(*family), &["--noflush"], &input),
-            )
+            let tool = tools.restore_tool(*family);
+            (*family, Running::start(tool, &["--noflush"], &input))
         })
         .collect();
     let mut first_failure = None;
     for (family, load) in loads {
         if let Err(detail) = load.and_then(Running::finish) {
             let step = format!("{} --noflush", tools.restore_tool(family).display());
-            first_failure.get_or_insert((step, detail));
+            first_failure.get_or_insert(failed(&step, detail));
         }
     }
-    match first_failure {
-        None => Ok(()),
-        Some((step, detail)) => Err(fail(step, detail)),
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// Fills every set under a staging name and swaps it in.
+pub fn load_sets(tools: &Tools, ruleset: &Ruleset) -> Result<()> {
+    run_restore(
+        &tools.ipset,
+        &["-exist", "restore"],
+        &ruleset.ipset_restore(),
+    )
+    .map_err(|detail| failed("ipset restore", detail))
+}
+
+fn failed(step: &str, detail: String) -> Error {
+    Error::Apply {
+        step: step.to_string(),
+        detail: explain(&detail),
     }
 }
 

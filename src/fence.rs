@@ -17,7 +17,7 @@ use crate::verify;
 /// The uid probes use when no agent account is known (`cordon firewall` without a `node` user).
 const NOBODY: u32 = 65534;
 
-/// Everything up to (not including) touching the kernel.
+/// What the fence is built from: the policy, the resolvers, and the names' addresses.
 struct Prepared {
     policy: Policy,
     conf: ResolvConf,
@@ -25,25 +25,30 @@ struct Prepared {
     ruleset: Ruleset,
 }
 
-fn prepare(opts: &FenceOpts, timings: &mut Timings) -> Result<Prepared> {
+fn read_inputs(opts: &FenceOpts) -> Result<(Policy, ResolvConf)> {
     let cordon_allow = std::env::var("CORDON_ALLOW").ok();
     let policy = policy::load(opts, cordon_allow.as_deref())?;
     let conf = resolv_conf::read(&opts.resolv_conf)?;
-    timings.mark("policy");
+    Ok((policy, conf))
+}
 
-    let resolution = resolve::resolve(&policy.names(), &conf, opts.resolve_timeout)?;
-    timings.mark("resolve");
+fn resolve_names(opts: &FenceOpts, policy: &Policy, conf: &ResolvConf) -> Result<Resolution> {
+    let resolution = resolve::resolve(&policy.names(), conf, opts.resolve_timeout)?;
     report_resolution(&resolution);
     let unresolved: Vec<&str> = resolution.unresolved().map(|n| n.name.as_str()).collect();
     if policy.strict && !unresolved.is_empty() {
         return Err(Error::Resolve(format!(
-            "--strict: {} did not resolve (the fence was not changed)",
+            "--strict: {} did not resolve",
             unresolved.join(", ")
         )));
     }
+    Ok(resolution)
+}
 
+fn prepare(opts: &FenceOpts) -> Result<Prepared> {
+    let (policy, conf) = read_inputs(opts)?;
+    let resolution = resolve_names(opts, &policy, &conf)?;
     let ruleset = plan::plan(&policy, &resolution, &conf)?;
-    timings.mark("plan");
     Ok(Prepared {
         policy,
         conf,
@@ -54,8 +59,7 @@ fn prepare(opts: &FenceOpts, timings: &mut Timings) -> Result<Prepared> {
 
 /// `cordon plan`: print what would be loaded; change nothing.
 pub fn plan(opts: &FenceOpts, _agent: &AgentOpts) -> Result<i32> {
-    let mut timings = Timings::start();
-    let prepared = prepare(opts, &mut timings)?;
+    let prepared = prepare(opts)?;
     print!("{}", render_plan(&prepared));
     Ok(exit::OK)
 }
@@ -105,14 +109,33 @@ fn build(
     net: &NetInfo,
     timings: &mut Timings,
 ) -> Result<()> {
-    let prepared = prepare(opts, timings)?;
-    apply::apply(tools, &prepared.ruleset, net.ipv6_kernel)?;
-    timings.mark("apply");
+    let (policy, conf) = read_inputs(opts)?;
+    timings.mark("policy");
+    // The rules do not depend on any address (addresses live in the sets), so they load while
+    // the names resolve; the sets are filled and swapped in once the addresses are known.
+    let rules_only = plan::plan(&policy, &Resolution::default(), &conf)?;
+    let (loaded, resolution) = std::thread::scope(|scope| {
+        let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf));
+        let loaded = apply::load_rules(tools, &rules_only, net.ipv6_kernel);
+        (loaded, resolving.join().expect("resolution panicked"))
+    });
+    loaded?;
+    let resolution = resolution?;
+    timings.mark("resolve+rules");
+    let ruleset = plan::plan(&policy, &resolution, &conf)?;
+    apply::load_sets(tools, &ruleset)?;
+    timings.mark("sets");
     log::info!(
         "fence loaded ({} iptables): {}",
         tools.variant,
-        describe_sets(&prepared.ruleset)
+        describe_sets(&ruleset)
     );
+    let prepared = Prepared {
+        policy,
+        conf,
+        resolution,
+        ruleset,
+    };
 
     let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid, true);
     for result in &results {

@@ -251,8 +251,21 @@ impl Ruleset {
             .verdict(as_root, dst, proto, port)
     }
 
+    /// `ipset restore` input (run with `-exist`) that creates the live sets if missing and leaves
+    /// existing ones as they are: the rules refer to them, so they must exist first.
+    pub fn ipset_create(&self) -> String {
+        let mut out = String::new();
+        for family in [Family::V4, Family::V6] {
+            for (name, kind) in set_kinds(family) {
+                let _ = writeln!(out, "create {name} {}", set_options(kind, family));
+            }
+        }
+        out
+    }
+
     /// `ipset restore` input (run with `-exist`): each set is filled under a temporary name and
-    /// swapped in, so a live set changes in one step.
+    /// swapped in, so a live set changes in one step. Protocols are written as numbers (6, 17):
+    /// ipset reads /etc/protocols for every element that names one, 5x slower at 4,000 elements.
     pub fn ipset_restore(&self) -> String {
         let mut out = String::new();
         for rules in [&self.v4, &self.v6] {
@@ -265,7 +278,7 @@ impl Ruleset {
                         format!(
                             "{},{}:{}",
                             set_net(net),
-                            range.proto.as_str(),
+                            range.proto.number(),
                             port_text(range)
                         )
                     })
@@ -321,6 +334,17 @@ impl Ruleset {
         line(input(
             "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
         ));
+        // Answers to cordon's own queries, which may have left before conntrack was active in
+        // this namespace (the rules load while names resolve). Whatever the agent sends back to
+        // such a packet goes to the resolver's port 53, which it may reach anyway.
+        for resolver in &rules.resolvers {
+            for proto in ["udp", "tcp"] {
+                line(input(&format!(
+                    "-s {} -p {proto} -m {proto} --sport 53 -j ACCEPT",
+                    host_net(*resolver)
+                )));
+            }
+        }
         if family == Family::V6 {
             for kind in [
                 "router-advertisement",
@@ -442,12 +466,23 @@ pub fn lockdown_restore(family: Family) -> String {
     out
 }
 
-fn write_set(out: &mut String, name: &str, kind: &str, family: Family, elements: &[String]) {
-    let staging = format!("{name}-new");
-    let options = format!(
+fn set_kinds(family: Family) -> [(String, &'static str); 2] {
+    [
+        (family.ports_set(), "hash:net,port"),
+        (family.hosts_set(), "hash:net"),
+    ]
+}
+
+fn set_options(kind: &str, family: Family) -> String {
+    format!(
         "{kind} family {} hashsize 1024 maxelem {MAX_SET_ELEMENTS}",
         family.ipset_family()
-    );
+    )
+}
+
+fn write_set(out: &mut String, name: &str, kind: &str, family: Family, elements: &[String]) {
+    let staging = format!("{name}-new");
+    let options = set_options(kind, family);
     let _ = writeln!(out, "create {name} {options}");
     let _ = writeln!(out, "create {staging} {options}");
     let _ = writeln!(out, "flush {staging}");

@@ -36,6 +36,14 @@ impl Proto {
             Proto::Udp => "udp",
         }
     }
+
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
 }
 
 /// An inclusive range of ports of one protocol; a single port has `first == last`.

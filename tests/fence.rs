@@ -133,15 +133,15 @@ fn applying_twice_gives_the_same_ruleset_and_plan_changes_nothing() {
     assert!(plan.status.success());
     let text = String::from_utf8_lossy(&plan.stdout);
     assert!(
-        text.contains(&format!("add cordon4-ports-new {ALLOWED},tcp:443")),
+        text.contains(&format!("add cordon4-ports-new {ALLOWED},6:443")),
         "{text}"
     );
     assert!(
-        text.contains("add cordon4-ports-new 10.9.0.0/16,tcp:5432"),
+        text.contains("add cordon4-ports-new 10.9.0.0/16,6:5432"),
         "{text}"
     );
     assert!(
-        text.contains(&format!("add cordon6-ports-new {ALLOWED6},tcp:443")),
+        text.contains(&format!("add cordon6-ports-new {ALLOWED6},6:443")),
         "{text}"
     );
     assert!(text.contains("-A CORDON_OUTPUT -j CORDON_REJECT"), "{text}");
