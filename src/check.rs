@@ -22,6 +22,8 @@ use std::path::Path;
 use crate::cli::CheckArgs;
 use crate::error::{exit, Error, Result};
 use crate::harden::{self, sudoers, Privileged, Scan};
+#[cfg(test)]
+use crate::inspect::FenceFact;
 use crate::inspect::{self, FenceStatus};
 
 pub fn run(args: &CheckArgs) -> Result<i32> {
@@ -222,28 +224,12 @@ pub fn assess(facts: &Facts) -> Vec<Finding> {
     let mut findings = vec![identity(&facts.caller), capabilities(&facts.caller)];
     findings.extend(privileged_files(&facts.scan, &facts.caller));
     findings.push(sudo(&facts.scan.privileged, &facts.sudoers));
-    let fence = &facts.fence;
-    let verdict = if fence.holds {
-        Verdict::Ok
-    } else {
-        Verdict::Fail
-    };
-    findings.extend(
-        fence
-            .lines
-            .iter()
-            .map(|line| finding(verdict, "fence", line)),
-    );
-    if fence.lines.is_empty() {
-        findings.push(finding(
-            verdict,
-            "fence",
-            if fence.holds {
-                "holds"
-            } else {
-                "does not hold"
-            },
-        ));
+    findings.extend(facts.fence.facts.iter().map(|fact| {
+        let verdict = if fact.ok { Verdict::Ok } else { Verdict::Fail };
+        finding(verdict, "fence", &fact.text)
+    }));
+    if facts.fence.facts.is_empty() {
+        findings.push(finding(Verdict::Fail, "fence", "nothing could be checked"));
     }
     findings
 }
@@ -394,6 +380,7 @@ fn sudo(privileged: &[Privileged], sudoers: &Sudoers) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inspect::FenceFact;
     use std::path::PathBuf;
     use std::time::Duration;
 
@@ -459,8 +446,10 @@ Seccomp:\t2
 
     fn fence(holds: bool) -> FenceStatus {
         FenceStatus {
-            holds,
-            lines: vec!["chains in place".to_string()],
+            facts: vec![FenceFact {
+                ok: holds,
+                text: "chains in place".to_string(),
+            }],
         }
     }
 

@@ -14,18 +14,34 @@ use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::policy::Proto;
 use crate::verify::{self, Probe};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FenceStatus {
-    pub holds: bool,
-    /// One line per fact (chains, set sizes, counters, probe verdicts).
-    pub lines: Vec<String>,
+    /// One per fact (chains, set sizes, counters, probe verdicts), each judged on its own.
+    pub facts: Vec<FenceFact>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceFact {
+    pub ok: bool,
+    pub text: String,
+}
+
+impl FenceStatus {
+    pub fn holds(&self) -> bool {
+        !self.facts.is_empty() && self.facts.iter().all(|fact| fact.ok)
+    }
+
+    fn ok(&mut self, text: String) {
+        self.facts.push(FenceFact { ok: true, text });
+    }
+
+    fn fail(&mut self, text: String) {
+        self.facts.push(FenceFact { ok: false, text });
+    }
 }
 
 pub fn fence() -> FenceStatus {
-    let mut status = FenceStatus {
-        holds: true,
-        lines: Vec::new(),
-    };
+    let mut status = FenceStatus::default();
     let net = NetInfo::read();
     let can_read = apply::preflight().is_ok();
     if can_read {
@@ -34,19 +50,10 @@ pub fn fence() -> FenceStatus {
             Err(error) => status.fail(format!("cannot read the firewall: {error}")),
         }
     } else {
-        status
-            .lines
-            .push("not root: the firewall cannot be read, only probed".to_string());
+        status.ok("not root: the firewall cannot be read, only probed".to_string());
     }
     probe_blocked_classes(&net, can_read, &mut status);
     status
-}
-
-impl FenceStatus {
-    fn fail(&mut self, line: String) {
-        self.holds = false;
-        self.lines.push(line);
-    }
 }
 
 fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
@@ -69,7 +76,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
                 let text = String::from_utf8_lossy(&out.stdout);
                 let rules = SavedRules::parse(&text);
                 match rules.problem() {
-                    None => status.lines.push(format!(
+                    None => status.ok(format!(
                         "{} fence loaded: OUTPUT policy DROP, {} allowed and {} rejected packets \
                          so far",
                         family.name(),
@@ -93,7 +100,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
                 status.fail("no cordon sets are loaded".to_string());
             }
             for (name, size) in sizes {
-                status.lines.push(format!("set {name}: {size} entries"));
+                status.ok(format!("set {name}: {size} entries"));
             }
         }
         _ => status.fail("cannot list the ipsets".to_string()),
@@ -225,7 +232,7 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
     for result in verify::run_probes(probes, uid, marked) {
         let line = format!("probe {}", result.describe());
         if result.passed() {
-            status.lines.push(line);
+            status.ok(line);
         } else {
             status.fail(line);
         }

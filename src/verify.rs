@@ -92,19 +92,23 @@ impl ProbeResult {
     }
 
     pub fn describe(&self) -> String {
-        let who = if self.probe.as_root { "uid 0" } else { "agent" };
+        let who = if self.probe.as_root {
+            " (as uid 0)"
+        } else {
+            ""
+        };
         let expected = match self.probe.expect {
             Verdict::Allow => "allowed",
             Verdict::Reject => "blocked",
         };
         let observed = match self.observed {
-            Observed::Allowed => "allowed".to_string(),
-            Observed::Rejected => "blocked".to_string(),
-            Observed::NoRoute => "no route".to_string(),
-            Observed::Unexpected(what) => what.to_string(),
+            Observed::Allowed => "allowed",
+            Observed::Rejected => "blocked",
+            Observed::NoRoute => "no route",
+            Observed::Unexpected(what) => what,
         };
         format!(
-            "{} {}/{} ({who}): expected {expected}, got {observed}",
+            "{} {}/{}{who}: expected {expected}, got {observed}",
             self.probe.class,
             self.probe.proto.as_str(),
             self.probe.dst,
