@@ -22,8 +22,6 @@ use std::path::Path;
 use crate::cli::CheckArgs;
 use crate::error::{exit, Error, Result};
 use crate::harden::{self, sudoers, Privileged, Scan};
-#[cfg(test)]
-use crate::inspect::FenceFact;
 use crate::inspect::{self, FenceStatus};
 
 pub fn run(args: &CheckArgs) -> Result<i32> {

@@ -11,11 +11,8 @@ use crate::plan::{self, Family, Ruleset};
 use crate::policy::{self, Policy, Ports, Target};
 use crate::resolv_conf::{self, ResolvConf};
 use crate::resolve::{self, Outcome, Resolution};
-use crate::user;
+use crate::user::{self, NOBODY};
 use crate::verify;
-
-/// The uid probes use when no agent account is known (`cordon firewall` without a `node` user).
-const NOBODY: u32 = 65534;
 
 /// What the fence is built from: the policy, the resolvers, and the names' addresses.
 struct Prepared {

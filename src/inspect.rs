@@ -12,6 +12,7 @@ use crate::cli::Backend;
 use crate::netinfo::NetInfo;
 use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::policy::Proto;
+use crate::user::NOBODY;
 use crate::verify::{self, Probe};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -228,7 +229,12 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
             unrouted: !net.routes(addr),
         })
         .collect();
-    let uid = nix::unistd::getuid().as_raw();
+    // The probes stand for the agent: as root, own the sockets as nobody, or the uid-0 DNS
+    // exception for Docker's forwarder would answer for them.
+    let uid = match nix::unistd::getuid().as_raw() {
+        0 => NOBODY,
+        uid => uid,
+    };
     for result in verify::run_probes(probes, uid, marked) {
         let line = format!("probe {}", result.describe());
         if result.passed() {

@@ -32,6 +32,9 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 pub use passwd::{parse_group, parse_passwd, GroupEntry, PasswdEntry};
 
+/// The conventional unprivileged uid: probes use it when the agent's own uid is not known.
+pub const NOBODY: u32 = 65534;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
     pub name: String,

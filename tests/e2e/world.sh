@@ -10,6 +10,7 @@
 #                   the Messages API mock on :80, a plain TCP listener on :443 (udp 443 echo)
 #   P4.20 P6::ff20  "blocked": example.com and *.test names no allowlist names (tcp 80, 443)
 #   P4.53           a second DNS server, not the sandboxes' resolver
+#   P4.2:8080 [P6::2]:8080  listeners on addresses no name resolves to (raw-address probes)
 # Logs (OUT/dns.log, listen.log, mock.log) and ready files (OUT/*.ready) land in OUT, a bind mount.
 set -eu
 out=$1 p4=$2 p6=$3
@@ -36,7 +37,7 @@ pids="$pids $!"
 "$k" listen \
     --tcp "$p4.10:443" --tcp "[$p6::ff10]:443" --udp "$p4.10:443" \
     --tcp "$p4.20:80" --tcp "$p4.20:443" --tcp "[$p6::ff20]:443" --tcp "[$p6::ff20]:80" \
-    --tcp "$p4.3:22" --tcp "$p4.3:80" \
+    --tcp "$p4.3:22" --tcp "$p4.3:80" --tcp "$p4.2:8080" --tcp "[$p6::2]:8080" \
     --log "$out/listen.log" --ready-file "$out/listen.ready" &
 pids="$pids $!"
 "$k" mock-api --listen "$p4.10:80" --reply "cordon-e2e-reply" \
