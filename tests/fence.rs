@@ -664,3 +664,118 @@ fn inbound_connections_need_an_inbound_port() {
         ],
     );
 }
+
+#[test]
+fn the_legacy_backend_is_detected_from_the_image_and_works() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    // An image whose `iptables` is the legacy variant (as Debian's alternatives would link it).
+    let bin = world.dir.join("legacy-bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink("/usr/sbin/xtables-legacy-multi", bin.join("iptables")).unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    assert!(output.status.success());
+    assert!(
+        stderr(&output).contains("(legacy iptables)"),
+        "{}",
+        stderr(&output)
+    );
+    assert!(world
+        .sandbox(&["iptables-legacy-save", "-t", "filter"])
+        .contains("-A OUTPUT -j CORDON_OUTPUT"));
+    assert!(!world
+        .sandbox(&["iptables-nft-save", "-t", "filter"])
+        .contains("CORDON"));
+    let got = world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443), &tcp(BLOCKED6, 443)]);
+    assert_verdicts(
+        &got,
+        &[
+            (&tcp(ALLOWED, 443), "open"),
+            (&tcp(BLOCKED, 443), "rejected"),
+            (&tcp(BLOCKED6, 443), "refused"),
+        ],
+    );
+}
+
+#[test]
+fn verify_connect_opens_real_connections_and_fails_closed_without_them() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![format!("silent.test={LAN_PEER}")],
+        ..WorldOpts::default()
+    });
+    let mut args = FENCE.to_vec();
+    args.push("--verify-connect");
+    let output = world.cordon(&args);
+    assert!(output.status.success());
+    assert!(stderr(&output).contains(&format!(
+        "--verify-connect: allowed.test ({ALLOWED}:80) connected"
+    )));
+
+    // The LAN peer listens on 22 only: port 80 of silent.test refuses the real connection.
+    args.extend(["--allow", "silent.test"]);
+    let output = world.cordon(&args);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(stderr(&output).contains(&format!("--verify-connect: silent.test ({LAN_PEER}:80)")));
+    assert_locked_down(&world);
+}
+
+#[test]
+fn a_missing_firewall_tool_is_named_with_its_package() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let empty = world.dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    // Hide /usr/sbin (and /sbin, its symlink on merged-/usr systems) in a private mount namespace.
+    let script = format!(
+        "mount --bind {} /usr/sbin && exec {} {}",
+        empty.display(),
+        cordon().display(),
+        FENCE.join(" ")
+    );
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &world.sandbox_ns,
+            "unshare",
+            "--mount",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(69));
+    let message = stderr(&output);
+    assert!(
+        message.contains("not found: install the iptables package"),
+        "{message}"
+    );
+    assert!(
+        !world.filter_rules("iptables-save").contains("CORDON"),
+        "nothing may change"
+    );
+}
+
+#[test]
+fn cname_chains_are_followed() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let output = world.cordon(&["plan", "--no-default-profile", "--allow", "alias.test"]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains(&format!("# alias.test [80,443] {ALLOWED} {ALLOWED6}")),
+        "{text}"
+    );
+}
