@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Time from start to verified fence (`cordon firewall`, first apply on a clean namespace) for
 # N = 10, 100 and 1,000 allowlisted names, against the bench's own DNS server (no upstream) that
-# answers every query 20 ms late. Prints hyperfine medians; also the static binary's size.
+# answers every query 20 ms late, in two shapes of namespace: IPv4 only (Docker's default:
+# cordon asks for A records only) and dual-stack (A and AAAA). Prints hyperfine medians; also
+# the static binary's size.
 #
 #   sudo bench/fence-startup.sh [RUNS]        (needs: hyperfine, iproute2, iptables, ipset)
 #
@@ -64,27 +66,35 @@ ipset destroy 2>/dev/null || true
 EOF
 chmod +x "$work/reset"
 
-hyperfine --style basic --runs "$runs" --warmup 2 --export-json "$work/result.json" \
-    --prepare "ip netns exec $sandbox $work/reset" \
-    -n "ip netns exec (baseline)" "ip netns exec $sandbox /bin/true" \
-    -n "N=10" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/10.list" \
-    -n "N=100" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/100.list" \
-    -n "N=1000" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/1000.list" \
-    >/dev/null
-
-python3 - "$work/result.json" <<'EOF'
+measure() {
+    local shape=$1
+    echo "== $shape"
+    hyperfine --style basic --runs "$runs" --warmup 2 --export-json "$work/result.json" \
+        --prepare "ip netns exec $sandbox $work/reset" \
+        -n "ip netns exec (baseline)" "ip netns exec $sandbox /bin/true" \
+        -n "N=10" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/10.list" \
+        -n "N=100" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/100.list" \
+        -n "N=1000" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/1000.list" \
+        >/dev/null
+    python3 - "$work/result.json" <<'EOF'
 import json, sys
 results = json.load(open(sys.argv[1]))["results"]
 print(f"{'command':28} {'median':>10} {'min':>10} {'max':>10}   (20 ms DNS latency; ms)")
 for r in results:
     print(f"{r['command']:28} {r['median']*1e3:10.1f} {r['min']*1e3:10.1f} {r['max']*1e3:10.1f}")
 EOF
+    # One verbose run per size for the phase breakdown cordon itself reports.
+    for n in 10 100 1000; do
+        ip netns exec "$sandbox" "$work/reset"
+        printf 'N=%-5s ' "$n"
+        ip netns exec "$sandbox" "$cordon" firewall --no-default-profile --user 1000 \
+            --allowlist "$work/$n.list" 2>&1 | grep 'fence ready'
+    done
+}
 
-# One verbose run per size for the phase breakdown cordon itself reports.
-for n in 10 100 1000; do
-    ip netns exec "$sandbox" "$work/reset"
-    printf 'N=%-5s ' "$n"
-    ip netns exec "$sandbox" "$cordon" firewall --no-default-profile --user 1000 \
-        --allowlist "$work/$n.list" 2>&1 | grep 'fence ready'
-done
+measure "IPv4-only namespace"
+ip -n "$world" addr add fd79:1::1/64 dev cbench-w nodad
+ip -n "$sandbox" addr add fd79:1::2/64 dev cbench-s nodad
+ip -n "$sandbox" -6 route add default via fd79:1::1
+measure "dual-stack namespace"
 printf 'static binary: %s bytes (%s)\n' "$(stat -c %s "$cordon")" "$cordon"

@@ -29,9 +29,18 @@ fn read_inputs(opts: &FenceOpts) -> Result<(Policy, ResolvConf)> {
     Ok((policy, conf))
 }
 
-fn resolve_names(opts: &FenceOpts, policy: &Policy, conf: &ResolvConf) -> Result<Resolution> {
-    let resolution = resolve::resolve(&policy.names(), conf, opts.resolve_timeout)?;
-    report_resolution(&resolution);
+fn resolve_names(
+    opts: &FenceOpts,
+    policy: &Policy,
+    conf: &ResolvConf,
+    net: &NetInfo,
+) -> Result<Resolution> {
+    let options = resolve::Options {
+        bound: opts.resolve_timeout,
+        ipv6: net.has_ipv6_address(),
+    };
+    let resolution = resolve::resolve(&policy.names(), conf, options)?;
+    report_resolution(&resolution, options);
     let unresolved: Vec<&str> = resolution.unresolved().map(|n| n.name.as_str()).collect();
     if policy.strict && !unresolved.is_empty() {
         return Err(Error::Resolve(format!(
@@ -44,7 +53,7 @@ fn resolve_names(opts: &FenceOpts, policy: &Policy, conf: &ResolvConf) -> Result
 
 fn prepare(opts: &FenceOpts) -> Result<Prepared> {
     let (policy, conf) = read_inputs(opts)?;
-    let resolution = resolve_names(opts, &policy, &conf)?;
+    let resolution = resolve_names(opts, &policy, &conf, &NetInfo::read())?;
     let ruleset = plan::plan(&policy, &resolution, &conf)?;
     Ok(Prepared {
         policy,
@@ -112,7 +121,7 @@ fn build(
     // the names resolve; the sets are filled and swapped in once the addresses are known.
     let rules_only = plan::plan(&policy, &Resolution::default(), &conf)?;
     let (loaded, resolution) = std::thread::scope(|scope| {
-        let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf));
+        let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
         let loaded = apply::load_rules(tools, &rules_only, net.ipv6_kernel);
         (loaded, resolving.join().expect("resolution panicked"))
     });
@@ -170,7 +179,7 @@ fn build(
     Ok(())
 }
 
-fn report_resolution(resolution: &Resolution) {
+fn report_resolution(resolution: &Resolution, options: resolve::Options) {
     for name in &resolution.names {
         let addrs: Vec<String> = name.addrs.iter().map(|a| a.to_string()).collect();
         match &name.outcome {
@@ -202,9 +211,14 @@ fn report_resolution(resolution: &Resolution) {
         .count();
     if !resolution.names.is_empty() {
         log::info!(
-            "resolved {resolved}/{} names in {:.1} ms",
+            "resolved {resolved}/{} names in {:.1} ms{}",
             resolution.names.len(),
-            resolution.elapsed.as_secs_f64() * 1e3
+            resolution.elapsed.as_secs_f64() * 1e3,
+            if options.ipv6 {
+                ""
+            } else {
+                " (IPv4 only: no IPv6 address in this namespace)"
+            }
         );
     }
 }

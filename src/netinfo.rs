@@ -50,6 +50,15 @@ impl NetInfo {
         info
     }
 
+    /// Whether this namespace has an IPv6 address beyond link-local ones (so AAAA answers can be
+    /// used at all).
+    pub fn has_ipv6_address(&self) -> bool {
+        self.addrs.iter().any(|net| match net.addr() {
+            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V4(_) => false,
+        })
+    }
+
     /// Whether a connection to `addr` gets past routing, so the fence gives the verdict.
     pub fn routes(&self, addr: IpAddr) -> bool {
         addr.is_loopback()

@@ -58,9 +58,19 @@ impl Resolution {
     }
 }
 
+/// How to resolve.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Upper bound on the whole phase.
+    pub bound: Duration,
+    /// Also ask for AAAA records. Without an IPv6 address in the namespace they could never be
+    /// used (such connections fail before the fence), and they are half of all queries.
+    pub ipv6: bool,
+}
+
 /// Resolves `names`. Unresolvable names are reported in the result (the caller decides whether
 /// that is fatal); an error means the resolvers gave no usable answer at all.
-pub fn resolve(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Resolution> {
+pub fn resolve(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Resolution> {
     let started = Instant::now();
     if names.is_empty() {
         return Ok(Resolution::default());
@@ -74,7 +84,7 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Res
     let results: Vec<Result<Vec<NameAddrs>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = names
             .chunks(chunk)
-            .map(|part| scope.spawn(move || resolve_on_own_runtime(part, conf, bound)))
+            .map(|part| scope.spawn(move || resolve_on_own_runtime(part, conf, options)))
             .collect();
         workers
             .into_iter()
@@ -115,17 +125,22 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Res
 fn resolve_on_own_runtime(
     names: &[&str],
     conf: &ResolvConf,
-    bound: Duration,
+    options: Options,
 ) -> Result<Vec<NameAddrs>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the DNS runtime", e))?;
-    runtime.block_on(resolve_all(names, conf, bound))
+    runtime.block_on(resolve_all(names, conf, options))
 }
 
-async fn resolve_all(names: &[&str], conf: &ResolvConf, bound: Duration) -> Result<Vec<NameAddrs>> {
-    let resolver = Arc::new(build_resolver(conf)?);
+async fn resolve_all(
+    names: &[&str],
+    conf: &ResolvConf,
+    options: Options,
+) -> Result<Vec<NameAddrs>> {
+    let bound = options.bound;
+    let resolver = Arc::new(build_resolver(conf, options.ipv6)?);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT / 2));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, name) in names.iter().enumerate() {
@@ -163,7 +178,7 @@ async fn resolve_all(names: &[&str], conf: &ResolvConf, bound: Duration) -> Resu
         .collect())
 }
 
-fn build_resolver(conf: &ResolvConf) -> Result<TokioResolver> {
+fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<TokioResolver> {
     let servers = conf
         .nameservers
         .iter()
@@ -177,7 +192,11 @@ fn build_resolver(conf: &ResolvConf) -> Result<TokioResolver> {
     let config = ResolverConfig::from_parts(None, search, servers);
 
     let mut options = ResolverOpts::default();
-    options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+    options.ip_strategy = if ipv6 {
+        LookupIpStrategy::Ipv4AndIpv6
+    } else {
+        LookupIpStrategy::Ipv4Only
+    };
     options.cache_size = 0;
     options.max_active_requests = MAX_IN_FLIGHT;
     if let Some(ndots) = conf.ndots {
