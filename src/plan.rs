@@ -304,95 +304,96 @@ impl Ruleset {
     /// `iptables-restore --noflush` (or `ip6tables-restore`) input for one family. Loaded in one
     /// transaction: the chains are rebuilt and re-linked atomically.
     pub fn iptables_restore(&self, family: Family) -> String {
-        let rules = self.family(family);
-        let mut out = String::new();
-        let mut line = |text: String| {
-            out.push_str(&text);
-            out.push('\n');
-        };
         let tool = match family {
             Family::V4 => "iptables-restore",
             Family::V6 => "ip6tables-restore",
         };
-        line(format!(
-            "# cordon {} ruleset ({tool} --noflush)",
-            family.name()
-        ));
-        line("*filter".into());
-        line(":INPUT DROP [0:0]".into());
-        line(":OUTPUT DROP [0:0]".into());
+        let mut lines = vec![
+            format!("# cordon {} ruleset ({tool} --noflush)", family.name()),
+            "*filter".to_string(),
+            ":INPUT DROP [0:0]".to_string(),
+            ":OUTPUT DROP [0:0]".to_string(),
+        ];
         for chain in [CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_ALLOW, CHAIN_REJECT] {
-            line(format!(":{chain} - [0:0]"));
+            lines.push(format!(":{chain} - [0:0]"));
         }
-        line("-F INPUT".into());
-        line("-F OUTPUT".into());
-        line(format!("-A INPUT -j {CHAIN_INPUT}"));
-        line(format!("-A OUTPUT -j {CHAIN_OUTPUT}"));
+        lines.extend([
+            "-F INPUT".to_string(),
+            "-F OUTPUT".to_string(),
+            format!("-A INPUT -j {CHAIN_INPUT}"),
+            format!("-A OUTPUT -j {CHAIN_OUTPUT}"),
+        ]);
+        lines.extend(
+            self.input_chain(family)
+                .map(|rule| format!("-A {CHAIN_INPUT} {rule}")),
+        );
+        lines.extend(
+            self.output_chain(family)
+                .map(|rule| format!("-A {CHAIN_OUTPUT} {rule}")),
+        );
+        lines.extend(allow_chain(family).map(|rule| format!("-A {CHAIN_ALLOW} {rule}")));
+        lines.extend(reject_chain(family).map(|rule| format!("-A {CHAIN_REJECT} {rule}")));
+        lines.push("COMMIT".to_string());
+        lines.join("\n") + "\n"
+    }
 
-        let input = |rule: &str| format!("-A {CHAIN_INPUT} {rule}");
-        line(input("-i lo -j ACCEPT"));
-        line(input(
-            "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
-        ));
+    fn input_chain(&self, family: Family) -> impl Iterator<Item = String> {
+        let rules = self.family(family);
+        let mut chain = vec![
+            "-i lo -j ACCEPT".to_string(),
+            "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".to_string(),
+        ];
         // Answers to cordon's own queries, which may have left before conntrack was active in
         // this namespace (the rules load while names resolve). Whatever the agent sends back to
         // such a packet goes to the resolver's port 53, which it may reach anyway.
         for resolver in &rules.resolvers {
             for proto in ["udp", "tcp"] {
-                line(input(&format!(
+                chain.push(format!(
                     "-s {} -p {proto} -m {proto} --sport 53 -j ACCEPT",
                     host_net(*resolver)
-                )));
+                ));
             }
         }
         if family == Family::V6 {
-            for kind in [
-                "router-advertisement",
-                "neighbour-solicitation",
-                "neighbour-advertisement",
-            ] {
-                line(input(&format!(
-                    "-p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
-                )));
-            }
+            chain.extend(
+                NEIGHBOUR_DISCOVERY_IN
+                    .iter()
+                    .map(|kind| neighbour_discovery(kind)),
+            );
         }
         for range in &self.inbound {
-            line(input(&format!("{} -j ACCEPT", port_match(range))));
+            chain.push(format!("{} -j ACCEPT", port_match(range)));
         }
-        line(input(&format!(
-            "-j REJECT --reject-with {}",
-            family.reject_admin()
-        )));
+        chain.push(format!("-j REJECT --reject-with {}", family.reject_admin()));
+        chain.into_iter()
+    }
 
-        let output = |rule: &str| format!("-A {CHAIN_OUTPUT} {rule}");
-        line(output(&format!("-o lo -j {CHAIN_ALLOW}")));
-        // Probes skip this shortcut: a probe's source port may match a flow cordon's own DNS
-        // queries just used, and it must still reach the verdict rules.
-        line(output(&format!(
-            "-m conntrack --ctstate ESTABLISHED,RELATED -m mark ! --mark {PROBE_MARK:#x} -j ACCEPT"
-        )));
+    fn output_chain(&self, family: Family) -> impl Iterator<Item = String> {
+        let rules = self.family(family);
+        let mut chain = vec![
+            format!("-o lo -j {CHAIN_ALLOW}"),
+            // Probes skip this shortcut: a probe's source port may match a flow cordon's own DNS
+            // queries just used, and it must still reach the verdict rules.
+            format!(
+                "-m conntrack --ctstate ESTABLISHED,RELATED -m mark ! --mark {PROBE_MARK:#x} -j ACCEPT"
+            ),
+        ];
         if family == Family::V6 {
             // Neighbour discovery and MLD never leave the link (hop limit 255 / 1) and only the
             // kernel sends them: without them IPv6 cannot reach even an allowed address.
-            for kind in [
-                "router-solicitation",
-                "neighbour-solicitation",
-                "neighbour-advertisement",
-            ] {
-                line(output(&format!(
-                    "-p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT"
-                )));
-            }
-            line(output(
-                "-p ipv6-icmp -m icmp6 --icmpv6-type 143 -m hl --hl-eq 1 -j ACCEPT",
-            ));
+            chain.extend(
+                NEIGHBOUR_DISCOVERY_OUT
+                    .iter()
+                    .map(|kind| neighbour_discovery(kind)),
+            );
+            chain.push("-p ipv6-icmp -m icmp6 --icmpv6-type 143 -m hl --hl-eq 1 -j ACCEPT".into());
         }
         for resolver in &rules.resolvers {
             for proto in ["udp", "tcp"] {
-                line(output(&format!(
+                chain.push(format!(
                     "-d {} -p {proto} -m {proto} --dport 53 -j {CHAIN_ALLOW}",
                     host_net(*resolver)
-                )));
+                ));
             }
         }
         let forwarder_targets: Vec<Option<IpAddr>> = match &rules.forwarder {
@@ -405,44 +406,66 @@ impl Ruleset {
                 .map(|a| format!("-d {} ", host_net(a)))
                 .unwrap_or_default();
             for proto in ["udp", "tcp"] {
-                line(output(&format!(
+                chain.push(format!(
                     "{dst}-p {proto} -m {proto} --dport 53 -m owner --uid-owner 0 -j {CHAIN_ALLOW}"
-                )));
+                ));
             }
         }
-        line(output(&format!(
-            "-m set --match-set {} dst,dst -j {CHAIN_ALLOW}",
-            family.ports_set()
-        )));
-        line(output(&format!(
-            "-m set --match-set {} dst -j {CHAIN_ALLOW}",
-            family.hosts_set()
-        )));
-        line(output(&format!("-j {CHAIN_REJECT}")));
-
-        line(format!(
-            "-A {CHAIN_ALLOW} -p tcp -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"
-        ));
-        line(format!(
-            "-A {CHAIN_ALLOW} -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with {}",
-            family.reject_port()
-        ));
-        line(format!("-A {CHAIN_ALLOW} -j ACCEPT"));
-        if family == Family::V6 {
-            // An ICMPv6 error for the first SYN arrives while connect() holds the socket and only
-            // fails it on the retransmit a second later; a reset fails it at once. Marked probes
-            // keep the ICMP answer so the verifier can tell a rejection from CORDON_ALLOW's reset.
-            line(format!(
-                "-A {CHAIN_REJECT} -p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"
-            ));
-        }
-        line(format!(
-            "-A {CHAIN_REJECT} -j REJECT --reject-with {}",
-            family.reject_admin()
-        ));
-        line("COMMIT".into());
-        out
+        chain.extend([
+            format!(
+                "-m set --match-set {} dst,dst -j {CHAIN_ALLOW}",
+                family.ports_set()
+            ),
+            format!(
+                "-m set --match-set {} dst -j {CHAIN_ALLOW}",
+                family.hosts_set()
+            ),
+            format!("-j {CHAIN_REJECT}"),
+        ]);
+        chain.into_iter()
     }
+}
+
+/// The verifier's marked probes are answered here, inside the namespace; all else is accepted.
+fn allow_chain(family: Family) -> impl Iterator<Item = String> {
+    [
+        format!("-p tcp -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"),
+        format!(
+            "-m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with {}",
+            family.reject_port()
+        ),
+        "-j ACCEPT".to_string(),
+    ]
+    .into_iter()
+}
+
+fn reject_chain(family: Family) -> impl Iterator<Item = String> {
+    let mut chain = Vec::new();
+    if family == Family::V6 {
+        // An ICMPv6 error for the first SYN arrives while connect() holds the socket and only
+        // fails it on the retransmit a second later; a reset fails it at once. Marked probes
+        // keep the ICMP answer so the verifier can tell a rejection from CORDON_ALLOW's reset.
+        chain.push(format!(
+            "-p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"
+        ));
+    }
+    chain.push(format!("-j REJECT --reject-with {}", family.reject_admin()));
+    chain.into_iter()
+}
+
+const NEIGHBOUR_DISCOVERY_IN: [&str; 3] = [
+    "router-advertisement",
+    "neighbour-solicitation",
+    "neighbour-advertisement",
+];
+const NEIGHBOUR_DISCOVERY_OUT: [&str; 3] = [
+    "router-solicitation",
+    "neighbour-solicitation",
+    "neighbour-advertisement",
+];
+
+fn neighbour_discovery(kind: &str) -> String {
+    format!("-p ipv6-icmp -m icmp6 --icmpv6-type {kind} -m hl --hl-eq 255 -j ACCEPT")
 }
 
 /// The fallback when applying or verifying fails: nothing leaves but loopback — and DNS from
