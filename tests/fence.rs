@@ -59,6 +59,22 @@ fn every_verdict_holds_for_the_agent() {
         &[(&tcp(BLOCKED, 443), "open"), (&tcp(METADATA, 80), "open")],
     );
 
+    // The listeners log each connection from their own threads: wait for the two above before
+    // taking the offset that separates before-fence from after-fence connections.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !(world
+        .listener_log()
+        .contains(&format!("tcp {BLOCKED}:443 "))
+        && world
+            .listener_log()
+            .contains(&format!("tcp {METADATA}:80 ")))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pre-fence connections not logged"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let log_before = world.listener_log().len();
     let output = world.cordon(FENCE);
     assert!(output.status.success());
