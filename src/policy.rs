@@ -14,7 +14,7 @@
 //! port and protocol.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -132,16 +132,6 @@ pub struct Entry {
     pub target: Target,
     pub ports: Ports,
     pub origin: Location,
-}
-
-impl Entry {
-    /// Whether this entry lets `proto` traffic to `port` through (given the target matched).
-    pub fn allows_port(&self, proto: Proto, port: u16) -> bool {
-        match &self.ports {
-            Ports::Any => true,
-            Ports::Listed(ranges) => ranges.iter().any(|r| r.contains(proto, port)),
-        }
-    }
 }
 
 /// The validated, merged policy.
@@ -656,17 +646,6 @@ fn on_read_only_mount(path: &Path) -> bool {
         .map(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
         .unwrap_or(false)
 }
-
-/// Whether the policy (ignoring names, which resolve to addresses later) names `addr`.
-pub fn net_entry_covering(policy: &Policy, addr: IpAddr) -> Option<&Entry> {
-    policy.entries.iter().find(|entry| match &entry.target {
-        Target::Net(net) => net.contains(&addr),
-        _ => false,
-    })
-}
-
-pub const UNSPECIFIED_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
-pub const UNSPECIFIED_V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
 #[cfg(test)]
 mod tests {
