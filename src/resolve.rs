@@ -1,20 +1,25 @@
 //! Resolve: every allowlisted name, A and AAAA in parallel, through the nameservers of
 //! resolv.conf, with the whole phase bounded. A current-thread runtime exists only for this stage.
+//! hickory-resolver does the DNS; its UDP queries travel over the shared sockets of `udp_mux`.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::Name;
-use hickory_resolver::{Resolver, TokioResolver};
+use hickory_resolver::Resolver;
 
 use crate::error::{Error, Result};
 use crate::resolv_conf::ResolvConf;
 
-/// Queries in flight at once per runtime. Each lookup is two queries (A and AAAA).
-const MAX_IN_FLIGHT: usize = 512;
+mod udp_mux;
+
+type MuxResolver = Resolver<udp_mux::MuxProvider>;
+
+/// Names being looked up at once per runtime; each lookup is up to two queries (A and AAAA).
+const LOOKUPS_IN_FLIGHT: usize = 256;
 
 /// Names below which a second resolver thread costs more than it saves.
 const NAMES_PER_SHARD: usize = 128;
@@ -75,7 +80,7 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Re
     if names.is_empty() {
         return Ok(Resolution::default());
     }
-    // Resolving is CPU-bound past a few hundred names (sockets and futures per query), so large
+    // Resolving is CPU-bound past a few hundred names (hickory's futures per query), so large
     // lists are split over short-lived current-thread runtimes, one per core. All threads are
     // joined before this returns: the rest of cordon runs single-threaded.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -141,27 +146,34 @@ async fn resolve_all(
 ) -> Result<Vec<NameAddrs>> {
     let bound = options.bound;
     let resolver = Arc::new(build_resolver(conf, options.ipv6)?);
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT / 2));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (index, name) in names.iter().enumerate() {
-        let resolver = Arc::clone(&resolver);
-        let permits = Arc::clone(&permits);
-        let name = name.to_string();
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await;
-            (index, lookup(&resolver, name).await)
+    // A fixed set of lanes, each resolving one name after another, rather than a task per name:
+    // the lanes' memory is reused from name to name instead of being allocated for all at once.
+    let queue: Arc<[String]> = names.iter().map(|name| name.to_string()).collect();
+    let next = Arc::new(AtomicUsize::new(0));
+    let found: Arc<Mutex<Vec<Option<NameAddrs>>>> = Arc::new(Mutex::new(vec![None; names.len()]));
+    let mut lanes = tokio::task::JoinSet::new();
+    for _ in 0..LOOKUPS_IN_FLIGHT.min(names.len()) {
+        let (resolver, queue, next, found) = (
+            Arc::clone(&resolver),
+            Arc::clone(&queue),
+            Arc::clone(&next),
+            Arc::clone(&found),
+        );
+        lanes.spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = queue.get(index) else { break };
+                let result = lookup(&resolver, name.clone()).await;
+                found.lock().expect("results poisoned")[index] = Some(result);
+            }
         });
     }
+    let all_done = async { while lanes.join_next().await.is_some() {} };
+    let _ = tokio::time::timeout(bound, all_done).await;
+    lanes.abort_all();
 
-    let mut results: Vec<Option<NameAddrs>> = vec![None; names.len()];
-    let deadline = tokio::time::Instant::now() + bound;
-    while let Ok(Some(joined)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
-        if let Ok((index, result)) = joined {
-            results[index] = Some(result);
-        }
-    }
-    tasks.abort_all();
-    Ok(results
+    let found = std::mem::take(&mut *found.lock().expect("results poisoned"));
+    Ok(found
         .into_iter()
         .zip(names)
         .map(|(result, name)| {
@@ -178,7 +190,7 @@ async fn resolve_all(
         .collect())
 }
 
-fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<TokioResolver> {
+fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<MuxResolver> {
     let servers = conf
         .nameservers
         .iter()
@@ -198,7 +210,7 @@ fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<TokioResolver> {
         LookupIpStrategy::Ipv4Only
     };
     options.cache_size = 0;
-    options.max_active_requests = MAX_IN_FLIGHT;
+    options.max_active_requests = 2 * LOOKUPS_IN_FLIGHT;
     if let Some(ndots) = conf.ndots {
         options.ndots = ndots;
     }
@@ -208,13 +220,13 @@ fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<TokioResolver> {
     if let Some(attempts) = conf.attempts {
         options.attempts = attempts;
     }
-    Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+    Resolver::builder_with_config(config, udp_mux::MuxProvider::default())
         .with_options(options)
         .build()
         .map_err(|e| Error::Resolve(format!("cannot set up the resolver: {e}")))
 }
 
-async fn lookup(resolver: &TokioResolver, name: String) -> NameAddrs {
+async fn lookup(resolver: &MuxResolver, name: String) -> NameAddrs {
     let mut result = NameAddrs {
         name,
         addrs: Vec::new(),

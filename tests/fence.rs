@@ -795,3 +795,29 @@ fn cname_chains_are_followed() {
         "{text}"
     );
 }
+
+#[test]
+fn an_answer_too_large_for_udp_is_fetched_over_tcp() {
+    if !privileged() {
+        return;
+    }
+    // 120 A records (about 1,900 bytes) exceed the 1,232-byte EDNS size cordon advertises: the
+    // server truncates the UDP answer, and every address must still arrive, over TCP.
+    let addresses: Vec<String> = (1..=120).map(|i| format!("10.77.9.{i}")).collect();
+    let world = World::new(WorldOpts {
+        records: addresses.iter().map(|a| format!("big.test={a}")).collect(),
+        ..WorldOpts::default()
+    });
+    let output = world.cordon(&["plan", "--no-default-profile", "--allow", "big.test"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let text = String::from_utf8_lossy(&output.stdout);
+    for address in &addresses {
+        assert!(
+            text.contains(&format!("{address},6:443")),
+            "{address} missing:\n{text}"
+        );
+    }
+    let log = std::fs::read_to_string(world.path("dns.log")).unwrap();
+    assert!(log.contains(" udp big.test A"), "{log}");
+    assert!(log.contains(" tcp big.test A"), "{log}");
+}

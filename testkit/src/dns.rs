@@ -416,8 +416,12 @@ impl Server {
             Err(Bad::Ignore) => return,
             Err(Bad::Reply(r)) => r,
             Ok(q) => {
+                let transport = match to {
+                    To::Udp(..) => "udp",
+                    To::Tcp(_) => "tcp",
+                };
                 self.log.line(&format!(
-                    "{peer} {} {}",
+                    "{peer} {transport} {} {}",
                     q.name,
                     dnswire::type_name(q.qtype)
                 ));
