@@ -192,7 +192,6 @@ impl Mux {
             .await
             .map_err(|_| NetError::Timeout)?
             .map_err(|_| NetError::from("the DNS receive task stopped"))?;
-        drop(registration);
         Ok(response)
     }
 
