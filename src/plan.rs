@@ -14,7 +14,7 @@
 //! CORDON_REJECT: REJECT (icmp admin-prohibited), so a blocked connect fails at once
 //! ```
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -135,11 +135,17 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
         v6: FamilyRules::new(Family::V6, conf),
         inbound: policy.inbound.clone(),
     };
+    let addrs_of: HashMap<&str, &[IpAddr]> = resolution
+        .names
+        .iter()
+        .map(|found| (found.name.as_str(), found.addrs.as_slice()))
+        .collect();
     for entry in &policy.entries {
         let nets: Vec<IpNet> = match &entry.target {
             Target::Net(net) => vec![*net],
-            Target::Name(name) => resolution
-                .addrs_of(name)
+            Target::Name(name) => addrs_of
+                .get(name.as_str())
+                .map_or(&[][..], |addrs| addrs)
                 .iter()
                 .map(|addr| IpNet::from(*addr))
                 .collect(),
