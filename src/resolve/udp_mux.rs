@@ -274,10 +274,12 @@ impl Mux {
             // between bind and connect; check the source as hickory does.
             let from_server = from.ip().to_canonical() == self.server.ip().to_canonical()
                 && from.port() == self.server.port();
+            if !from_server {
+                continue;
+            }
             let Some(id) = buffer[..length]
                 .first_chunk::<2>()
                 .map(|b| u16::from_be_bytes(*b))
-                .filter(|_| from_server)
             else {
                 continue;
             };
