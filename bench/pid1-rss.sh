@@ -83,7 +83,7 @@ report() {
     printf '%-44s last run: %s\n' "" "$(cat "$work/last-$name")"
 }
 
-netns_like_docker='mount -t sysfs sysfs /sys && ip link set lo up && exec "$@"'
+netns_like_docker='mount -t sysfs sysfs /sys && ip link set lo up && ip link add eth0 type veth peer name eth1 && ip addr add 10.253.0.2/24 dev eth0 && ip link set eth0 up && ip link set eth1 up && exec "$@"'
 
 echo "PID 1 VmRSS while the agent (sleep) runs, $runs runs each"
 report "tini-static ($tini)" tini-static \

@@ -9,8 +9,11 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use nix::errno::Errno;
+
 use crate::cli::Backend;
 use crate::error::{Error, Result};
+use crate::netinfo::Ipv6;
 use crate::plan::{self, Family, Ruleset};
 
 const SEARCH_PATH: &[&str] = &[
@@ -101,38 +104,66 @@ fn detect_variant() -> Result<&'static str> {
     })
 }
 
-/// Fails before anything changes when cordon cannot manage the firewall at all.
-pub fn preflight() -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::NotRoot {
-            action: "applying the firewall",
-        });
+/// Fails before anything changes when the kernel cannot take a firewall at all: ipset and
+/// iptables-nft talk to it over netfilter netlink, which gVisor (runsc) does not implement.
+pub fn netfilter_netlink() -> Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
+    match socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkNetFilter,
+    ) {
+        Err(errno @ (Errno::EPROTONOSUPPORT | Errno::EAFNOSUPPORT | Errno::EPFNOSUPPORT)) => {
+            Err(Error::CannotFence(format!(
+                "this kernel has no netfilter netlink ({}), which ipset and iptables need: \
+                 cordon cannot fence this container. gVisor (runsc) is such a kernel; run it \
+                 with runc, or a VM-isolated runtime such as Kata Containers",
+                errno.desc()
+            )))
+        }
+        // Anything else (e.g. a socket limit) is left for the tools themselves to report.
+        _ => Ok(()),
     }
-    let has_net_admin = caps::has_cap(
-        None,
-        caps::CapSet::Effective,
-        caps::Capability::CAP_NET_ADMIN,
-    )
-    .unwrap_or(false);
-    if !has_net_admin {
-        return Err(Error::NoNetAdmin {
-            detail: "CAP_NET_ADMIN is not in the effective capability set".into(),
-        });
-    }
-    Ok(())
+}
+
+/// iptables-legacy serialises on a lock file, /run/xtables.lock (or $XTABLES_LOCKFILE): where it
+/// cannot be opened (`docker run --read-only` without `--tmpfs /run`) every load fails, the
+/// lockdown's included, so this is checked before anything changes.
+pub fn legacy_lock_writable() -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = std::env::var_os("XTABLES_LOCKFILE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/run/xtables.lock"));
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map(drop)
+        .map_err(|e| {
+            Error::CannotFence(format!(
+                "iptables-legacy cannot open its lock file {}: {e}; /run must be writable (with \
+                 docker run --read-only add --tmpfs /run), or use the nft backend",
+                path.display()
+            ))
+        })
 }
 
 /// Loads the rules: creates the sets they refer to (an existing set keeps its contents), then
 /// both families' tables in parallel, each in one transaction. Nothing here depends on resolved
-/// addresses, so this runs while names resolve.
-pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: bool) -> Result<()> {
+/// addresses, so this runs while names resolve. Where IPv6 is off, its table is still loaded, but
+/// a failure there is only a warning: nothing can be sent over IPv6 in this namespace anyway.
+pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
     run_restore(
         &tools.ipset,
         &["-exist", "restore"],
         &ruleset.ipset_create(),
     )
     .map_err(|detail| failed("ipset restore", detail))?;
-    let loads: Vec<(Family, Result<Running, String>)> = families(ipv6)
+    let loads: Vec<(Family, Result<Running, String>)> = families(ipv6.in_kernel())
         .iter()
         .map(|family| {
             let input = ruleset.iptables_restore(*family);
@@ -144,6 +175,13 @@ pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: bool) -> Result<()> {
     for (family, load) in loads {
         if let Err(detail) = load.and_then(Running::finish) {
             let step = format!("{} --noflush", tools.restore_tool(family).display());
+            if family == Family::V6 && ipv6 == Ipv6::Off {
+                log::warn!(
+                    "{step} failed ({detail}); IPv6 is off in this namespace (no IPv6 address), \
+                     so nothing can leave over it"
+                );
+                continue;
+            }
             first_failure.get_or_insert(failed(&step, detail));
         }
     }
@@ -176,18 +214,22 @@ fn families(ipv6: bool) -> &'static [Family] {
 }
 
 /// Leaves egress denied except loopback (and root's DNS). Returns whether that held for every
-/// family.
+/// family. Every family is attempted, whatever happened to the ones before it.
 pub fn lockdown(tools: &Tools, ipv6: bool) -> bool {
-    families(ipv6).iter().all(|family| {
-        let tool = tools.restore_tool(*family);
-        match run_restore(tool, &["--noflush"], &plan::lockdown_restore(*family)) {
-            Ok(()) => true,
-            Err(detail) => {
-                log::error!("lockdown with {} failed: {detail}", tool.display());
-                false
+    let held: Vec<bool> = families(ipv6)
+        .iter()
+        .map(|family| {
+            let tool = tools.restore_tool(*family);
+            match run_restore(tool, &["--noflush"], &plan::lockdown_restore(*family)) {
+                Ok(()) => true,
+                Err(detail) => {
+                    log::error!("lockdown with {} failed: {detail}", tool.display());
+                    false
+                }
             }
-        }
-    })
+        })
+        .collect();
+    held.iter().all(|&held| held)
 }
 
 fn run_restore(tool: &Path, args: &[&str], input: &str) -> Result<(), String> {
@@ -248,7 +290,13 @@ impl Running {
 /// Adds the likely fix to what the tools print for missing privileges or kernel support.
 fn explain(detail: &str) -> String {
     let lower = detail.to_ascii_lowercase();
-    let hint = if lower.contains("permission denied") || lower.contains("operation not permitted") {
+    let hint = if lower.contains("xtables.lock") {
+        " (iptables-legacy locks /run/xtables.lock: /run must be writable; with docker run \
+         --read-only add --tmpfs /run)"
+    } else if lower.contains("unable to initialize table") {
+        " (iptables-legacy needs CAP_NET_ADMIN and CAP_NET_RAW: run the container with \
+         --cap-add NET_ADMIN --cap-add NET_RAW)"
+    } else if lower.contains("permission denied") || lower.contains("operation not permitted") {
         " (run the container with --cap-add NET_ADMIN --cap-add NET_RAW)"
     } else if lower.contains("kernel error")
         || lower.contains("cannot open session")
@@ -262,4 +310,22 @@ fn explain(detail: &str) -> String {
         ""
     };
     format!("{detail}{hint}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tool_errors_get_the_fix() {
+        let lock = explain("Fatal: can't open lock file /run/xtables.lock: Read-only file system");
+        assert!(lock.contains("--tmpfs /run"), "{lock}");
+        let raw = explain("iptables-restore: unable to initialize table 'filter'");
+        assert!(raw.contains("--cap-add NET_RAW"), "{raw}");
+        let perm = explain("ipset v7.17: Kernel error received: Operation not permitted");
+        assert!(perm.contains("--cap-add NET_ADMIN"), "{perm}");
+        let module = explain("line 42 failed: Couldn't load match 'set'");
+        assert!(module.contains("modprobe"), "{module}");
+        assert_eq!(explain("something else"), "something else");
+    }
 }

@@ -38,11 +38,9 @@ pub struct Cli {
     pub sandbox: SandboxOpts,
 
     /// The agent command and its arguments (a Docker CMD lands here).
-    #[arg(
-        value_name = "COMMAND",
-        trailing_var_arg = true,
-        allow_hyphen_values = true
-    )]
+    /// A first word that starts with `-` is taken for a mistyped option (a usage error); after
+    /// `--` anything goes. Once the command has started, every later word is its own.
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
@@ -55,6 +53,10 @@ pub enum Sub {
     /// Report whether the sandbox holds (fence, capabilities, setuid files, sudo); exit 0 only if
     /// it does. Runnable by any user; usable as a Docker HEALTHCHECK.
     Check(CheckArgs),
+    /// Strip setuid/setgid bits, file capabilities and sudo from the root filesystem now, then
+    /// exit: in a Dockerfile `RUN`, so that the image starts with nothing to strip (and works
+    /// with `docker run --read-only`).
+    Harden(CheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -214,21 +216,77 @@ pub enum Invocation {
     Firewall(FirewallArgs),
     Plan(FirewallArgs),
     Check(CheckArgs),
+    Harden(CheckArgs),
 }
 
-pub fn parse(args: Vec<OsString>) -> Invocation {
+/// Parses the command line. `Err` carries what to print and the status to exit with: help and
+/// `--version` (0, on stdout) or a usage error (64, one line on stderr).
+pub fn parse(args: Vec<OsString>) -> Result<Invocation, Refusal> {
     let invoked_as = args
         .first()
         .map(PathBuf::from)
         .and_then(|path| path.file_name().map(|name| name.to_os_string()));
-    if invoked_as.as_deref() == Some(INIT_FIREWALL_NAME.as_ref()) {
+    let args = if invoked_as.as_deref() == Some(INIT_FIREWALL_NAME.as_ref()) {
         let mut firewall_args: Vec<OsString> = vec!["cordon".into(), "firewall".into()];
         firewall_args.push("--profile".into());
         firewall_args.push("anthropic-devcontainer".into());
         firewall_args.extend(args.into_iter().skip(1));
-        return from_cli(Cli::parse_from(firewall_args));
+        firewall_args
+    } else {
+        args
+    };
+    Cli::try_parse_from(args)
+        .map(from_cli)
+        .map_err(Refusal::from)
+}
+
+/// Why the command line does not lead to a run: help or version was asked for, or it is wrong.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: i32,
+    /// Help and version text go to stdout; a usage error is one line for stderr.
+    pub to_stdout: bool,
+    pub text: String,
+}
+
+impl From<clap::Error> for Refusal {
+    fn from(error: clap::Error) -> Self {
+        if !error.use_stderr() {
+            return Refusal {
+                status: crate::error::exit::OK,
+                to_stdout: true,
+                text: error.render().to_string(),
+            };
+        }
+        Refusal {
+            status: crate::error::exit::USAGE,
+            to_stdout: false,
+            text: one_line(&error.render().to_string()),
+        }
     }
-    from_cli(Cli::parse_from(args))
+}
+
+/// clap's multi-line usage error as one line: the error, its tips, and where the options are
+/// listed (the usage block is left out).
+fn one_line(rendered: &str) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for line in rendered.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with("For more information") {
+            continue;
+        }
+        if line.starts_with("Usage:") {
+            break;
+        }
+        let line = line.strip_prefix("error: ").unwrap_or(line);
+        let line = line.strip_prefix("tip: ").unwrap_or(line);
+        if line.starts_with("to pass ") && line.contains(" as a value") {
+            parts.push("a command that starts with `-` goes after `--`".into());
+        } else {
+            parts.push(line.to_string());
+        }
+    }
+    parts.push("`cordon --help` lists the options".into());
+    parts.join("; ")
 }
 
 fn from_cli(cli: Cli) -> Invocation {
@@ -236,6 +294,7 @@ fn from_cli(cli: Cli) -> Invocation {
         Some(Sub::Firewall(args)) => Invocation::Firewall(args),
         Some(Sub::Plan(args)) => Invocation::Plan(args),
         Some(Sub::Check(args)) => Invocation::Check(args),
+        Some(Sub::Harden(args)) => Invocation::Harden(args),
         None => Invocation::Run {
             output: cli.output,
             fence: cli.fence,
@@ -251,7 +310,7 @@ impl Invocation {
         match self {
             Invocation::Run { output, .. } => output,
             Invocation::Firewall(args) | Invocation::Plan(args) => &args.output,
-            Invocation::Check(args) => &args.output,
+            Invocation::Check(args) | Invocation::Harden(args) => &args.output,
         }
     }
 }
@@ -261,7 +320,66 @@ mod tests {
     use super::*;
 
     fn parse_strs(args: &[&str]) -> Invocation {
-        parse(args.iter().map(OsString::from).collect())
+        parse(args.iter().map(OsString::from).collect()).expect("a valid command line")
+    }
+
+    fn refusal(args: &[&str]) -> Refusal {
+        parse(args.iter().map(OsString::from).collect()).expect_err("a usage error")
+    }
+
+    #[test]
+    fn a_mistyped_option_is_a_usage_error_naming_the_closest_option() {
+        let refused = refusal(&["cordon", "--alow", "example.test"]);
+        assert_eq!(refused.status, crate::error::exit::USAGE);
+        assert!(!refused.to_stdout);
+        assert_eq!(refused.text.lines().count(), 1, "{}", refused.text);
+        assert!(refused.text.contains("'--alow'"), "{}", refused.text);
+        assert!(refused.text.contains("'--allow'"), "{}", refused.text);
+        // A single dash is not a command either.
+        let refused = refusal(&["cordon", "-x", "sh"]);
+        assert_eq!(refused.status, crate::error::exit::USAGE);
+        assert_eq!(refused.text.lines().count(), 1, "{}", refused.text);
+    }
+
+    #[test]
+    fn every_usage_error_exits_64_in_one_line() {
+        for args in [
+            &["cordon", "--grace", "forever", "sh"][..],
+            &["cordon", "--iptables-backend", "iptables"],
+            &["cordon", "--quiet", "--verbose", "sh"],
+            &["cordon", "plan", "--bogus"],
+            &["cordon", "check", "extra"],
+            &["init-firewall.sh", "--nope"],
+        ] {
+            let refused = refusal(args);
+            assert_eq!(refused.status, crate::error::exit::USAGE, "{args:?}");
+            assert_eq!(
+                refused.text.lines().count(),
+                1,
+                "{args:?}: {}",
+                refused.text
+            );
+        }
+    }
+
+    #[test]
+    fn help_and_version_go_to_stdout_with_status_0() {
+        for args in [
+            &["cordon", "--help"][..],
+            &["cordon", "--version"],
+            &["cordon", "plan", "-h"],
+        ] {
+            let refused = refusal(args);
+            assert_eq!((refused.status, refused.to_stdout), (0, true), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn after_double_dash_a_command_may_start_with_a_dash() {
+        let Invocation::Run { command, .. } = parse_strs(&["cordon", "--", "-weird", "x"]) else {
+            panic!("expected the entrypoint form");
+        };
+        assert_eq!(command, ["-weird", "x"]);
     }
 
     #[test]

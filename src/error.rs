@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::capabilities;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Exit statuses of cordon itself (the agent's own status is passed through unchanged).
@@ -20,7 +22,8 @@ pub mod exit {
     pub const BAD_USER: i32 = 67;
     /// An internal or operating-system failure before the agent started.
     pub const INTERNAL: i32 = 70;
-    /// A required binary or kernel feature is missing.
+    /// A required binary or kernel feature is missing, or iptables-legacy's lock file cannot be
+    /// written.
     pub const UNAVAILABLE: i32 = 69;
     /// Name resolution failed (`--strict`, or no resolver answered).
     pub const RESOLVE: i32 = 75;
@@ -77,12 +80,18 @@ pub enum Error {
     NotRoot {
         action: &'static str,
     },
-    NoNetAdmin {
-        detail: String,
+    /// Capabilities the start needs that the container does not grant.
+    MissingCapabilities {
+        missing: Vec<crate::capabilities::Need>,
     },
     HostNetwork {
         devices: Vec<String>,
     },
+    /// The namespace has nothing but loopback (`--network none`).
+    NoNetwork,
+    /// Something the fence needs is missing before anything changed: a kernel feature (gVisor
+    /// has no netfilter netlink), a writable lock file for iptables-legacy.
+    CannotFence(String),
     MissingTool {
         tool: String,
         package: &'static str,
@@ -144,10 +153,11 @@ impl Error {
             Error::BadInput { .. } => exit::BAD_INPUT,
             Error::UnsafeConfig { .. } => exit::UNSAFE_CONFIG,
             Error::BadUser(_) => exit::BAD_USER,
-            Error::NotRoot { .. } | Error::NoNetAdmin { .. } | Error::HostNetwork { .. } => {
-                exit::PERMISSION
-            }
-            Error::MissingTool { .. } => exit::UNAVAILABLE,
+            Error::NotRoot { .. }
+            | Error::MissingCapabilities { .. }
+            | Error::HostNetwork { .. }
+            | Error::NoNetwork => exit::PERMISSION,
+            Error::MissingTool { .. } | Error::CannotFence(_) => exit::UNAVAILABLE,
             Error::Resolve(_) => exit::RESOLVE,
             Error::Apply { .. } => exit::APPLY,
             Error::Verify { .. } => exit::VERIFY,
@@ -179,11 +189,32 @@ impl fmt::Display for Error {
                 "{action} needs root: run cordon as the container's ENTRYPOINT without USER, or \
                  with sudo"
             ),
-            Error::NoNetAdmin { detail } => write!(
+            Error::MissingCapabilities { missing } => {
+                let named: Vec<String> = missing
+                    .iter()
+                    .map(|need| {
+                        format!("{} ({})", capabilities::short_name(need.cap), need.for_what)
+                    })
+                    .collect();
+                let flags: Vec<String> = missing
+                    .iter()
+                    .map(|need| format!("--cap-add {}", capabilities::short_name(need.cap)))
+                    .collect();
+                write!(
+                    f,
+                    "missing capabilities: {}; run the container with {} (Kubernetes: add them \
+                     to securityContext.capabilities.add)",
+                    named.join(", "),
+                    flags.join(" ")
+                )
+            }
+            Error::NoNetwork => write!(
                 f,
-                "cannot change the firewall ({detail}): run the container with \
-                 --cap-add NET_ADMIN --cap-add NET_RAW"
+                "this container has no network but loopback (docker run --network none?): there \
+                 is nothing to fence and the agent could reach nothing, not even its API; run it \
+                 on a Docker network (the default bridge, or --network NAME)"
             ),
+            Error::CannotFence(msg) => write!(f, "{msg}"),
             Error::HostNetwork { devices } => write!(
                 f,
                 "this looks like the host's network namespace (found {}); cordon would firewall \

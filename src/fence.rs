@@ -4,9 +4,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::apply::{self, Tools};
+use crate::capabilities;
 use crate::cli::{AgentOpts, FenceOpts};
 use crate::error::{exit, Error, Result};
-use crate::netinfo::{self, NetInfo};
+use crate::netinfo::{self, Ipv6, NetInfo};
 use crate::plan::{self, Family, Ruleset};
 use crate::policy::{self, Policy, Ports, Target};
 use crate::resolv_conf::{self, ResolvConf};
@@ -79,16 +80,30 @@ pub fn firewall(opts: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
             NOBODY
         }
     };
-    establish(opts, probe_uid)?;
+    let ready = preflight(opts)?;
+    capabilities::require(capabilities::FENCE)?;
+    establish(opts, ready, probe_uid)?;
     Ok(exit::OK)
 }
 
-/// Builds the fence and proves it. Once cordon is able to change the firewall, any failure —
-/// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict — leaves egress
-/// locked down (loopback and root's DNS only) instead of open.
-pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
-    let mut timings = Timings::start();
-    apply::preflight()?;
+/// Everything the fence needs, found before anything changes.
+pub struct Ready {
+    tools: Tools,
+    net: NetInfo,
+    timings: Timings,
+}
+
+/// Checks, changing nothing, that this namespace can and should be fenced: cordon is root, the
+/// namespace is a container's with a network (not the host's, not `--network none`), the
+/// firewall tools are there and the kernel speaks netfilter netlink. The caller checks the
+/// capabilities (`capabilities::FENCE`) together with those of its other stages.
+pub fn preflight(opts: &FenceOpts) -> Result<Ready> {
+    let timings = Timings::start();
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot {
+            action: "applying the firewall",
+        });
+    }
     if !opts.allow_host_network {
         let devices = netinfo::host_namespace_devices(
             Path::new("/proc/net/dev"),
@@ -98,11 +113,34 @@ pub fn establish(opts: &FenceOpts, agent_uid: u32) -> Result<()> {
             return Err(Error::HostNetwork { devices });
         }
     }
-    let tools = Tools::locate(opts.iptables_backend)?;
     let net = NetInfo::read();
+    if net.addrs.is_empty() && net.gateways.is_empty() {
+        return Err(Error::NoNetwork);
+    }
+    let tools = Tools::locate(opts.iptables_backend)?;
+    apply::netfilter_netlink()?;
+    if tools.variant == "legacy" {
+        apply::legacy_lock_writable()?;
+    }
+    Ok(Ready {
+        tools,
+        net,
+        timings,
+    })
+}
+
+/// Builds the fence and proves it. Once cordon is able to change the firewall, any failure —
+/// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict — leaves egress
+/// locked down (loopback and root's DNS only) instead of open.
+pub fn establish(opts: &FenceOpts, ready: Ready, agent_uid: u32) -> Result<()> {
+    let Ready {
+        tools,
+        net,
+        mut timings,
+    } = ready;
     build(opts, agent_uid, &tools, &net, &mut timings).map_err(|cause| Error::FailedClosed {
         cause: Box::new(cause),
-        locked_down: apply::lockdown(&tools, net.ipv6_kernel),
+        locked_down: apply::lockdown(&tools, net.ipv6.in_kernel()),
     })?;
     log::info!("fence ready in {}", timings.summary());
     Ok(())
@@ -122,7 +160,7 @@ fn build(
     let rules_only = plan::plan(&policy, &Resolution::default(), &conf)?;
     let (loaded, resolution) = std::thread::scope(|scope| {
         let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
-        let loaded = apply::load_rules(tools, &rules_only, net.ipv6_kernel);
+        let loaded = apply::load_rules(tools, &rules_only, net.ipv6);
         (loaded, resolving.join().expect("resolution panicked"))
     });
     loaded?;
@@ -132,9 +170,17 @@ fn build(
     apply::load_sets(tools, &ruleset)?;
     timings.mark("sets");
     log::info!(
-        "fence loaded ({} iptables): {}",
+        "fence loaded ({} iptables): {}{}",
         tools.variant,
-        describe_sets(&ruleset)
+        describe_sets(&ruleset),
+        match net.ipv6 {
+            Ipv6::On => "",
+            Ipv6::Off =>
+                "; IPv6 is off in this namespace (no IPv6 address, e.g. Docker's \
+                          ordinary networks): nothing can be sent over it, its rules are loaded \
+                          anyway",
+            Ipv6::Absent => "; the kernel has no IPv6",
+        }
     );
     let prepared = Prepared {
         policy,
@@ -146,6 +192,18 @@ fn build(
     let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid, true);
     for result in &results {
         log::debug!("probe {}", result.describe());
+    }
+    if results
+        .iter()
+        .any(|r| r.observed == verify::Observed::NotAsOwner)
+    {
+        // Normally caught by the preflight; never report it as a verdict.
+        let setuid = capabilities::FENCE
+            .iter()
+            .filter(|n| n.cap == caps::Capability::CAP_SETUID);
+        return Err(Error::MissingCapabilities {
+            missing: setuid.copied().collect(),
+        });
     }
     let mut failures: Vec<String> = results
         .iter()

@@ -8,8 +8,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::Command;
 
 use crate::apply::{self, Tools};
+use crate::capabilities;
 use crate::cli::Backend;
-use crate::netinfo::NetInfo;
+use crate::netinfo::{Ipv6, NetInfo};
 use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::policy::Proto;
 use crate::user::NOBODY;
@@ -44,7 +45,8 @@ impl FenceStatus {
 pub fn fence() -> FenceStatus {
     let mut status = FenceStatus::default();
     let net = NetInfo::read();
-    let can_read = apply::preflight().is_ok();
+    let can_read =
+        nix::unistd::geteuid().is_root() && capabilities::holds(caps::Capability::CAP_NET_ADMIN);
     if can_read {
         match Tools::locate(Backend::Auto) {
             Ok(tools) => read_rules(&tools, &net, &mut status),
@@ -58,7 +60,7 @@ pub fn fence() -> FenceStatus {
 }
 
 fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
-    let families: &[Family] = if net.ipv6_kernel {
+    let families: &[Family] = if net.ipv6.in_kernel() {
         &[Family::V4, Family::V6]
     } else {
         &[Family::V4]
@@ -84,6 +86,13 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
                         rules.allowed_packets,
                         rules.rejected_packets
                     )),
+                    // Where IPv6 is off nothing can be sent over it, whatever its rules say.
+                    Some(problem) if *family == Family::V6 && net.ipv6 == Ipv6::Off => {
+                        status.ok(format!(
+                            "IPv6 fence: {problem}; IPv6 is off in this namespace (no IPv6 \
+                             address), so nothing can be sent over it"
+                        ))
+                    }
                     Some(problem) => status.fail(format!("{} fence: {problem}", family.name())),
                 }
             }
@@ -214,7 +223,7 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
             .filter(|g| g.is_ipv4())
             .map(|g| ("gateway", *g, Proto::Tcp, 80)),
     );
-    if net.ipv6_kernel {
+    if net.ipv6.in_kernel() {
         let doc = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
         targets.push(("ipv6 address", doc, Proto::Udp, 443));
     }
@@ -223,7 +232,9 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         .map(|(class, addr, proto, port)| Probe {
             class,
             dst: SocketAddr::new(addr, port),
-            proto,
+            // An unmarked SYN is answered with a reset, which looks like a host that is reached
+            // and refuses: unmarked probes are datagrams, which are rejected with ICMP.
+            proto: if marked { proto } else { Proto::Udp },
             as_root: false,
             expect: Verdict::Reject,
             unrouted: !net.routes(addr),

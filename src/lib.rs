@@ -4,6 +4,7 @@
 //! policy → resolve → plan → apply → verify (together: `fence`) → harden → launch → supervise.
 
 pub mod apply;
+pub mod capabilities;
 pub mod check;
 pub mod cli;
 pub mod env;

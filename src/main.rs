@@ -2,12 +2,23 @@ use std::ffi::OsString;
 use std::path::Path;
 use std::process::ExitCode;
 
+use cordon::capabilities::{self, Need};
 use cordon::cli::{self, AgentOpts, FenceOpts, Invocation, SandboxOpts};
 use cordon::error::Result;
 use cordon::{check, env, fence, harden, launch, logging, supervise, user};
 
 fn main() -> ExitCode {
-    let invocation = cli::parse(std::env::args_os().collect());
+    let invocation = match cli::parse(std::env::args_os().collect()) {
+        Ok(invocation) => invocation,
+        Err(refusal) => {
+            if refusal.to_stdout {
+                print!("{}", refusal.text);
+            } else {
+                eprintln!("cordon: error: {}", refusal.text);
+            }
+            return ExitCode::from(refusal.status as u8);
+        }
+    };
     logging::init(invocation.output());
     let status = match run(invocation) {
         Ok(status) => status,
@@ -24,6 +35,16 @@ fn run(invocation: Invocation) -> Result<i32> {
         Invocation::Plan(args) => fence::plan(&args.fence, &args.agent),
         Invocation::Firewall(args) => fence::firewall(&args.fence, &args.agent),
         Invocation::Check(args) => check::run(&args),
+        Invocation::Harden(_) => {
+            if !nix::unistd::geteuid().is_root() {
+                return Err(cordon::error::Error::NotRoot {
+                    action: "cordon harden",
+                });
+            }
+            capabilities::require(capabilities::HARDEN)?;
+            harden::harden(Path::new("/"))?.log();
+            Ok(cordon::error::exit::OK)
+        }
         Invocation::Run {
             fence,
             agent,
@@ -44,8 +65,11 @@ fn entrypoint(
 ) -> Result<i32> {
     // Blocked first, so a `docker stop` during start-up is seen by the supervisor, not lost.
     let signals = supervise::Signals::block_all()?;
-    let account = user::resolve(&agent.user, agent.uid_from.as_deref())?;
-    fence::establish(fence_opts, account.uid)?;
+    let chosen = user::choose_account(&agent.user, agent.uid_from.as_deref())?;
+    let fence_ready = fence::preflight(fence_opts)?;
+    capabilities::require(&start_needs(&chosen, sandbox))?;
+    let account = chosen.prepare()?;
+    fence::establish(fence_opts, fence_ready, account.uid)?;
     if sandbox.no_harden {
         log::warn!("--no-harden: setuid/setgid bits, file capabilities and sudo are left in place");
     } else {
@@ -59,4 +83,20 @@ fn entrypoint(
     }
     let child = launch.spawn(&signals)?;
     Ok(supervise::run(child, &signals, sandbox))
+}
+
+/// Every capability the start will use, so that one line can name all that are missing.
+fn start_needs(chosen: &user::Chosen, sandbox: &SandboxOpts) -> Vec<Need> {
+    let mut needs = capabilities::FENCE.to_vec();
+    if chosen.changes_home() {
+        needs.extend_from_slice(capabilities::HOME);
+    }
+    if !sandbox.no_harden {
+        needs.extend_from_slice(capabilities::HARDEN);
+    }
+    needs.extend_from_slice(capabilities::DROP);
+    if !sandbox.exec {
+        needs.extend_from_slice(capabilities::SUPERVISE);
+    }
+    needs
 }

@@ -11,14 +11,42 @@ pub struct NetInfo {
     /// Addresses with their on-link prefix, loopback excluded.
     pub addrs: Vec<IpNet>,
     pub gateways: Vec<IpAddr>,
-    /// The kernel has IPv6 (ip6tables must then be loaded too).
-    pub ipv6_kernel: bool,
+    pub ipv6: Ipv6,
+}
+
+/// What IPv6 can do in this namespace.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ipv6 {
+    /// The kernel has no IPv6 (booted with ipv6.disable=1): there is nothing to fence.
+    Absent,
+    /// The kernel has IPv6 but no interface of this namespace, loopback included, has an IPv6
+    /// address: Docker's ordinary networks (`disable_ipv6=1` everywhere). Nothing can be sent
+    /// (EADDRNOTAVAIL); ip6tables still works, and cordon loads its rules anyway.
+    Off,
+    #[default]
+    On,
+}
+
+impl Ipv6 {
+    /// Reads /proc/net/if_inet6, which lists every IPv6 address of the namespace.
+    fn read() -> Ipv6 {
+        match std::fs::read_to_string("/proc/net/if_inet6") {
+            Err(_) => Ipv6::Absent,
+            Ok(text) if text.trim().is_empty() => Ipv6::Off,
+            Ok(_) => Ipv6::On,
+        }
+    }
+
+    /// Whether ip6tables exists to be loaded.
+    pub fn in_kernel(self) -> bool {
+        self != Ipv6::Absent
+    }
 }
 
 impl NetInfo {
     pub fn read() -> NetInfo {
         let mut info = NetInfo {
-            ipv6_kernel: Path::new("/proc/net/if_inet6").exists(),
+            ipv6: Ipv6::read(),
             ..NetInfo::default()
         };
         if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
@@ -114,6 +142,9 @@ fn hex_v6(text: &str) -> Option<Ipv6Addr> {
 /// devices backed by hardware. Their presence means this is (most likely) the host's namespace.
 /// Names come from /proc/net/dev, which always shows this namespace; sysfs only says what each
 /// is (a sysfs mounted for another namespace may list devices that are not here).
+///
+/// A virtio NIC is not counted: inside a VM-isolated runtime (Kata Containers) the container's
+/// own interface is one. A VM's host namespace still shows its bridge (docker0) and is refused.
 pub fn host_namespace_devices(proc_net_dev: &Path, sys_class_net: &Path) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(proc_net_dev) else {
         return Vec::new();
@@ -124,7 +155,7 @@ pub fn host_namespace_devices(proc_net_dev: &Path, sys_class_net: &Path) -> Vec<
         .filter_map(|line| line.split(':').next().map(str::trim))
         .filter(|name| {
             let dev = sys_class_net.join(name);
-            dev.join("bridge").is_dir() || dev.join("device").exists()
+            dev.join("bridge").is_dir() || (dev.join("device").exists() && !is_virtio(&dev))
         })
         .map(str::to_string)
         .collect();
@@ -132,9 +163,68 @@ pub fn host_namespace_devices(proc_net_dev: &Path, sys_class_net: &Path) -> Vec<
     found
 }
 
+/// Whether the device sits on the virtio bus (its `device/subsystem` link ends in `virtio`).
+fn is_virtio(dev: &Path) -> bool {
+    std::fs::read_link(dev.join("device/subsystem"))
+        .is_ok_and(|bus| bus.file_name().is_some_and(|name| name == "virtio"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A /proc/net/dev and a sysfs class/net tree with the given devices: (name, bridge, bus).
+    fn fake_namespace(devices: &[(&str, bool, Option<&str>)]) -> std::path::PathBuf {
+        use std::os::unix::fs::symlink;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let root = std::env::temp_dir().join(format!("cordon-netinfo-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut dev = String::from("Inter-|   Receive\n face |bytes\n");
+        for (name, bridge, bus) in devices {
+            dev.push_str(&format!("{name:>6}: 0 0 0 0\n"));
+            let class = root.join("class").join(name);
+            std::fs::create_dir_all(&class).unwrap();
+            if *bridge {
+                std::fs::create_dir(class.join("bridge")).unwrap();
+            }
+            if let Some(bus) = bus {
+                let device = root.join("devices").join(name);
+                std::fs::create_dir_all(&device).unwrap();
+                std::fs::create_dir_all(root.join("bus").join(bus)).unwrap();
+                symlink(root.join("bus").join(bus), device.join("subsystem")).unwrap();
+                symlink(&device, class.join("device")).unwrap();
+            }
+        }
+        std::fs::write(root.join("dev"), dev).unwrap();
+        root
+    }
+
+    #[test]
+    fn bridges_and_hardware_mean_the_host_a_virtio_nic_does_not() {
+        let host = fake_namespace(&[
+            ("lo", false, None),
+            ("eth0", false, Some("pci")),
+            ("docker0", true, None),
+            ("veth1", false, None),
+        ]);
+        assert_eq!(
+            host_namespace_devices(&host.join("dev"), &host.join("class")),
+            ["docker0", "eth0"]
+        );
+        // Kata: the container's own interface is a virtio NIC.
+        let kata = fake_namespace(&[("lo", false, None), ("eth0", false, Some("virtio"))]);
+        assert!(host_namespace_devices(&kata.join("dev"), &kata.join("class")).is_empty());
+        // A VM host still has its bridge.
+        let vm_host = fake_namespace(&[("eth0", false, Some("virtio")), ("docker0", true, None)]);
+        assert_eq!(
+            host_namespace_devices(&vm_host.join("dev"), &vm_host.join("class")),
+            ["docker0"]
+        );
+        for root in [host, kata, vm_host] {
+            let _ = std::fs::remove_dir_all(root);
+        }
+    }
 
     #[test]
     fn default_gateway_v4() {

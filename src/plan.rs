@@ -11,7 +11,8 @@
 //!     port); set cordonN-hosts (addr, any port); everything else → CORDON_REJECT
 //! INPUT  (policy DROP) → CORDON_INPUT: loopback; established/related; [--inbound ports]; reject
 //! CORDON_ALLOW: the verifier's marked probes are answered locally here, all else accepted
-//! CORDON_REJECT: REJECT (icmp admin-prohibited), so a blocked connect fails at once
+//! CORDON_REJECT: REJECT (TCP reset; icmp admin-prohibited for the rest and for marked probes),
+//!     so a blocked connect fails at once
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
@@ -445,18 +446,16 @@ fn allow_chain(family: Family) -> impl Iterator<Item = String> {
     .into_iter()
 }
 
+/// An ICMP error for a SYN arrives while connect() holds the socket and only fails a blocking
+/// connect on the retransmit a second later (both families, measured); a reset fails it at once.
+/// Marked probes keep the ICMP answer so the verifier can tell a rejection from CORDON_ALLOW's
+/// reset.
 fn reject_chain(family: Family) -> impl Iterator<Item = String> {
-    let mut chain = Vec::new();
-    if family == Family::V6 {
-        // An ICMPv6 error for the first SYN arrives while connect() holds the socket and only
-        // fails it on the retransmit a second later; a reset fails it at once. Marked probes
-        // keep the ICMP answer so the verifier can tell a rejection from CORDON_ALLOW's reset.
-        chain.push(format!(
-            "-p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"
-        ));
-    }
-    chain.push(format!("-j REJECT --reject-with {}", family.reject_admin()));
-    chain.into_iter()
+    [
+        format!("-p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"),
+        format!("-j REJECT --reject-with {}", family.reject_admin()),
+    ]
+    .into_iter()
 }
 
 const NEIGHBOUR_DISCOVERY_IN: [&str; 3] = [

@@ -21,37 +21,97 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How long SIGKILLed processes get to disappear before cordon exits regardless.
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
+/// A set of signals as the kernel sees it: bit n-1 stands for signal n. Masks and dispositions
+/// go through the system calls directly because musl refuses signals 32-34, which it reserves:
+/// its `sigfillset` leaves them out, its `sigaction` rejects them, and every `sigprocmask` it
+/// does on its own (posix_spawn, thread creation) drops them from the mask it restores. Their
+/// default action ends the process (the kernel spares PID 1, not cordon under `--init`).
+type Mask = u64;
+
+/// Size of a kernel signal set, as the rt_sig* calls expect it.
+const MASK_BYTES: libc::c_long = std::mem::size_of::<Mask>() as libc::c_long;
+
+/// The signals musl reserves for itself.
+const RESERVED: [c_int; 3] = [32, 33, 34];
+
+fn bit(signal: c_int) -> Mask {
+    1 << (signal - 1)
+}
+
+/// The kernel's `struct sigaction` on x86_64 (cordon's only target).
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: Mask,
+}
+
+/// Sets `signal` to SIG_IGN or SIG_DFL; returns whether it was ignored before. Only system
+/// calls: safe between fork and exec.
+fn set_disposition(signal: c_int, ignore: bool) -> nix::Result<bool> {
+    let action = KernelSigaction {
+        handler: if ignore { libc::SIG_IGN } else { libc::SIG_DFL },
+        ..KernelSigaction::default()
+    };
+    let mut old = KernelSigaction::default();
+    // SAFETY: both structs are valid kernel sigactions of the size the call is told.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            &action as *const KernelSigaction,
+            &mut old as *mut KernelSigaction,
+            MASK_BYTES,
+        )
+    };
+    Errno::result(rc).map(|_| old.handler == libc::SIG_IGN)
+}
+
+/// Whether `signal` is ignored, without changing it.
+fn is_ignored(signal: c_int) -> bool {
+    let mut old = KernelSigaction::default();
+    // SAFETY: a null new action only reads the old one into a valid struct.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            signal,
+            std::ptr::null::<KernelSigaction>(),
+            &mut old as *mut KernelSigaction,
+            MASK_BYTES,
+        )
+    };
+    rc == 0 && old.handler == libc::SIG_IGN
+}
+
 /// The signal state cordon started with, and the set it now blocks.
 pub struct Signals {
-    blocked: libc::sigset_t,
-    original_mask: libc::sigset_t,
-    ignored_at_start: libc::sigset_t,
+    blocked: Mask,
+    original_mask: Mask,
+    ignored_at_start: Mask,
 }
 
 impl Signals {
     /// Blocks every catchable signal, remembering the original mask and dispositions so the
     /// child can get them back. Called first, so a `docker stop` during start-up stays pending
-    /// until the supervisor forwards it to the agent.
+    /// until the supervisor forwards it to the agent. The reserved signals are also ignored
+    /// meanwhile, so that a C-library call that unblocks them behind cordon's back cannot let
+    /// one end cordon (a blocked signal is still queued, ignored or not).
     pub fn block_all() -> Result<Self> {
-        let blocked = filled_set();
-        let mut original_mask = empty_set();
-        // SAFETY: both sets are valid, initialised sigset_t values.
-        let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &blocked, &mut original_mask) };
-        Errno::result(rc).map_err(|errno| Error::sys("blocking signals", errno))?;
-
-        let mut ignored_at_start = empty_set();
-        for signal in catchable() {
-            if disposition_is_ignore(signal) {
-                // SAFETY: `signal` is in range; the set is initialised.
-                unsafe { libc::sigaddset(&mut ignored_at_start, signal) };
-            }
-        }
+        let blocked = catchable().fold(0, |mask, signal| mask | bit(signal));
+        let original_mask =
+            set_mask(blocked).map_err(|errno| Error::sys("blocking signals", errno))?;
+        let mut ignored_at_start = catchable()
+            .filter(|&signal| is_ignored(signal))
+            .fold(0, |mask, signal| mask | bit(signal));
         // Rust's runtime set SIGPIPE to SIG_IGN before `main`: use what it was before that.
-        // SAFETY: as above.
-        unsafe { libc::sigdelset(&mut ignored_at_start, libc::SIGPIPE) };
+        ignored_at_start &= !bit(libc::SIGPIPE);
         if SIGPIPE_IGNORED_BEFORE_MAIN.load(Ordering::Relaxed) {
-            // SAFETY: as above.
-            unsafe { libc::sigaddset(&mut ignored_at_start, libc::SIGPIPE) };
+            ignored_at_start |= bit(libc::SIGPIPE);
+        }
+        for signal in RESERVED {
+            set_disposition(signal, true).map_err(|errno| Error::sys("ignoring signals", errno))?;
         }
         Ok(Signals {
             blocked,
@@ -65,28 +125,15 @@ impl Signals {
     /// restored. Only system calls: safe between fork and exec.
     pub(crate) fn restore(&self) -> nix::Result<()> {
         for signal in catchable() {
-            // SAFETY: an all-zero sigaction is valid (no flags, empty mask).
-            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: the set is initialised and `signal` is in range.
-            let ignored = unsafe { libc::sigismember(&self.ignored_at_start, signal) } == 1;
-            action.sa_sigaction = if ignored {
-                libc::SIG_IGN
-            } else {
-                libc::SIG_DFL
-            };
-            // SAFETY: `action` is valid; no old action is requested.
-            let rc = unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
-            match Errno::result(rc) {
-                // The C library reserves a few real-time signals for itself.
-                Ok(_) | Err(Errno::EINVAL) => {}
-                Err(errno) => return Err(errno),
-            }
+            set_disposition(signal, self.ignored_at_start & bit(signal) != 0)?;
         }
-        // SAFETY: the set is initialised; no old mask is requested.
-        let rc = unsafe {
-            libc::sigprocmask(libc::SIG_SETMASK, &self.original_mask, std::ptr::null_mut())
-        };
-        Errno::result(rc).map(drop)
+        set_mask(self.original_mask).map(drop)
+    }
+
+    /// Blocks every catchable signal again, in case a C-library call restored a mask without
+    /// the reserved ones.
+    fn reassert(&self) {
+        let _ = set_mask(self.blocked);
     }
 
     /// Waits up to `timeout` for one of the blocked signals.
@@ -96,40 +143,39 @@ impl Signals {
             tv_sec: timeout.as_secs().min(86_400) as _,
             tv_nsec: timeout.subsec_nanos().into(),
         };
-        // SAFETY: the set and timespec are valid; no siginfo is requested.
-        let signal = unsafe { libc::sigtimedwait(&self.blocked, std::ptr::null_mut(), &timeout) };
-        (signal > 0).then_some(signal)
+        // SAFETY: the mask and timespec are valid for the call; no siginfo is requested.
+        let signal = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigtimedwait,
+                &self.blocked as *const Mask,
+                std::ptr::null_mut::<libc::siginfo_t>(),
+                &timeout as *const libc::timespec,
+                MASK_BYTES,
+            )
+        };
+        (signal > 0).then_some(signal as c_int)
     }
 }
 
-/// Every signal a process can catch or block: 1..=SIGRTMAX without SIGKILL and SIGSTOP.
+/// Replaces the calling thread's signal mask; returns the previous one.
+fn set_mask(mask: Mask) -> nix::Result<Mask> {
+    let mut previous: Mask = 0;
+    // SAFETY: both masks are valid for MASK_BYTES bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &mask as *const Mask,
+            &mut previous as *mut Mask,
+            MASK_BYTES,
+        )
+    };
+    Errno::result(rc).map(|_| previous)
+}
+
+/// Every signal a process can catch or block: 1..=64 without SIGKILL and SIGSTOP.
 fn catchable() -> impl Iterator<Item = c_int> {
-    (1..=libc::SIGRTMAX()).filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
-}
-
-fn empty_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset initialises the set it is given.
-    unsafe {
-        let mut set = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        set
-    }
-}
-
-fn filled_set() -> libc::sigset_t {
-    // SAFETY: sigfillset initialises the set it is given.
-    unsafe {
-        let mut set = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        set
-    }
-}
-
-fn disposition_is_ignore(signal: c_int) -> bool {
-    // SAFETY: an all-zero sigaction is a valid output buffer; the action is only read.
-    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::sigaction(signal, std::ptr::null(), &mut old) };
-    rc == 0 && old.sa_sigaction == libc::SIG_IGN
+    (1..=64).filter(|&signal| signal != libc::SIGKILL && signal != libc::SIGSTOP)
 }
 
 /// Whether SIGPIPE was ignored when the process started. Rust's runtime replaces SIGPIPE's
@@ -141,12 +187,13 @@ static SIGPIPE_IGNORED_BEFORE_MAIN: AtomicBool = AtomicBool::new(false);
 static RECORD_SIGPIPE_BEFORE_MAIN: extern "C" fn() = record_sigpipe_before_main;
 
 extern "C" fn record_sigpipe_before_main() {
-    SIGPIPE_IGNORED_BEFORE_MAIN.store(disposition_is_ignore(libc::SIGPIPE), Ordering::Relaxed);
+    SIGPIPE_IGNORED_BEFORE_MAIN.store(is_ignored(libc::SIGPIPE), Ordering::Relaxed);
 }
 
 /// Supervises the agent until it exits, then sweeps the remaining processes and returns the
 /// agent's status: its exit code, or 128+n when signal n ended it.
 pub fn run(child: Pid, signals: &Signals, opts: &SandboxOpts) -> i32 {
+    signals.reassert();
     release_startup_code();
     let status = loop {
         let reaped = reap_all(child);
@@ -222,14 +269,38 @@ fn read_only_private(perms: &str) -> bool {
 }
 
 /// Sends `signal` to the agent, or to its process group with `--signal-group` (falling back to
-/// the agent alone if it left its group).
+/// the agent alone if it left its group). A stopped agent cannot act on SIGTERM or SIGINT until
+/// it runs again, so those are followed by SIGCONT when it is stopped (as systemd does).
 fn forward(signal: c_int, child: Pid, group: bool) {
-    let send = |pid: i32| Errno::result(unsafe { libc::kill(pid, signal) });
+    // SAFETY: plain system call.
+    let send = |pid: i32, signal: c_int| Errno::result(unsafe { libc::kill(pid, signal) });
     log::debug!("forwarding signal {signal} to the agent");
-    if group && send(-child.as_raw()) != Err(Errno::ESRCH) {
-        return;
+    let target = if group && send(-child.as_raw(), signal) != Err(Errno::ESRCH) {
+        -child.as_raw()
+    } else {
+        let _ = send(child.as_raw(), signal);
+        child.as_raw()
+    };
+    if matches!(signal, libc::SIGTERM | libc::SIGINT) && is_stopped(child) {
+        let _ = send(target, libc::SIGCONT);
     }
-    let _ = send(child.as_raw());
+}
+
+/// Whether the process is stopped by a signal (state `T` in /proc/PID/stat).
+fn is_stopped(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| state_from_stat(&stat))
+        == Some('T')
+}
+
+/// The state letter from a /proc/PID/stat line (the field after the command name).
+fn state_from_stat(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
 }
 
 /// The result of one round of reaping.
@@ -426,6 +497,13 @@ mod tests {
     }
 
     #[test]
+    fn state_is_read_after_the_command_name() {
+        assert_eq!(state_from_stat("42 (sleep) T 7 42 42 0"), Some('T'));
+        assert_eq!(state_from_stat("42 (a) T) S 9 1 1"), Some('S'));
+        assert_eq!(state_from_stat("garbage"), None);
+    }
+
+    #[test]
     fn parent_is_read_after_the_command_name() {
         assert_eq!(parent_from_stat("42 (sleep) S 7 42 42 0"), Some(7));
         assert_eq!(parent_from_stat("42 (a) b) (c) R 9 1 1"), Some(9));
@@ -478,7 +556,9 @@ Anonymous:             0 kB
     fn catchable_signals_exclude_kill_and_stop() {
         let all: Vec<_> = catchable().collect();
         assert!(!all.contains(&libc::SIGKILL) && !all.contains(&libc::SIGSTOP));
-        assert!(all.contains(&libc::SIGTERM) && all.contains(&libc::SIGRTMAX()));
-        assert_eq!(all.len(), libc::SIGRTMAX() as usize - 2);
+        assert!(all.contains(&libc::SIGTERM) && all.contains(&64));
+        // Including the real-time signals the C library reserves.
+        assert!([32, 33, 34].iter().all(|s| all.contains(s)));
+        assert_eq!(all.len(), 62);
     }
 }

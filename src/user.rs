@@ -49,25 +49,57 @@ pub struct Account {
 /// Resolves `--user` (a name, UID or UID:GID) and `--uid-from PATH`. Never returns root. May
 /// create or renumber the account's HOME (see the module documentation).
 pub fn resolve(spec: &str, uid_from: Option<&Path>) -> Result<Account> {
-    resolve_in(Path::new("/"), spec, uid_from)
+    choose_account(spec, uid_from)?.prepare()
 }
 
 /// `resolve` against the filesystem tree at `root` (its etc/passwd, etc/group and homes).
 /// `uid_from` is a path as seen from here, not from `root`.
 pub fn resolve_in(root: &Path, spec: &str, uid_from: Option<&Path>) -> Result<Account> {
-    let spec = Spec::parse(spec)?;
-    let db = Database::load(root)?;
-    let owner = uid_from.map(owner_of).transpose()?;
-    let choice = choose(spec, &db, owner)?;
-    home::prepare(root, choice, &db, uid_from)
+    choose_in(root, spec, uid_from)?.prepare()
 }
 
 /// The account `resolve` would return, without creating or renumbering anything: for callers
 /// that only need the uid (`cordon firewall` probing as the agent).
 pub fn lookup(spec: &str, uid_from: Option<&Path>) -> Result<Account> {
-    let db = Database::load(Path::new("/"))?;
+    Ok(choose_account(spec, uid_from)?.choice.account)
+}
+
+/// The first half of `resolve`: the account is chosen, nothing is changed yet.
+pub fn choose_account(spec: &str, uid_from: Option<&Path>) -> Result<Chosen> {
+    choose_in(Path::new("/"), spec, uid_from)
+}
+
+fn choose_in(root: &Path, spec: &str, uid_from: Option<&Path>) -> Result<Chosen> {
+    let parsed = Spec::parse(spec)?;
+    let db = Database::load(root)?;
     let owner = uid_from.map(owner_of).transpose()?;
-    Ok(choose(Spec::parse(spec)?, &db, owner)?.account)
+    Ok(Chosen {
+        choice: choose(parsed, &db, owner)?,
+        db,
+        root: root.to_path_buf(),
+        uid_from: uid_from.map(Path::to_path_buf),
+    })
+}
+
+/// An account chosen by `choose_account` whose HOME has not been prepared yet.
+#[derive(Debug)]
+pub struct Chosen {
+    choice: Choice,
+    db: Database,
+    root: PathBuf,
+    uid_from: Option<PathBuf>,
+}
+
+impl Chosen {
+    /// Whether preparing it creates or renumbers a HOME (which takes CAP_CHOWN).
+    pub fn changes_home(&self) -> bool {
+        self.choice.home != HomeAction::Keep
+    }
+
+    /// Creates or renumbers its HOME as needed (see the module documentation).
+    pub fn prepare(self) -> Result<Account> {
+        home::prepare(&self.root, self.choice, &self.db, self.uid_from.as_deref())
+    }
 }
 
 /// What `--user` asked for.

@@ -70,6 +70,12 @@ pub enum Observed {
     Rejected,
     /// No route: stopped before the fence.
     NoRoute,
+    /// No source address for the family (EADDRNOTAVAIL: IPv6 switched off in the namespace):
+    /// nothing can be sent at all.
+    CannotSend,
+    /// Not probed: the socket could not be given the probe's uid (no CAP_SETUID), so whatever
+    /// the kernel did would not say what it does for that uid.
+    NotAsOwner,
     /// Anything else: a real connection, a timeout, another error.
     Unexpected(&'static str),
 }
@@ -86,7 +92,8 @@ impl ProbeResult {
         match (self.probe.expect, self.observed) {
             (Verdict::Allow, Observed::Allowed) => true,
             (Verdict::Reject, Observed::Rejected) => true,
-            (_, Observed::NoRoute) => self.probe.unrouted,
+            (Verdict::Reject, Observed::CannotSend) => true,
+            (_, Observed::NoRoute | Observed::CannotSend) => self.probe.unrouted,
             _ => false,
         }
     }
@@ -105,6 +112,10 @@ impl ProbeResult {
             Observed::Allowed => "allowed",
             Observed::Rejected => "blocked",
             Observed::NoRoute => "no route",
+            Observed::CannotSend => "cannot send (no source address)",
+            Observed::NotAsOwner => {
+                "not probed: cannot act as that uid (CAP_SETUID missing: --cap-add SETUID)"
+            }
             Observed::Unexpected(what) => what,
         };
         format!(
@@ -208,7 +219,7 @@ pub fn plan_probes(ruleset: &Ruleset, net: &NetInfo) -> Vec<Probe> {
         80,
         false,
     );
-    if net.ipv6_kernel {
+    if net.ipv6.in_kernel() {
         let v6: Vec<IpAddr> = PUBLIC_V6.iter().map(|a| IpAddr::V6(*a)).collect();
         if let Some(addr) = blocked(&v6, Proto::Tcp, 443) {
             add("ipv6 address", addr, Proto::Tcp, 443, false);
@@ -335,16 +346,22 @@ fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<OwnedFd, Ob
         Proto::Udp => SockType::Datagram,
     };
     let owner = if probe.as_root { 0 } else { agent_uid };
-    // The owner match reads the credentials the socket was created with.
+    // The owner match reads the credentials the socket was created with. setfsuid fails
+    // silently without CAP_SETUID; asking again with an invalid uid returns the one in effect.
     let previous = setfsuid(Uid::from_raw(owner));
-    let created = socket(
-        family,
-        kind,
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-        None,
-    );
+    let in_effect = setfsuid(Uid::from_raw(u32::MAX));
+    let created = (in_effect.as_raw() == owner)
+        .then(|| {
+            socket(
+                family,
+                kind,
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+        })
+        .ok_or(Observed::NotAsOwner);
     setfsuid(previous);
-    let fd = created.map_err(|e| Observed::Unexpected(e.desc()))?;
+    let fd = created?.map_err(|e| Observed::Unexpected(e.desc()))?;
     if marked {
         setsockopt(&fd, sockopt::Mark, &PROBE_MARK).map_err(|e| Observed::Unexpected(e.desc()))?;
     }
@@ -392,6 +409,7 @@ fn classify(errno: Errno) -> Observed {
         // IPv4 admin-prohibited maps to EHOSTUNREACH, ICMPv6 adm-prohibited to EACCES.
         Errno::EHOSTUNREACH | Errno::EACCES => Observed::Rejected,
         Errno::ENETUNREACH => Observed::NoRoute,
+        Errno::EADDRNOTAVAIL => Observed::CannotSend,
         other => Observed::Unexpected(other.desc()),
     }
 }
@@ -400,6 +418,7 @@ fn classify(errno: Errno) -> Observed {
 mod tests {
     use super::*;
     use crate::error::Location;
+    use crate::netinfo::Ipv6;
     use crate::plan::plan;
     use crate::policy::{parse_entry, Entry, Policy};
     use crate::resolv_conf;
@@ -444,7 +463,7 @@ mod tests {
         NetInfo {
             addrs: vec!["172.18.0.5/16".parse().unwrap()],
             gateways: vec!["172.18.0.1".parse().unwrap()],
-            ipv6_kernel: true,
+            ipv6: Ipv6::On,
         }
     }
 
@@ -536,5 +555,10 @@ mod tests {
         .passed());
         assert!(!result(probe(Verdict::Reject, false), Observed::NoRoute).passed());
         assert!(result(probe(Verdict::Reject, true), Observed::NoRoute).passed());
+        // IPv6 switched off: nothing can be sent, which is as blocked as it gets; an allowed
+        // address there is as unreachable as an unrouted one.
+        assert!(result(probe(Verdict::Reject, false), Observed::CannotSend).passed());
+        assert!(!result(probe(Verdict::Allow, false), Observed::CannotSend).passed());
+        assert!(result(probe(Verdict::Allow, true), Observed::CannotSend).passed());
     }
 }

@@ -104,19 +104,33 @@ fn every_verdict_holds_for_the_agent() {
             (&tcp(ALLOWED, 443), "open"),
             (&tcp(ALLOWED, 80), "open"),
             (&tcp(ALLOWED6, 443), "open"),
-            (&tcp(BLOCKED, 443), "rejected"),
-            // Over IPv6 a blocked TCP connect is reset at once (see plan.rs).
+            // A blocked TCP connect is reset at once (see plan.rs).
+            (&tcp(BLOCKED, 443), "refused"),
             (&tcp(BLOCKED6, 443), "refused"),
-            (&tcp(LAN_PEER, 22), "rejected"),
-            (&tcp(GATEWAY, 80), "rejected"),
+            (&tcp(LAN_PEER, 22), "refused"),
+            (&tcp(GATEWAY, 80), "refused"),
             (&tcp(GATEWAY6, 80), "refused"),
-            (&tcp(METADATA, 80), "rejected"),
+            (&tcp(METADATA, 80), "refused"),
             (&dns_resolver, "answered"),
             (&dns_elsewhere, "rejected"),
             // Names open TCP 80 and 443 only.
             (&udp_allowed_addr, "rejected"),
         ],
     );
+    // Most programs connect on blocking sockets: those fail at once too, not on the SYN's
+    // retransmit a second later.
+    let blocking = [
+        format!("tcpb:{BLOCKED}:443"),
+        format!("tcpb:[{BLOCKED6}]:443"),
+        format!("tcpb:{METADATA}:80"),
+    ];
+    for (spec, (verdict, _, millis)) in world.probe_timed(&specs(&blocking)) {
+        assert_eq!(verdict, "refused", "{spec}");
+        assert!(
+            millis < 100.0,
+            "{spec}: a blocked blocking connect took {millis} ms"
+        );
+    }
     // What the listeners saw since the fence: the allowed connections, none of the blocked.
     let log = world.listener_log()[log_before..].to_string();
     assert!(
@@ -251,7 +265,7 @@ fn init_firewall_name_applies_the_reference_profile() {
         &got,
         &[
             (&tcp(ALLOWED, 443), "open"),
-            (&tcp(BLOCKED, 443), "rejected"),
+            (&tcp(BLOCKED, 443), "refused"),
             // github.com:22 is allowed, so SSH reaches github.com's address (refused: no listener)…
             (&github_ssh, "refused"),
             // …but DNS and SSH are not open to every address, unlike the reference script.
@@ -319,8 +333,8 @@ fn reapplying_never_opens_a_window() {
             "--timeout-ms",
             "500",
         ])
-        // Every 4 ms: rejections are ICMP errors, and the kernel sends at most 1000 a second
-        // (net.ipv4.icmp_msgs_per_sec); faster probing would starve cordon's own self-test.
+        // Every 4 ms: cordon's self-test is answered with ICMP errors, and the kernel sends at
+        // most 1000 a second (net.ipv4.icmp_msgs_per_sec); faster probing could starve it.
         .args([
             "--repeat-for-ms",
             "4000",
@@ -368,7 +382,7 @@ fn reapplying_never_opens_a_window() {
         0,
         "the metadata address was reached"
     );
-    assert!(count(&blocked, "rejected") > 100);
+    assert!(count(&blocked, "refused") > 100);
     for verdict in ["rejected", "timeout", "denied", "refused"] {
         assert_eq!(
             count(&allowed, verdict),
@@ -534,7 +548,8 @@ fn without_net_admin_nothing_changes_and_the_fix_is_named() {
     assert_eq!(output.status.code(), Some(77));
     let message = stderr(&output);
     assert!(
-        message.contains("--cap-add NET_ADMIN --cap-add NET_RAW"),
+        message.contains("NET_ADMIN (loading the firewall)")
+            && message.contains("with --cap-add NET_ADMIN "),
         "{message}"
     );
     assert_eq!(message.lines().count(), 1, "one line: {message}");
@@ -710,7 +725,7 @@ fn the_legacy_backend_is_detected_from_the_image_and_works() {
         &got,
         &[
             (&tcp(ALLOWED, 443), "open"),
-            (&tcp(BLOCKED, 443), "rejected"),
+            (&tcp(BLOCKED, 443), "refused"),
             (&tcp(BLOCKED6, 443), "refused"),
         ],
     );
@@ -820,4 +835,261 @@ fn an_answer_too_large_for_udp_is_fetched_over_tcp() {
     let log = std::fs::read_to_string(world.path("dns.log")).unwrap();
     assert!(log.contains(" udp big.test A"), "{log}");
     assert!(log.contains(" tcp big.test A"), "{log}");
+}
+
+/// Docker's ordinary networks are IPv4-only (disable_ipv6=1 everywhere, loopback included): a
+/// normal, fenced state. The self-test takes "cannot send" over IPv6 as blocked, the IPv6 rules
+/// are loaded anyway, and the report says IPv6 is off.
+#[test]
+fn an_ipv4_only_namespace_is_fenced() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        ipv6_off: true,
+        ..WorldOpts::default()
+    });
+    let output = world.cordon(FENCE);
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(
+        message.contains("IPv6 is off in this namespace"),
+        "{message}"
+    );
+    assert!(
+        world
+            .sandbox(&["ip6tables-save", "-t", "filter"])
+            .contains("-A OUTPUT -j CORDON_OUTPUT"),
+        "the IPv6 rules are loaded anyway"
+    );
+    let got = world.probe_timed(&[
+        &tcp(ALLOWED, 443),
+        &tcp(BLOCKED, 443),
+        &tcp(BLOCKED6, 443),
+        &format!("udp:[{BLOCKED6}]:443"),
+    ]);
+    assert_eq!(got[&tcp(ALLOWED, 443)].0, "open");
+    assert_eq!(got[&tcp(BLOCKED, 443)].0, "refused");
+    for spec in [tcp(BLOCKED6, 443), format!("udp:[{BLOCKED6}]:443")] {
+        assert_eq!(got[&spec].1, "EADDRNOTAVAIL", "{spec}: {:?}", got[&spec]);
+    }
+    // `cordon check` as the agent agrees (its scan of this machine's own root filesystem is
+    // not the point here: only its fence lines are).
+    let check = Command::new("ip")
+        .args(["netns", "exec", &world.sandbox_ns, "setpriv"])
+        .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+        .arg(cordon())
+        .arg("check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    let fence: Vec<&str> = report.lines().filter(|l| l.contains(" fence: ")).collect();
+    assert!(
+        fence.iter().all(|l| l.starts_with("ok ")),
+        "fence findings:\n{report}"
+    );
+    assert!(
+        fence
+            .iter()
+            .any(|l| l.contains("ipv6 address") && l.contains("cannot send")),
+        "{report}"
+    );
+}
+
+/// Where IPv6 is off, an IPv6 table that cannot be loaded is a warning, not a failure: nothing
+/// can be sent over IPv6 there.
+#[test]
+fn an_ipv6_load_failure_is_only_a_warning_where_ipv6_is_off() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        ipv6_off: true,
+        ..WorldOpts::default()
+    });
+    let path = failing_tool(
+        &world,
+        "ip6tables-nft-restore",
+        "/usr/sbin/ip6tables-nft-restore",
+    );
+    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    let message = stderr(&output);
+    assert!(output.status.success(), "{message}");
+    assert!(
+        message.contains("warning: /") && message.contains("IPv6 is off in this namespace"),
+        "{message}"
+    );
+    let got = world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443)]);
+    assert_verdicts(
+        &got,
+        &[
+            (&tcp(ALLOWED, 443), "open"),
+            (&tcp(BLOCKED, 443), "refused"),
+        ],
+    );
+}
+
+/// When the fence fails and the IPv4 lockdown fails too, the IPv6 lockdown is still attempted.
+#[test]
+fn the_lockdown_attempts_every_family() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let bin = world.dir.join("brokenbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let broken = bin.join("iptables-nft-restore");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho 'iptables-nft-restore: broken' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    assert_eq!(output.status.code(), Some(76));
+    let message = stderr(&output);
+    assert!(
+        message.contains("treat this network namespace as unfenced"),
+        "{message}"
+    );
+    let v6 = world.probe(&[&tcp(ALLOWED6, 443), &tcp(BLOCKED6, 443)]);
+    assert_verdicts(
+        &v6,
+        &[
+            (&tcp(ALLOWED6, 443), "denied"),
+            (&tcp(BLOCKED6, 443), "denied"),
+        ],
+    );
+}
+
+/// Runs `command` (a shell line) in the sandbox namespace as root, under capsh with `drop`.
+fn without_caps(world: &World, drop: &str, command: &str) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", &world.sandbox_ns, "capsh"])
+        .arg(format!("--drop={drop}"))
+        .args(["--", "-c", command])
+        .output()
+        .unwrap()
+}
+
+/// Every capability the start lacks is named in one line, with the `--cap-add` flags, before
+/// anything changes; the agent never runs.
+#[test]
+fn missing_capabilities_are_named_together_before_anything_changes() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let marker = world.dir.join("agent-ran");
+    let output = without_caps(
+        &world,
+        "cap_net_raw,cap_setpcap,cap_kill",
+        &format!(
+            "exec {} --no-harden --no-default-profile --allow allowed.test --user {AGENT_UID} \
+             -- /bin/touch {}",
+            cordon().display(),
+            marker.display()
+        ),
+    );
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(77), "{message}");
+    assert_eq!(message.lines().count(), 1, "one line: {message}");
+    assert!(
+        message.contains("--cap-add NET_RAW --cap-add SETPCAP --cap-add KILL"),
+        "{message}"
+    );
+    assert!(!marker.exists(), "the agent ran");
+    assert!(
+        !world.filter_rules("iptables-save").contains("CORDON"),
+        "something changed"
+    );
+
+    // `cordon firewall` needs only the fence's own: SETUID for probing as the agent.
+    let output = without_caps(
+        &world,
+        "cap_setuid",
+        &format!("exec {} {}", cordon().display(), FENCE.join(" ")),
+    );
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(77), "{message}");
+    assert!(
+        message.contains("SETUID (the self-test's probes"),
+        "{message}"
+    );
+    assert!(!world.filter_rules("iptables-save").contains("CORDON"));
+}
+
+/// `cordon check` as root without CAP_SETUID cannot probe as another uid: those probes are
+/// reported as not done, never as a verdict.
+#[test]
+fn a_probe_that_cannot_take_its_uid_is_an_error_not_a_verdict() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    assert!(world.cordon(FENCE).status.success());
+    let output = without_caps(
+        &world,
+        "cap_setuid",
+        &format!("exec {} check", cordon().display()),
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    let probes: Vec<&str> = report.lines().filter(|l| l.contains(" probe ")).collect();
+    assert!(!probes.is_empty(), "{report}");
+    for line in probes {
+        assert!(line.starts_with("FAIL "), "{line}");
+        assert!(
+            line.contains("not probed: cannot act as that uid"),
+            "{line}"
+        );
+    }
+}
+
+/// `--network none`: nothing but loopback. Refused at once, nothing changed.
+#[test]
+fn a_namespace_with_only_loopback_is_refused_at_once() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let bare = format!("{}-lo", world.sandbox_ns);
+    support::run("ip", &["netns", "add", &bare]);
+    support::run("ip", &["-n", &bare, "link", "set", "lo", "up"]);
+    let output = Command::new("ip")
+        .args(["netns", "exec", &bare])
+        .arg(cordon())
+        .args(FENCE)
+        .output()
+        .unwrap();
+    let rules = support::run("ip", &["netns", "exec", &bare, "iptables-save"]);
+    support::run("ip", &["netns", "del", &bare]);
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(77), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("--network none"), "{message}");
+    assert!(!rules.contains("CORDON"), "something changed:\n{rules}");
+}
+
+/// The legacy backend locks /run/xtables.lock: with a read-only /run (`--read-only` without
+/// `--tmpfs /run`) cordon refuses before changing anything and names the fix.
+#[test]
+fn the_legacy_backend_on_a_read_only_run_is_refused_before_anything_changes() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let output = world.sandbox_sh(&format!(
+        "mount -t tmpfs -o ro tmpfs /run && exec {} {} --iptables-backend legacy",
+        cordon().display(),
+        FENCE.join(" ")
+    ));
+    let message = stderr(&output);
+    assert_eq!(output.status.code(), Some(69), "{message}");
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(message.contains("--tmpfs /run"), "{message}");
+    assert!(!world
+        .sandbox(&["iptables-legacy-save", "-t", "filter"])
+        .contains("CORDON"));
 }

@@ -10,7 +10,7 @@ mod support;
 use std::time::Duration;
 
 use pid1_harness::{
-    agent_testkit, field, finish, init_pid, run, start, wait_until, Init, Opts, Scratch,
+    agent_testkit, children, field, finish, init_pid, run, start, wait_until, Init, Opts, Scratch,
 };
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -50,6 +50,8 @@ pid1_tests!(
     death_by_signal_is_128_plus_n,
     exec_failures_are_126_and_127,
     every_catchable_signal_reaches_the_agent,
+    reserved_signals_reach_the_agent_and_never_end_the_init,
+    a_stopped_agent_is_continued_after_sigterm,
     group_flag_decides_who_gets_signals,
     signal_during_start_up_reaches_the_agent,
     orphans_are_reaped_while_the_agent_runs,
@@ -169,6 +171,68 @@ fn every_catchable_signal_reaches_the_agent(init: &Init) {
     }
     let outcome = finish(child, LIMIT);
     assert_eq!(outcome.code, Some(0), "{outcome:#?}");
+}
+
+/// Signals 32-34, which the C library reserves for itself: cordon blocks and forwards them like
+/// any other, so they neither end it (its default action when it is not PID 1) nor get lost.
+/// tini leaves them unblocked.
+fn reserved_signals_reach_the_agent_and_never_end_the_init(init: &Init) {
+    if !init.is_cordon() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let file = scratch.path("signals");
+    let child = start(init.command(
+        &Opts::default(),
+        &testkit(&["signals", &scratch.arg("signals")]),
+    ));
+    assert!(
+        wait_until(LIMIT, || recorded(&file).contains(&"ready".into())),
+        "the recorder never started"
+    );
+    let pid = init_pid(init, &child);
+    for signal in [32, 33, 34, libc::SIGTERM] {
+        // SAFETY: signalling the init under test.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "signal {signal}");
+        let seen = wait_until(Duration::from_secs(5), || {
+            recorded(&file).contains(&signal.to_string())
+        });
+        assert!(seen, "signal {signal} did not reach the agent");
+    }
+    let outcome = finish(child, LIMIT);
+    assert_eq!(outcome.code, Some(0), "{outcome:#?}");
+}
+
+/// A stopped agent cannot act on SIGTERM: after forwarding it, the init continues the agent, so
+/// `docker stop` does not wait for SIGKILL.
+fn a_stopped_agent_is_continued_after_sigterm(init: &Init) {
+    if !init.is_cordon() || init.group {
+        return;
+    }
+    let scratch = Scratch::new();
+    let file = scratch.path("signals");
+    let child = start(init.command(
+        &Opts::default(),
+        &testkit(&["signals", &scratch.arg("signals")]),
+    ));
+    assert!(wait_until(LIMIT, || recorded(&file).contains(&"ready".into())));
+    let pid = init_pid(init, &child);
+    let agent = *children(pid).first().expect("the agent");
+    let state = |pid: i32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after_name = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim().to_string());
+        after_name.and_then(|rest| rest.chars().next())
+    };
+    // SAFETY: stopping the agent under test.
+    assert_eq!(unsafe { libc::kill(agent, libc::SIGSTOP) }, 0);
+    assert!(wait_until(Duration::from_secs(5), || state(agent) == Some('T')));
+    // SAFETY: signalling the init under test.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let outcome = finish(child, Duration::from_secs(5));
+    assert_eq!(outcome.code, Some(0), "{outcome:#?}");
+    assert!(recorded(&file).contains(&libc::SIGTERM.to_string()));
 }
 
 /// With `-g`/`--signal-group` a forwarded signal reaches the agent's whole process group;

@@ -242,8 +242,8 @@ fn the_dropped_user_cannot_get_around_the_sandbox() {
     }
     expect("NoNewPrivs", "1");
     expect(&format!("tcp:{ALLOWED}:443"), "open");
-    expect(&format!("tcp:{BLOCKED}:443"), "rejected");
-    expect(&format!("tcp:{METADATA}:80"), "rejected");
+    expect(&format!("tcp:{BLOCKED}:443"), "refused");
+    expect(&format!("tcp:{METADATA}:80"), "refused");
     expect(&format!("dns:allowed.test@{OTHER_DNS}"), "rejected");
 
     // Harden, seen from outside: the root's privileged files are stripped, sudoers emptied, the

@@ -256,26 +256,49 @@ fn append(path: &str, line: &str) -> io::Result<()> {
     file.write_all(format!("{line}\n").as_bytes())
 }
 
+/// Every signal 1-64 but SIGKILL and SIGSTOP, as a kernel mask (bit n-1 = signal n). musl's
+/// sigfillset leaves out 32-34; the recorder must see those too.
+const EVERY_SIGNAL: u64 = !((1 << (libc::SIGKILL - 1)) | (1 << (libc::SIGSTOP - 1)));
+
 fn signals(file: &str, child_file: Option<&String>) -> io::Result<i32> {
-    let set = all_signals();
-    // SAFETY: blocking every signal of this single-threaded process.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
+    // SAFETY: blocking every signal of this single-threaded process; the mask is 8 bytes.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &EVERY_SIGNAL as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8,
+        )
+    };
     if let Some(child_file) = child_file {
-        fork(|| record_signals(&set, child_file).unwrap_or(1))?;
+        fork(|| record_signals(child_file).unwrap_or(1))?;
     }
-    record_signals(&set, file)
+    record_signals(file)
 }
 
-fn record_signals(set: &libc::sigset_t, file: &str) -> io::Result<i32> {
+fn record_signals(file: &str) -> io::Result<i32> {
     append(file, "ready")?;
     let timeout = libc::timespec {
         tv_sec: 30,
         tv_nsec: 0,
     };
     loop {
-        // SAFETY: valid set and timeout.
-        let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+        // SAFETY: valid mask and timeout.
+        let signal = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigtimedwait,
+                &EVERY_SIGNAL as *const u64,
+                std::ptr::null_mut::<libc::siginfo_t>(),
+                &timeout as *const libc::timespec,
+                8,
+            )
+        } as i32;
         if signal < 0 {
+            // A stop and continue (SIGSTOP, SIGCONT) interrupts the wait.
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
             eprintln!("testkit signals: no signal for 30 s");
             return Ok(1);
         }

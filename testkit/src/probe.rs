@@ -13,12 +13,14 @@ use crate::util::{errno_name, errno_of, fail, usage_error, Args};
 
 const USAGE: &str = "usage: testkit probe [--uid UID] [--gid GID] [--timeout-ms N] [--mark N] \
 [--repeat-for-ms N --interval-ms M] SPEC...
-  SPEC: tcp:ADDR:PORT | udp:ADDR:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
+  SPEC: tcp:ADDR:PORT | tcpb:ADDR:PORT (a blocking connect) | udp:ADDR:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
 http:ADDR:PORT[/PATH]   (ADDR: IPv4 or [IPv6])";
 
 #[derive(Debug, Clone, PartialEq)]
 enum Target {
     Tcp(SocketAddr),
+    /// A connect on a blocking socket, as most programs make it.
+    TcpBlocking(SocketAddr),
     Udp(SocketAddr),
     Dns {
         name: String,
@@ -146,6 +148,7 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
     let addr = |s: &str| s.parse::<SocketAddr>().map_err(|_| bad());
     Ok(match kind {
         "tcp" => Target::Tcp(addr(rest)?),
+        "tcpb" => Target::TcpBlocking(addr(rest)?),
         "udp" => Target::Udp(addr(rest)?),
         "dns" | "dns6" => {
             let (name, server) = rest.rsplit_once('@').ok_or_else(bad)?;
@@ -268,6 +271,7 @@ impl Prober {
             Target::Tcp(addr) => self
                 .connect(addr, deadline)
                 .map_or_else(|o| o, |_| outcome(Verdict::Open, "-")),
+            Target::TcpBlocking(addr) => self.connect_blocking(addr),
             Target::Udp(addr) => {
                 self.datagram(addr, b"x", deadline, |_| Some(outcome(Verdict::Open, "-")))
             }
@@ -284,6 +288,40 @@ impl Prober {
                 Ok(s) => http_get(s, &format!("{addr}"), path, deadline),
                 Err(o) => o,
             },
+        }
+    }
+
+    /// A blocking connect bounded by SO_SNDTIMEO (when it expires connect gives EINPROGRESS).
+    fn connect_blocking(&self, addr: &SocketAddr) -> Outcome {
+        let fd = match net::socket(addr, libc::SOCK_STREAM) {
+            Ok(fd) => fd,
+            Err(e) => return from_io(&e),
+        };
+        let timeout = libc::timeval {
+            tv_sec: self.timeout.as_secs() as _,
+            tv_usec: self.timeout.subsec_micros() as _,
+        };
+        // SAFETY: the timeval outlives the call and the length matches it.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &timeout as *const libc::timeval as *const _,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if let Some(m) = self.mark {
+            if let Err(e) =
+                net::set_int_opt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MARK, m as i32)
+            {
+                return from_io(&e);
+            }
+        }
+        match net::connect(fd.as_raw_fd(), addr) {
+            Ok(()) => outcome(Verdict::Open, "-"),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => timed_out(),
+            Err(e) => from_io(&e),
         }
     }
 
@@ -551,6 +589,10 @@ nxdomain=0 http=0"
         assert_eq!(
             parse_spec("tcp:10.0.0.1:80"),
             Ok(Target::Tcp(sa("10.0.0.1:80")))
+        );
+        assert_eq!(
+            parse_spec("tcpb:10.0.0.1:80"),
+            Ok(Target::TcpBlocking(sa("10.0.0.1:80")))
         );
         assert_eq!(
             parse_spec("udp:[fd00::1]:53"),

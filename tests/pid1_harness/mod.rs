@@ -42,8 +42,9 @@ exit $status
 "#;
 
 /// What Docker gives a container's network namespace: a sysfs of its own (so /sys/class/net
-/// lists the namespace's devices, not the host's) and loopback up.
-const CONTAINER_NETWORK: &str = r#"mount -t sysfs sysfs /sys && ip link set lo up && exec "$@""#;
+/// lists the namespace's devices, not the host's), loopback up and an interface with an address
+/// (here a veth pair with both ends inside; cordon refuses a namespace with loopback alone).
+const CONTAINER_NETWORK: &str = r#"mount -t sysfs sysfs /sys && ip link set lo up && ip link add eth0 type veth peer name eth1 && ip addr add 10.253.0.2/24 dev eth0 && ip link set eth0 up && ip link set eth1 up && exec "$@""#;
 
 /// Replaces /etc/passwd and /etc/group with those in "$0" (in the namespace's own mounts only),
 /// then becomes the rest of the command.

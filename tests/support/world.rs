@@ -41,6 +41,9 @@ pub struct WorldOpts {
     /// Give the sandbox Docker's embedded-DNS shape: 127.0.0.11 in resolv.conf, nat DNAT of
     /// 127.0.0.11:53 to a local port, and a forwarder running as root inside the sandbox.
     pub docker_dns: bool,
+    /// Give the sandbox the shape of Docker's ordinary (IPv4-only) networks: disable_ipv6=1 on
+    /// every interface, loopback included, so it has no IPv6 address at all.
+    pub ipv6_off: bool,
 }
 
 impl Default for WorldOpts {
@@ -50,6 +53,7 @@ impl Default for WorldOpts {
             dns_args: Vec::new(),
             dns: true,
             docker_dns: false,
+            ipv6_off: false,
         }
     }
 }
@@ -83,6 +87,16 @@ impl World {
             children: Vec::new(),
         };
         world.build_network(&id);
+        if opts.ipv6_off {
+            world.sandbox(&[
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv6.conf.all.disable_ipv6=1",
+                "net.ipv6.conf.default.disable_ipv6=1",
+                "net.ipv6.conf.lo.disable_ipv6=1",
+            ]);
+        }
         world.start_services(&opts);
         world
     }
@@ -241,6 +255,24 @@ impl World {
         run("ip", &full)
     }
 
+    /// Runs a shell line in the sandbox namespace, in a mount namespace of its own (so it may
+    /// mount over /run and the like).
+    pub fn sandbox_sh(&self, line: &str) -> Output {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.sandbox_ns,
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                line,
+            ])
+            .output()
+            .expect("run a shell in the sandbox")
+    }
+
     /// Runs cordon in the sandbox namespace.
     pub fn cordon(&self, args: &[&str]) -> Output {
         self.cordon_with(Path::new(&cordon()), args, &[])
@@ -265,6 +297,42 @@ impl World {
     /// Probes from the sandbox as the agent's uid; returns SPEC → verdict.
     pub fn probe(&self, specs: &[&str]) -> HashMap<String, String> {
         self.probe_as(Some(AGENT_UID), specs)
+    }
+
+    /// Probes as the agent; returns SPEC → (verdict, detail, milliseconds).
+    pub fn probe_timed(&self, specs: &[&str]) -> HashMap<String, (String, String, f64)> {
+        let kit = testkit();
+        let mut args = vec![
+            "netns",
+            "exec",
+            &self.sandbox_ns,
+            kit.to_str().unwrap(),
+            "probe",
+            "--uid",
+            AGENT_UID,
+            "--gid",
+            AGENT_UID,
+            "--timeout-ms",
+            "1500",
+        ];
+        args.extend_from_slice(specs);
+        run("ip", &args)
+            .lines()
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let [spec, verdict, detail, millis] = words[..] else {
+                    return None;
+                };
+                Some((
+                    spec.to_string(),
+                    (
+                        verdict.to_string(),
+                        detail.to_string(),
+                        millis.parse().ok()?,
+                    ),
+                ))
+            })
+            .collect()
     }
 
     pub fn probe_as(&self, uid: Option<&str>, specs: &[&str]) -> HashMap<String, String> {
