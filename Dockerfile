@@ -94,12 +94,15 @@ COPY --from=claude /out/usr/local/lib/node_modules/@anthropic-ai/claude-code /us
 COPY --from=binary /usr/local/bin/cordon /usr/local/bin/cordon
 # npm's own layout (bin/claude -> ../lib/node_modules/...), whichever source the CLI came from.
 # /home/node/.claude exists owned by node so that a fresh named volume mounted there is node's.
+# `cordon harden` strips setuid/setgid bits, file capabilities and sudo now, so that the start
+# finds nothing to strip: the image also runs with `docker run --read-only`.
 RUN ln -sf ../lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe /usr/local/bin/claude \
     && ln -sf cordon /usr/local/bin/init-firewall.sh \
     && chmod 0755 /usr/local/bin/cordon \
     && mkdir -p /workspace /etc/cordon/allowlist.d /home/node/.claude \
     && chown node:node /workspace /home/node/.claude \
-    && claude --version
+    && claude --version \
+    && /usr/local/bin/cordon harden
 ENV DISABLE_AUTOUPDATER=1 \
     CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1
 LABEL org.opencontainers.image.title="cordon" \

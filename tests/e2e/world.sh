@@ -3,6 +3,7 @@
 # internal Docker network. Runs in cordon-test/tools with testkit bind-mounted read-only.
 #
 #   world.sh OUT P4 P6      e.g. world.sh /out 10.213.7 fd00:e2e:7
+#   world.sh OUT P4 -       on an IPv4-only network (no IPv6 address, record or listener)
 #
 # The container itself is P4.2 / P6::2 (static --ip/--ip6, the sandboxes' DNS server); it adds:
 #   P4.3            LAN peer (tcp 22, 80): a neighbour no allowlist names
@@ -16,8 +17,12 @@ set -eu
 out=$1 p4=$2 p6=$3
 k=/opt/testkit/testkit
 
+ipv6=true
+[ "$p6" = - ] && ipv6=false
 for a in 3 10 20 53; do ip addr add "$p4.$a/24" dev eth0; done
-for a in ff10 ff20; do ip -6 addr add "$p6::$a/64" dev eth0 nodad; done
+if $ipv6; then
+    for a in ff10 ff20; do ip -6 addr add "$p6::$a/64" dev eth0 nodad; done
+fi
 
 allowed="api.anthropic.com claude.ai platform.claude.com registry.npmjs.org sentry.io
 statsig.anthropic.com statsig.com marketplace.visualstudio.com vscode.blob.core.windows.net
@@ -26,26 +31,36 @@ objects.githubusercontent.com raw.githubusercontent.com allowed.test"
 blocked="example.com www.example.com blocked.test evil.test"
 
 set --
-for n in $allowed; do set -- "$@" --record "$n=$p4.10" --record "$n=$p6::ff10"; done
-for n in $blocked; do set -- "$@" --record "$n=$p4.20" --record "$n=$p6::ff20"; done
+for n in $allowed; do
+    set -- "$@" --record "$n=$p4.10"
+    if $ipv6; then set -- "$@" --record "$n=$p6::ff10"; fi
+done
+for n in $blocked; do
+    set -- "$@" --record "$n=$p4.20"
+    if $ipv6; then set -- "$@" --record "$n=$p6::ff20"; fi
+done
 set -- "$@" --record "lan.test=$p4.3"
 
 pids=
 "$k" dns --listen "$p4.2:53" --listen "$p4.53:53" "$@" \
     --query-log "$out/dns.log" --ready-file "$out/dns.ready" &
 pids="$pids $!"
-"$k" listen \
-    --tcp "$p4.10:443" --tcp "[$p6::ff10]:443" --udp "$p4.10:443" \
-    --tcp "$p4.20:80" --tcp "$p4.20:443" --tcp "[$p6::ff20]:443" --tcp "[$p6::ff20]:80" \
-    --tcp "$p4.3:22" --tcp "$p4.3:80" --tcp "$p4.2:8080" --tcp "[$p6::2]:8080" \
-    --log "$out/listen.log" --ready-file "$out/listen.ready" &
+set -- --tcp "$p4.10:443" --udp "$p4.10:443" --tcp "$p4.20:80" --tcp "$p4.20:443" \
+    --tcp "$p4.3:22" --tcp "$p4.3:80" --tcp "$p4.2:8080"
+if $ipv6; then
+    set -- "$@" --tcp "[$p6::ff10]:443" --tcp "[$p6::ff20]:443" --tcp "[$p6::ff20]:80" \
+        --tcp "[$p6::2]:8080"
+fi
+"$k" listen "$@" --log "$out/listen.log" --ready-file "$out/listen.ready" &
 pids="$pids $!"
 "$k" mock-api --listen "$p4.10:80" --reply "cordon-e2e-reply" \
     --log "$out/mock.log" --ready-file "$out/mock4.ready" &
 pids="$pids $!"
-"$k" mock-api --listen "[$p6::ff10]:80" --reply "cordon-e2e-reply" \
-    --log "$out/mock.log" --ready-file "$out/mock6.ready" &
-pids="$pids $!"
+if $ipv6; then
+    "$k" mock-api --listen "[$p6::ff10]:80" --reply "cordon-e2e-reply" \
+        --log "$out/mock.log" --ready-file "$out/mock6.ready" &
+    pids="$pids $!"
+fi
 
 # PID 1 of the world: end the services on SIGTERM (docker stop / rm -f).
 trap 'kill $pids 2>/dev/null; exit 0' TERM INT
