@@ -293,6 +293,9 @@ fn explain(detail: &str) -> String {
     let hint = if lower.contains("xtables.lock") {
         " (iptables-legacy locks /run/xtables.lock: /run must be writable; with docker run \
          --read-only add --tmpfs /run)"
+    } else if lower.contains("socket to ipset") {
+        " (iptables' set match talks to ipset through a raw socket: run the container with \
+         --cap-add NET_RAW)"
     } else if lower.contains("unable to initialize table") {
         " (iptables-legacy needs CAP_NET_ADMIN and CAP_NET_RAW: run the container with \
          --cap-add NET_ADMIN --cap-add NET_RAW)"
@@ -320,6 +323,8 @@ mod tests {
     fn tool_errors_get_the_fix() {
         let lock = explain("Fatal: can't open lock file /run/xtables.lock: Read-only file system");
         assert!(lock.contains("--tmpfs /run"), "{lock}");
+        let set = explain("iptables-nft-restore v1.8.9 (nf_tables): Can't open socket to ipset.");
+        assert!(set.contains("--cap-add NET_RAW"), "{set}");
         let raw = explain("iptables-restore: unable to initialize table 'filter'");
         assert!(raw.contains("--cap-add NET_RAW"), "{raw}");
         let perm = explain("ipset v7.17: Kernel error received: Operation not permitted");
