@@ -1552,10 +1552,11 @@ fn every_container_shape_works_on_an_ipv4_only_network() {
         }
         failures.extend(problems.into_iter().map(|p| format!("{tag}: {p}")));
     }
-    // `docker stop` under --init: docker-init forwards SIGTERM to cordon, which forwards it on.
+    // `docker stop` under --init: docker-init forwards SIGTERM to cordon, which forwards it on;
+    // well before Docker's 10 s SIGKILL (the bound is loose: other suites run meanwhile).
     let init = &started.iter().find(|cell| cell.0 == "init").unwrap().2;
     let out = world.docker_must(&["stop", init.as_str()]);
-    if out.elapsed > Duration::from_secs(2) || world.inspect(init, "{{.State.ExitCode}}") != "143" {
+    if out.elapsed > Duration::from_secs(5) || world.inspect(init, "{{.State.ExitCode}}") != "143" {
         failures.push(format!(
             "init: docker stop took {:?}, exit {}",
             out.elapsed,

@@ -85,7 +85,7 @@ for store in rootful rootless; do
         dead "$name" && $store network rm -f "$name" >/dev/null 2>&1 || true
     done
 done
-iptables -S FORWARD | grep -- '--comment "\{0,1\}cde-[0-9]*-p' | while read -r _ rule; do
+{ iptables -S FORWARD | grep -- '--comment "\{0,1\}cde-[0-9]*-p' || true; } | while read -r _ rule; do
     name=$(printf '%s\n' "$rule" | sed -n 's/.*--comment "\{0,1\}\(cde-[0-9]*-p[0-9]*\).*/\1/p')
     if [ -n "$name" ] && dead "$name"; then
         eval "iptables -D $rule" || true
