@@ -77,6 +77,17 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// A command for one of the firewall tools, started by fork and exec: with a `pre_exec` hook std
+/// does not use posix_spawn, whose musl version restores the caller's signal mask without the
+/// reserved signals 32-34 (see `supervise::Signals`).
+fn tool_command(tool: &Path) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(tool);
+    // SAFETY: the hook does nothing, which is async-signal-safe.
+    unsafe { command.pre_exec(|| Ok(())) };
+    command
+}
+
 /// Which variant the image's `iptables` command is: read from where its symlinks lead
 /// (…/xtables-nft-multi), else from `iptables --version`. Neither creates tables.
 fn detect_variant() -> Result<&'static str> {
@@ -92,7 +103,7 @@ fn detect_variant() -> Result<&'static str> {
     if name.contains("legacy") {
         return Ok("legacy");
     }
-    let version = Command::new(&iptables)
+    let version = tool_command(&iptables)
         .arg("--version")
         .output()
         .map_err(|e| Error::io(format!("running {} --version", iptables.display()), e))?;
@@ -176,9 +187,19 @@ pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
         if let Err(detail) = load.and_then(Running::finish) {
             let step = format!("{} --noflush", tools.restore_tool(family).display());
             if family == Family::V6 && ipv6 == Ipv6::Off {
+                // Deny IPv6 anyway, in case it is switched on later.
+                let denied = run_restore(
+                    &tools.ip6tables_restore,
+                    &["--noflush"],
+                    &plan::lockdown_restore(Family::V6),
+                );
                 log::warn!(
                     "{step} failed ({detail}); IPv6 is off in this namespace (no IPv6 address), \
-                     so nothing can leave over it"
+                     so nothing can leave over it{}",
+                    match denied {
+                        Ok(()) => "; IPv6 egress is denied meanwhile".to_string(),
+                        Err(e) => format!(", but its table is left as it was ({e})"),
+                    }
                 );
                 continue;
             }
@@ -245,7 +266,7 @@ struct Running {
 
 impl Running {
     fn start(tool: &Path, args: &[&str], input: &str) -> Result<Running, String> {
-        let mut child = Command::new(tool)
+        let mut child = tool_command(tool)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())

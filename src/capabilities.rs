@@ -20,15 +20,18 @@ const fn need(cap: Capability, for_what: &'static str) -> Need {
     Need { cap, for_what }
 }
 
+/// The self-test owns its probe sockets as the agent's uid (setfsuid).
+pub const PROBES: Need = need(
+    Capability::CAP_SETUID,
+    "the self-test's probes as the agent's uid",
+);
+
 /// Loading and proving the fence. iptables' set match (either backend) and iptables-legacy talk
 /// to the kernel through a raw socket.
 pub const FENCE: &[Need] = &[
     need(Capability::CAP_NET_ADMIN, "loading the firewall"),
     need(Capability::CAP_NET_RAW, "iptables' socket to ipset"),
-    need(
-        Capability::CAP_SETUID,
-        "the self-test's probes as the agent's uid",
-    ),
+    PROBES,
 ];
 
 /// Creating or renumbering the agent's HOME (`--uid-from`, a uid without a passwd entry).

@@ -105,9 +105,11 @@ pub fn preflight(opts: &FenceOpts) -> Result<Ready> {
         });
     }
     if !opts.allow_host_network {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let devices = netinfo::host_namespace_devices(
             Path::new("/proc/net/dev"),
             Path::new("/sys/class/net"),
+            netinfo::in_kata_guest(&mountinfo),
         );
         if !devices.is_empty() {
             return Err(Error::HostNetwork { devices });
@@ -198,11 +200,8 @@ fn build(
         .any(|r| r.observed == verify::Observed::NotAsOwner)
     {
         // Normally caught by the preflight; never report it as a verdict.
-        let setuid = capabilities::FENCE
-            .iter()
-            .filter(|n| n.cap == caps::Capability::CAP_SETUID);
         return Err(Error::MissingCapabilities {
-            missing: setuid.copied().collect(),
+            missing: vec![capabilities::PROBES],
         });
     }
     let mut failures: Vec<String> = results

@@ -14,7 +14,7 @@ use crate::netinfo::{Ipv6, NetInfo};
 use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::policy::Proto;
 use crate::user::NOBODY;
-use crate::verify::{self, Probe};
+use crate::verify::{self, Observed, Probe};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FenceStatus {
@@ -207,13 +207,9 @@ fn set_sizes(text: &str) -> Vec<(String, u64)> {
 /// Destinations that no allowlist opens unless it names them explicitly; `check` has no
 /// allowlist, so it only probes these.
 fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) {
+    let public = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
     let mut targets: Vec<(&'static str, IpAddr, Proto, u16)> = vec![
-        (
-            "public address",
-            IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1)),
-            Proto::Tcp,
-            443,
-        ),
+        ("public address", public, Proto::Tcp, 443),
         (
             "cloud metadata",
             IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
@@ -237,14 +233,21 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         let doc = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
         targets.push(("ipv6 address", doc, Proto::Udp, 443));
     }
+    if !marked {
+        // Unmarked, a blocked SYN is answered with the fence's reset, which looks like a host
+        // that refuses: these probes are datagrams, which are rejected with ICMP. The public
+        // address is probed both ways (see below for its TCP probe).
+        for target in &mut targets {
+            target.2 = Proto::Udp;
+        }
+        targets.push(("public address", public, Proto::Tcp, 443));
+    }
     let probes = targets
         .into_iter()
         .map(|(class, addr, proto, port)| Probe {
             class,
             dst: SocketAddr::new(addr, port),
-            // An unmarked SYN is answered with a reset, which looks like a host that is reached
-            // and refuses: unmarked probes are datagrams, which are rejected with ICMP.
-            proto: if marked { proto } else { Proto::Udp },
+            proto,
             as_root: false,
             expect: Verdict::Reject,
             unrouted: !net.routes(addr),
@@ -256,7 +259,12 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         0 => NOBODY,
         uid => uid,
     };
-    for result in verify::run_probes(probes, uid, marked) {
+    for mut result in verify::run_probes(probes, uid, marked) {
+        // An unmarked SYN to a documentation address (routed nowhere) that is refused at once
+        // was refused by the fence's reset: without a fence it would leave and go unanswered.
+        if !marked && result.probe.proto == Proto::Tcp && result.observed == Observed::Allowed {
+            result.observed = Observed::Rejected;
+        }
         let line = format!("probe {}", result.describe());
         if result.passed() {
             status.ok(line);

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use cordon::capabilities::{self, Need};
 use cordon::cli::{self, AgentOpts, FenceOpts, Invocation, SandboxOpts};
-use cordon::error::Result;
+use cordon::error::{exit, Error, Result};
 use cordon::{check, env, fence, harden, launch, logging, supervise, user};
 
 fn main() -> ExitCode {
@@ -35,16 +35,7 @@ fn run(invocation: Invocation) -> Result<i32> {
         Invocation::Plan(args) => fence::plan(&args.fence, &args.agent),
         Invocation::Firewall(args) => fence::firewall(&args.fence, &args.agent),
         Invocation::Check(args) => check::run(&args),
-        Invocation::Harden(_) => {
-            if !nix::unistd::geteuid().is_root() {
-                return Err(cordon::error::Error::NotRoot {
-                    action: "cordon harden",
-                });
-            }
-            capabilities::require(capabilities::HARDEN)?;
-            harden::harden(Path::new("/"))?.log();
-            Ok(cordon::error::exit::OK)
-        }
+        Invocation::Harden(_) => harden_now(),
         Invocation::Run {
             fence,
             agent,
@@ -83,6 +74,18 @@ fn entrypoint(
     }
     let child = launch.spawn(&signals)?;
     Ok(supervise::run(child, &signals, sandbox))
+}
+
+/// `cordon harden`: strip the root filesystem now (at image build time), then exit.
+fn harden_now() -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot {
+            action: "cordon harden",
+        });
+    }
+    capabilities::require(capabilities::HARDEN)?;
+    harden::harden(Path::new("/"))?.log();
+    Ok(exit::OK)
 }
 
 /// Every capability the start will use, so that one line can name all that are missing.

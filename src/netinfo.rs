@@ -143,9 +143,14 @@ fn hex_v6(text: &str) -> Option<Ipv6Addr> {
 /// Names come from /proc/net/dev, which always shows this namespace; sysfs only says what each
 /// is (a sysfs mounted for another namespace may list devices that are not here).
 ///
-/// A virtio NIC is not counted: inside a VM-isolated runtime (Kata Containers) the container's
-/// own interface is one. A VM's host namespace still shows its bridge (docker0) and is refused.
-pub fn host_namespace_devices(proc_net_dev: &Path, sys_class_net: &Path) -> Vec<String> {
+/// Inside a VM-isolated runtime (Kata Containers) the container's own interface is a virtio NIC,
+/// like the NIC of most cloud VMs' host namespace: virtio counts as hardware unless `in_kata`
+/// (see `in_kata_guest`).
+pub fn host_namespace_devices(
+    proc_net_dev: &Path,
+    sys_class_net: &Path,
+    in_kata: bool,
+) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(proc_net_dev) else {
         return Vec::new();
     };
@@ -155,12 +160,24 @@ pub fn host_namespace_devices(proc_net_dev: &Path, sys_class_net: &Path) -> Vec<
         .filter_map(|line| line.split(':').next().map(str::trim))
         .filter(|name| {
             let dev = sys_class_net.join(name);
-            dev.join("bridge").is_dir() || (dev.join("device").exists() && !is_virtio(&dev))
+            dev.join("bridge").is_dir()
+                || (dev.join("device").exists() && !(in_kata && is_virtio(&dev)))
         })
         .map(str::to_string)
         .collect();
     found.sort();
     found
+}
+
+/// Whether this is a container inside a Kata Containers VM: Kata shares the container's files
+/// into the guest over virtio-fs (or 9p) under the mount tag `kataShared`, which mountinfo shows
+/// as the source of those mounts.
+pub fn in_kata_guest(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        line.split_once(" - ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            == Some("kataShared")
+    })
 }
 
 /// Whether the device sits on the virtio bus (its `device/subsystem` link ends in `virtio`).
@@ -209,21 +226,39 @@ mod tests {
             ("veth1", false, None),
         ]);
         assert_eq!(
-            host_namespace_devices(&host.join("dev"), &host.join("class")),
+            host_namespace_devices(&host.join("dev"), &host.join("class"), false),
             ["docker0", "eth0"]
         );
         // Kata: the container's own interface is a virtio NIC.
         let kata = fake_namespace(&[("lo", false, None), ("eth0", false, Some("virtio"))]);
-        assert!(host_namespace_devices(&kata.join("dev"), &kata.join("class")).is_empty());
-        // A VM host still has its bridge.
-        let vm_host = fake_namespace(&[("eth0", false, Some("virtio")), ("docker0", true, None)]);
+        assert!(host_namespace_devices(&kata.join("dev"), &kata.join("class"), true).is_empty());
+        // The same NIC without Kata's signs: the host namespace of a KVM cloud VM.
         assert_eq!(
-            host_namespace_devices(&vm_host.join("dev"), &vm_host.join("class")),
+            host_namespace_devices(&kata.join("dev"), &kata.join("class"), false),
+            ["eth0"]
+        );
+        // Inside Kata a bridge still counts.
+        let bridged = fake_namespace(&[("eth0", false, Some("virtio")), ("docker0", true, None)]);
+        assert_eq!(
+            host_namespace_devices(&bridged.join("dev"), &bridged.join("class"), true),
             ["docker0"]
         );
-        for root in [host, kata, vm_host] {
+        for root in [host, kata, bridged] {
             let _ = std::fs::remove_dir_all(root);
         }
+    }
+
+    #[test]
+    fn kata_is_recognised_by_its_shared_filesystem() {
+        let kata = "1 0 0:30 /containers/abc/rootfs / rw,relatime - virtiofs kataShared rw\n\
+                    2 1 0:5 / /proc rw,nosuid - proc proc rw\n";
+        assert!(in_kata_guest(kata));
+        let docker = "1 0 0:30 / / rw,relatime - overlay overlay rw,lowerdir=/a\n\
+                      2 1 0:5 / /proc rw,nosuid - proc proc rw\n";
+        assert!(!in_kata_guest(docker));
+        // The tag only counts as the mount's source, not in a path or an option.
+        let lookalike = "1 0 0:30 /kataShared / rw - ext4 /dev/vda1 rw,kataShared\n";
+        assert!(!in_kata_guest(lookalike));
     }
 
     #[test]

@@ -23,9 +23,12 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 
 /// A set of signals as the kernel sees it: bit n-1 stands for signal n. Masks and dispositions
 /// go through the system calls directly because musl refuses signals 32-34, which it reserves:
-/// its `sigfillset` leaves them out, its `sigaction` rejects them, and every `sigprocmask` it
-/// does on its own (posix_spawn, thread creation) drops them from the mask it restores. Their
-/// default action ends the process (the kernel spares PID 1, not cordon under `--init`).
+/// its `sigfillset` leaves them out, its `sigaction` rejects them, and its posix_spawn restores
+/// a mask without them (cordon's tools are therefore started by fork and exec, see
+/// `apply::tool_command`). Their default action ends the process (the kernel spares PID 1, not
+/// cordon under `--init`), so they are also ignored until the agent runs. musl leaves 33 and 34
+/// unblocked in every thread it creates: one that arrives while cordon's worker threads run
+/// (name resolution, the harden walk) can land there and is then dropped, never fatal.
 type Mask = u64;
 
 /// Size of a kernel signal set, as the rt_sig* calls expect it.
@@ -96,10 +99,9 @@ impl Signals {
     /// Blocks every catchable signal, remembering the original mask and dispositions so the
     /// child can get them back. Called first, so a `docker stop` during start-up stays pending
     /// until the supervisor forwards it to the agent. The reserved signals are also ignored
-    /// meanwhile, so that a C-library call that unblocks them behind cordon's back cannot let
-    /// one end cordon (a blocked signal is still queued, ignored or not).
+    /// meanwhile (a blocked signal is still queued, ignored or not; see `Mask`).
     pub fn block_all() -> Result<Self> {
-        let blocked = catchable().fold(0, |mask, signal| mask | bit(signal));
+        let blocked = every_catchable();
         let original_mask =
             set_mask(blocked).map_err(|errno| Error::sys("blocking signals", errno))?;
         let mut ignored_at_start = catchable()
@@ -130,12 +132,6 @@ impl Signals {
         set_mask(self.original_mask).map(drop)
     }
 
-    /// Blocks every catchable signal again, in case a C-library call restored a mask without
-    /// the reserved ones.
-    fn reassert(&self) {
-        let _ = set_mask(self.blocked);
-    }
-
     /// Waits up to `timeout` for one of the blocked signals.
     fn wait(&self, timeout: Duration) -> Option<c_int> {
         let timeout = libc::timespec {
@@ -155,6 +151,10 @@ impl Signals {
         };
         (signal > 0).then_some(signal as c_int)
     }
+}
+
+fn every_catchable() -> Mask {
+    catchable().fold(0, |mask, signal| mask | bit(signal))
 }
 
 /// Replaces the calling thread's signal mask; returns the previous one.
@@ -193,7 +193,6 @@ extern "C" fn record_sigpipe_before_main() {
 /// Supervises the agent until it exits, then sweeps the remaining processes and returns the
 /// agent's status: its exit code, or 128+n when signal n ended it.
 pub fn run(child: Pid, signals: &Signals, opts: &SandboxOpts) -> i32 {
-    signals.reassert();
     release_startup_code();
     let status = loop {
         let reaped = reap_all(child);
@@ -269,8 +268,9 @@ fn read_only_private(perms: &str) -> bool {
 }
 
 /// Sends `signal` to the agent, or to its process group with `--signal-group` (falling back to
-/// the agent alone if it left its group). A stopped agent cannot act on SIGTERM or SIGINT until
-/// it runs again, so those are followed by SIGCONT when it is stopped (as systemd does).
+/// the agent alone if it left its group). A stopped process cannot act on SIGTERM or SIGINT until
+/// it runs again, so those are followed by SIGCONT to the same target (as systemd does; a
+/// running process takes no action on it by default).
 fn forward(signal: c_int, child: Pid, group: bool) {
     // SAFETY: plain system call.
     let send = |pid: i32, signal: c_int| Errno::result(unsafe { libc::kill(pid, signal) });
@@ -281,26 +281,9 @@ fn forward(signal: c_int, child: Pid, group: bool) {
         let _ = send(child.as_raw(), signal);
         child.as_raw()
     };
-    if matches!(signal, libc::SIGTERM | libc::SIGINT) && is_stopped(child) {
+    if matches!(signal, libc::SIGTERM | libc::SIGINT) {
         let _ = send(target, libc::SIGCONT);
     }
-}
-
-/// Whether the process is stopped by a signal (state `T` in /proc/PID/stat).
-fn is_stopped(pid: Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| state_from_stat(&stat))
-        == Some('T')
-}
-
-/// The state letter from a /proc/PID/stat line (the field after the command name).
-fn state_from_stat(stat: &str) -> Option<char> {
-    stat[stat.rfind(')')? + 1..]
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
 }
 
 /// The result of one round of reaping.
@@ -494,13 +477,6 @@ mod tests {
     fn stopped_and_continued_are_not_exits() {
         assert_eq!(exit_status(0x7f | (libc::SIGTSTP << 8)), None);
         assert_eq!(exit_status(0xffff), None);
-    }
-
-    #[test]
-    fn state_is_read_after_the_command_name() {
-        assert_eq!(state_from_stat("42 (sleep) T 7 42 42 0"), Some('T'));
-        assert_eq!(state_from_stat("42 (a) T) S 9 1 1"), Some('S'));
-        assert_eq!(state_from_stat("garbage"), None);
     }
 
     #[test]

@@ -92,7 +92,9 @@ impl ProbeResult {
         match (self.probe.expect, self.observed) {
             (Verdict::Allow, Observed::Allowed) => true,
             (Verdict::Reject, Observed::Rejected) => true,
-            (Verdict::Reject, Observed::CannotSend) => true,
+            // Where IPv6 is off there is no IPv6 route either: the probe is unrouted. A routed
+            // destination that cannot be sent to proves nothing about the fence (for IPv4,
+            // EADDRNOTAVAIL can mean ephemeral ports the agent used up).
             (_, Observed::NoRoute | Observed::CannotSend) => self.probe.unrouted,
             _ => false,
         }
@@ -555,10 +557,11 @@ mod tests {
         .passed());
         assert!(!result(probe(Verdict::Reject, false), Observed::NoRoute).passed());
         assert!(result(probe(Verdict::Reject, true), Observed::NoRoute).passed());
-        // IPv6 switched off: nothing can be sent, which is as blocked as it gets; an allowed
-        // address there is as unreachable as an unrouted one.
-        assert!(result(probe(Verdict::Reject, false), Observed::CannotSend).passed());
-        assert!(!result(probe(Verdict::Allow, false), Observed::CannotSend).passed());
+        // IPv6 switched off: no route and no source address, nothing can be sent at all. Only
+        // an unrouted destination may fail that way.
+        assert!(result(probe(Verdict::Reject, true), Observed::CannotSend).passed());
         assert!(result(probe(Verdict::Allow, true), Observed::CannotSend).passed());
+        assert!(!result(probe(Verdict::Reject, false), Observed::CannotSend).passed());
+        assert!(!result(probe(Verdict::Allow, false), Observed::CannotSend).passed());
     }
 }

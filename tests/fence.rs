@@ -919,6 +919,16 @@ fn an_ipv6_load_failure_is_only_a_warning_where_ipv6_is_off() {
         message.contains("warning: /") && message.contains("IPv6 is off in this namespace"),
         "{message}"
     );
+    // IPv6 egress is denied anyway, in case it is switched on later.
+    assert!(
+        message.contains("IPv6 egress is denied meanwhile"),
+        "{message}"
+    );
+    let v6 = world.sandbox(&["ip6tables-save", "-t", "filter"]);
+    assert!(
+        v6.contains(":OUTPUT DROP") && v6.contains("-A OUTPUT -o lo -j ACCEPT"),
+        "{v6}"
+    );
     let got = world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443)]);
     assert_verdicts(
         &got,
@@ -1092,4 +1102,109 @@ fn the_legacy_backend_on_a_read_only_run_is_refused_before_anything_changes() {
     assert!(!world
         .sandbox(&["iptables-legacy-save", "-t", "filter"])
         .contains("CORDON"));
+}
+
+/// Signals 32-34 sent to cordon while it builds the fence (not as PID 1) never end it, and 32
+/// reaches the agent as soon as it runs: its default action ends the agent, so cordon exits
+/// with 128+32 (had cordon itself died, it would have no exit code; had 32 been lost, the
+/// agent would sleep on). musl's posix_spawn would have unblocked 32 in cordon's main thread;
+/// 33 and 34 may land in a resolver thread, where musl keeps them unblocked, and be dropped
+/// (see supervise.rs).
+#[test]
+fn reserved_signals_during_start_up_reach_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        dns_args: vec!["--delay-ms".into(), "1500".into()],
+        ..WorldOpts::default()
+    });
+    let started = std::time::Instant::now();
+    let mut command = Command::new("ip");
+    command
+        .args(["netns", "exec", &world.sandbox_ns])
+        .arg(cordon())
+        .args([
+            "--no-harden",
+            "--no-default-profile",
+            "--allow",
+            "allowed.test",
+        ])
+        .args(["--user", AGENT_UID, "--", "/bin/sleep", "10"])
+        .stderr(Stdio::piped());
+    // This test process ignores signal 32 (its C library's doing), and cordon gives the agent the
+    // dispositions it started with: start cordon with 32 at its default action.
+    // SAFETY: one system call between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let default = [0usize; 4]; // handler SIG_DFL, no flags, no restorer, empty mask
+            libc::syscall(libc::SYS_rt_sigaction, 32, default.as_ptr(), 0usize, 8usize);
+            Ok(())
+        })
+    };
+    let mut cordon_run = command.spawn().unwrap();
+    let pid = cordon_run.id() as i32;
+    // Well inside the resolution phase: the rules are loaded (tools spawned, resolver threads
+    // running), the answers not yet in.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    for signal in [32, 33, 34] {
+        // SAFETY: signalling the cordon process this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "cordon is gone");
+    }
+    let output = cordon_run.wait_with_output().unwrap();
+    let message = stderr(&output);
+    assert!(message.contains("starting /bin/sleep"), "{message}");
+    assert_eq!(
+        output.status.code(),
+        Some(128 + 32),
+        "{:?}: {message}",
+        output.status
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the agent slept on: signal 32 was lost"
+    );
+}
+
+/// `cordon check` as the agent probes TCP as well as UDP: a hole that lets TCP out while UDP
+/// stays blocked fails it.
+#[test]
+fn a_tcp_only_hole_fails_the_unprivileged_check() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    assert!(world.cordon(FENCE).status.success());
+    let check = || {
+        let output = Command::new("ip")
+            .args(["netns", "exec", &world.sandbox_ns, "setpriv"])
+            .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+            .arg(cordon())
+            .arg("check")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find(|l| l.contains("probe public address tcp/"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(check().starts_with("ok "), "{}", check());
+    world.sandbox(&[
+        "iptables",
+        "-I",
+        "CORDON_OUTPUT",
+        "1",
+        "-p",
+        "tcp",
+        "-d",
+        "203.0.113.1",
+        "-j",
+        "ACCEPT",
+    ]);
+    let line = check();
+    assert!(
+        line.starts_with("FAIL "),
+        "a TCP hole went unnoticed: {line}"
+    );
 }

@@ -203,10 +203,10 @@ fn reserved_signals_reach_the_agent_and_never_end_the_init(init: &Init) {
     assert_eq!(outcome.code, Some(0), "{outcome:#?}");
 }
 
-/// A stopped agent cannot act on SIGTERM: after forwarding it, the init continues the agent, so
-/// `docker stop` does not wait for SIGKILL.
+/// A stopped agent cannot act on SIGTERM: after forwarding it, the init continues the agent (its
+/// process group with --signal-group), so `docker stop` does not wait for SIGKILL.
 fn a_stopped_agent_is_continued_after_sigterm(init: &Init) {
-    if !init.is_cordon() || init.group {
+    if !init.is_cordon() {
         return;
     }
     let scratch = Scratch::new();
