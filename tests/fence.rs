@@ -1142,7 +1142,7 @@ fn reserved_signals_during_start_up_reach_the_agent() {
             Ok(())
         })
     };
-    let mut cordon_run = command.spawn().unwrap();
+    let cordon_run = command.spawn().unwrap();
     let pid = cordon_run.id() as i32;
     // Well inside the resolution phase: the rules are loaded (tools spawned, resolver threads
     // running), the answers not yet in.
