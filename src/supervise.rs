@@ -26,9 +26,9 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 /// its `sigfillset` leaves them out, its `sigaction` rejects them, and its posix_spawn restores
 /// a mask without them (cordon's tools are therefore started by fork and exec, see
 /// `apply::tool_command`). Their default action ends the process (the kernel spares PID 1, not
-/// cordon under `--init`), so they are also ignored until the agent runs. musl leaves 33 and 34
-/// unblocked in every thread it creates: one that arrives while cordon's worker threads run
-/// (name resolution, the harden walk) can land there and is then dropped, never fatal.
+/// cordon under `--init`), so they are also ignored until the agent runs. musl unblocks 33 and
+/// 34 in every thread, the main one included once a second thread has been started: one that
+/// arrives during start-up can be dropped, never fatal; `run` blocks them again.
 type Mask = u64;
 
 /// Size of a kernel signal set, as the rt_sig* calls expect it.
@@ -193,6 +193,9 @@ extern "C" fn record_sigpipe_before_main() {
 /// Supervises the agent until it exits, then sweeps the remaining processes and returns the
 /// agent's status: its exit code, or 128+n when signal n ended it.
 pub fn run(child: Pid, signals: &Signals, opts: &SandboxOpts) -> i32 {
+    // musl unblocked 33 and 34 in this thread when cordon first started a thread (see `Mask`);
+    // ignored and unblocked, they would be dropped instead of waited for.
+    let _ = set_mask(signals.blocked);
     release_startup_code();
     let status = loop {
         let reaped = reap_all(child);
