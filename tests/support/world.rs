@@ -301,22 +301,7 @@ impl World {
 
     /// Probes as the agent; returns SPEC → (verdict, detail, milliseconds).
     pub fn probe_timed(&self, specs: &[&str]) -> HashMap<String, (String, String, f64)> {
-        let kit = testkit();
-        let mut args = vec![
-            "netns",
-            "exec",
-            &self.sandbox_ns,
-            kit.to_str().unwrap(),
-            "probe",
-            "--uid",
-            AGENT_UID,
-            "--gid",
-            AGENT_UID,
-            "--timeout-ms",
-            "1500",
-        ];
-        args.extend_from_slice(specs);
-        run("ip", &args)
+        self.probe_output(Some(AGENT_UID), specs)
             .lines()
             .filter_map(|line| {
                 let words: Vec<&str> = line.split_whitespace().collect();
@@ -336,6 +321,11 @@ impl World {
     }
 
     pub fn probe_as(&self, uid: Option<&str>, specs: &[&str]) -> HashMap<String, String> {
+        parse_probe_lines(&self.probe_output(uid, specs))
+    }
+
+    /// `testkit probe` in the sandbox, as `uid` (else root): its output lines.
+    fn probe_output(&self, uid: Option<&str>, specs: &[&str]) -> String {
         let kit = testkit();
         let mut args = vec![
             "netns",
@@ -349,7 +339,7 @@ impl World {
         }
         args.extend(["--timeout-ms", "1500"]);
         args.extend_from_slice(specs);
-        parse_probe_lines(&run("ip", &args))
+        run("ip", &args)
     }
 
     /// The filter table as `iptables-save` prints it, without counters or comments.
