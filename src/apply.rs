@@ -79,12 +79,25 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
 
 /// A command for one of the firewall tools, started by fork and exec: with a `pre_exec` hook std
 /// does not use posix_spawn, whose musl version restores the caller's signal mask without the
-/// reserved signals 32-34 (see `supervise::Signals`).
+/// reserved signals 32-34 (see `supervise::Signals`). The hook gives the tool an empty signal
+/// mask (the fork path would leave it cordon's, everything blocked).
 fn tool_command(tool: &Path) -> Command {
     use std::os::unix::process::CommandExt;
     let mut command = Command::new(tool);
-    // SAFETY: the hook does nothing, which is async-signal-safe.
-    unsafe { command.pre_exec(|| Ok(())) };
+    // SAFETY: one system call on a stack value, which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let none: u64 = 0;
+            let rc = libc::syscall(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK,
+                &none as *const u64,
+                std::ptr::null_mut::<u64>(),
+                std::mem::size_of::<u64>(),
+            );
+            Errno::result(rc).map(drop).map_err(std::io::Error::from)
+        })
+    };
     command
 }
 
