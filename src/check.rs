@@ -25,7 +25,6 @@ use crate::harden::{self, sudoers, Privileged, Scan};
 use crate::inspect::{self, FenceStatus};
 
 pub fn run(args: &CheckArgs) -> Result<i32> {
-    let _ = args;
     let status_text = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| Error::io("cannot read /proc/self/status", e))?;
     let caller = Status::parse(&status_text).map_err(|reason| {
@@ -40,7 +39,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         caller,
         scan,
         sudoers,
-        fence: inspect::fence(),
+        fence: inspect::fence(args.iptables_backend),
     };
     let findings = assess(&facts);
     for finding in &findings {

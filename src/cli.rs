@@ -56,7 +56,7 @@ pub enum Sub {
     /// Strip setuid/setgid bits, file capabilities and sudo from the root filesystem now, then
     /// exit: in a Dockerfile `RUN`, so that the image starts with nothing to strip (and works
     /// with `docker run --read-only`).
-    Harden(CheckArgs),
+    Harden(HardenArgs),
 }
 
 #[derive(Debug, Args)]
@@ -71,6 +71,15 @@ pub struct FirewallArgs {
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    #[command(flatten)]
+    pub output: OutputOpts,
+    /// Which iptables variant to read (as root): the one the entrypoint was told to use.
+    #[arg(long, value_enum, default_value_t = Backend::Auto, env = "CORDON_IPTABLES")]
+    pub iptables_backend: Backend,
+}
+
+#[derive(Debug, Args)]
+pub struct HardenArgs {
     #[command(flatten)]
     pub output: OutputOpts,
 }
@@ -216,7 +225,7 @@ pub enum Invocation {
     Firewall(FirewallArgs),
     Plan(FirewallArgs),
     Check(CheckArgs),
-    Harden(CheckArgs),
+    Harden(HardenArgs),
 }
 
 /// Parses the command line. `Err` carries what to print and the status to exit with: help and
@@ -310,7 +319,8 @@ impl Invocation {
         match self {
             Invocation::Run { output, .. } => output,
             Invocation::Firewall(args) | Invocation::Plan(args) => &args.output,
-            Invocation::Check(args) | Invocation::Harden(args) => &args.output,
+            Invocation::Check(args) => &args.output,
+            Invocation::Harden(args) => &args.output,
         }
     }
 }

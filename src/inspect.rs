@@ -42,13 +42,14 @@ impl FenceStatus {
     }
 }
 
-pub fn fence() -> FenceStatus {
+/// `backend`: the iptables variant to read (as the entrypoint chose it).
+pub fn fence(backend: Backend) -> FenceStatus {
     let mut status = FenceStatus::default();
     let net = NetInfo::read();
     let can_read =
         nix::unistd::geteuid().is_root() && capabilities::holds(caps::Capability::CAP_NET_ADMIN);
     if can_read {
-        match Tools::locate(backend_from_env()) {
+        match Tools::locate(backend) {
             Ok(tools) => read_rules(&tools, &net, &mut status),
             Err(error) => status.fail(format!("cannot read the firewall: {error}")),
         }
@@ -57,16 +58,6 @@ pub fn fence() -> FenceStatus {
     }
     probe_blocked_classes(&net, can_read, &mut status);
     status
-}
-
-/// The backend the entrypoint was told to use (CORDON_IPTABLES, which `docker exec` sessions
-/// and the HEALTHCHECK inherit from the container), else the image's own.
-fn backend_from_env() -> Backend {
-    use clap::ValueEnum;
-    std::env::var("CORDON_IPTABLES")
-        .ok()
-        .and_then(|name| Backend::from_str(&name, true).ok())
-        .unwrap_or(Backend::Auto)
 }
 
 fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
