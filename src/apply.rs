@@ -1,13 +1,16 @@
 //! Apply: load the planned ruleset with one `ipset restore`, one `iptables-restore --noflush` and
-//! one `ip6tables-restore --noflush`. Each call is atomic for what it loads; if any fails, egress
-//! is locked down to loopback before the error is returned.
+//! one `ip6tables-restore --noflush`. Each call is atomic for what it loads and bounded in time;
+//! if any fails, egress is locked down before the error is returned, through a path that does not
+//! fail the same way (see `lockdown`).
 //!
 //! The `iptables` crate is not used: it runs one process per rule and cannot batch, while the
 //! restore tools load a whole table in one transaction.
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
@@ -25,6 +28,18 @@ const SEARCH_PATH: &[&str] = &[
     "/bin",
 ];
 
+/// The longest any firewall tool may run. A tool still running then (e.g. iptables-legacy
+/// waiting for a lock another process holds) is killed and counts as failed.
+pub const TOOL_BOUND: Duration = Duration::from_secs(10);
+/// The lockdown's input is a few lines: its tools get less time, so that a hung tool delays the
+/// fallback only briefly.
+const LOCKDOWN_BOUND: Duration = Duration::from_secs(3);
+/// How long the restore tools wait for iptables-legacy's lock (`-w`) before giving up with their
+/// own message; the nft variant accepts and ignores it. The deny-all waits less: if the lock is
+/// held, the other variant loads it.
+const LOCK_WAIT_SECONDS: &str = "5";
+const LOCKDOWN_LOCK_WAIT_SECONDS: &str = "1";
+
 /// The firewall tools of the image, for one iptables variant.
 #[derive(Debug, Clone)]
 pub struct Tools {
@@ -32,6 +47,8 @@ pub struct Tools {
     pub ipset: PathBuf,
     pub iptables_restore: PathBuf,
     pub ip6tables_restore: PathBuf,
+    pub iptables_save: PathBuf,
+    pub ip6tables_save: PathBuf,
 }
 
 impl Tools {
@@ -41,8 +58,8 @@ impl Tools {
             Backend::Legacy => "legacy",
             Backend::Auto => detect_variant()?,
         };
-        let restore = |stem: &str| -> Result<PathBuf> {
-            let name = format!("{stem}-{variant}-restore");
+        let tool = |stem: &str, action: &str| -> Result<PathBuf> {
+            let name = format!("{stem}-{variant}-{action}");
             find_tool(&name).ok_or(Error::MissingTool {
                 tool: name,
                 package: "iptables",
@@ -54,8 +71,10 @@ impl Tools {
                 tool: "ipset".into(),
                 package: "ipset",
             })?,
-            iptables_restore: restore("iptables")?,
-            ip6tables_restore: restore("ip6tables")?,
+            iptables_restore: tool("iptables", "restore")?,
+            ip6tables_restore: tool("ip6tables", "restore")?,
+            iptables_save: tool("iptables", "save")?,
+            ip6tables_save: tool("ip6tables", "save")?,
         })
     }
 
@@ -65,6 +84,22 @@ impl Tools {
             Family::V6 => &self.ip6tables_restore,
         }
     }
+
+    pub fn save_tool(&self, family: Family) -> &Path {
+        match family {
+            Family::V4 => &self.iptables_save,
+            Family::V6 => &self.ip6tables_save,
+        }
+    }
+}
+
+/// The restore tool of one family and iptables variant, e.g. `ip6tables-legacy-restore`.
+fn restore_tool_name(family: Family, variant: &str) -> String {
+    let stem = match family {
+        Family::V4 => "iptables",
+        Family::V6 => "ip6tables",
+    };
+    format!("{stem}-{variant}-restore")
 }
 
 pub fn find_tool(name: &str) -> Option<PathBuf> {
@@ -116,12 +151,14 @@ fn detect_variant() -> Result<&'static str> {
     if name.contains("legacy") {
         return Ok("legacy");
     }
-    let version = tool_command(&iptables)
-        .arg("--version")
-        .output()
-        .map_err(|e| Error::io(format!("running {} --version", iptables.display()), e))?;
-    let text = String::from_utf8_lossy(&version.stdout);
-    Ok(if text.contains("legacy") {
+    let version = run_tool(&iptables, &["--version"], "", TOOL_BOUND).map_err(|detail| {
+        Error::CannotFence(format!(
+            "cannot tell which iptables variant {} is ({detail}): pass --iptables-backend nft \
+             or legacy",
+            iptables.display()
+        ))
+    })?;
+    Ok(if version.contains("legacy") {
         "legacy"
     } else {
         "nft"
@@ -181,37 +218,35 @@ pub fn legacy_lock_writable() -> Result<()> {
 /// addresses, so this runs while names resolve. Where IPv6 is off, its table is still loaded, but
 /// a failure there is only a warning: nothing can be sent over IPv6 in this namespace anyway.
 pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
-    run_restore(
+    run_tool(
         &tools.ipset,
         &["-exist", "restore"],
         &ruleset.ipset_create(),
+        TOOL_BOUND,
     )
     .map_err(|detail| failed("ipset restore", detail))?;
+    let deadline = Instant::now() + TOOL_BOUND;
     let loads: Vec<(Family, Result<Running, String>)> = families(ipv6.in_kernel())
         .iter()
         .map(|family| {
             let input = ruleset.iptables_restore(*family);
             let tool = tools.restore_tool(*family);
-            (*family, Running::start(tool, &["--noflush"], &input))
+            (*family, Running::start(tool, &restore_args(), input))
         })
         .collect();
     let mut first_failure = None;
     for (family, load) in loads {
-        if let Err(detail) = load.and_then(Running::finish) {
+        if let Err(detail) = load.and_then(|running| running.finish(deadline).map(drop)) {
             let step = format!("{} --noflush", tools.restore_tool(family).display());
             if family == Family::V6 && ipv6 == Ipv6::Off {
                 // Deny IPv6 anyway, in case it is switched on later.
-                let denied = run_restore(
-                    &tools.ip6tables_restore,
-                    &["--noflush"],
-                    &plan::lockdown_restore(Family::V6),
-                );
+                let denied = lockdown(Some(tools.variant), &[Family::V6], false);
                 log::warn!(
                     "{step} failed ({detail}); IPv6 is off in this namespace (no IPv6 address), \
                      so nothing can leave over it{}",
                     match denied {
-                        Ok(()) => "; IPv6 egress is denied meanwhile".to_string(),
-                        Err(e) => format!(", but its table is left as it was ({e})"),
+                        Lockdown::Denied { .. } => "; IPv6 egress is denied meanwhile",
+                        _ => ", and its deny-all could not be loaded either",
                     }
                 );
                 continue;
@@ -224,12 +259,18 @@ pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
 
 /// Fills every set under a staging name and swaps it in.
 pub fn load_sets(tools: &Tools, ruleset: &Ruleset) -> Result<()> {
-    run_restore(
+    run_tool(
         &tools.ipset,
         &["-exist", "restore"],
         &ruleset.ipset_restore(),
+        TOOL_BOUND,
     )
+    .map(drop)
     .map_err(|detail| failed("ipset restore", detail))
+}
+
+fn restore_args() -> [&'static str; 3] {
+    ["--noflush", "-w", LOCK_WAIT_SECONDS]
 }
 
 fn failed(step: &str, detail: String) -> Error {
@@ -239,7 +280,7 @@ fn failed(step: &str, detail: String) -> Error {
     }
 }
 
-fn families(ipv6: bool) -> &'static [Family] {
+pub fn families(ipv6: bool) -> &'static [Family] {
     if ipv6 {
         &[Family::V4, Family::V6]
     } else {
@@ -247,86 +288,269 @@ fn families(ipv6: bool) -> &'static [Family] {
     }
 }
 
-/// Leaves egress denied except loopback (and root's DNS). Returns whether that held for every
-/// family. Every family is attempted, whatever happened to the ones before it.
-pub fn lockdown(tools: &Tools, ipv6: bool) -> bool {
-    let held: Vec<bool> = families(ipv6)
-        .iter()
-        .map(|family| {
-            let tool = tools.restore_tool(*family);
-            match run_restore(tool, &["--noflush"], &plan::lockdown_restore(*family)) {
-                Ok(()) => true,
+/// Where egress stands after the lockdown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lockdown {
+    /// Every family denies egress but loopback (and root's DNS); `through` names the iptables
+    /// variants that loaded the deny-all, `fell_back` whether the chosen one failed somewhere.
+    Denied {
+        through: Vec<&'static str>,
+        fell_back: bool,
+    },
+    /// No firewall tool could load the deny-all for some family: every network interface but
+    /// loopback was set down instead.
+    LinksDown { links: Vec<String> },
+    /// Nothing held: egress may be open.
+    Open,
+}
+
+const VARIANTS: [&str; 2] = ["nft", "legacy"];
+
+/// Leaves egress denied except loopback (and root's DNS), through the first path that works, so
+/// that whatever made the fence fail cannot make this fail too:
+/// 1. the deny-all rules with the iptables variant in use (`preferred`), for every family;
+/// 2. for a family where that failed (a hung lock, a broken or missing tool, a kernel that lacks
+///    what the variant needs), the other variant: the kernel applies both variants' rules, and a
+///    packet must pass both;
+/// 3. where some family still is not denied (no firewall tool works at all), every interface but
+///    loopback is set down, if `may_cut_links` (not in the host's namespace).
+pub fn lockdown(
+    preferred: Option<&'static str>,
+    families: &[Family],
+    may_cut_links: bool,
+) -> Lockdown {
+    let mut order: Vec<&'static str> = preferred.into_iter().collect();
+    order.extend(VARIANTS.iter().filter(|v| Some(**v) != preferred));
+    let mut through = Vec::new();
+    let mut all_denied = true;
+    let mut fell_back = false;
+    for family in families {
+        let denied_by = order.iter().find(|variant| {
+            let name = restore_tool_name(*family, variant);
+            let Some(tool) = find_tool(&name) else {
+                return false;
+            };
+            let input = plan::lockdown_restore(*family);
+            let args = ["--noflush", "-w", LOCKDOWN_LOCK_WAIT_SECONDS];
+            match run_tool(&tool, &args, &input, LOCKDOWN_BOUND) {
+                Ok(_) => true,
                 Err(detail) => {
-                    log::error!("lockdown with {} failed: {detail}", tool.display());
+                    log::debug!("lockdown with {} failed: {detail}", tool.display());
                     false
                 }
             }
-        })
+        });
+        match denied_by {
+            Some(variant) => {
+                fell_back |= Some(*variant) != order.first().copied();
+                if !through.contains(variant) {
+                    through.push(*variant);
+                }
+            }
+            None => all_denied = false,
+        }
+    }
+    if all_denied {
+        return Lockdown::Denied { through, fell_back };
+    }
+    if !may_cut_links {
+        return Lockdown::Open;
+    }
+    match cut_links() {
+        Ok(links) => Lockdown::LinksDown { links },
+        Err(detail) => {
+            log::debug!("setting the interfaces down failed: {detail}");
+            Lockdown::Open
+        }
+    }
+}
+
+/// Sets every network interface but loopback down: nothing but loopback traffic can leave, and
+/// the addresses and routes the kernel removes with a link do not come back by themselves.
+/// Needs only CAP_NET_ADMIN and a system call, no tool.
+fn cut_links() -> Result<Vec<String>, String> {
+    let entries =
+        std::fs::read_dir("/sys/class/net").map_err(|e| format!("reading /sys/class/net: {e}"))?;
+    let links: Vec<String> = entries
+        .filter_map(|entry| entry.ok())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "lo")
         .collect();
-    held.iter().all(|&held| held)
+    // SAFETY: a plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", Errno::last().desc()));
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut failures = Vec::new();
+    for link in &links {
+        if let Err(errno) = set_link_down(&socket, link) {
+            failures.push(format!("{link}: {}", errno.desc()));
+        }
+    }
+    match failures.is_empty() {
+        true => Ok(links),
+        false => Err(failures.join(", ")),
+    }
 }
 
-fn run_restore(tool: &Path, args: &[&str], input: &str) -> Result<(), String> {
-    Running::start(tool, args, input)?.finish()
+fn set_link_down(socket: &OwnedFd, link: &str) -> nix::Result<()> {
+    // SAFETY: ifreq is plain data, valid when zeroed.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    if link.len() >= request.ifr_name.len() {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    for (slot, byte) in request.ifr_name.iter_mut().zip(link.bytes()) {
+        *slot = byte as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq they are given.
+    unsafe {
+        Errno::result(libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCGIFFLAGS as libc::Ioctl,
+            &mut request,
+        ))?;
+        request.ifr_ifru.ifru_flags &= !(libc::IFF_UP as libc::c_short);
+        Errno::result(libc::ioctl(
+            socket.as_raw_fd(),
+            libc::SIOCSIFFLAGS as libc::Ioctl,
+            &request,
+        ))?;
+    }
+    Ok(())
 }
 
-/// A restore tool that has been given its whole input and is working on it.
+/// Runs a firewall tool with `input` on its standard input, within `bound`; returns its standard
+/// output, or its first error lines.
+pub fn run_tool(
+    tool: &Path,
+    args: &[&str],
+    input: &str,
+    bound: Duration,
+) -> Result<String, String> {
+    Running::start(tool, args, input.to_string())?.finish(Instant::now() + bound)
+}
+
+/// A firewall tool that has been started: threads feed its input and collect its output, so it
+/// can never block on a full pipe while cordon waits for it with a deadline.
 struct Running {
     tool: PathBuf,
+    started: Instant,
     child: std::process::Child,
-    written: std::io::Result<()>,
+    writer: std::thread::JoinHandle<std::io::Result<()>>,
+    stdout: std::thread::JoinHandle<Vec<u8>>,
+    stderr: std::thread::JoinHandle<Vec<u8>>,
 }
 
 impl Running {
-    fn start(tool: &Path, args: &[&str], input: &str) -> Result<Running, String> {
+    fn start(tool: &Path, args: &[&str], input: String) -> Result<Running, String> {
         let mut child = tool_command(tool)
             .args(args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+        let mut stdin = child.stdin.take().expect("stdin is piped");
         // Dropping stdin after writing closes it: the tool sees the end of its input.
-        let written = child
-            .stdin
-            .take()
-            .expect("stdin is piped")
-            .write_all(input.as_bytes());
+        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+        let stdout = collect(child.stdout.take().expect("stdout is piped"));
+        let stderr = collect(child.stderr.take().expect("stderr is piped"));
         Ok(Running {
             tool: tool.to_path_buf(),
+            started: Instant::now(),
             child,
-            written,
+            writer,
+            stdout,
+            stderr,
         })
     }
 
-    fn finish(self) -> Result<(), String> {
-        let tool = self.tool.display();
-        let output = self
-            .child
-            .wait_with_output()
+    /// Waits for the tool until `deadline`, then kills it.
+    fn finish(mut self, deadline: Instant) -> Result<String, String> {
+        let tool = self.tool.display().to_string();
+        let status = wait_until(&mut self.child, deadline)
             .map_err(|e| format!("waiting for {tool}: {e}"))?;
-        if output.status.success() {
-            return self.written.map_err(|e| format!("writing to {tool}: {e}"));
+        let Some(status) = status else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let stderr = first_lines(&self.stderr.join().unwrap_or_default());
+            return Err(format!(
+                "{tool} did not finish within {:.1} s and was stopped{}",
+                self.started.elapsed().as_secs_f64(),
+                match stderr.is_empty() {
+                    true => String::new(),
+                    false => format!(" ({stderr})"),
+                }
+            ));
+        };
+        let written = self.writer.join().expect("writer thread panicked");
+        let stdout = self.stdout.join().unwrap_or_default();
+        let stderr = first_lines(&self.stderr.join().unwrap_or_default());
+        if !status.success() {
+            return Err(match stderr.is_empty() {
+                true => format!("{tool} exited with {status}"),
+                false => stderr,
+            });
         }
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let first_lines: Vec<&str> = stderr
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .take(3)
-            .collect();
-        Err(match first_lines.is_empty() {
-            true => format!("exited with {}", output.status),
-            false => first_lines.join(" / "),
-        })
+        written.map_err(|e| format!("writing to {tool}: {e}"))?;
+        Ok(String::from_utf8_lossy(&stdout).into_owned())
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        bytes
+    })
+}
+
+fn first_lines(stderr: &[u8]) -> String {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// `Child::wait` with a deadline: polls, first often (the tools take milliseconds), then every
+/// 2 ms. `None` when the deadline passed.
+fn wait_until(
+    child: &mut std::process::Child,
+    deadline: Instant,
+) -> std::io::Result<Option<ExitStatus>> {
+    let mut pause = Duration::from_micros(100);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(2));
     }
 }
 
 /// Adds the likely fix to what the tools print for missing privileges or kernel support.
 fn explain(detail: &str) -> String {
     let lower = detail.to_ascii_lowercase();
-    let hint = if lower.contains("xtables.lock") {
-        " (iptables-legacy locks /run/xtables.lock: /run must be writable; with docker run \
-         --read-only add --tmpfs /run)"
+    let hint = if lower.contains("xtables.lock") || lower.contains("holding the xtables lock") {
+        " (iptables-legacy locks /run/xtables.lock: /run must be writable, with docker run \
+         --read-only add --tmpfs /run; if another process holds the lock, stop it or use the nft \
+         backend)"
+    } else if lower.contains("did not finish within") {
+        " (is another process holding iptables' lock or the netfilter configuration?)"
+    } else if lower.contains("set with the same name already exists") {
+        " (a set of that name exists with another type or size, left by another tool or another \
+         version of cordon: ipset destroy it, or recreate the container)"
+    } else if lower.contains("chain_user_add failed (file exists)") {
+        " (a chain of that name exists that iptables did not create, e.g. an nft base chain: \
+         remove it with nft delete chain, or recreate the container)"
     } else if lower.contains("socket to ipset") {
         " (iptables' set match talks to ipset through a raw socket: run the container with \
          --cap-add NET_RAW)"
@@ -357,6 +581,9 @@ mod tests {
     fn tool_errors_get_the_fix() {
         let lock = explain("Fatal: can't open lock file /run/xtables.lock: Read-only file system");
         assert!(lock.contains("--tmpfs /run"), "{lock}");
+        let held =
+            explain("Another app is currently holding the xtables lock. Stopped waiting after 5s.");
+        assert!(held.contains("another process holds the lock"), "{held}");
         let set = explain("iptables-nft-restore v1.8.9 (nf_tables): Can't open socket to ipset.");
         assert!(set.contains("--cap-add NET_RAW"), "{set}");
         let raw = explain("iptables-restore: unable to initialize table 'filter'");
@@ -365,6 +592,43 @@ mod tests {
         assert!(perm.contains("--cap-add NET_ADMIN"), "{perm}");
         let module = explain("line 42 failed: Couldn't load match 'set'");
         assert!(module.contains("modprobe"), "{module}");
+        let chain = explain(
+            "iptables-nft-restore v1.8.9 (nf_tables): / line 2: CHAIN_USER_ADD failed (File \
+             exists): chain CORDON_OUTPUT / line 4: RULE_APPEND failed (Operation not supported)",
+        );
+        assert!(
+            chain.contains("nft delete chain") && !chain.contains("modprobe"),
+            "{chain}"
+        );
+        let set_type = explain(
+            "ipset v7.17: Error in line 1: Set cannot be created: set with the same name already \
+             exists",
+        );
+        assert!(set_type.contains("ipset destroy"), "{set_type}");
         assert_eq!(explain("something else"), "something else");
+    }
+
+    #[test]
+    fn a_tool_past_its_bound_is_stopped() {
+        let started = Instant::now();
+        let result = run_tool(
+            Path::new("/bin/sleep"),
+            &["5"],
+            "",
+            Duration::from_millis(100),
+        );
+        assert!(result.unwrap_err().contains("did not finish"));
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_tool_that_reads_nothing_cannot_block_on_its_input() {
+        // More than a pipe holds, to a tool that never reads it.
+        let input = "x".repeat(1 << 20);
+        let started = Instant::now();
+        let _ = run_tool(Path::new("/bin/true"), &[], &input, Duration::from_secs(5));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let echoed = run_tool(Path::new("/bin/cat"), &[], &input, Duration::from_secs(5));
+        assert_eq!(echoed.unwrap().len(), input.len());
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::apply::Lockdown;
 use crate::capabilities;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -31,8 +32,12 @@ pub mod exit {
     pub const APPLY: i32 = 76;
     /// Not root, no CAP_NET_ADMIN, or the host's network namespace.
     pub const PERMISSION: i32 = 77;
-    /// The self-test found a wrong verdict; the fence was left denying everything but loopback.
+    /// The self-test found a wrong verdict, or the loaded fence differed from the plan or changed
+    /// before the agent started; the fence was left denying everything but loopback.
     pub const VERIFY: i32 = 78;
+    /// The fence failed and so did every fallback (the deny-all through either iptables variant,
+    /// setting the interfaces down): the network namespace may be open.
+    pub const UNFENCED: i32 = 79;
     /// The command was found but could not be executed.
     pub const CANNOT_EXECUTE: i32 = 126;
     /// The command was not found.
@@ -105,11 +110,18 @@ pub enum Error {
     Verify {
         failures: Vec<String>,
     },
-    /// Building the fence failed after cordon could change the firewall; egress was locked down
-    /// (`locked_down` says whether that fallback held).
+    /// The fence read back from the kernel is not what was loaded: it differs from the plan, or
+    /// changed after the self-test.
+    NotAsLoaded(String),
+    /// SIGINT, SIGTERM, SIGHUP or SIGQUIT arrived while `cordon firewall` was setting up.
+    Interrupted {
+        signal: i32,
+    },
+    /// Building the fence failed after cordon could change the firewall; `state` says where
+    /// egress was left.
     FailedClosed {
         cause: Box<Error>,
-        locked_down: bool,
+        state: Lockdown,
     },
     Io {
         context: String,
@@ -160,7 +172,12 @@ impl Error {
             Error::MissingTool { .. } | Error::CannotFence(_) => exit::UNAVAILABLE,
             Error::Resolve(_) => exit::RESOLVE,
             Error::Apply { .. } => exit::APPLY,
-            Error::Verify { .. } => exit::VERIFY,
+            Error::Verify { .. } | Error::NotAsLoaded(_) => exit::VERIFY,
+            Error::Interrupted { signal } => 128 + signal,
+            Error::FailedClosed {
+                state: Lockdown::Open,
+                ..
+            } => exit::UNFENCED,
             Error::FailedClosed { cause, .. } => cause.exit_code(),
             Error::Io { .. } | Error::Sys { .. } => exit::INTERNAL,
             Error::Exec { errno, .. } => match errno {
@@ -232,16 +249,36 @@ impl fmt::Display for Error {
             Error::Verify { failures } => {
                 write!(f, "fence self-test failed: {}", failures.join("; "))
             }
-            Error::FailedClosed { cause, locked_down } => {
+            Error::NotAsLoaded(msg) => write!(f, "{msg}"),
+            Error::Interrupted { signal } => write!(
+                f,
+                "set-up interrupted by {}",
+                nix::sys::signal::Signal::try_from(*signal).map_or("a signal", |s| s.as_str())
+            ),
+            Error::FailedClosed { cause, state } => {
                 write!(f, "{cause}")?;
-                if *locked_down {
-                    write!(f, " [egress is now denied except loopback]")
-                } else {
-                    write!(
+                match state {
+                    Lockdown::Denied {
+                        through,
+                        fell_back: true,
+                    } => write!(
                         f,
-                        " [the deny-all fallback could not be loaded either: treat this network \
-                         namespace as unfenced]"
-                    )
+                        " [egress is now denied except loopback, through iptables-{}]",
+                        through.join(" and iptables-")
+                    ),
+                    Lockdown::Denied { .. } => write!(f, " [egress is now denied except loopback]"),
+                    Lockdown::LinksDown { links } => write!(
+                        f,
+                        " [no iptables could load the deny-all either: every interface but \
+                         loopback ({}) was set down, nothing leaves this container; recreate it \
+                         once the cause is fixed]",
+                        links.join(", ")
+                    ),
+                    Lockdown::Open => write!(
+                        f,
+                        " [the deny-all fallback could not be loaded and the interfaces could not \
+                         be set down: treat this network namespace as unfenced]"
+                    ),
                 }
             }
             Error::Io { context, source } => write!(f, "{context}: {source}"),

@@ -5,13 +5,15 @@ use std::time::{Duration, Instant};
 
 use crate::apply::{self, Tools};
 use crate::capabilities;
-use crate::cli::{AgentOpts, FenceOpts};
+use crate::cli::{AgentOpts, Backend, FenceOpts};
 use crate::error::{exit, Error, Result};
 use crate::netinfo::{self, Ipv6, NetInfo};
 use crate::plan::{self, Family, Ruleset};
 use crate::policy::{self, Policy, Ports, Target};
+use crate::record;
 use crate::resolv_conf::{self, ResolvConf};
 use crate::resolve::{self, Outcome, Resolution};
+use crate::supervise::Signals;
 use crate::user::{self, NOBODY};
 use crate::verify;
 
@@ -71,8 +73,10 @@ pub fn plan(opts: &FenceOpts, _agent: &AgentOpts) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `cordon firewall` and `init-firewall.sh`: apply, verify, exit.
-pub fn firewall(opts: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
+/// `cordon firewall` and `init-firewall.sh`: apply, verify, exit. SIGINT, SIGTERM, SIGHUP and
+/// SIGQUIT are held until the namespace is fenced or locked down, then end it with 128+n.
+pub fn firewall(opts: &FenceOpts, agent: &AgentOpts, signals: &Signals) -> Result<i32> {
+    let scope = Scope::enter(opts)?;
     let probe_uid = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
         Ok(account) => account.uid,
         Err(error) => {
@@ -80,81 +84,178 @@ pub fn firewall(opts: &FenceOpts, agent: &AgentOpts) -> Result<i32> {
             NOBODY
         }
     };
-    let ready = preflight(opts)?;
-    capabilities::require(capabilities::FENCE)?;
-    establish(opts, ready, probe_uid)?;
+    let ready = scope.ready(opts)?;
+    capabilities::require(capabilities::FENCE).map_err(|e| ready.refuse(e))?;
+    establish(opts, ready, probe_uid, Some(signals))?.confirm()?;
+    if let Some(signal) = signals.pending_stop() {
+        log::warn!(
+            "{}, after the fence was in place: it holds",
+            Error::Interrupted { signal }
+        );
+        return Ok(128 + signal);
+    }
     Ok(exit::OK)
 }
 
-/// Everything the fence needs, found before anything changes.
-pub struct Ready {
-    tools: Tools,
+/// A network namespace cordon may fence: cordon is root, and the namespace is a container's (not
+/// the host's, unless `--allow-host-network`) with a network (not `--network none`). Nothing has
+/// changed yet. From here on a refusal leaves egress denied where cordon can change the firewall
+/// (`refuse`): the drop-in shape keeps the container running after cordon exits.
+pub struct Scope {
     net: NetInfo,
+    may_cut_links: bool,
     timings: Timings,
 }
 
-/// Checks, changing nothing, that this namespace can and should be fenced: cordon is root, the
-/// namespace is a container's with a network (not the host's, not `--network none`), the
-/// firewall tools are there and the kernel speaks netfilter netlink. The caller checks the
-/// capabilities (`capabilities::FENCE`) together with those of its other stages.
-pub fn preflight(opts: &FenceOpts) -> Result<Ready> {
-    let timings = Timings::start();
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::NotRoot {
-            action: "applying the firewall",
-        });
+impl Scope {
+    pub fn enter(opts: &FenceOpts) -> Result<Scope> {
+        let timings = Timings::start();
+        if !nix::unistd::geteuid().is_root() {
+            return Err(Error::NotRoot {
+                action: "applying the firewall",
+            });
+        }
+        if !opts.allow_host_network {
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+            let devices = netinfo::host_namespace_devices(
+                Path::new("/proc/net/dev"),
+                Path::new("/sys/class/net"),
+                netinfo::in_kata_guest(&mountinfo),
+            );
+            if !devices.is_empty() {
+                return Err(Error::HostNetwork { devices });
+            }
+        }
+        let net = NetInfo::read();
+        if net.addrs.is_empty() && net.gateways.is_empty() {
+            return Err(Error::NoNetwork);
+        }
+        Ok(Scope {
+            net,
+            // Never in a namespace the user said may be the host's.
+            may_cut_links: !opts.allow_host_network,
+            timings,
+        })
     }
-    if !opts.allow_host_network {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let devices = netinfo::host_namespace_devices(
-            Path::new("/proc/net/dev"),
-            Path::new("/sys/class/net"),
-            netinfo::in_kata_guest(&mountinfo),
-        );
-        if !devices.is_empty() {
-            return Err(Error::HostNetwork { devices });
+
+    /// `error`, after locking egress down where cordon holds CAP_NET_ADMIN (without it nothing
+    /// can have changed, and nothing can be done).
+    pub fn refuse(&self, error: Error) -> Error {
+        self.refuse_with(None, error)
+    }
+
+    fn refuse_with(&self, variant: Option<&'static str>, error: Error) -> Error {
+        if !capabilities::holds(caps::Capability::CAP_NET_ADMIN) {
+            return error;
+        }
+        Error::FailedClosed {
+            cause: Box::new(error),
+            state: apply::lockdown(variant, self.families(), self.may_cut_links),
         }
     }
-    let net = NetInfo::read();
-    if net.addrs.is_empty() && net.gateways.is_empty() {
-        return Err(Error::NoNetwork);
+
+    fn families(&self) -> &'static [Family] {
+        apply::families(self.net.ipv6.in_kernel())
     }
-    let tools = Tools::locate(opts.iptables_backend)?;
-    apply::netfilter_netlink()?;
-    if tools.variant == "legacy" {
-        apply::legacy_lock_writable()?;
+
+    /// Finds the firewall tools and checks that the kernel can take a firewall.
+    pub fn ready(self, opts: &FenceOpts) -> Result<Ready> {
+        let found = Tools::locate(opts.iptables_backend).and_then(|tools| {
+            apply::netfilter_netlink()?;
+            if tools.variant == "legacy" {
+                apply::legacy_lock_writable()?;
+            }
+            Ok(tools)
+        });
+        match found {
+            Ok(tools) => Ok(Ready { scope: self, tools }),
+            Err(error) => Err(self.refuse_with(preferred_variant(opts), error)),
+        }
     }
-    Ok(Ready {
-        tools,
-        net,
-        timings,
-    })
+}
+
+fn preferred_variant(opts: &FenceOpts) -> Option<&'static str> {
+    match opts.iptables_backend {
+        Backend::Nft => Some("nft"),
+        Backend::Legacy => Some("legacy"),
+        Backend::Auto => None,
+    }
+}
+
+/// Everything the fence needs, found before anything changed.
+pub struct Ready {
+    scope: Scope,
+    tools: Tools,
+}
+
+impl Ready {
+    /// `error`, after locking egress down (see `Scope::refuse`).
+    pub fn refuse(&self, error: Error) -> Error {
+        self.scope.refuse_with(Some(self.tools.variant), error)
+    }
+}
+
+/// A fence that was loaded and passed its self-test, with the record of what was loaded.
+pub struct Fence {
+    ready: Ready,
+    record: record::Loaded,
+}
+
+impl Fence {
+    /// Verified means now: reads the fence back and compares it with the record taken after
+    /// loading. Called immediately before the agent starts; any change fails closed.
+    pub fn confirm(&self) -> Result<()> {
+        let now = record::read(&self.ready.tools, self.ready.scope.families())
+            .map_err(|detail| self.ready.refuse(failed_read(detail)))?;
+        let changes = now.changes_since(&self.record);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        Err(self.ready.refuse(Error::NotAsLoaded(format!(
+            "the fence changed after the self-test: {}",
+            changes.join(", ")
+        ))))
+    }
+}
+
+fn failed_read(detail: String) -> Error {
+    Error::Apply {
+        step: "reading the fence back".into(),
+        detail,
+    }
 }
 
 /// Builds the fence and proves it. Once cordon is able to change the firewall, any failure —
-/// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict — leaves egress
-/// locked down (loopback and root's DNS only) instead of open.
-pub fn establish(opts: &FenceOpts, ready: Ready, agent_uid: u32) -> Result<()> {
-    let Ready {
-        tools,
-        net,
-        mut timings,
-    } = ready;
-    build(opts, agent_uid, &tools, &net, &mut timings).map_err(|cause| Error::FailedClosed {
-        cause: Box::new(cause),
-        locked_down: apply::lockdown(&tools, net.ipv6.in_kernel()),
-    })?;
-    log::info!("fence ready in {}", timings.summary());
-    Ok(())
+/// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict, a stop signal
+/// (`stop`, for `cordon firewall`) — leaves egress locked down instead of open.
+pub fn establish(
+    opts: &FenceOpts,
+    mut ready: Ready,
+    agent_uid: u32,
+    stop: Option<&Signals>,
+) -> Result<Fence> {
+    let mut timings = std::mem::replace(&mut ready.scope.timings, Timings::start());
+    let interrupted = || match stop.and_then(Signals::pending_stop) {
+        Some(signal) => Err(Error::Interrupted { signal }),
+        None => Ok(()),
+    };
+    match build(opts, agent_uid, &ready, &mut timings, &interrupted) {
+        Ok(record) => {
+            log::info!("fence ready in {}", timings.summary());
+            Ok(Fence { ready, record })
+        }
+        Err(cause) => Err(ready.refuse(cause)),
+    }
 }
 
 fn build(
     opts: &FenceOpts,
     agent_uid: u32,
-    tools: &Tools,
-    net: &NetInfo,
+    ready: &Ready,
     timings: &mut Timings,
-) -> Result<()> {
+    interrupted: &dyn Fn() -> Result<()>,
+) -> Result<record::Loaded> {
+    let (tools, net) = (&ready.tools, &ready.scope.net);
     let (policy, conf) = read_inputs(opts)?;
     timings.mark("policy");
     // The rules do not depend on any address (addresses live in the sets), so they load while
@@ -167,10 +268,23 @@ fn build(
     });
     loaded?;
     let resolution = resolution?;
+    interrupted()?;
     timings.mark("resolve+rules");
     let ruleset = plan::plan(&policy, &resolution, &conf)?;
     apply::load_sets(tools, &ruleset)?;
     timings.mark("sets");
+    let record = record::read(tools, ready.scope.families()).map_err(failed_read)?;
+    // Where IPv6 is off, a failed IPv6 load was only a warning: its table is not held to the plan.
+    let planned_families = apply::families(net.ipv6 == Ipv6::On);
+    let differences = record.differences_from_plan(&ruleset, planned_families);
+    if !differences.is_empty() {
+        return Err(Error::NotAsLoaded(format!(
+            "the loaded fence differs from the plan: {}",
+            differences.join(", ")
+        )));
+    }
+    timings.mark("record");
+    interrupted()?;
     log::info!(
         "fence loaded ({} iptables): {}{}",
         tools.variant,
@@ -210,12 +324,14 @@ fn build(
         .map(|r| r.describe())
         .collect();
     if failures.is_empty() && opts.verify_connect {
+        interrupted()?;
         failures.extend(connect_to_allowed_names(&prepared));
     }
     timings.mark("verify");
     if !failures.is_empty() {
         return Err(Error::Verify { failures });
     }
+    interrupted()?;
     let blocked = results
         .iter()
         .filter(|r| r.probe.expect == plan::Verdict::Reject)
@@ -233,7 +349,7 @@ fn build(
             .as_secs_f64()
             * 1e3
     );
-    Ok(())
+    Ok(record)
 }
 
 fn report_resolution(resolution: &Resolution, options: resolve::Options) {

@@ -5,7 +5,6 @@
 //! read the firewall: the same probes unmarked, each of which must be rejected at once.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::Command;
 
 use crate::apply::{self, Tools};
 use crate::capabilities;
@@ -67,17 +66,9 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
         &[Family::V4]
     };
     for family in families {
-        let stem = match family {
-            Family::V4 => "iptables",
-            Family::V6 => "ip6tables",
-        };
-        let tool = format!("{stem}-{}-save", tools.variant);
-        let output = Command::new(apply::find_tool(&tool).unwrap_or(tool.clone().into()))
-            .args(["-c", "-t", "filter"])
-            .output();
-        match output {
-            Ok(out) if out.status.success() => {
-                let text = String::from_utf8_lossy(&out.stdout);
+        let tool = tools.save_tool(*family);
+        match apply::run_tool(tool, &["-c", "-t", "filter"], "", apply::TOOL_BOUND) {
+            Ok(text) => {
                 let rules = SavedRules::parse(&text);
                 match rules.problem() {
                     None => status.ok(format!(
@@ -97,16 +88,12 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
                     Some(problem) => status.fail(format!("{} fence: {problem}", family.name())),
                 }
             }
-            Ok(out) => status.fail(format!(
-                "{tool} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
-            Err(e) => status.fail(format!("cannot run {tool}: {e}")),
+            Err(detail) => status.fail(format!("cannot read the firewall: {detail}")),
         }
     }
-    match Command::new(&tools.ipset).args(["list", "-t"]).output() {
-        Ok(out) if out.status.success() => {
-            let sizes = set_sizes(&String::from_utf8_lossy(&out.stdout));
+    match apply::run_tool(&tools.ipset, &["list", "-t"], "", apply::TOOL_BOUND) {
+        Ok(text) => {
+            let sizes = set_sizes(&text);
             if sizes.is_empty() {
                 status.fail("no cordon sets are loaded".to_string());
             }
@@ -114,7 +101,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
                 status.ok(format!("set {name}: {size} entries"));
             }
         }
-        _ => status.fail("cannot list the ipsets".to_string()),
+        Err(detail) => status.fail(format!("cannot list the ipsets: {detail}")),
     }
 }
 

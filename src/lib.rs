@@ -17,6 +17,7 @@ pub mod logging;
 pub mod netinfo;
 pub mod plan;
 pub mod policy;
+pub mod record;
 pub mod resolv_conf;
 pub mod resolve;
 pub mod supervise;

@@ -8,6 +8,16 @@ use cordon::error::{exit, Error, Result};
 use cordon::{check, env, fence, harden, launch, logging, supervise, user};
 
 fn main() -> ExitCode {
+    // Before anything else: a stop signal during set-up is held until cordon can act on it
+    // (forward it to the agent, or end `cordon firewall` in a consistent state), never fatal
+    // half-way. The other commands get the signal state they started with back.
+    let signals = match supervise::Signals::block_all() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("cordon: error: {error}");
+            return ExitCode::from(exit::INTERNAL as u8);
+        }
+    };
     let invocation = match cli::parse(std::env::args_os().collect()) {
         Ok(invocation) => invocation,
         Err(refusal) => {
@@ -20,7 +30,7 @@ fn main() -> ExitCode {
         }
     };
     logging::init(invocation.output());
-    let status = match run(invocation) {
+    let status = match run(invocation, &signals) {
         Ok(status) => status,
         Err(error) => {
             log::error!("{error}");
@@ -30,19 +40,24 @@ fn main() -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(u8::MAX))
 }
 
-fn run(invocation: Invocation) -> Result<i32> {
+fn run(invocation: Invocation, signals: &supervise::Signals) -> Result<i32> {
+    let restore = || {
+        signals
+            .restore()
+            .map_err(|errno| Error::sys("restoring the signal state", errno))
+    };
     match invocation {
-        Invocation::Plan(args) => fence::plan(&args.fence, &args.agent),
-        Invocation::Firewall(args) => fence::firewall(&args.fence, &args.agent),
-        Invocation::Check(args) => check::run(&args),
-        Invocation::Harden(_) => harden_now(),
+        Invocation::Plan(args) => restore().and_then(|()| fence::plan(&args.fence, &args.agent)),
+        Invocation::Firewall(args) => fence::firewall(&args.fence, &args.agent, signals),
+        Invocation::Check(args) => restore().and_then(|()| check::run(&args)),
+        Invocation::Harden(_) => restore().and_then(|()| harden_now()),
         Invocation::Run {
             fence,
             agent,
             sandbox,
             command,
             ..
-        } => entrypoint(&fence, &agent, &sandbox, command),
+        } => entrypoint(&fence, &agent, &sandbox, command, signals),
     }
 }
 
@@ -53,14 +68,16 @@ fn entrypoint(
     agent: &AgentOpts,
     sandbox: &SandboxOpts,
     command: Vec<OsString>,
+    signals: &supervise::Signals,
 ) -> Result<i32> {
-    // Blocked first, so a `docker stop` during start-up is seen by the supervisor, not lost.
-    let signals = supervise::Signals::block_all()?;
-    let chosen = user::choose_account(&agent.user, agent.uid_from.as_deref())?;
-    let fence_ready = fence::preflight(fence_opts)?;
-    capabilities::require(&start_needs(&chosen, sandbox))?;
-    let account = chosen.prepare()?;
-    fence::establish(fence_opts, fence_ready, account.uid)?;
+    // From here on, every refusal leaves egress denied (the drop-in's container keeps running).
+    let scope = fence::Scope::enter(fence_opts)?;
+    let chosen = user::choose_account(&agent.user, agent.uid_from.as_deref())
+        .map_err(|e| scope.refuse(e))?;
+    let ready = scope.ready(fence_opts)?;
+    capabilities::require(&start_needs(&chosen, sandbox)).map_err(|e| ready.refuse(e))?;
+    let account = chosen.prepare().map_err(|e| ready.refuse(e))?;
+    let fence = fence::establish(fence_opts, ready, account.uid, None)?;
     if sandbox.no_harden {
         log::warn!("--no-harden: setuid/setgid bits, file capabilities and sudo are left in place");
     } else {
@@ -69,11 +86,12 @@ fn entrypoint(
     let environment = env::agent_environment(std::env::vars_os(), &account, sandbox);
     environment.log();
     let launch = launch::Launch::new(command, environment.vars, account)?;
+    fence.confirm()?;
     if sandbox.exec {
-        return launch.exec(&signals);
+        return launch.exec(signals);
     }
-    let child = launch.spawn(&signals)?;
-    Ok(supervise::run(child, &signals, sandbox))
+    let child = launch.spawn(signals)?;
+    Ok(supervise::run(child, signals, sandbox))
 }
 
 /// `cordon harden`: strip the root filesystem now (at image build time), then exit.

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Location, Result};
 use crate::policy::{Policy, PortRange, Ports, Proto, Target};
 use crate::resolv_conf::{ForwarderUpstreams, ResolvConf};
 use crate::resolve::Resolution;
@@ -38,6 +38,10 @@ pub const PROBE_MARK: u32 = 0x636f_7264;
 
 /// Upper bound on set elements (ipset's maxelem); fixed so that re-creating a set is idempotent.
 pub const MAX_SET_ELEMENTS: usize = 1 << 20;
+/// The most set elements an allowlist may expand to, per family: loading them takes about 2 s
+/// and reading them back (see `record`) about 1 s, well inside the firewall tools' time bound.
+/// A million (ipset's maxelem) would take about 23 s to load.
+pub const MAX_ALLOWLIST_ELEMENTS: usize = 1 << 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Family {
@@ -168,12 +172,15 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
     }
     for rules in [&ruleset.v4, &ruleset.v6] {
         let elements = rules.port_elements() + rules.hosts.len();
-        if elements > MAX_SET_ELEMENTS {
-            return Err(Error::Usage(format!(
-                "the {} allowlist expands to {elements} set elements (at most {MAX_SET_ELEMENTS}); \
-                 use networks or fewer port ranges",
-                rules.family.name()
-            )));
+        if elements > MAX_ALLOWLIST_ELEMENTS {
+            return Err(Error::bad_input(
+                Location::new("allowlist", None),
+                format!(
+                    "the {} entries expand to {elements} set elements (at most \
+                     {MAX_ALLOWLIST_ELEMENTS}); use networks or fewer port ranges",
+                    rules.family.name()
+                ),
+            ));
         }
     }
     Ok(ruleset)
@@ -306,6 +313,33 @@ impl Ruleset {
             write_set(&mut out, &family.hosts_set(), "hash:net", family, &hosts);
         }
         out
+    }
+
+    /// The members of each live set as `ipset save` prints them: one per port of a range, the
+    /// protocol by name, a single address without its prefix length.
+    pub fn set_members(&self) -> Vec<(String, BTreeSet<String>)> {
+        let mut sets = Vec::new();
+        for rules in [&self.v4, &self.v6] {
+            let ports = rules
+                .ports
+                .iter()
+                .flat_map(|(net, range)| {
+                    set_nets(*net).into_iter().flat_map(move |net| {
+                        (range.first..=range.last).map(move |port| {
+                            format!("{},{}:{port}", set_net(net), range.proto.as_str())
+                        })
+                    })
+                })
+                .collect();
+            let hosts = rules
+                .hosts
+                .iter()
+                .flat_map(|net| set_nets(*net).into_iter().map(set_net))
+                .collect();
+            sets.push((rules.family.ports_set(), ports));
+            sets.push((rules.family.hosts_set(), hosts));
+        }
+        sets
     }
 
     /// `iptables-restore --noflush` (or `ip6tables-restore`) input for one family. Loaded in one
@@ -565,7 +599,6 @@ fn port_match(range: &PortRange) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Location;
     use crate::policy::{parse_entry, Entry};
     use crate::resolv_conf;
     use crate::resolve::{NameAddrs, Outcome};
@@ -614,6 +647,22 @@ mod tests {
             ruleset.iptables_restore(Family::V4),
             ruleset.iptables_restore(Family::V6)
         )
+    }
+
+    #[test]
+    fn an_allowlist_over_the_set_size_is_bad_input() {
+        // 64 addresses with 1,024 ports each reach the limit exactly; one more address is over.
+        let entries: Vec<String> = (0..64)
+            .map(|i| format!("10.0.{}.{}:1-1024", i / 256, i % 256))
+            .collect();
+        let mut entries: Vec<&str> = entries.iter().map(String::as_str).collect();
+        let nameserver = conf("nameserver 10.0.0.2\n");
+        let full = plan(&policy(&entries, &[]), &Resolution::default(), &nameserver).unwrap();
+        assert_eq!(full.v4.port_elements(), MAX_ALLOWLIST_ELEMENTS);
+        entries.push("10.1.0.1");
+        let error = plan(&policy(&entries, &[]), &Resolution::default(), &nameserver).unwrap_err();
+        assert_eq!(error.exit_code(), crate::error::exit::BAD_INPUT, "{error}");
+        assert!(error.to_string().starts_with("allowlist: "), "{error}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! resolv.conf, with the whole phase bounded. A current-thread runtime exists only for this stage.
 //! hickory-resolver does the DNS; its UDP queries travel over the shared sockets of `udp_mux`.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Re
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = names.len().div_ceil(NAMES_PER_SHARD).clamp(1, cores);
     let chunk = names.len().div_ceil(shards);
-    let results: Vec<Result<Vec<NameAddrs>>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Shard>> = std::thread::scope(|scope| {
         let workers: Vec<_> = names
             .chunks(chunk)
             .map(|part| scope.spawn(move || resolve_on_own_runtime(part, conf, options)))
@@ -97,8 +97,15 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Re
             .collect()
     });
     let mut all = Vec::with_capacity(names.len());
+    let mut refused: Vec<SocketAddr> = Vec::new();
     for part in results {
-        all.extend(part?);
+        let part = part?;
+        all.extend(part.names);
+        for server in part.refused {
+            if !refused.contains(&server) {
+                refused.push(server);
+            }
+        }
     }
 
     let resolution = Resolution {
@@ -112,6 +119,14 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Re
     if !answered {
         let servers: Vec<String> = conf.nameservers.iter().map(|a| a.to_string()).collect();
         let reason = match &resolution.names[0].outcome {
+            _ if !refused.is_empty() => format!(
+                "nothing listens for DNS at {} (ICMP port unreachable: connection refused)",
+                refused
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Outcome::Failed(reason) => reason.clone(),
             _ => unreachable!("checked above"),
         };
@@ -127,11 +142,13 @@ pub fn resolve(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Re
     Ok(resolution)
 }
 
-fn resolve_on_own_runtime(
-    names: &[&str],
-    conf: &ResolvConf,
-    options: Options,
-) -> Result<Vec<NameAddrs>> {
+/// One thread's part of the names, and the servers that refused its queries.
+struct Shard {
+    names: Vec<NameAddrs>,
+    refused: Vec<SocketAddr>,
+}
+
+fn resolve_on_own_runtime(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Shard> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,13 +156,10 @@ fn resolve_on_own_runtime(
     runtime.block_on(resolve_all(names, conf, options))
 }
 
-async fn resolve_all(
-    names: &[&str],
-    conf: &ResolvConf,
-    options: Options,
-) -> Result<Vec<NameAddrs>> {
+async fn resolve_all(names: &[&str], conf: &ResolvConf, options: Options) -> Result<Shard> {
     let bound = options.bound;
-    let resolver = Arc::new(build_resolver(conf, options.ipv6)?);
+    let provider = udp_mux::MuxProvider::default();
+    let resolver = Arc::new(build_resolver(conf, options.ipv6, provider.clone())?);
     // A fixed set of lanes, each resolving one name after another, rather than a task per name:
     // the lanes' memory is reused from name to name instead of being allocated for all at once.
     let queue: Arc<[String]> = names.iter().map(|name| name.to_string()).collect();
@@ -173,7 +187,7 @@ async fn resolve_all(
     lanes.abort_all();
 
     let found = std::mem::take(&mut *found.lock().expect("results poisoned"));
-    Ok(found
+    let names = found
         .into_iter()
         .zip(names)
         .map(|(result, name)| {
@@ -187,10 +201,18 @@ async fn resolve_all(
                 refused: Vec::new(),
             })
         })
-        .collect())
+        .collect();
+    Ok(Shard {
+        names,
+        refused: provider.refused_servers(),
+    })
 }
 
-fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<MuxResolver> {
+fn build_resolver(
+    conf: &ResolvConf,
+    ipv6: bool,
+    provider: udp_mux::MuxProvider,
+) -> Result<MuxResolver> {
     let servers = conf
         .nameservers
         .iter()
@@ -220,7 +242,7 @@ fn build_resolver(conf: &ResolvConf, ipv6: bool) -> Result<MuxResolver> {
     if let Some(attempts) = conf.attempts {
         options.attempts = attempts;
     }
-    Resolver::builder_with_config(config, udp_mux::MuxProvider::default())
+    Resolver::builder_with_config(config, provider)
         .with_options(options)
         .build()
         .map_err(|e| Error::Resolve(format!("cannot set up the resolver: {e}")))

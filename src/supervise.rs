@@ -123,11 +123,31 @@ impl Signals {
     /// Gives the calling process back the signal state cordon started with: signals ignored at
     /// start are ignored again, all others take their default action, and the original mask is
     /// restored. Only system calls: safe between fork and exec.
-    pub(crate) fn restore(&self) -> nix::Result<()> {
+    pub fn restore(&self) -> nix::Result<()> {
         for signal in catchable() {
             set_disposition(signal, self.ignored_at_start & bit(signal) != 0)?;
         }
         set_mask(self.original_mask).map(drop)
+    }
+
+    /// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT that is pending (sent, still blocked),
+    /// if any; it stays pending.
+    pub fn pending_stop(&self) -> Option<c_int> {
+        let mut pending: Mask = 0;
+        // SAFETY: the set is valid for MASK_BYTES bytes.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigpending,
+                &mut pending as *mut Mask,
+                MASK_BYTES,
+            )
+        };
+        if rc != 0 {
+            return None;
+        }
+        [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+            .into_iter()
+            .find(|&signal| pending & bit(signal) != 0)
     }
 
     /// Waits up to `timeout` for one of the blocked signals.

@@ -790,10 +790,19 @@ fn a_missing_firewall_tool_is_named_with_its_package() {
         message.contains("not found: install the iptables package"),
         "{message}"
     );
+    // No firewall tool at all: the interfaces were set down instead.
+    assert_eq!(message.lines().count(), 1, "{message}");
     assert!(
-        !world.filter_rules("iptables-save").contains("CORDON"),
-        "nothing may change"
+        message.contains("every interface but loopback (vs"),
+        "{message}"
     );
+    let got = world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443)]);
+    for (spec, verdict) in &got {
+        assert_ne!(
+            verdict, "allowed",
+            "{spec} after the interfaces were set down"
+        );
+    }
 }
 
 #[test]
@@ -939,9 +948,10 @@ fn an_ipv6_load_failure_is_only_a_warning_where_ipv6_is_off() {
     );
 }
 
-/// When the fence fails and the IPv4 lockdown fails too, the IPv6 lockdown is still attempted.
+/// When the fence fails and the chosen variant cannot load the deny-all either, the other
+/// iptables variant loads it, family by family.
 #[test]
-fn the_lockdown_attempts_every_family() {
+fn the_lockdown_falls_back_to_the_other_iptables_variant() {
     if !privileged() {
         return;
     }
@@ -960,9 +970,14 @@ fn the_lockdown_attempts_every_family() {
     assert_eq!(output.status.code(), Some(76));
     let message = stderr(&output);
     assert!(
-        message.contains("treat this network namespace as unfenced"),
+        message.contains(
+            "[egress is now denied except loopback, through iptables-legacy and iptables-nft]"
+        ),
         "{message}"
     );
+    let legacy = world.sandbox(&["iptables-legacy-save", "-t", "filter"]);
+    assert!(legacy.contains("-A OUTPUT -o lo -j ACCEPT"), "{legacy}");
+    assert_locked_down(&world);
     let v6 = world.probe(&[&tcp(ALLOWED6, 443), &tcp(BLOCKED6, 443)]);
     assert_verdicts(
         &v6,

@@ -52,6 +52,17 @@ const RECEIVE_BUFFER: usize = 4096;
 pub struct MuxProvider {
     tokio: TokioRuntimeProvider,
     muxes: Arc<Mutex<HashMap<SocketAddr, Arc<Mux>>>>,
+    refused: Refused,
+}
+
+/// The servers that answered with ICMP port unreachable: nothing listens there.
+type Refused = Arc<Mutex<Vec<SocketAddr>>>;
+
+impl MuxProvider {
+    /// The nameservers that refused (ICMP port unreachable) some query so far.
+    pub fn refused_servers(&self) -> Vec<SocketAddr> {
+        self.refused.lock().expect("refused list poisoned").clone()
+    }
 }
 
 impl ConnectionProvider for MuxProvider {
@@ -77,7 +88,7 @@ impl ConnectionProvider for MuxProvider {
                 .lock()
                 .expect("mux map poisoned")
                 .entry(server)
-                .or_insert_with(|| Arc::new(Mux::new(server))),
+                .or_insert_with(|| Arc::new(Mux::reporting(server, Arc::clone(&self.refused)))),
         );
         let timeout = cx.options.timeout;
         Ok(Box::pin(
@@ -135,6 +146,7 @@ impl Stream for OneReply {
 pub struct Mux {
     server: SocketAddr,
     state: Mutex<State>,
+    refused: Refused,
 }
 
 #[derive(Default)]
@@ -147,7 +159,7 @@ struct State {
 struct Waiter {
     queries: Vec<Query>,
     /// Taken by the first reply that answers; the id stays reserved until the exchange ends.
-    reply: Option<oneshot::Sender<DnsResponse>>,
+    reply: Option<oneshot::Sender<Result<DnsResponse, NetError>>>,
 }
 
 /// One query's place on a socket: its id is reserved from registration until this is dropped,
@@ -157,7 +169,7 @@ struct Registration<'a> {
     index: usize,
     id: u16,
     socket: Arc<UdpSocket>,
-    reply: oneshot::Receiver<DnsResponse>,
+    reply: oneshot::Receiver<Result<DnsResponse, NetError>>,
 }
 
 impl Drop for Registration<'_> {
@@ -169,10 +181,16 @@ impl Drop for Registration<'_> {
 }
 
 impl Mux {
+    #[cfg(test)]
     fn new(server: SocketAddr) -> Mux {
+        Mux::reporting(server, Refused::default())
+    }
+
+    fn reporting(server: SocketAddr, refused: Refused) -> Mux {
         Mux {
             server,
             state: Mutex::new(State::default()),
+            refused,
         }
     }
 
@@ -199,7 +217,9 @@ impl Mux {
                 }
                 let wait = if send == SENDS { timeout } else { resend_every };
                 if let Ok(reply) = tokio::time::timeout(wait, &mut registration.reply).await {
-                    return reply.map_err(|_| NetError::from("the DNS receive task stopped"));
+                    return reply
+                        .map_err(|_| NetError::from("the DNS receive task stopped"))
+                        .and_then(|answer| answer);
                 }
             }
             Err(NetError::Timeout)
@@ -263,8 +283,15 @@ impl Mux {
         loop {
             let (length, from) = match socket.recv_from(&mut buffer).await {
                 Ok(received) => received,
-                // An ICMP error for an earlier query (e.g. port unreachable); the queries
-                // waiting on this socket resend, then time out, and hickory moves on.
+                // ICMP port unreachable: nothing listens on the server's port. Every query
+                // waiting on this socket fails now rather than at its timeout, and hickory moves
+                // on (to the next server, or TCP).
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                    log::debug!("DNS socket to {}: {e}", self.server);
+                    self.fail_all(index, &e);
+                    continue;
+                }
+                // Another ICMP error for an earlier query: the queries resend, then time out.
                 Err(e) => {
                     log::debug!("DNS socket to {}: {e}", self.server);
                     continue;
@@ -301,7 +328,27 @@ impl Mux {
                 continue;
             }
             if let Some(reply) = waiter.reply.take() {
-                let _ = reply.send(response);
+                let _ = reply.send(Ok(response));
+            }
+        }
+    }
+
+    fn fail_all(&self, index: usize, error: &io::Error) {
+        let mut refused = self.refused.lock().expect("refused list poisoned");
+        if !refused.contains(&self.server) {
+            refused.push(self.server);
+        }
+        drop(refused);
+        let mut state = self.state.lock().expect("mux state poisoned");
+        for ((on, _), waiter) in state.waiting.iter_mut() {
+            if *on != index {
+                continue;
+            }
+            if let Some(reply) = waiter.reply.take() {
+                let _ = reply.send(Err(NetError::from(io::Error::new(
+                    error.kind(),
+                    error.to_string(),
+                ))));
             }
         }
     }
@@ -479,6 +526,26 @@ mod tests {
         let state = mux.state.lock().unwrap();
         assert!(state.waiting.is_empty());
         assert_eq!(state.in_flight, vec![0]);
+    }
+
+    #[test]
+    fn a_port_nothing_listens_on_fails_the_query_at_once() {
+        // A port that was just free: the kernel answers with ICMP port unreachable.
+        let address = StdUdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mux = Arc::new(Mux::new(address));
+        let started = std::time::Instant::now();
+        let result = runtime()
+            .block_on(Arc::clone(&mux).exchange(request("gone.test."), Duration::from_secs(5)));
+        let took = started.elapsed();
+        let error = result.expect_err("nothing listens");
+        assert!(
+            error.to_string().to_lowercase().contains("refused"),
+            "{error}"
+        );
+        assert!(took < Duration::from_secs(1), "took {took:?}");
     }
 
     #[test]

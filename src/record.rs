@@ -1,0 +1,349 @@
+//! What the kernel holds of the fence, read back with `iptables-save` and `ipset save`.
+//!
+//! "Verified" must mean the state the agent starts under: the fence is read back right after it
+//! is loaded (and checked against the plan: set members exactly, rules chain by chain), and read
+//! again immediately before the agent starts (or `cordon firewall` returns). Any difference, say
+//! a set member or a rule added by another process holding CAP_NET_ADMIN during the self-test,
+//! is named and fails the start.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::apply::{self, Tools};
+use crate::plan::{Family, Ruleset, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT};
+
+/// The loaded fence: each family's filter table and the members of cordon's live sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Per family, the filter table as iptables-save prints it, without comments and counters.
+    tables: BTreeMap<Family, Vec<String>>,
+    /// cordon's live sets (those the rules match), name → members as ipset prints them.
+    sets: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Reads the fence of `families` back from the kernel, every tool in parallel.
+pub fn read(tools: &Tools, families: &[Family]) -> Result<Loaded, String> {
+    let saved: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let tables: Vec<_> = families
+            .iter()
+            .map(|family| {
+                scope.spawn(|| {
+                    apply::run_tool(
+                        tools.save_tool(*family),
+                        &["-t", "filter"],
+                        "",
+                        apply::TOOL_BOUND,
+                    )
+                })
+            })
+            .collect();
+        let sets = apply::run_tool(&tools.ipset, &["save"], "", apply::TOOL_BOUND);
+        let mut all: Vec<_> = tables
+            .into_iter()
+            .map(|table| table.join().expect("save thread panicked"))
+            .collect();
+        all.push(sets);
+        all
+    });
+    let mut saved = saved.into_iter().collect::<Result<Vec<String>, String>>()?;
+    let sets = saved.pop().expect("the ipset save is last");
+    let tables = families
+        .iter()
+        .copied()
+        .zip(saved.iter().map(String::as_str));
+    Ok(Loaded::parse(tables, &sets))
+}
+
+fn live_sets() -> Vec<String> {
+    [Family::V4, Family::V6]
+        .iter()
+        .flat_map(|family| [family.ports_set(), family.hosts_set()])
+        .collect()
+}
+
+/// The chains whose rules cordon loads, in each family's filter table.
+const CHAINS: [&str; 6] = [
+    "INPUT",
+    "OUTPUT",
+    CHAIN_INPUT,
+    CHAIN_OUTPUT,
+    CHAIN_ALLOW,
+    CHAIN_REJECT,
+];
+
+impl Loaded {
+    pub fn parse<'a>(
+        tables: impl IntoIterator<Item = (Family, &'a str)>,
+        ipset_save: &str,
+    ) -> Loaded {
+        let tables = tables
+            .into_iter()
+            .map(|(family, text)| (family, table_lines(text)))
+            .collect();
+        let wanted = live_sets();
+        let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for line in ipset_save.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(verb), Some(name)) = (words.next(), words.next()) else {
+                continue;
+            };
+            if !wanted.iter().any(|w| w == name) {
+                continue;
+            }
+            let members = sets.entry(name.to_string()).or_default();
+            if verb == "add" {
+                if let Some(member) = words.next() {
+                    members.insert(member.to_string());
+                }
+            }
+        }
+        Loaded { tables, sets }
+    }
+
+    /// How this (read right after loading) differs from what `ruleset` says was loaded, for the
+    /// families whose tables must hold it. Empty when it matches.
+    pub fn differences_from_plan(&self, ruleset: &Ruleset, families: &[Family]) -> Vec<String> {
+        let mut found = Vec::new();
+        for family in families {
+            let name = family.name();
+            let Some(live) = self.tables.get(family) else {
+                found.push(format!("the {name} filter table was not read"));
+                continue;
+            };
+            let planned = table_lines(&ruleset.iptables_restore(*family));
+            for policy in [":INPUT DROP", ":OUTPUT DROP"] {
+                if !live.iter().any(|line| line == policy) {
+                    found.push(format!(
+                        "{name}: the {} policy is not DROP",
+                        &policy[1..policy.len() - 5]
+                    ));
+                }
+            }
+            for chain in CHAINS {
+                let (live_rules, planned_rules) =
+                    (rules_of(live, chain), rules_of(&planned, chain));
+                if live_rules.len() != planned_rules.len() {
+                    found.push(format!(
+                        "{name} chain {chain} holds {} rules, {} were loaded",
+                        live_rules.len(),
+                        planned_rules.len()
+                    ));
+                } else if matches!(chain, "INPUT" | "OUTPUT") && live_rules != planned_rules {
+                    found.push(format!(
+                        "{name} chain {chain} is `{}`, not `{}`",
+                        live_rules.join("; "),
+                        planned_rules.join("; ")
+                    ));
+                }
+            }
+        }
+        for (set, planned) in ruleset.set_members() {
+            let empty = BTreeSet::new();
+            let live = self.sets.get(&set).unwrap_or(&empty);
+            if !self.sets.contains_key(&set) {
+                found.push(format!("set {set} is missing"));
+            }
+            found.extend(member_changes(&set, &planned, live));
+        }
+        found
+    }
+
+    /// What changed between `earlier` and this reading. Empty when nothing did.
+    pub fn changes_since(&self, earlier: &Loaded) -> Vec<String> {
+        let mut found = Vec::new();
+        for (family, before) in &earlier.tables {
+            let empty = Vec::new();
+            let now = self.tables.get(family).unwrap_or(&empty);
+            let name = family.name();
+            let added: Vec<&String> = now.iter().filter(|l| !before.contains(l)).collect();
+            let removed: Vec<&String> = before.iter().filter(|l| !now.contains(l)).collect();
+            found.extend(added.iter().map(|l| format!("{name} rule added: `{l}`")));
+            found.extend(
+                removed
+                    .iter()
+                    .map(|l| format!("{name} rule removed: `{l}`")),
+            );
+            if added.is_empty() && removed.is_empty() && now != before {
+                found.push(format!("{name} rules were reordered"));
+            }
+        }
+        for (set, before) in &earlier.sets {
+            match self.sets.get(set) {
+                Some(now) => found.extend(member_changes(set, before, now)),
+                None => found.push(format!("set {set} is gone")),
+            }
+        }
+        found
+    }
+}
+
+/// The lines of an iptables-save (or restore) text that say what the table holds: chain
+/// policies without counters, and rules.
+fn table_lines(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            if let Some(chain) = line.strip_prefix(':') {
+                // ":OUTPUT DROP [12:345]" → ":OUTPUT DROP"
+                let mut words = chain.split_whitespace();
+                let (name, policy) = (words.next()?, words.next()?);
+                return Some(format!(":{name} {policy}"));
+            }
+            line.starts_with("-A ").then(|| line.to_string())
+        })
+        .collect()
+}
+
+fn rules_of<'a>(lines: &'a [String], chain: &str) -> Vec<&'a str> {
+    let prefix = format!("-A {chain} ");
+    lines
+        .iter()
+        .filter(|line| line.starts_with(&prefix))
+        .map(String::as_str)
+        .collect()
+}
+
+/// "set cordon4-hosts gained 203.0.113.7", naming at most three members of each kind.
+fn member_changes(set: &str, before: &BTreeSet<String>, now: &BTreeSet<String>) -> Vec<String> {
+    let gained: Vec<&String> = now.difference(before).collect();
+    let lost: Vec<&String> = before.difference(now).collect();
+    let mut found = Vec::new();
+    if !gained.is_empty() {
+        found.push(format!("set {set} gained {}", some_of(&gained)));
+    }
+    if !lost.is_empty() {
+        found.push(format!("set {set} lost {}", some_of(&lost)));
+    }
+    found
+}
+
+fn some_of(members: &[&String]) -> String {
+    const SHOWN: usize = 3;
+    let shown: Vec<&str> = members.iter().take(SHOWN).map(|m| m.as_str()).collect();
+    match members.len() > SHOWN {
+        true => format!("{} and {} more", shown.join(" "), members.len() - SHOWN),
+        false => shown.join(" "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V4: &str = "# Generated by iptables-nft-save v1.8.9 on Tue Dec  1 07:00:00 2026\n\
+        *filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT DROP [3:180]\n\
+        :CORDON_OUTPUT - [0:0]\n-A OUTPUT -j CORDON_OUTPUT\n\
+        -A CORDON_OUTPUT -m set --match-set cordon4-hosts dst -j CORDON_ALLOW\nCOMMIT\n\
+        # Completed on Tue Dec  1 07:00:00 2026\n";
+    const SETS: &str = "create cordon4-hosts hash:net family inet hashsize 1024 maxelem 1048576 \
+        bucketsize 12 initval 0x1\nadd cordon4-hosts 10.77.1.10\ncreate other hash:net\n\
+        add other 203.0.113.9\ncreate cordon4-ports hash:net,port family inet\n";
+
+    #[test]
+    fn counters_comments_and_foreign_sets_are_not_part_of_the_record() {
+        let loaded = Loaded::parse([(Family::V4, V4)], SETS);
+        let later = Loaded::parse(
+            [(
+                Family::V4,
+                &*V4.replace("[3:180]", "[90:5400]").replace("07:00", "07:01"),
+            )],
+            &SETS.replace("203.0.113.9", "203.0.113.10"),
+        );
+        assert_eq!(later.changes_since(&loaded), Vec::<String>::new());
+        assert!(loaded.sets["cordon4-ports"].is_empty());
+        assert!(!loaded.sets.contains_key("other"));
+    }
+
+    #[test]
+    fn every_change_is_named() {
+        let loaded = Loaded::parse([(Family::V4, V4)], SETS);
+        let tampered = Loaded::parse(
+            [(
+                Family::V4,
+                &*V4.replace(
+                    "-A OUTPUT -j CORDON_OUTPUT",
+                    "-A OUTPUT -d 203.0.113.7/32 -j ACCEPT\n-A OUTPUT -j CORDON_OUTPUT",
+                ),
+            )],
+            &SETS.replace(
+                "add cordon4-hosts 10.77.1.10",
+                "add cordon4-hosts 10.77.1.10\nadd cordon4-hosts 10.77.1.20",
+            ),
+        );
+        assert_eq!(
+            tampered.changes_since(&loaded),
+            [
+                "IPv4 rule added: `-A OUTPUT -d 203.0.113.7/32 -j ACCEPT`",
+                "set cordon4-hosts gained 10.77.1.20",
+            ]
+        );
+        let emptied = Loaded::parse([(Family::V4, V4)], "");
+        assert_eq!(
+            emptied.changes_since(&loaded),
+            ["set cordon4-hosts is gone", "set cordon4-ports is gone"]
+        );
+    }
+
+    fn ruleset() -> Ruleset {
+        use crate::error::Location;
+        use crate::policy::{parse_entry, Entry, Policy};
+        let (target, ports) = parse_entry("10.77.1.10:443").unwrap();
+        let policy = Policy {
+            entries: vec![Entry {
+                target,
+                ports,
+                origin: Location::new("test", None),
+            }],
+            inbound: Vec::new(),
+            strict: false,
+        };
+        let conf = crate::resolv_conf::parse("nameserver 10.0.0.2\n", "resolv.conf").unwrap();
+        crate::plan::plan(&policy, &Default::default(), &conf).unwrap()
+    }
+
+    const LOADED_SETS: &str = "create cordon4-ports hash:net,port family inet\n\
+        add cordon4-ports 10.77.1.10,tcp:443\ncreate cordon4-hosts hash:net family inet\n\
+        create cordon6-ports hash:net,port family inet6\ncreate cordon6-hosts hash:net family inet6\n";
+
+    #[test]
+    fn the_record_is_held_to_the_plan() {
+        let planned = ruleset();
+        let v4 = planned.iptables_restore(Family::V4);
+        let as_planned = Loaded::parse([(Family::V4, v4.as_str())], LOADED_SETS);
+        assert_eq!(
+            as_planned.differences_from_plan(&planned, &[Family::V4]),
+            Vec::<String>::new()
+        );
+        let one_rule_short = v4.replace("-A CORDON_OUTPUT -o lo -j CORDON_ALLOW\n", "");
+        let extra_member = LOADED_SETS.replace(
+            "add cordon4-ports 10.77.1.10,tcp:443\n",
+            "add cordon4-ports 10.77.1.10,tcp:443\nadd cordon4-ports 10.77.1.20,tcp:443\n",
+        );
+        let drifted = Loaded::parse([(Family::V4, one_rule_short.as_str())], &extra_member);
+        let found = drifted.differences_from_plan(&planned, &[Family::V4]);
+        assert!(
+            found
+                .iter()
+                .any(|d| d.starts_with("IPv4 chain CORDON_OUTPUT holds"))
+                && found.contains(&"set cordon4-ports gained 10.77.1.20,tcp:443".to_string()),
+            "{found:?}"
+        );
+        let accepting = Loaded::parse(
+            [(Family::V4, &*v4.replace(":OUTPUT DROP", ":OUTPUT ACCEPT"))],
+            LOADED_SETS,
+        );
+        assert_eq!(
+            accepting.differences_from_plan(&planned, &[Family::V4]),
+            ["IPv4: the OUTPUT policy is not DROP"]
+        );
+    }
+
+    #[test]
+    fn long_lists_are_cut() {
+        let before = BTreeSet::new();
+        let now: BTreeSet<String> = (1..=5).map(|i| format!("10.0.0.{i}")).collect();
+        assert_eq!(
+            member_changes("s", &before, &now),
+            ["set s gained 10.0.0.1 10.0.0.2 10.0.0.3 and 2 more"]
+        );
+    }
+}
