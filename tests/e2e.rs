@@ -1411,6 +1411,62 @@ fn dropin_init_firewall_via_sudo_fences_the_container() {
     world.assert_fenced(&c, Dns::Embedded);
 }
 
+/// The drop-in shape keeps the container running whatever cordon does: when `sudo
+/// init-firewall.sh` refuses (here the container lacks NET_RAW, which the set match needs), it
+/// still leaves egress denied, and says so in its one error line.
+#[test]
+fn dropin_refusal_leaves_the_running_container_denied() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let c = world.start(
+        "dropin-no-raw",
+        Dns::Embedded,
+        &[
+            "--user",
+            "node",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-drop",
+            "NET_RAW",
+            "--entrypoint",
+            "/bin/sh",
+            &world.s.dropin_image,
+            "-c",
+            "echo Container started; exec sleep infinity",
+        ],
+    );
+    world.wait_log(&c, "Container started", 1);
+    let blocked = format!("tcp:{}:443", world.a("20"));
+    let allowed = format!("tcp:{}:443", world.a("10"));
+    let before = world.probe(&c, std::slice::from_ref(&blocked));
+    assert_eq!(
+        before[&blocked].0, "open",
+        "no fence before init-firewall.sh"
+    );
+
+    let out = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
+    eprintln!("sudo init-firewall.sh: {:?}\n{}", out.code, out.stderr);
+    assert_eq!(out.code, Some(77), "{}", out.both());
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("cordon: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("--cap-add NET_RAW")
+            && errors[0].ends_with("[egress is now denied except loopback]"),
+        "{}",
+        errors[0]
+    );
+    let after = world.probe(&c, &[blocked.clone(), allowed.clone()]);
+    for spec in [&blocked, &allowed] {
+        assert_ne!(after[spec].0, "open", "{spec} after the refusal");
+    }
+}
+
 /// The image's HEALTHCHECK (`cordon check --quiet`) and `cordon check` by hand, as root and as
 /// node, report that the sandbox holds once the agent runs; in both DNS shapes.
 #[test]
