@@ -8,7 +8,7 @@ use crate::capabilities;
 use crate::cli::{AgentOpts, Backend, FenceOpts};
 use crate::error::{exit, Error, Result};
 use crate::netinfo::{self, Ipv6, NetInfo};
-use crate::plan::{self, Family, Ruleset};
+use crate::plan::{self, Family, Ruleset, SetMembers};
 use crate::policy::{self, Policy, Ports, Target};
 use crate::record;
 use crate::resolv_conf::{self, ResolvConf};
@@ -195,19 +195,22 @@ impl Ready {
     }
 }
 
-/// A fence that was loaded and passed its self-test, with the record of what was loaded.
+/// A fence that was loaded and passed its self-test, with the record of its rules and the set
+/// members the plan gives.
 pub struct Fence {
     ready: Ready,
     record: record::Loaded,
+    planned_sets: SetMembers,
 }
 
 impl Fence {
     /// Verified means now: reads the fence back and compares it with the record taken after
     /// loading. Called immediately before the agent starts; any change fails closed.
     pub fn confirm(&self) -> Result<()> {
-        let now = record::read(&self.ready.tools, self.ready.scope.families())
+        let now = record::read_all(&self.ready.tools, self.ready.scope.families())
             .map_err(|detail| self.ready.refuse(failed_read(detail)))?;
-        let changes = now.changes_since(&self.record);
+        let mut changes = now.changes_since(&self.record);
+        changes.extend(now.set_differences_from_plan(&self.planned_sets));
         if changes.is_empty() {
             return Ok(());
         }
@@ -240,9 +243,13 @@ pub fn establish(
         None => Ok(()),
     };
     match build(opts, agent_uid, &ready, &mut timings, &interrupted) {
-        Ok(record) => {
+        Ok((record, planned_sets)) => {
             log::info!("fence ready in {}", timings.summary());
-            Ok(Fence { ready, record })
+            Ok(Fence {
+                ready,
+                record,
+                planned_sets,
+            })
         }
         Err(cause) => Err(ready.refuse(cause)),
     }
@@ -254,7 +261,7 @@ fn build(
     ready: &Ready,
     timings: &mut Timings,
     interrupted: &dyn Fn() -> Result<()>,
-) -> Result<record::Loaded> {
+) -> Result<(record::Loaded, SetMembers)> {
     let (tools, net) = (&ready.tools, &ready.scope.net);
     let (policy, conf) = read_inputs(opts)?;
     timings.mark("policy");
@@ -273,10 +280,10 @@ fn build(
     let ruleset = plan::plan(&policy, &resolution, &conf)?;
     apply::load_sets(tools, &ruleset)?;
     timings.mark("sets");
-    let record = record::read(tools, ready.scope.families()).map_err(failed_read)?;
+    let record = record::read_rules(tools, ready.scope.families()).map_err(failed_read)?;
     // Where IPv6 is off, a failed IPv6 load was only a warning: its table is not held to the plan.
     let planned_families = apply::families(net.ipv6 == Ipv6::On);
-    let differences = record.differences_from_plan(&ruleset, planned_families);
+    let differences = record.rule_differences_from_plan(&ruleset, planned_families);
     if !differences.is_empty() {
         return Err(Error::NotAsLoaded(format!(
             "the loaded fence differs from the plan: {}",
@@ -349,7 +356,7 @@ fn build(
             .as_secs_f64()
             * 1e3
     );
-    Ok(record)
+    Ok((record, prepared.ruleset.set_members()))
 }
 
 fn report_resolution(resolution: &Resolution, options: resolve::Options) {

@@ -120,6 +120,9 @@ pub struct FamilyRules {
     pub hosts: BTreeSet<IpNet>,
 }
 
+/// Each live set's name and members, as `ipset save` prints them.
+pub type SetMembers = Vec<(String, BTreeSet<String>)>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ruleset {
     pub v4: FamilyRules,
@@ -317,7 +320,7 @@ impl Ruleset {
 
     /// The members of each live set as `ipset save` prints them: one per port of a range, the
     /// protocol by name, a single address without its prefix length.
-    pub fn set_members(&self) -> Vec<(String, BTreeSet<String>)> {
+    pub fn set_members(&self) -> SetMembers {
         let mut sets = Vec::new();
         for rules in [&self.v4, &self.v6] {
             let ports = rules
