@@ -6,10 +6,8 @@
 //! The `iptables` crate is not used: it runs one process per rule and cannot batch, while the
 //! restore tools load a whole table in one transaction.
 
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -18,19 +16,8 @@ use crate::cli::Backend;
 use crate::error::{Error, Result};
 use crate::netinfo::Ipv6;
 use crate::plan::{self, Family, Ruleset};
+use crate::tool::{self, Tool};
 
-const SEARCH_PATH: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/sbin",
-    "/sbin",
-    "/usr/local/bin",
-    "/usr/bin",
-    "/bin",
-];
-
-/// The longest any firewall tool may run. A tool still running then (e.g. iptables-legacy
-/// waiting for a lock another process holds) is killed and counts as failed.
-pub const TOOL_BOUND: Duration = Duration::from_secs(10);
 /// The lockdown's input is a few lines: its tools get less time, so that a hung tool delays the
 /// fallback only briefly.
 const LOCKDOWN_BOUND: Duration = Duration::from_secs(3);
@@ -44,11 +31,11 @@ const LOCKDOWN_LOCK_WAIT_SECONDS: &str = "1";
 #[derive(Debug, Clone)]
 pub struct Tools {
     pub variant: &'static str,
-    pub ipset: PathBuf,
-    pub iptables_restore: PathBuf,
-    pub ip6tables_restore: PathBuf,
-    pub iptables_save: PathBuf,
-    pub ip6tables_save: PathBuf,
+    pub ipset: Tool,
+    pub iptables_restore: Tool,
+    pub ip6tables_restore: Tool,
+    pub iptables_save: Tool,
+    pub ip6tables_save: Tool,
 }
 
 impl Tools {
@@ -58,16 +45,16 @@ impl Tools {
             Backend::Legacy => "legacy",
             Backend::Auto => detect_variant()?,
         };
-        let tool = |stem: &str, action: &str| -> Result<PathBuf> {
+        let tool = |stem: &str, action: &str| -> Result<Tool> {
             let name = format!("{stem}-{variant}-{action}");
-            find_tool(&name).ok_or(Error::MissingTool {
+            Tool::find(&name).ok_or(Error::MissingTool {
                 tool: name,
                 package: "iptables",
             })
         };
         Ok(Tools {
             variant,
-            ipset: find_tool("ipset").ok_or(Error::MissingTool {
+            ipset: Tool::find("ipset").ok_or(Error::MissingTool {
                 tool: "ipset".into(),
                 package: "ipset",
             })?,
@@ -78,14 +65,14 @@ impl Tools {
         })
     }
 
-    fn restore_tool(&self, family: Family) -> &Path {
+    fn restore_tool(&self, family: Family) -> &Tool {
         match family {
             Family::V4 => &self.iptables_restore,
             Family::V6 => &self.ip6tables_restore,
         }
     }
 
-    pub fn save_tool(&self, family: Family) -> &Path {
+    pub fn save_tool(&self, family: Family) -> &Tool {
         match family {
             Family::V4 => &self.iptables_save,
             Family::V6 => &self.ip6tables_save,
@@ -102,48 +89,14 @@ fn restore_tool_name(family: Family, variant: &str) -> String {
     format!("{stem}-{variant}-restore")
 }
 
-pub fn find_tool(name: &str) -> Option<PathBuf> {
-    let from_env = std::env::var("PATH").unwrap_or_default();
-    from_env
-        .split(':')
-        .filter(|dir| !dir.is_empty())
-        .chain(SEARCH_PATH.iter().copied())
-        .map(|dir| Path::new(dir).join(name))
-        .find(|path| path.is_file())
-}
-
-/// A command for one of the firewall tools, started by fork and exec: with a `pre_exec` hook std
-/// does not use posix_spawn, whose musl version restores the caller's signal mask without the
-/// reserved signals 32-34 (see `supervise::Signals`). The hook gives the tool an empty signal
-/// mask (the fork path would leave it cordon's, everything blocked).
-fn tool_command(tool: &Path) -> Command {
-    use std::os::unix::process::CommandExt;
-    let mut command = Command::new(tool);
-    // SAFETY: one system call on a stack value, which is async-signal-safe.
-    unsafe {
-        command.pre_exec(|| {
-            let none: u64 = 0;
-            let rc = libc::syscall(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK,
-                &none as *const u64,
-                std::ptr::null_mut::<u64>(),
-                std::mem::size_of::<u64>(),
-            );
-            Errno::result(rc).map(drop).map_err(std::io::Error::from)
-        })
-    };
-    command
-}
-
 /// Which variant the image's `iptables` command is: read from where its symlinks lead
 /// (…/xtables-nft-multi), else from `iptables --version`. Neither creates tables.
 fn detect_variant() -> Result<&'static str> {
-    let iptables = find_tool("iptables").ok_or(Error::MissingTool {
+    let iptables = Tool::find("iptables").ok_or(Error::MissingTool {
         tool: "iptables".into(),
         package: "iptables",
     })?;
-    let target = std::fs::canonicalize(&iptables).unwrap_or(iptables.clone());
+    let target = iptables.resolved();
     let name = target.file_name().unwrap_or_default().to_string_lossy();
     if name.contains("nft") {
         return Ok("nft");
@@ -151,13 +104,14 @@ fn detect_variant() -> Result<&'static str> {
     if name.contains("legacy") {
         return Ok("legacy");
     }
-    let version = run_tool(&iptables, &["--version"], "", TOOL_BOUND).map_err(|detail| {
-        Error::CannotFence(format!(
-            "cannot tell which iptables variant {} is ({detail}): pass --iptables-backend nft \
-             or legacy",
-            iptables.display()
-        ))
-    })?;
+    let version = iptables
+        .run(&["--version"], "", tool::BOUND)
+        .map_err(|detail| {
+            Error::CannotFence(format!(
+                "cannot tell which iptables variant {iptables} is ({detail}): pass \
+                 --iptables-backend nft or legacy"
+            ))
+        })?;
     Ok(if version.contains("legacy") {
         "legacy"
     } else {
@@ -188,21 +142,19 @@ pub fn netfilter_netlink() -> Result<()> {
     }
 }
 
-/// iptables-legacy serialises on a lock file, /run/xtables.lock (or $XTABLES_LOCKFILE): where it
-/// cannot be opened (`docker run --read-only` without `--tmpfs /run`) every load fails, the
-/// lockdown's included, so this is checked before anything changes.
+/// iptables-legacy serialises on a lock file, /run/xtables.lock (the tools run without
+/// $XTABLES_LOCKFILE): where it cannot be opened (`docker run --read-only` without `--tmpfs
+/// /run`) every legacy load fails, so this is checked before anything changes.
 pub fn legacy_lock_writable() -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = std::env::var_os("XTABLES_LOCKFILE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/run/xtables.lock"));
+    let path = Path::new("/run/xtables.lock");
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
-        .open(&path)
+        .open(path)
         .map(drop)
         .map_err(|e| {
             Error::CannotFence(format!(
@@ -218,26 +170,23 @@ pub fn legacy_lock_writable() -> Result<()> {
 /// addresses, so this runs while names resolve. Where IPv6 is off, its table is still loaded, but
 /// a failure there is only a warning: nothing can be sent over IPv6 in this namespace anyway.
 pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
-    run_tool(
-        &tools.ipset,
-        &["-exist", "restore"],
-        &ruleset.ipset_create(),
-        TOOL_BOUND,
-    )
-    .map_err(|detail| failed("ipset restore", detail))?;
-    let deadline = Instant::now() + TOOL_BOUND;
-    let loads: Vec<(Family, Result<Running, String>)> = families(ipv6.in_kernel())
+    tools
+        .ipset
+        .run(&["-exist", "restore"], &ruleset.ipset_create(), tool::BOUND)
+        .map_err(|detail| failed("ipset restore", detail))?;
+    let deadline = Instant::now() + tool::BOUND;
+    let loads: Vec<(Family, Result<tool::Running, String>)> = families(ipv6.in_kernel())
         .iter()
         .map(|family| {
             let input = ruleset.iptables_restore(*family);
             let tool = tools.restore_tool(*family);
-            (*family, Running::start(tool, &restore_args(), input))
+            (*family, tool.start(&restore_args(), input))
         })
         .collect();
     let mut first_failure = None;
     for (family, load) in loads {
         if let Err(detail) = load.and_then(|running| running.finish(deadline).map(drop)) {
-            let step = format!("{} --noflush", tools.restore_tool(family).display());
+            let step = format!("{} --noflush", tools.restore_tool(family));
             if family == Family::V6 && ipv6 == Ipv6::Off {
                 // Deny IPv6 anyway, in case it is switched on later.
                 let denied = lockdown(Some(tools.variant), &[Family::V6], false);
@@ -259,14 +208,15 @@ pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
 
 /// Fills every set under a staging name and swaps it in.
 pub fn load_sets(tools: &Tools, ruleset: &Ruleset) -> Result<()> {
-    run_tool(
-        &tools.ipset,
-        &["-exist", "restore"],
-        &ruleset.ipset_restore(),
-        TOOL_BOUND,
-    )
-    .map(drop)
-    .map_err(|detail| failed("ipset restore", detail))
+    tools
+        .ipset
+        .run(
+            &["-exist", "restore"],
+            &ruleset.ipset_restore(),
+            tool::BOUND,
+        )
+        .map(drop)
+        .map_err(|detail| failed("ipset restore", detail))
 }
 
 fn restore_args() -> [&'static str; 3] {
@@ -327,15 +277,15 @@ pub fn lockdown(
     for family in families {
         let denied_by = order.iter().find(|variant| {
             let name = restore_tool_name(*family, variant);
-            let Some(tool) = find_tool(&name) else {
+            let Some(tool) = Tool::find(&name) else {
                 return false;
             };
             let input = plan::lockdown_restore(*family);
             let args = ["--noflush", "-w", LOCKDOWN_LOCK_WAIT_SECONDS];
-            match run_tool(&tool, &args, &input, LOCKDOWN_BOUND) {
+            match tool.run(&args, &input, LOCKDOWN_BOUND) {
                 Ok(_) => true,
                 Err(detail) => {
-                    log::debug!("lockdown with {} failed: {detail}", tool.display());
+                    log::debug!("lockdown with {tool} failed: {detail}");
                     false
                 }
             }
@@ -421,121 +371,6 @@ fn set_link_down(socket: &OwnedFd, link: &str) -> nix::Result<()> {
     Ok(())
 }
 
-/// Runs a firewall tool with `input` on its standard input, within `bound`; returns its standard
-/// output, or its first error lines.
-pub fn run_tool(
-    tool: &Path,
-    args: &[&str],
-    input: &str,
-    bound: Duration,
-) -> Result<String, String> {
-    Running::start(tool, args, input.to_string())?.finish(Instant::now() + bound)
-}
-
-/// A firewall tool that has been started: threads feed its input and collect its output, so it
-/// can never block on a full pipe while cordon waits for it with a deadline.
-struct Running {
-    tool: PathBuf,
-    started: Instant,
-    child: std::process::Child,
-    writer: std::thread::JoinHandle<std::io::Result<()>>,
-    stdout: std::thread::JoinHandle<Vec<u8>>,
-    stderr: std::thread::JoinHandle<Vec<u8>>,
-}
-
-impl Running {
-    fn start(tool: &Path, args: &[&str], input: String) -> Result<Running, String> {
-        let mut child = tool_command(tool)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
-        let mut stdin = child.stdin.take().expect("stdin is piped");
-        // Dropping stdin after writing closes it: the tool sees the end of its input.
-        let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-        let stdout = collect(child.stdout.take().expect("stdout is piped"));
-        let stderr = collect(child.stderr.take().expect("stderr is piped"));
-        Ok(Running {
-            tool: tool.to_path_buf(),
-            started: Instant::now(),
-            child,
-            writer,
-            stdout,
-            stderr,
-        })
-    }
-
-    /// Waits for the tool until `deadline`, then kills it.
-    fn finish(mut self, deadline: Instant) -> Result<String, String> {
-        let tool = self.tool.display().to_string();
-        let status = wait_until(&mut self.child, deadline)
-            .map_err(|e| format!("waiting for {tool}: {e}"))?;
-        let Some(status) = status else {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let stderr = first_lines(&self.stderr.join().unwrap_or_default());
-            return Err(format!(
-                "{tool} did not finish within {:.1} s and was stopped{}",
-                self.started.elapsed().as_secs_f64(),
-                match stderr.is_empty() {
-                    true => String::new(),
-                    false => format!(" ({stderr})"),
-                }
-            ));
-        };
-        let written = self.writer.join().expect("writer thread panicked");
-        let stdout = self.stdout.join().unwrap_or_default();
-        let stderr = first_lines(&self.stderr.join().unwrap_or_default());
-        if !status.success() {
-            return Err(match stderr.is_empty() {
-                true => format!("{tool} exited with {status}"),
-                false => stderr,
-            });
-        }
-        written.map_err(|e| format!("writing to {tool}: {e}"))?;
-        Ok(String::from_utf8_lossy(&stdout).into_owned())
-    }
-}
-
-fn collect(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        bytes
-    })
-}
-
-fn first_lines(stderr: &[u8]) -> String {
-    String::from_utf8_lossy(stderr)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" / ")
-}
-
-/// `Child::wait` with a deadline: polls, first often (the tools take milliseconds), then every
-/// 2 ms. `None` when the deadline passed.
-fn wait_until(
-    child: &mut std::process::Child,
-    deadline: Instant,
-) -> std::io::Result<Option<ExitStatus>> {
-    let mut pause = Duration::from_micros(100);
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        let now = Instant::now();
-        if now >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(pause.min(deadline - now));
-        pause = (pause * 2).min(Duration::from_millis(2));
-    }
-}
-
 /// Adds the likely fix to what the tools print for missing privileges or kernel support.
 fn explain(detail: &str) -> String {
     let lower = detail.to_ascii_lowercase();
@@ -606,29 +441,5 @@ mod tests {
         );
         assert!(set_type.contains("ipset destroy"), "{set_type}");
         assert_eq!(explain("something else"), "something else");
-    }
-
-    #[test]
-    fn a_tool_past_its_bound_is_stopped() {
-        let started = Instant::now();
-        let result = run_tool(
-            Path::new("/bin/sleep"),
-            &["5"],
-            "",
-            Duration::from_millis(100),
-        );
-        assert!(result.unwrap_err().contains("did not finish"));
-        assert!(started.elapsed() < Duration::from_secs(2));
-    }
-
-    #[test]
-    fn a_tool_that_reads_nothing_cannot_block_on_its_input() {
-        // More than a pipe holds, to a tool that never reads it.
-        let input = "x".repeat(1 << 20);
-        let started = Instant::now();
-        let _ = run_tool(Path::new("/bin/true"), &[], &input, Duration::from_secs(5));
-        assert!(started.elapsed() < Duration::from_secs(2));
-        let echoed = run_tool(Path::new("/bin/cat"), &[], &input, Duration::from_secs(5));
-        assert_eq!(echoed.unwrap().len(), input.len());
     }
 }

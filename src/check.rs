@@ -42,7 +42,11 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         fence: inspect::fence(args.iptables_backend),
     };
     let findings = assess(&facts);
-    for finding in &findings {
+    // --quiet (the HEALTHCHECK): only what did not hold, and the verdict.
+    for finding in findings
+        .iter()
+        .filter(|f| !args.output.quiet || f.verdict == Verdict::Fail)
+    {
         println!("{finding}");
     }
     let failures = findings

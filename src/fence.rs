@@ -377,8 +377,8 @@ fn report_resolution(resolution: &Resolution, options: resolve::Options) {
         if !name.refused.is_empty() {
             let refused: Vec<String> = name.refused.iter().map(|a| a.to_string()).collect();
             log::warn!(
-                "{} resolved to {}: loopback, link-local and multicast answers are ignored \
-                 (allow the address itself if it is meant)",
+                "{} resolved to {}: loopback, link-local, multicast and cloud metadata answers \
+                 are ignored (allow the address itself if it is meant)",
                 name.name,
                 refused.join(" ")
             );

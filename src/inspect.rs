@@ -6,12 +6,13 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::apply::{self, Tools};
+use crate::apply::Tools;
 use crate::capabilities;
 use crate::cli::Backend;
 use crate::netinfo::{Ipv6, NetInfo};
 use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::policy::Proto;
+use crate::tool;
 use crate::user::NOBODY;
 use crate::verify::{self, Observed, Probe};
 
@@ -67,7 +68,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
     };
     for family in families {
         let tool = tools.save_tool(*family);
-        match apply::run_tool(tool, &["-c", "-t", "filter"], "", apply::TOOL_BOUND) {
+        match tool.run(&["-c", "-t", "filter"], "", tool::BOUND) {
             Ok(text) => {
                 let rules = SavedRules::parse(&text);
                 match rules.problem() {
@@ -91,7 +92,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
             Err(detail) => status.fail(format!("cannot read the firewall: {detail}")),
         }
     }
-    match apply::run_tool(&tools.ipset, &["list", "-t"], "", apply::TOOL_BOUND) {
+    match tools.ipset.run(&["list", "-t"], "", tool::BOUND) {
         Ok(text) => {
             let sizes = set_sizes(&text);
             if sizes.is_empty() {

@@ -21,5 +21,6 @@ pub mod record;
 pub mod resolv_conf;
 pub mod resolve;
 pub mod supervise;
+pub mod tool;
 pub mod user;
 pub mod verify;

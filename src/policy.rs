@@ -546,12 +546,18 @@ impl Builder {
 
     fn add_file(&mut self, path: &Path) -> Result<()> {
         ensure_not_agent_writable(path)?;
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .map_err(|e| Error::io(format!("reading allowlist {}", path.display()), e))?;
-        for (index, line) in text.lines().enumerate() {
-            let content = line.split('#').next().unwrap_or("");
+        for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
             let at = Location::new(path.display().to_string(), Some(index + 1));
-            self.add_text(content, &at)?;
+            let Ok(line) = std::str::from_utf8(line) else {
+                return Err(Error::bad_input(
+                    at,
+                    "not UTF-8 text: save the allowlist as UTF-8",
+                ));
+            };
+            let content = line.split('#').next().unwrap_or("");
+            self.add_text(content.trim_end_matches('\r'), &at)?;
         }
         Ok(())
     }

@@ -10,10 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::apply::{self, Tools};
+use crate::apply::Tools;
 use crate::plan::{
     Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
+use crate::tool;
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
 /// sets.
@@ -43,17 +44,14 @@ fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, S
             .iter()
             .map(|family| {
                 scope.spawn(|| {
-                    apply::run_tool(
-                        tools.save_tool(*family),
-                        &["-t", "filter"],
-                        "",
-                        apply::TOOL_BOUND,
-                    )
+                    tools
+                        .save_tool(*family)
+                        .run(&["-t", "filter"], "", tool::BOUND)
                 })
             })
             .collect();
         let sets = match with_sets {
-            true => apply::run_tool(&tools.ipset, &["save"], "", apply::TOOL_BOUND),
+            true => tools.ipset.run(&["save"], "", tool::BOUND),
             false => Ok(String::new()),
         };
         let mut all: Vec<_> = tables

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::proto::rr::Name;
+use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::Resolver;
 
 use crate::error::{Error, Result};
@@ -39,7 +39,7 @@ pub struct NameAddrs {
     pub name: String,
     pub addrs: Vec<IpAddr>,
     pub outcome: Outcome,
-    /// Answers dropped because a name must never open loopback, link-local or multicast.
+    /// Answers dropped because a name must never open them (see `may_be_opened_by_name`).
     pub refused: Vec<IpAddr>,
 }
 
@@ -255,9 +255,23 @@ async fn lookup(resolver: &MuxResolver, name: String) -> NameAddrs {
         outcome: Outcome::Resolved,
         refused: Vec::new(),
     };
-    match resolver.lookup_ip(result.name.as_str()).await {
+    // A name with a dot is absolute: never tried below the search domains (with `search
+    // corp.test` and `ndots:5`, api.example.com would otherwise open whatever
+    // api.example.com.corp.test resolves to).
+    let query = match result.name.contains('.') {
+        true => format!("{}.", result.name),
+        false => result.name.clone(),
+    };
+    match resolver.lookup_ip(query.as_str()).await {
         Ok(lookup) => {
-            for addr in lookup.iter() {
+            if !result.name.contains('.') {
+                log::warn!(
+                    "{} has no dot: resolved through the search list, as {}",
+                    result.name,
+                    lookup.query().name()
+                );
+            }
+            for addr in chain_addresses(lookup.as_lookup()) {
                 let list = if may_be_opened_by_name(addr) {
                     &mut result.addrs
                 } else {
@@ -279,10 +293,42 @@ async fn lookup(resolver: &MuxResolver, name: String) -> NameAddrs {
     result
 }
 
+/// The addresses of the records on the question's CNAME chain: the name asked, and each name a
+/// CNAME on the chain points to. Records for any other name in the answer are ignored.
+fn chain_addresses(lookup: &hickory_resolver::lookup::Lookup) -> Vec<IpAddr> {
+    let answers = lookup.answers();
+    let mut chain = vec![lookup.query().name().clone()];
+    loop {
+        let next: Vec<_> = answers
+            .iter()
+            .filter(|record| chain.contains(&record.name))
+            .filter_map(|record| match &record.data {
+                RData::CNAME(target) => Some(target.0.clone()),
+                _ => None,
+            })
+            .filter(|target| !chain.contains(target))
+            .collect();
+        if next.is_empty() {
+            break;
+        }
+        chain.extend(next);
+    }
+    answers
+        .iter()
+        .filter(|record| chain.contains(&record.name))
+        .filter_map(|record| record.data.ip_addr())
+        .collect()
+}
+
 /// A DNS answer may open a public or private address, never loopback (always reachable anyway),
-/// link-local (cloud metadata lives at 169.254.169.254), multicast or unspecified: those need an
+/// link-local (cloud metadata lives at 169.254.169.254), multicast or unspecified, a cloud
+/// metadata or platform endpoint (`METADATA`), nor an IPv6 address that carries a refused IPv4
+/// address (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96, 6to4 2002::/16): those need an
 /// address entry that names them.
 pub fn may_be_opened_by_name(addr: IpAddr) -> bool {
+    if METADATA.contains(&addr) {
+        return false;
+    }
     match addr {
         IpAddr::V4(v4) => {
             !(v4.is_loopback()
@@ -294,9 +340,50 @@ pub fn may_be_opened_by_name(addr: IpAddr) -> bool {
         IpAddr::V6(v6) => {
             let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
             let mapped = v6.to_ipv4_mapped().is_some();
-            !(v6.is_loopback() || link_local || v6.is_multicast() || v6.is_unspecified() || mapped)
+            let carried = embedded_ipv4(v6).is_some_and(|v4| !may_be_opened_by_name(v4.into()));
+            !(v6.is_loopback()
+                || link_local
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || mapped
+                || carried)
         }
     }
+}
+
+/// Cloud metadata and platform endpoints outside the link-local range, exact addresses only
+/// (100.100.100.200 is one address of 100.64.0.0/10, which Tailscale names use).
+pub const METADATA: [IpAddr; 4] = [
+    // Azure's platform endpoint (wireserver).
+    IpAddr::V4(std::net::Ipv4Addr::new(168, 63, 129, 16)),
+    // Alibaba Cloud's metadata service.
+    IpAddr::V4(std::net::Ipv4Addr::new(100, 100, 100, 200)),
+    // AWS's IPv6 instance metadata.
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    // Google Cloud's IPv6 metadata server.
+    IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
+];
+
+/// The IPv4 address an IPv6 address carries in the well-known encodings: NAT64 (64:ff9b::/96),
+/// IPv4-compatible (::/96, except :: and ::1) and 6to4 (2002::/16).
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some(low);
+    }
+    if s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
+        return Some(low);
+    }
+    if s[0] == 0x2002 {
+        return Some(std::net::Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ));
+    }
+    None
 }
 
 #[cfg(test)]
@@ -313,6 +400,15 @@ mod tests {
             "fe80::1",
             "::1",
             "::ffff:10.0.0.1",
+            // Metadata endpoints, and refused IPv4 addresses in IPv6 encodings.
+            "168.63.129.16",
+            "100.100.100.200",
+            "fd00:ec2::254",
+            "fd20:ce::254",
+            "64:ff9b::a9fe:a9fe",
+            "::a9fe:a9fe",
+            "::7f00:1",
+            "2002:a9fe:a9fe::1",
         ] {
             assert!(
                 !may_be_opened_by_name(refused.parse().unwrap()),
@@ -325,6 +421,13 @@ mod tests {
             "172.18.0.2",
             "2001:db8::1",
             "fd00::1",
+            // Neighbours of the exact metadata addresses (Tailscale's 100.64.0.0/10), and public
+            // IPv4 addresses in IPv6 encodings.
+            "100.100.100.100",
+            "100.64.0.1",
+            "168.63.129.17",
+            "64:ff9b::c000:201",
+            "2002:c000:201::1",
         ] {
             assert!(may_be_opened_by_name(allowed.parse().unwrap()), "{allowed}");
         }

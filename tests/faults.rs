@@ -192,34 +192,19 @@ fn assert_fenced(world: &World, fault: &str, start: &Start) {
 }
 
 /// Shell lines that make /usr/sbin a view of itself without `hidden` and with `broken` replaced
-/// by a script that fails (or, for `empty`, by empty files). Symlinks are kept as they are.
-fn sbin_view(world: &World, hidden: &[&str], broken: &[&str], empty: &[&str]) -> String {
-    let d = world.dir.join("sbin");
-    let d = d.display();
-    let mut lines = vec![
-        format!("rm -rf {d}; mkdir -p {d}/real {d}/view"),
-        format!("mount --bind /usr/sbin {d}/real"),
-        format!(
-            "for f in {d}/real/*; do if [ -L \"$f\" ]; then cp -P \"$f\" {d}/view/; else ln -s \
-             \"$f\" {d}/view/; fi; done"
-        ),
-    ];
-    for name in hidden {
-        lines.push(format!("rm {d}/view/{name}"));
-    }
-    for name in broken {
-        lines.push(format!(
-            "rm {d}/view/{name}; printf '#!/bin/sh\\necho \"{name}: broken\" >&2\\nexit 1\\n' > \
-             {d}/view/{name}; chmod 755 {d}/view/{name}"
-        ));
-    }
-    for name in empty {
-        lines.push(format!(
-            "rm {d}/view/{name}; : > {d}/view/{name}; chmod 755 {d}/view/{name}"
-        ));
-    }
-    lines.push(format!("mount --bind {d}/view /usr/sbin"));
-    lines.join("\n")
+/// by a script that fails (or, for `empty`, by empty files).
+fn sbin_view(
+    world: &World,
+    hidden: &[&'static str],
+    broken: &[&'static str],
+    empty: &[&'static str],
+) -> String {
+    world.sbin_setup(&SbinView {
+        hidden: hidden.to_vec(),
+        broken: broken.to_vec(),
+        empty: empty.to_vec(),
+        ..SbinView::default()
+    })
 }
 
 const ALLOW: [&str; 2] = ["--allow", "allowed.test"];

@@ -451,18 +451,84 @@ fn strict_fails_closed_on_a_name_that_does_not_resolve() {
     assert_locked_down(&world);
 }
 
-/// A fake restore tool, first on PATH: it loads the lockdown but rejects the real ruleset, the
+/// A fake restore tool in /usr/sbin: it loads the lockdown but rejects the real ruleset, the
 /// way a kernel without some match would.
-fn failing_tool(world: &World, name: &str, real: &str) -> String {
-    let bin = world.dir.join("fakebin");
-    std::fs::create_dir_all(&bin).unwrap();
+fn failing_tool(name: &'static str) -> SbinView {
     let script = format!(
-        "#!/bin/sh\ninput=$(cat)\ncase \"$input\" in\n  *'cordon lockdown'*) printf '%s\\n' \"$input\" | exec {real} \"$@\" ;;\n  *) echo \"{name}: line 42 failed: Couldn't load match 'set'\" >&2; exit 1 ;;\nesac\n"
+        "#!/bin/sh\ninput=$(cat)\ncase \"$input\" in\n  *'cordon lockdown'*) printf '%s\\n' \"$input\" | exec $REAL \"$@\" ;;\n  *) echo \"{name}: line 42 failed: Couldn't load match 'set'\" >&2; exit 1 ;;\nesac\n"
     );
-    let path = bin.join(name);
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display())
+    SbinView {
+        scripts: vec![(name, script)],
+        ..SbinView::default()
+    }
+}
+
+/// An agent that plants `ipset` or an iptables tool in a directory on PATH (~/.local/bin, or a
+/// relative entry such as node_modules/.bin) never gets it run as root: cordon looks for its
+/// tools only in the system directories, and runs them with a fixed PATH. Neither the fence nor
+/// `cordon check` as root runs a planted tool.
+#[test]
+fn tools_planted_on_path_are_never_run() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let marker = world.dir.join("planted-tool-ran");
+    let home = world.dir.join("home");
+    let relative = home.join("node_modules/.bin");
+    let local = home.join(".local/bin");
+    for dir in [&relative, &local] {
+        std::fs::create_dir_all(dir).unwrap();
+        for name in [
+            "ipset",
+            "iptables",
+            "iptables-nft-restore",
+            "ip6tables-nft-restore",
+            "iptables-nft-save",
+            "ip6tables-nft-save",
+            "xtables-nft-multi",
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, format!("#!/bin/sh\ntouch {}\n", marker.display())).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            std::os::unix::fs::chown(&path, Some(1000), Some(1000)).unwrap();
+        }
+    }
+    let path = format!(
+        "{}:node_modules/.bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        local.display()
+    );
+    let run = |args: &str| {
+        world.sandbox_sh(&format!(
+            "cd {} && PATH={path} exec {} {args}",
+            home.display(),
+            cordon().display()
+        ))
+    };
+    let fenced = run(&FENCE.join(" "));
+    assert!(fenced.status.success(), "{}", stderr(&fenced));
+    // The host's own files decide the rest of the report; the fence findings must all hold.
+    let check = run("check");
+    let report = String::from_utf8_lossy(&check.stdout);
+    let fence: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains(" fence") || l.contains("set cordon"))
+        .collect();
+    assert!(
+        fence.iter().any(|l| l.contains("IPv4 fence loaded"))
+            && fence.iter().all(|l| l.starts_with("ok ")),
+        "fence findings:\n{report}"
+    );
+    assert!(!marker.exists(), "a planted tool ran as root");
+    let got = world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443)]);
+    assert_verdicts(
+        &got,
+        &[
+            (&tcp(ALLOWED, 443), "open"),
+            (&tcp(BLOCKED, 443), "refused"),
+        ],
+    );
 }
 
 #[test]
@@ -472,12 +538,7 @@ fn a_restore_failing_part_way_fails_closed() {
     }
     let world = World::new(WorldOpts::default());
     // IPv4 loads, IPv6 fails: both families must end locked down.
-    let path = failing_tool(
-        &world,
-        "ip6tables-nft-restore",
-        "/usr/sbin/ip6tables-nft-restore",
-    );
-    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    let output = world.cordon_in(&failing_tool("ip6tables-nft-restore"), FENCE);
     assert_eq!(output.status.code(), Some(76));
     let message = stderr(&output);
     assert!(
@@ -602,6 +663,23 @@ fn bad_input_is_one_line_with_file_and_line() {
         "{message}"
     );
 
+    // Not UTF-8 on line 2: bad input with the place, not an internal error.
+    std::fs::write(&list, b"allowed.test\nexample.test\xff\n").unwrap();
+    let output = world.cordon(&[
+        "firewall",
+        "--no-default-profile",
+        "--allowlist",
+        list_arg,
+        "--user",
+        AGENT_UID,
+    ]);
+    assert_eq!(output.status.code(), Some(65));
+    assert!(
+        stderr(&output).starts_with(&format!("cordon: error: {list_arg}:2: not UTF-8")),
+        "{}",
+        stderr(&output)
+    );
+
     // Writable by the agent's uid: refused, with the read-only mount as the fix.
     std::fs::write(&list, "allowed.test\n").unwrap();
     std::os::unix::fs::chown(&list, Some(1000), Some(1000)).unwrap();
@@ -703,11 +781,11 @@ fn the_legacy_backend_is_detected_from_the_image_and_works() {
     }
     let world = World::new(WorldOpts::default());
     // An image whose `iptables` is the legacy variant (as Debian's alternatives would link it).
-    let bin = world.dir.join("legacy-bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::os::unix::fs::symlink("/usr/sbin/xtables-legacy-multi", bin.join("iptables")).unwrap();
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
-    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    let legacy = SbinView {
+        links: vec![("iptables", "xtables-legacy-multi")],
+        ..SbinView::default()
+    };
+    let output = world.cordon_in(&legacy, FENCE);
     assert!(output.status.success());
     assert!(
         stderr(&output).contains("(legacy iptables)"),
@@ -820,6 +898,68 @@ fn cname_chains_are_followed() {
     );
 }
 
+/// What a name may open, whatever the resolver answers: only records on the question's CNAME
+/// chain, never a metadata endpoint or a refused IPv4 address in an IPv6 encoding, and a name
+/// with a dot never below the search domains (Kubernetes' `ndots:5`). A single-label name goes
+/// through the search list, with a warning.
+#[test]
+fn names_open_only_what_their_own_answer_says() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![
+            format!("allowed.test.corp.test={BLOCKED}"),
+            format!("intranet.corp.test={ALLOWED}"),
+            "meta.test=100.100.100.200".into(),
+            "meta.test=64:ff9b::a9fe:a9fe".into(),
+            "meta.test=fd00:ec2::254".into(),
+            format!("meta.test={ALLOWED}"),
+        ],
+        dns_args: vec!["--stray".into(), format!("alias.test={BLOCKED}")],
+        ..WorldOpts::default()
+    });
+    world.set_resolv_conf(&format!(
+        "nameserver {GATEWAY}\nsearch corp.test\noptions ndots:5\n"
+    ));
+    let plan = |name: &str| {
+        let output = world.cordon(&["plan", "--no-default-profile", "--allow", name]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let sets: String = text
+            .lines()
+            .filter(|l| l.starts_with("add "))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (sets, stderr(&output))
+    };
+    let (sets, _) = plan("allowed.test");
+    assert!(
+        sets.contains(ALLOWED) && !sets.contains(BLOCKED),
+        "search list: {sets}"
+    );
+    let (sets, _) = plan("alias.test");
+    assert!(
+        sets.contains(ALLOWED) && !sets.contains(BLOCKED),
+        "stray record: {sets}"
+    );
+    let (sets, warnings) = plan("meta.test");
+    assert!(sets.contains(ALLOWED), "{sets}");
+    for refused in ["100.100.100.200", "64:ff9b::a9fe:a9fe", "fd00:ec2::254"] {
+        assert!(!sets.contains(refused), "{refused} opened by name: {sets}");
+        assert!(warnings.contains(refused), "{warnings}");
+    }
+    let (sets, warnings) = plan("intranet");
+    assert!(sets.contains(ALLOWED), "{sets}");
+    assert!(
+        warnings.contains(
+            "intranet has no dot: resolved through the search list, as \
+             intranet.corp.test."
+        ),
+        "{warnings}"
+    );
+}
+
 #[test]
 fn an_answer_too_large_for_udp_is_fetched_over_tcp() {
     if !privileged() {
@@ -916,12 +1056,7 @@ fn an_ipv6_load_failure_is_only_a_warning_where_ipv6_is_off() {
         ipv6_off: true,
         ..WorldOpts::default()
     });
-    let path = failing_tool(
-        &world,
-        "ip6tables-nft-restore",
-        "/usr/sbin/ip6tables-nft-restore",
-    );
-    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    let output = world.cordon_in(&failing_tool("ip6tables-nft-restore"), FENCE);
     let message = stderr(&output);
     assert!(output.status.success(), "{message}");
     assert!(
@@ -956,17 +1091,11 @@ fn the_lockdown_falls_back_to_the_other_iptables_variant() {
         return;
     }
     let world = World::new(WorldOpts::default());
-    let bin = world.dir.join("brokenbin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let broken = bin.join("iptables-nft-restore");
-    std::fs::write(
-        &broken,
-        "#!/bin/sh\necho 'iptables-nft-restore: broken' >&2\nexit 1\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
-    let output = world.cordon_with(&cordon(), FENCE, &[("PATH", &path)]);
+    let broken = SbinView {
+        broken: vec!["iptables-nft-restore"],
+        ..SbinView::default()
+    };
+    let output = world.cordon_in(&broken, FENCE);
     assert_eq!(output.status.code(), Some(76));
     let message = stderr(&output);
     assert!(

@@ -96,10 +96,17 @@ fn records<'a>(text: &'a str, source: &'a str, count: usize) -> impl Iterator<It
         if line.trim().is_empty() || line.starts_with(['#', '+', '-']) {
             return None;
         }
+        let at = || Location::new(source, Some(index + 1));
+        if line.contains('\0') {
+            return Some(Err(Error::bad_input(
+                at(),
+                "contains a NUL byte, which no field may hold",
+            )));
+        }
         let fields: Vec<&str> = line.split(':').collect();
         if fields.len() != count {
             return Some(Err(Error::bad_input(
-                Location::new(source, Some(index + 1)),
+                at(),
                 format!(
                     "expected {count} fields separated by `:`, found {}",
                     fields.len()
@@ -149,6 +156,19 @@ sudo:x:27:node,alice
 docker:x:999: node , bob
 node:x:1000:
 ";
+
+    #[test]
+    fn a_nul_byte_is_bad_input_with_its_line() {
+        let text = "root:x:0:0::/root:/bin/sh\nnode:x:1000:1000::/home/no\0de:/bin/sh\n";
+        let error = parse_passwd(text, "/etc/passwd").unwrap_err();
+        assert_eq!(error.exit_code(), crate::error::exit::BAD_INPUT);
+        assert!(
+            error
+                .to_string()
+                .starts_with("/etc/passwd:2: contains a NUL byte"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn passwd_entries_keep_fields_and_line_numbers() {

@@ -14,7 +14,7 @@ use crate::net;
 use crate::util::{fail, raise_fd_limit, usage_error, write_ready, Args, Log};
 
 const USAGE: &str = "usage: testkit dns --listen IP:PORT [--listen ...] [--record NAME=IP]... \
-[--cname NAME=TARGET]... [--wildcard SUFFIX=CIDR]... [--delay-ms N] [--no-answer] \
+[--cname NAME=TARGET]... [--stray NAME=IP]... [--wildcard SUFFIX=CIDR]... [--delay-ms N] [--no-answer] \
 [--query-log FILE] [--ready-file FILE]";
 
 const TTL: u32 = 60;
@@ -42,6 +42,9 @@ pub struct Zone {
     records: HashMap<String, Vec<IpAddr>>,
     cnames: HashMap<String, String>,
     wildcards: Vec<(String, Cidr)>,
+    /// Extra A/AAAA records, owned by `stray.test` (a name outside any question's chain), added
+    /// to every answer for the question named.
+    strays: HashMap<String, Vec<IpAddr>>,
 }
 
 fn norm(name: &str) -> String {
@@ -140,11 +143,21 @@ impl Zone {
             return (NXDOMAIN, answers);
         }
         match qtype {
-            A | AAAA => answers.extend(
-                self.addrs(&name, qtype == AAAA)
-                    .into_iter()
-                    .map(|ip| rec(&name, RData::Ip(ip))),
-            ),
+            A | AAAA => {
+                answers.extend(
+                    self.addrs(&name, qtype == AAAA)
+                        .into_iter()
+                        .map(|ip| rec(&name, RData::Ip(ip))),
+                );
+                answers.extend(
+                    self.strays
+                        .get(&name)
+                        .into_iter()
+                        .flatten()
+                        .filter(|ip| ip.is_ipv6() == (qtype == AAAA))
+                        .map(|ip| rec("stray.test", RData::Ip(*ip))),
+                );
+            }
             CNAME => answers.extend(
                 self.cnames
                     .get(&name)
@@ -193,6 +206,13 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .parse()
                     .map_err(|_| format!("{flag}: bad address {ip:?}"))?;
                 o.zone.records.entry(name).or_default().push(ip);
+            }
+            "--stray" => {
+                let (name, ip) = pair(flag, a.value(flag)?)?;
+                let ip = ip
+                    .parse()
+                    .map_err(|_| format!("{flag}: bad address {ip:?}"))?;
+                o.zone.strays.entry(name).or_default().push(ip);
             }
             "--cname" => {
                 let (name, target) = pair(flag, a.value(flag)?)?;

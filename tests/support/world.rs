@@ -361,6 +361,93 @@ impl World {
     }
 }
 
+/// How a test changes /usr/sbin for one run of cordon: in a private mount namespace the
+/// directory is replaced by a view of itself, where some tools are hidden or replaced. The real
+/// directory stays reachable at `{World::dir}/sbin/real` (see `World::sbin_setup`).
+#[derive(Default)]
+pub struct SbinView {
+    pub hidden: Vec<&'static str>,
+    /// Replaced by a script that prints `NAME: broken` and fails.
+    pub broken: Vec<&'static str>,
+    /// Replaced by an empty executable file.
+    pub empty: Vec<&'static str>,
+    /// Replaced by this shell script; `$REAL` in it stands for the real tool.
+    pub scripts: Vec<(&'static str, String)>,
+    /// Replaced by a symlink to this tool of the real directory.
+    pub links: Vec<(&'static str, &'static str)>,
+}
+
+impl World {
+    /// Builds the view (as root, so every entry is root-owned) and returns the shell lines that
+    /// mount it over /usr/sbin; run them with `sandbox_sh` before cordon.
+    pub fn sbin_setup(&self, view: &SbinView) -> String {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = self.dir.join("sbin");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (real, shown) = (dir.join("real"), dir.join("view"));
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::create_dir_all(&shown).unwrap();
+        for entry in std::fs::read_dir("/usr/sbin").unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name();
+            let target = match std::fs::read_link(entry.path()) {
+                Ok(link) => link,
+                Err(_) => real.join(&name),
+            };
+            symlink(target, shown.join(&name)).unwrap();
+        }
+        let replace = |name: &str, text: &str| {
+            let path = shown.join(name);
+            let _ = std::fs::remove_file(&path);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        };
+        for name in &view.hidden {
+            std::fs::remove_file(shown.join(name)).unwrap();
+        }
+        for name in &view.broken {
+            replace(
+                name,
+                &format!("#!/bin/sh\necho '{name}: broken' >&2\nexit 1\n"),
+            );
+        }
+        for name in &view.empty {
+            replace(name, "");
+        }
+        for (name, script) in &view.scripts {
+            let real_tool = real.join(name);
+            replace(name, &script.replace("$REAL", real_tool.to_str().unwrap()));
+        }
+        for (name, tool) in &view.links {
+            let path = shown.join(name);
+            let _ = std::fs::remove_file(&path);
+            symlink(real.join(tool), path).unwrap();
+        }
+        format!(
+            "mount --bind /usr/sbin {}\nmount --bind {} /usr/sbin",
+            real.display(),
+            shown.display()
+        )
+    }
+
+    /// Runs cordon in the sandbox with /usr/sbin changed as `view` says.
+    pub fn cordon_in(&self, view: &SbinView, args: &[&str]) -> Output {
+        let line = format!(
+            "set -e\n{}\nexec {} {}",
+            self.sbin_setup(view),
+            cordon().display(),
+            args.join(" ")
+        );
+        let output = self.sandbox_sh(&line);
+        eprintln!(
+            "cordon {args:?} → {}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         for child in &mut self.children {
