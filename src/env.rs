@@ -33,6 +33,15 @@ pub const DEFAULT_SCRUB: &[&str] = &[
     "*_JWT",
     "*_COOKIE",
     "*_DSN",
+    "*_PAT",
+    "*-TOKEN",
+    "*APITOKEN*",
+    "*AUTHTOKEN*",
+    "*PASSPHRASE*",
+    "*WEBHOOK*",
+    "*_CREDS",
+    "*CONNECTION_STRING*",
+    "BW_SESSION",
     // Cloud and tool credentials.
     "AWS_*",
     "AZURE_*",
@@ -77,6 +86,8 @@ pub struct AgentEnvironment {
     pub vars: Vec<(OsString, OsString)>,
     /// Names (never values) of the variables that were removed.
     pub removed: Vec<String>,
+    /// Those of `removed` that went because of their value, with what the value holds.
+    pub by_value: Vec<(String, &'static str)>,
 }
 
 impl AgentEnvironment {
@@ -85,10 +96,14 @@ impl AgentEnvironment {
             log::info!("environment: no credential variables to remove");
         } else {
             log::info!(
-                "environment: removed {} variables: {}",
+                "environment: removed {} variable{}: {}",
                 self.removed.len(),
+                if self.removed.len() == 1 { "" } else { "s" },
                 self.removed.join(", ")
             );
+        }
+        for (name, holds) in &self.by_value {
+            log::info!("environment: {name} held {holds}; --keep-env {name} keeps it");
         }
     }
 }
@@ -101,12 +116,18 @@ pub fn agent_environment(
     let rules = Rules::new(sandbox);
     let mut kept: Vec<(OsString, OsString)> = Vec::new();
     let mut removed = Vec::new();
+    let mut by_value = Vec::new();
     for (name, value) in vars {
         if name.is_empty() || name.as_bytes().contains(&b'=') {
             continue;
         }
-        if rules.removes(&name) {
+        let verdict = rules.verdict(&name, &value);
+        if verdict != Verdict::Keep {
             let name = name.to_string_lossy().into_owned();
+            if let Verdict::RemoveForValue(holds) = verdict {
+                by_value.retain(|(n, _)| *n != name);
+                by_value.push((name.clone(), holds));
+            }
             if !removed.contains(&name) {
                 removed.push(name);
             }
@@ -129,9 +150,11 @@ pub fn agent_environment(
         kept.push(("PATH".into(), DEFAULT_PATH.into()));
     }
     removed.sort();
+    by_value.sort();
     AgentEnvironment {
         vars: kept,
         removed,
+        by_value,
     }
 }
 
@@ -155,21 +178,114 @@ impl<'a> Rules<'a> {
         }
     }
 
-    fn removes(&self, name: &OsStr) -> bool {
+    fn verdict(&self, name: &OsStr, value: &OsStr) -> Verdict {
         let name = name.as_bytes();
         let user = |patterns: &[String]| any_match(patterns.iter().map(String::as_str), name);
-        if matches(OWN_PREFIX.as_bytes(), name) {
-            true
-        } else if user(self.keep) {
-            false
-        } else if user(self.scrub) {
-            true
-        } else if any_match(DEFAULT_KEEP.iter().copied(), name) {
-            false
+        if matches(OWN_PREFIX.as_bytes(), name) || user(self.scrub) && !user(self.keep) {
+            Verdict::RemoveForName
+        } else if user(self.keep) || any_match(DEFAULT_KEEP.iter().copied(), name) {
+            Verdict::Keep
+        } else if any_match(DEFAULT_SCRUB.iter().copied(), name) {
+            Verdict::RemoveForName
+        } else if let Some(holds) = credential_value(value.as_bytes()) {
+            Verdict::RemoveForValue(holds)
         } else {
-            any_match(DEFAULT_SCRUB.iter().copied(), name)
+            Verdict::Keep
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    RemoveForName,
+    RemoveForValue(&'static str),
+}
+
+/// Well-known prefixes of tokens: GitHub, GitLab, Slack, npm, PyPI, Hugging Face, Anthropic and
+/// OpenAI-style keys, DigitalOcean, Shopify.
+const TOKEN_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "xoxa-",
+    "xoxr-",
+    "xoxs-",
+    "xapp-",
+    "npm_",
+    "pypi-",
+    "hf_",
+    "sk-",
+    "dop_v1_",
+    "shpat_",
+];
+
+/// What a value holds that makes it a credential whatever its variable is called: a URL with a
+/// user or password in it, an Authorization header, a PEM block, a JWT, an AWS access key id or
+/// a token with a well-known prefix (a word of at least 20 characters).
+pub fn credential_value(value: &[u8]) -> Option<&'static str> {
+    let text = String::from_utf8_lossy(value);
+    let lower = text.to_ascii_lowercase();
+    if text.contains("-----BEGIN ") {
+        return Some("a PEM block");
+    }
+    if lower.contains("authorization:")
+        || lower.starts_with("bearer ")
+        || lower.starts_with("basic ")
+    {
+        return Some("an Authorization header");
+    }
+    if url_with_userinfo(&text) {
+        return Some("credentials in a URL");
+    }
+    let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || "_-.".contains(c)));
+    for word in words {
+        if word.len() < 20 {
+            continue;
+        }
+        if is_jwt(word) {
+            return Some("a JWT");
+        }
+        let aws_id = word.len() == 20
+            && (word.starts_with("AKIA") || word.starts_with("ASIA"))
+            && word
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if aws_id {
+            return Some("an AWS access key id");
+        }
+        if TOKEN_PREFIXES.iter().any(|prefix| word.starts_with(prefix)) {
+            return Some("a token");
+        }
+    }
+    None
+}
+
+/// `scheme://user@host` or `scheme://user:password@host`, anywhere in the value.
+fn url_with_userinfo(text: &str) -> bool {
+    text.match_indices("://").any(|(at, _)| {
+        let rest = &text[at + 3..];
+        let authority = rest.split(['/', '?', '#', ' ']).next().unwrap_or("");
+        authority.contains('@')
+    })
+}
+
+fn is_jwt(word: &str) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && word.starts_with("eyJ")
+        && parts.iter().all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn any_match<'p>(patterns: impl IntoIterator<Item = &'p str>, name: &[u8]) -> bool {
@@ -227,6 +343,92 @@ mod tests {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value.as_os_str())
+    }
+
+    /// The credential variables a review found reaching the agent, by name or by value, and
+    /// look-alikes that must stay.
+    #[test]
+    fn credentials_by_name_and_by_value() {
+        let removed = [
+            ("DATABASE_URL", "postgres://app:s3cret@db:5432/app"),
+            (
+                "MONGODB_URI",
+                "mongodb+srv://admin:pw@cluster0.example.net/db",
+            ),
+            ("CONNECTION_STRING", "Server=db;User Id=sa;Password=pw;"),
+            ("GITHUB_PAT", "x"),
+            ("GH-TOKEN", "x"),
+            ("BW_SESSION", "x"),
+            ("npm_config_//registry.npmjs.org/:_authToken", "x"),
+            ("npm_config__authToken", "x"),
+            ("PIP_INDEX_URL", "https://user:pw@pypi.example.com/simple"),
+            ("HTTPS_PROXY", "http://user:pw@proxy:3128"),
+            ("ALL_PROXY", "socks5://token@proxy:1080"),
+            ("GPG_PASSPHRASE", "x"),
+            (
+                "SLACK_WEBHOOK_URL",
+                "https://hooks.slack.com/services/T0/B0/x",
+            ),
+            (
+                "GIT_CONFIG_VALUE_0",
+                "AUTHORIZATION: basic eC1hY2Nlc3MtdG9rZW46Z2hw",
+            ),
+            ("DOCKER_CREDS", "x"),
+            ("APITOKEN", "x"),
+            ("SOME_SETTING", "ghp_0123456789abcdefghijklmnopqrstuvwxyz"),
+            ("DEPLOY", "AKIAIOSFODNN7EXAMPLE"),
+            (
+                "SESSION",
+                "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N",
+            ),
+            (
+                "CERT",
+                "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----",
+            ),
+        ];
+        let kept = [
+            ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            ("NODE_OPTIONS", "--max-old-space-size=4096"),
+            ("HTTPS_PROXY", "http://proxy.internal:3128"),
+            ("TERM", "xterm-256color"),
+            ("TOKENIZERS_PARALLELISM", "false"),
+            ("DATABASE_URL", "postgres://db:5432/app"),
+            ("GIT_CONFIG_VALUE_0", "true"),
+            (
+                "LS_COLORS",
+                "rs=0:di=01;34:ln=01;36:mh=00:pi=40;33:so=01;35:do=01;35:bd=40",
+            ),
+            (
+                "npm_config_user_agent",
+                "npm/10.2.4 node/v20.11.0 linux x64 workspaces/false",
+            ),
+            (
+                "ANTHROPIC_API_KEY",
+                "sk-ant-api03-0123456789abcdefghijklmnop",
+            ),
+        ];
+        for (name, value) in removed {
+            let env = scrub(&[(name, value)], &SandboxOpts::default());
+            assert_eq!(env.removed, [name], "{name}={value} should go");
+        }
+        for (name, value) in kept {
+            let env = scrub(&[(name, value)], &SandboxOpts::default());
+            assert!(env.removed.is_empty(), "{name}={value} should stay");
+        }
+        let env = scrub(
+            &[("DATABASE_URL", "postgres://app:s3cret@db/app")],
+            &SandboxOpts::default(),
+        );
+        assert_eq!(
+            env.by_value,
+            [("DATABASE_URL".to_string(), "credentials in a URL")]
+        );
+        let keep = SandboxOpts {
+            keep_env: vec!["DATABASE_URL".into()],
+            ..SandboxOpts::default()
+        };
+        let env = scrub(&[("DATABASE_URL", "postgres://app:s3cret@db/app")], &keep);
+        assert!(env.removed.is_empty());
     }
 
     #[test]
