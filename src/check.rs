@@ -40,6 +40,8 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         scan,
         sudoers,
         fence: inspect::fence(args.iptables_backend),
+        credentials_in_env: crate::env::credential_names(std::env::vars_os()),
+        sessions_without_nnp: sessions_without_no_new_privs(Path::new("/proc")),
     };
     let findings = assess(&facts);
     // --quiet (the HEALTHCHECK): only what did not hold, and the verdict.
@@ -186,6 +188,47 @@ pub struct Facts {
     pub scan: Scan,
     pub sudoers: Sudoers,
     pub fence: FenceStatus,
+    /// Credential variables in check's own environment: the container's configured one, which
+    /// every `docker exec` session and the HEALTHCHECK get.
+    pub credentials_in_env: Vec<String>,
+    /// Non-root processes without no_new_privs (docker exec sessions, unless the container runs
+    /// with `--security-opt no-new-privileges`).
+    pub sessions_without_nnp: Vec<Session>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub pid: u32,
+    pub uid: u32,
+    pub name: String,
+}
+
+/// Every non-root process in `proc` whose status says NoNewPrivs 0.
+pub fn sessions_without_no_new_privs(proc: &Path) -> Vec<Session> {
+    let Ok(entries) = std::fs::read_dir(proc) else {
+        return Vec::new();
+    };
+    let mut sessions: Vec<Session> = entries
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let text = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let field = |key: &str| {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(key))
+                    .map(|rest| rest.trim().to_string())
+            };
+            let uid: u32 = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+            let without = field("NoNewPrivs:")? == "0";
+            (uid != 0 && without).then(|| Session {
+                pid,
+                uid,
+                name: field("Name:").unwrap_or_default(),
+            })
+        })
+        .collect();
+    sessions.sort_by_key(|s| s.pid);
+    sessions
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -232,7 +275,60 @@ pub fn assess(facts: &Facts) -> Vec<Finding> {
     if facts.fence.facts.is_empty() {
         findings.push(finding(Verdict::Fail, "fence", "nothing could be checked"));
     }
+    findings.push(environment(&facts.credentials_in_env));
+    findings.push(sessions(&facts.sessions_without_nnp));
     findings
+}
+
+/// A warning, not a failure: in the base-image devcontainer the agent runs in such sessions.
+fn environment(names: &[String]) -> Finding {
+    if names.is_empty() {
+        return finding(
+            Verdict::Ok,
+            "environment",
+            "no credential variables in the container's configured environment",
+        );
+    }
+    finding(
+        Verdict::Note,
+        "environment",
+        format!(
+            "the container's configured environment holds {}: cordon removed them from the \
+             agent's, but every docker exec session (an editor's terminal or server) gets them, \
+             and a process of the same uid can read them from /proc/PID/environ; pass them to \
+             no container, or only where the agent cannot run",
+            names.join(", ")
+        ),
+    )
+}
+
+fn sessions(without: &[Session]) -> Finding {
+    if without.is_empty() {
+        return finding(
+            Verdict::Ok,
+            "sessions",
+            "every non-root process has no_new_privs",
+        );
+    }
+    let listed: Vec<String> = without
+        .iter()
+        .take(5)
+        .map(|s| format!("{} {} (uid {})", s.pid, s.name, s.uid))
+        .collect();
+    let more = match without.len().saturating_sub(listed.len()) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    finding(
+        Verdict::Note,
+        "sessions",
+        format!(
+            "non-root processes without no_new_privs: {}{more}; a setuid or file-capability file \
+             would work for them (docker exec sessions: run the container with --security-opt \
+             no-new-privileges to give it to every process)",
+            listed.join(", ")
+        ),
+    )
 }
 
 fn identity(caller: &Status) -> Finding {
@@ -460,6 +556,8 @@ Seccomp:\t2
             scan: scan(privileged),
             sudoers: Sudoers::Read { granting: vec![] },
             fence: fence(fence_holds),
+            credentials_in_env: Vec::new(),
+            sessions_without_nnp: Vec::new(),
         }
     }
 
@@ -519,6 +617,41 @@ Seccomp:\t2
         let found = assess(&facts(exec_session(), vec![], true));
         assert_eq!(found[1].verdict, Verdict::Note);
         assert!(found.iter().all(|f| f.verdict != Verdict::Fail));
+    }
+
+    #[test]
+    fn credentials_in_exec_sessions_and_sessions_without_no_new_privs_are_warnings() {
+        let mut with_both = facts(exec_session(), vec![], true);
+        with_both.credentials_in_env = vec!["DATABASE_URL".into(), "GITHUB_TOKEN".into()];
+        with_both.sessions_without_nnp = vec![Session {
+            pid: 42,
+            uid: 1000,
+            name: "bash".into(),
+        }];
+        let found = assess(&with_both);
+        assert!(found.iter().all(|f| f.verdict != Verdict::Fail));
+        let text = |topic: &str| {
+            let f = found.iter().find(|f| f.topic == topic).unwrap();
+            assert_eq!(f.verdict, Verdict::Note, "{f}");
+            f.text.clone()
+        };
+        assert!(text("environment").contains("DATABASE_URL, GITHUB_TOKEN"));
+        assert!(text("sessions").contains("42 bash (uid 1000)"));
+        assert!(text("sessions").contains("--security-opt no-new-privileges"));
+    }
+
+    #[test]
+    fn this_process_is_a_session_without_no_new_privs_unless_it_has_it() {
+        let me = std::process::id();
+        let found = sessions_without_no_new_privs(Path::new("/proc"));
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let unprivileged = !status.lines().any(|l| l.starts_with("Uid:\t0\t"));
+        let without = status.lines().any(|l| l == "NoNewPrivs:\t0");
+        assert_eq!(
+            found.iter().any(|s| s.pid == me),
+            unprivileged && without,
+            "{status}"
+        );
     }
 
     #[test]

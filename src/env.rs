@@ -158,6 +158,23 @@ pub fn agent_environment(
     }
 }
 
+/// The names among `vars` that cordon would remove as credentials by default (its own `CORDON_*`
+/// settings and the agent's own credentials aside): for `cordon check`, which runs with the
+/// container's configured environment, as `docker exec` sessions do.
+pub fn credential_names(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<String> {
+    let defaults = SandboxOpts::default();
+    let rules = Rules::new(&defaults);
+    let mut names: Vec<String> = vars
+        .into_iter()
+        .filter(|(name, _)| !matches(OWN_PREFIX.as_bytes(), name.as_bytes()))
+        .filter(|(name, value)| rules.verdict(name, value) != Verdict::Keep)
+        .map(|(name, _)| name.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
 fn set(vars: &mut Vec<(OsString, OsString)>, name: &str, value: OsString) {
     match vars.iter_mut().find(|(existing, _)| existing == name) {
         Some(slot) => slot.1 = value,

@@ -1293,15 +1293,34 @@ fn devcontainer_cli_form_runs_cordon_as_pid1_and_the_keep_alive_as_node() {
         format!("source={volume},target=/home/node/.claude,type=volume"),
         "-e".into(),
         "CORDON_PROFILE=vscode".into(),
-        "--cap-add=NET_ADMIN".into(),
-        "--cap-add=NET_RAW".into(),
+    ];
+    // The example's runArgs, as the CLI passes them.
+    let config_text =
+        std::fs::read_to_string(workspace_root().join("docker/devcontainer/devcontainer.json"))
+            .unwrap();
+    let run_args = config_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"runArgs\":"))
+        .expect("runArgs in devcontainer.json");
+    let run_args: Vec<String> = run_args
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    assert!(
+        run_args.contains(&"--security-opt=no-new-privileges".to_string()),
+        "{run_args:?}"
+    );
+    parts.extend(run_args);
+    parts.extend([
         "--entrypoint".into(),
         "/bin/sh".into(),
         image.into(),
         "-c".into(),
         script.into(),
         "-".into(),
-    ];
+    ]);
     parts.extend(tail.iter().map(|s| s.to_string()));
     let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
     let c = world.start("devcontainer", Dns::Embedded, &parts);
@@ -1309,6 +1328,13 @@ fn devcontainer_cli_form_runs_cordon_as_pid1_and_the_keep_alive_as_node() {
     assert!(logs.starts_with("Container started"), "{logs}");
     world.assert_agent_is_node(&c, "sleep");
     world.assert_fenced(&c, Dns::Embedded);
+    // A terminal (docker exec as node) gets no_new_privs too: no setuid file can raise it.
+    let status = world.exec("node", &c, &["cat", "/proc/self/status"]);
+    assert!(
+        status.stdout.lines().any(|l| l == "NoNewPrivs:\t1"),
+        "{}",
+        status.stdout
+    );
     // The `vscode` profile from containerEnv is in the allowlist (its names are the world's
     // allowed address too, so this shows the profile was read without a separate address).
     assert!(
