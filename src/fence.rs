@@ -205,13 +205,22 @@ pub struct Fence {
 
 impl Fence {
     /// Verified means now: reads the fence back and compares it with the record taken after
-    /// loading. Called immediately before the agent starts; any change fails closed.
+    /// loading. Called immediately before the agent starts; any change fails closed. When it
+    /// holds, the record is left for `cordon check` (`record::RECORD_FILE`).
     pub fn confirm(&self) -> Result<()> {
         let now = record::read_all(&self.ready.tools, self.ready.scope.families())
             .map_err(|detail| self.ready.refuse(failed_read(detail)))?;
         let mut changes = now.changes_since(&self.record);
         changes.extend(now.set_differences_from_plan(&self.planned_sets));
         if changes.is_empty() {
+            let loaded = self.record.with_sets(&self.planned_sets);
+            if let Err(e) = loaded.save(self.ready.tools.variant) {
+                log::warn!(
+                    "cannot leave the record of the fence in {} ({e}): `cordon check` will not \
+                     compare the live fence with it",
+                    record::RECORD_FILE
+                );
+            }
             return Ok(());
         }
         Err(self.ready.refuse(Error::NotAsLoaded(format!(

@@ -12,6 +12,7 @@ use crate::cli::Backend;
 use crate::netinfo::{Ipv6, NetInfo};
 use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::policy::Proto;
+use crate::record::{self, Loaded};
 use crate::tool;
 use crate::user::NOBODY;
 use crate::verify::{self, Observed, Probe};
@@ -49,8 +50,23 @@ pub fn fence(backend: Backend) -> FenceStatus {
     let can_read =
         nix::unistd::geteuid().is_root() && capabilities::holds(caps::Capability::CAP_NET_ADMIN);
     if can_read {
+        let recorded = std::fs::read_to_string(record::RECORD_FILE);
+        let recorded = match &recorded {
+            Ok(text) => Some(Loaded::load(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(Err(format!("cannot read {}: {e}", record::RECORD_FILE))),
+        };
+        // The variant the fence was loaded with, unless one was named.
+        let backend = match (backend, &recorded) {
+            (Backend::Auto, Some(Ok((_, variant)))) if variant == "legacy" => Backend::Legacy,
+            (Backend::Auto, Some(Ok((_, variant)))) if variant == "nft" => Backend::Nft,
+            _ => backend,
+        };
         match Tools::locate(backend) {
-            Ok(tools) => read_rules(&tools, &net, &mut status),
+            Ok(tools) => {
+                read_rules(&tools, &net, &mut status);
+                compare_with_record(&tools, &net, recorded, &mut status);
+            }
             Err(error) => status.fail(format!("cannot read the firewall: {error}")),
         }
     } else {
@@ -103,6 +119,51 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
             }
         }
         Err(detail) => status.fail(format!("cannot list the ipsets: {detail}")),
+    }
+}
+
+/// Compares the live fence with the record the entrypoint or `cordon firewall` left: every rule
+/// of the filter table and every set member. Catches what the structural checks above cannot: one
+/// address added to a set, one ACCEPT inside a chain, a policy changed back.
+fn compare_with_record(
+    tools: &Tools,
+    net: &NetInfo,
+    recorded: Option<Result<(Loaded, String), String>>,
+    status: &mut FenceStatus,
+) {
+    let recorded = match recorded {
+        None => {
+            status.ok(format!(
+                "no record of the loaded fence in {} (cordon could not write it, e.g. a \
+                 read-only /run): the live fence was checked as above only",
+                record::RECORD_FILE
+            ));
+            return;
+        }
+        Some(Err(reason)) => return status.fail(reason),
+        Some(Ok((recorded, _))) => recorded,
+    };
+    let families = if net.ipv6.in_kernel() {
+        &[Family::V4, Family::V6][..]
+    } else {
+        &[Family::V4][..]
+    };
+    match record::read_all(tools, families) {
+        Ok(live) => {
+            let changes = live.changes_since(&recorded);
+            let (rules, members) = recorded.size();
+            if changes.is_empty() {
+                status.ok(format!(
+                    "the fence is as loaded: {rules} rules and {members} set members compared"
+                ));
+            } else {
+                status.fail(format!(
+                    "the fence changed since it was loaded: {}",
+                    changes.join(", ")
+                ));
+            }
+        }
+        Err(detail) => status.fail(format!("cannot read the fence back: {detail}")),
     }
 }
 

@@ -201,6 +201,122 @@ impl Loaded {
     }
 }
 
+/// Where the entrypoint and `cordon firewall` leave the record of the fence they loaded, for
+/// `cordon check` as root: in a root-only directory, so that a process that can change the rules
+/// (CAP_NET_ADMIN) but is not root cannot change the record to match.
+pub const RECORD_FILE: &str = "/run/cordon/fence";
+
+impl Loaded {
+    /// These rules, with the sets as `planned` says they hold.
+    pub fn with_sets(&self, planned: &SetMembers) -> Loaded {
+        Loaded {
+            tables: self.tables.clone(),
+            sets: planned.iter().cloned().collect(),
+        }
+    }
+
+    /// Writes the record (rules and sets), replacing any earlier one in one step.
+    pub fn save(&self, variant: &str) -> std::io::Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let path = std::path::Path::new(RECORD_FILE);
+        let dir = path.parent().expect("the record is in a directory");
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)?;
+        let staging = dir.join(".fence.new");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&staging)?;
+        std::io::Write::write_all(&mut file, self.record_text(variant).as_bytes())?;
+        std::fs::rename(&staging, path)
+    }
+
+    fn record_text(&self, variant: &str) -> String {
+        let mut text = format!(
+            "# cordon: the fence as loaded; `cordon check` compares with it\nvariant {variant}\n"
+        );
+        for (family, lines) in &self.tables {
+            text.push_str(&format!("table {}\n", family.name()));
+            for line in lines {
+                text.push_str(&format!("  {line}\n"));
+            }
+        }
+        for (set, members) in &self.sets {
+            text.push_str(&format!("set {set}\n"));
+            for member in members {
+                text.push_str(&format!("  {member}\n"));
+            }
+        }
+        text
+    }
+
+    /// Reads a record `save` wrote: the rules and sets, and the iptables variant.
+    pub fn load(text: &str) -> Result<(Loaded, String), String> {
+        let mut loaded = Loaded::default();
+        let mut variant = None;
+        enum Section {
+            None,
+            Table(Family),
+            Set(String),
+        }
+        let mut section = Section::None;
+        for (index, line) in text.lines().enumerate() {
+            let bad = || {
+                format!(
+                    "{RECORD_FILE}:{}: `{line}` is not part of a record",
+                    index + 1
+                )
+            };
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if let Some(item) = line.strip_prefix("  ") {
+                match &section {
+                    Section::Table(family) => loaded
+                        .tables
+                        .entry(*family)
+                        .or_default()
+                        .push(item.to_string()),
+                    Section::Set(set) => {
+                        loaded
+                            .sets
+                            .entry(set.clone())
+                            .or_default()
+                            .insert(item.to_string());
+                    }
+                    Section::None => return Err(bad()),
+                }
+                continue;
+            }
+            match line.split_once(' ') {
+                Some(("variant", name)) => variant = Some(name.to_string()),
+                Some(("table", "IPv4")) => section = Section::Table(Family::V4),
+                Some(("table", "IPv6")) => section = Section::Table(Family::V6),
+                Some(("set", name)) => {
+                    loaded.sets.entry(name.to_string()).or_default();
+                    section = Section::Set(name.to_string());
+                }
+                _ => return Err(bad()),
+            }
+        }
+        let variant = variant.ok_or_else(|| format!("{RECORD_FILE}: no variant line"))?;
+        Ok((loaded, variant))
+    }
+
+    /// How many rules and set members this holds, for reports.
+    pub fn size(&self) -> (usize, usize) {
+        (
+            self.tables.values().map(Vec::len).sum(),
+            self.sets.values().map(BTreeSet::len).sum(),
+        )
+    }
+}
+
 /// The lines of an iptables-save (or restore) text that say what the table holds: chain
 /// policies without counters, and rules.
 fn table_lines(text: &str) -> Vec<String> {
@@ -365,6 +481,18 @@ mod tests {
             accepting.rule_differences_from_plan(&planned, &[Family::V4]),
             ["IPv4: the OUTPUT policy is not DROP"]
         );
+    }
+
+    #[test]
+    fn a_record_reads_back_as_written() {
+        let planned = ruleset();
+        let v4 = planned.iptables_restore(Family::V4);
+        let loaded =
+            Loaded::parse([(Family::V4, v4.as_str())], "").with_sets(&planned.set_members());
+        let text = loaded.record_text("nft");
+        let (back, variant) = Loaded::load(&text).unwrap();
+        assert_eq!((back, variant.as_str()), (loaded, "nft"));
+        assert!(Loaded::load("nonsense\n").is_err());
     }
 
     #[test]

@@ -777,14 +777,42 @@ fn signals_during_firewall_set_up() {
 /// cordon itself (no `ip netns exec` in between, so a signal reaches it and nothing else) in the
 /// sandbox's network namespace; give it `--resolv-conf` (the sandbox's is under /etc/netns).
 fn in_sandbox(world: &World) -> Command {
+    use std::ffi::CString;
     use std::os::unix::process::CommandExt;
     let namespace = std::fs::File::open(format!("/var/run/netns/{}", world.sandbox_ns)).unwrap();
+    let (none, root, run, tmpfs) = (
+        CString::new("none").unwrap(),
+        CString::new("/").unwrap(),
+        CString::new("/run").unwrap(),
+        CString::new("tmpfs").unwrap(),
+    );
     let mut command = Command::new(cordon());
-    // SAFETY: setns is one system call on a descriptor that outlives the spawn.
+    // SAFETY: only system calls, on values prepared before the fork and owned by the closure.
     unsafe {
         command.pre_exec(move || {
             nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-                .map_err(std::io::Error::from)
+                .map_err(std::io::Error::from)?;
+            // A private /run, as `World::private_run` gives the other cases; each step only if
+            // the one before held (never over the host's /run).
+            let check = |rc: libc::c_int| match rc {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            };
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            check(libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            check(libc::mount(
+                tmpfs.as_ptr(),
+                run.as_ptr(),
+                tmpfs.as_ptr(),
+                0,
+                std::ptr::null(),
+            ))
         });
     }
     command

@@ -531,6 +531,65 @@ fn tools_planted_on_path_are_never_run() {
     );
 }
 
+/// `cordon check` as root compares the live fence with the record the fence left: a surgical
+/// change (one address added to a set, one ACCEPT inside cordon's chain, the INPUT policy turned
+/// to ACCEPT, an UNTRACKED accept behind a raw-table NOTRACK) is named and fails the check.
+#[test]
+fn check_names_a_surgical_tamper() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let fence_findings = |tamper: &str| {
+        let line = format!(
+            "{cordon} {fence} >/dev/null 2>&1 || exit 9\n{tamper}\nexec {cordon} check",
+            cordon = cordon().display(),
+            fence = FENCE.join(" ")
+        );
+        let output = world.sandbox_sh(&line);
+        assert_ne!(output.status.code(), Some(9), "the fence was not applied");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter(|l| l.contains(" fence: the fence"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let untouched = fence_findings("true");
+    assert!(
+        untouched.starts_with("ok    fence: the fence is as loaded"),
+        "{untouched}"
+    );
+    for (tamper, named) in [
+        (
+            format!("ipset add cordon4-hosts {BLOCKED}"),
+            format!("set cordon4-hosts gained {BLOCKED}"),
+        ),
+        (
+            format!("iptables -I CORDON_OUTPUT 3 -d {BLOCKED} -j ACCEPT"),
+            format!("IPv4 rule added: `-A CORDON_OUTPUT -d {BLOCKED}/32 -j ACCEPT`"),
+        ),
+        (
+            "iptables -P INPUT ACCEPT".to_string(),
+            "IPv4 rule added: `:INPUT ACCEPT`".to_string(),
+        ),
+        (
+            format!(
+                "iptables -t raw -A OUTPUT -d {BLOCKED} -j NOTRACK && iptables -I CORDON_OUTPUT \
+                 -m conntrack --ctstate UNTRACKED -j ACCEPT"
+            ),
+            "IPv4 rule added: `-A CORDON_OUTPUT -m conntrack --ctstate UNTRACKED -j ACCEPT`"
+                .to_string(),
+        ),
+    ] {
+        let found = fence_findings(&tamper);
+        assert!(
+            found.starts_with("FAIL  fence: the fence changed since it was loaded")
+                && found.contains(&named),
+            "{tamper}: expected `{named}` in\n{found}"
+        );
+    }
+}
+
 #[test]
 fn a_restore_failing_part_way_fails_closed() {
     if !privileged() {

@@ -258,6 +258,7 @@ impl World {
     /// Runs a shell line in the sandbox namespace, in a mount namespace of its own (so it may
     /// mount over /run and the like).
     pub fn sandbox_sh(&self, line: &str) -> Output {
+        let line = format!("{}\n{line}", self.private_run());
         Command::new("ip")
             .args([
                 "netns",
@@ -267,10 +268,25 @@ impl World {
                 "-m",
                 "sh",
                 "-c",
-                line,
+                &line,
             ])
             .output()
             .expect("run a shell in the sandbox")
+    }
+
+    /// Shell lines that give a private mount namespace its own /run, with this world's
+    /// /run/cordon (where cordon leaves the record of its fence) kept across runs: worlds run in
+    /// parallel, and the host's /run is not the tests' to write.
+    pub fn private_run(&self) -> String {
+        let kept = self.dir.join("run-cordon");
+        std::fs::create_dir_all(&kept).unwrap();
+        std::fs::set_permissions(&kept, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .unwrap();
+        format!(
+            "mount -t tmpfs -o mode=755 tmpfs /run && mkdir /run/cordon && mount --bind {} \
+             /run/cordon",
+            kept.display()
+        )
     }
 
     /// Runs cordon in the sandbox namespace.
@@ -279,8 +295,18 @@ impl World {
     }
 
     pub fn cordon_with(&self, binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let line = format!("{} && exec \"$0\" \"$@\"", self.private_run());
         let output = Command::new("ip")
-            .args(["netns", "exec", &self.sandbox_ns])
+            .args([
+                "netns",
+                "exec",
+                &self.sandbox_ns,
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                &line,
+            ])
             .arg(binary)
             .args(args)
             .envs(env.iter().copied())
