@@ -653,9 +653,8 @@ fn changed_during_verification(fault: &str, tamper: &[&str], named: &str) {
     run_in(&world.world_ns, &first);
 
     let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &world.sandbox_ns])
-        .arg(cordon())
+    let mut child = world
+        .sandbox_command(cordon())
         .args([
             "firewall",
             "--no-default-profile",

@@ -1323,10 +1323,8 @@ fn reserved_signals_during_start_up_reach_the_agent() {
         ..WorldOpts::default()
     });
     let started = std::time::Instant::now();
-    let mut command = Command::new("ip");
+    let mut command = world.sandbox_command(cordon());
     command
-        .args(["netns", "exec", &world.sandbox_ns])
-        .arg(cordon())
         .args([
             "--no-harden",
             "--no-default-profile",

@@ -289,6 +289,26 @@ impl World {
         )
     }
 
+    /// A command that runs `program` in the sandbox namespace with a private /run (see
+    /// `private_run`); add its arguments.
+    pub fn sandbox_command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let line = format!("{} && exec \"$0\" \"$@\"", self.private_run());
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                &self.sandbox_ns,
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                &line,
+            ])
+            .arg(program);
+        command
+    }
+
     /// Runs cordon in the sandbox namespace.
     pub fn cordon(&self, args: &[&str]) -> Output {
         self.cordon_with(Path::new(&cordon()), args, &[])
