@@ -128,6 +128,8 @@ pub struct Ruleset {
     pub v4: FamilyRules,
     pub v6: FamilyRules,
     pub inbound: Vec<PortRange>,
+    /// The connection mark of flows this policy accepted (see `flow_mark`).
+    pub flow_mark: u32,
 }
 
 /// What the ruleset does with one connection attempt; mirrors the rendered rule order.
@@ -138,9 +140,14 @@ pub enum Verdict {
 }
 
 pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Result<Ruleset> {
+    let (v4, v6) = (
+        FamilyRules::new(Family::V4, conf),
+        FamilyRules::new(Family::V6, conf),
+    );
     let mut ruleset = Ruleset {
-        v4: FamilyRules::new(Family::V4, conf),
-        v6: FamilyRules::new(Family::V6, conf),
+        flow_mark: flow_mark(policy, &v4, &v6),
+        v4,
+        v6,
         inbound: policy.inbound.clone(),
     };
     let addrs_of: HashMap<&str, &[IpAddr]> = resolution
@@ -187,6 +194,27 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
         }
     }
     Ok(ruleset)
+}
+
+/// Established flows skip the verdict rules only if this policy accepted them: CORDON_ALLOW marks
+/// each flow it lets through with this connection mark. A flow opened before the fence (the
+/// drop-in runs after the container started) or accepted under another policy carries no or
+/// another mark, so its next packet is judged like a new one, and a blocked one is rejected at
+/// once (TCP with a reset). The mark is a hash of what the policy says, without the addresses
+/// names resolve to: the same allowlist applied again keeps live flows on the fast path, a
+/// changed one judges every flow again (allowed flows are marked anew and go on).
+fn flow_mark(policy: &Policy, v4: &FamilyRules, v6: &FamilyRules) -> u32 {
+    let entries: Vec<_> = policy
+        .entries
+        .iter()
+        .map(|entry| (&entry.target, &entry.ports))
+        .collect();
+    let text = format!("{entries:?}{:?}{v4:?}{v6:?}", policy.inbound);
+    // FNV-1a: stable across builds and platforms (std's hashers are not).
+    let hash = text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
 }
 
 impl FamilyRules {
@@ -375,7 +403,9 @@ impl Ruleset {
             self.output_chain(family)
                 .map(|rule| format!("-A {CHAIN_OUTPUT} {rule}")),
         );
-        lines.extend(allow_chain(family).map(|rule| format!("-A {CHAIN_ALLOW} {rule}")));
+        lines.extend(
+            allow_chain(family, self.flow_mark).map(|rule| format!("-A {CHAIN_ALLOW} {rule}")),
+        );
         lines.extend(reject_chain(family).map(|rule| format!("-A {CHAIN_REJECT} {rule}")));
         lines.push("COMMIT".to_string());
         lines.join("\n") + "\n"
@@ -405,8 +435,9 @@ impl Ruleset {
                     .map(|kind| neighbour_discovery(kind)),
             );
         }
+        // Through CORDON_ALLOW, which marks the flow: the replies leave on the fast path.
         for range in &self.inbound {
-            chain.push(format!("{} -j ACCEPT", port_match(range)));
+            chain.push(format!("{} -j {CHAIN_ALLOW}", port_match(range)));
         }
         chain.push(format!("-j REJECT --reject-with {}", family.reject_admin()));
         chain.into_iter()
@@ -416,21 +447,29 @@ impl Ruleset {
         let rules = self.family(family);
         let mut chain = vec![
             format!("-o lo -j {CHAIN_ALLOW}"),
-            // Probes skip this shortcut: a probe's source port may match a flow cordon's own DNS
-            // queries just used, and it must still reach the verdict rules.
+            // Only flows this policy accepted take this shortcut (see `flow_mark`). Probes never
+            // do: a probe's source port may match a flow cordon's own DNS queries just used, and
+            // it must still reach the verdict rules.
             format!(
-                "-m conntrack --ctstate ESTABLISHED,RELATED -m mark ! --mark {PROBE_MARK:#x} -j ACCEPT"
+                "-m conntrack --ctstate ESTABLISHED -m connmark --mark {:#x} -m mark ! --mark \
+                 {PROBE_MARK:#x} -j ACCEPT",
+                self.flow_mark
             ),
+            // ICMP errors about packets that came in, e.g. CORDON_INPUT's rejections, whose
+            // flows no policy accepted.
+            format!("-m conntrack --ctstate RELATED -m mark ! --mark {PROBE_MARK:#x} -j ACCEPT"),
         ];
         if family == Family::V6 {
-            // Neighbour discovery and MLD never leave the link (hop limit 255 / 1) and only the
-            // kernel sends them: without them IPv6 cannot reach even an allowed address.
+            // Neighbour discovery never leaves the link (hop limit 255) and only the kernel sends
+            // it: without it IPv6 cannot reach even an allowed address. MLDv2 reports (type 143)
+            // are rejected: they carry group addresses any process can choose (by joining a
+            // group) to the link, a covert channel, and neighbour discovery works without them
+            // on Docker's bridges (verified by the dual-stack end-to-end tests).
             chain.extend(
                 NEIGHBOUR_DISCOVERY_OUT
                     .iter()
                     .map(|kind| neighbour_discovery(kind)),
             );
-            chain.push("-p ipv6-icmp -m icmp6 --icmpv6-type 143 -m hl --hl-eq 1 -j ACCEPT".into());
         }
         for resolver in &rules.resolvers {
             for proto in ["udp", "tcp"] {
@@ -470,14 +509,16 @@ impl Ruleset {
     }
 }
 
-/// The verifier's marked probes are answered here, inside the namespace; all else is accepted.
-fn allow_chain(family: Family) -> impl Iterator<Item = String> {
+/// The verifier's marked probes are answered here, inside the namespace; all else is marked as
+/// accepted by this policy (`flow_mark`) and accepted.
+fn allow_chain(family: Family, flow_mark: u32) -> impl Iterator<Item = String> {
     [
         format!("-p tcp -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"),
         format!(
             "-m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with {}",
             family.reject_port()
         ),
+        format!("-j CONNMARK --set-mark {flow_mark:#x}"),
         "-j ACCEPT".to_string(),
     ]
     .into_iter()

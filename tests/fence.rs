@@ -590,6 +590,229 @@ fn check_names_a_surgical_tamper() {
     }
 }
 
+/// The port the stream tests use: a sink in the world that logs every TCP chunk and UDP
+/// datagram it receives (`t ADDR` / `u ADDR` lines in `streams.log`).
+const STREAM_PORT: u16 = 9443;
+
+/// A child process killed when dropped, so that a failing test does not leave it running (and
+/// holding the test harness's output open).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_sink(world: &World) -> Killed {
+    let log = world.path("streams.log");
+    let script = format!(
+        "import socket, threading\n\
+         lock = threading.Lock()\n\
+         def note(line):\n\
+         \twith lock, open('{log}', 'a') as f:\n\t\tf.write(line + '\\n')\n\
+         def sink(c, addr):\n\
+         \twhile c.recv(4096):\n\t\tnote('t ' + addr)\n\
+         def tcp(addr):\n\
+         \ts = socket.socket()\n\ts.bind((addr, {STREAM_PORT}))\n\ts.listen()\n\
+         \twhile True:\n\t\tc, _ = s.accept()\n\
+         \t\tthreading.Thread(target=sink, args=(c, addr), daemon=True).start()\n\
+         def udp(addr):\n\
+         \ts = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\ts.bind((addr, {STREAM_PORT}))\n\
+         \twhile True:\n\t\ts.recv(4096)\n\t\tnote('u ' + addr)\n\
+         for addr in ['{ALLOWED}', '{BLOCKED}']:\n\
+         \tthreading.Thread(target=tcp, args=(addr,), daemon=True).start()\n\
+         \tthreading.Thread(target=udp, args=(addr,), daemon=True).start()\n\
+         open('{log}', 'a').close()\n\
+         threading.Event().wait()\n"
+    );
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &world.world_ns,
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    wait_for(std::path::Path::new(&log));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child
+}
+
+/// How many TCP chunks (`t`) or UDP datagrams (`u`) from the sandbox reached ADDR's sink.
+fn sunk(world: &World, kind: &str, addr: &str) -> usize {
+    std::fs::read_to_string(world.path("streams.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == format!("{kind} {addr}"))
+        .count()
+}
+
+/// A stream started by the agent's uid in the sandbox: python3 sending a byte to ADDR's sink
+/// every 50 ms over TCP and over UDP, ignoring send errors, until killed.
+fn stream(world: &World, addr: &str) -> Killed {
+    let script = format!(
+        "import socket, time\n\
+         t = socket.create_connection(('{addr}', {STREAM_PORT}))\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         u.connect(('{addr}', {STREAM_PORT}))\n\
+         while True:\n\
+         \tfor s in (t, u):\n\t\ttry:\n\t\t\ts.send(b'x')\n\t\texcept OSError:\n\t\t\tpass\n\
+         \ttime.sleep(0.05)\n"
+    );
+    Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &world.sandbox_ns, "setpriv"])
+            .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", &script])
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Flows opened before the fence (the drop-in runs after the container started) do not survive
+/// it: a TCP and a UDP stream to the blocked address stop at their next packet. An allowed
+/// stream survives a rerun, with the same allowlist and with a changed one.
+#[test]
+fn flows_from_before_the_fence_stop_and_allowed_ones_survive_a_rerun() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let _sink = start_sink(&world);
+    // In a container connections are tracked before cordon runs (Docker's embedded DNS puts
+    // nat rules in its namespace). Here a mangle rule does that: without any rule that needs
+    // conntrack, a flow from before the fence would look new to it.
+    world.sandbox(&[
+        "iptables",
+        "-t",
+        "mangle",
+        "-A",
+        "OUTPUT",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "NEW",
+        "-j",
+        "ACCEPT",
+    ]);
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(400));
+    let _blocked = stream(&world, BLOCKED);
+    pause();
+    assert!(
+        sunk(&world, "t", BLOCKED) > 2 && sunk(&world, "u", BLOCKED) > 2,
+        "both streams reach the world before the fence"
+    );
+    let allow = format!("allowed.test:443,{STREAM_PORT}");
+    let fence = |extra: &[&str]| {
+        let mut args = vec![
+            "firewall",
+            "--no-default-profile",
+            "--allow",
+            &allow,
+            "--user",
+            AGENT_UID,
+        ];
+        args.extend_from_slice(extra);
+        assert!(world.cordon(&args).status.success());
+    };
+    fence(&[]);
+    let fenced_at = (sunk(&world, "t", BLOCKED), sunk(&world, "u", BLOCKED));
+    pause();
+    let after = (sunk(&world, "t", BLOCKED), sunk(&world, "u", BLOCKED));
+    assert!(
+        after.0 <= fenced_at.0 + 1 && after.1 <= fenced_at.1 + 1,
+        "the streams to the blocked address went on: {fenced_at:?} then {after:?}"
+    );
+
+    let _allowed = stream(&world, ALLOWED);
+    pause();
+    fence(&[]);
+    fence(&["--allow", "10.77.9.9"]);
+    let rerun_at = sunk(&world, "t", ALLOWED);
+    pause();
+    assert!(
+        sunk(&world, "t", ALLOWED) >= rerun_at + 4,
+        "the allowed TCP stream was cut by a rerun"
+    );
+}
+
+/// MLDv2 reports (ICMPv6 143) carry group addresses the agent chooses to the link: none leaves
+/// the fence. Without it, joining a group sends one (the test can see them).
+#[test]
+fn no_multicast_listener_report_leaves() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let ip6tables = |args: &[&str]| {
+        let mut full = vec![
+            "netns",
+            "exec",
+            world.world_ns.as_str(),
+            "ip6tables",
+            "-t",
+            "raw",
+        ];
+        full.extend_from_slice(args);
+        support::run("ip", &full)
+    };
+    ip6tables(&[
+        "-A",
+        "PREROUTING",
+        "-p",
+        "ipv6-icmp",
+        "--icmpv6-type",
+        "143",
+    ]);
+    let reports = || {
+        let listing = ip6tables(&["-L", "PREROUTING", "-v", "-x", "-n"]);
+        listing
+            .lines()
+            .find(|l| l.contains("ipv6-icmptype 143"))
+            .and_then(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .expect("the counting rule")
+    };
+    let join = |group: &str| {
+        let script = format!(
+            "import socket, struct, time\n\
+             s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+             index = socket.if_nameindex()[-1][0]\n\
+             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, \
+             socket.inet_pton(socket.AF_INET6, '{group}') + struct.pack('@I', index))\n\
+             time.sleep(1.5)\n"
+        );
+        support::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &world.sandbox_ns,
+                "setpriv",
+                "--reuid",
+                AGENT_UID,
+                "--regid",
+                AGENT_UID,
+                "--clear-groups",
+                "/usr/bin/python3",
+                "-c",
+                &script,
+            ],
+        );
+    };
+    join("ff15::c0de:1");
+    assert!(reports() > 0, "a join sends a report without the fence");
+    assert!(world.cordon(FENCE).status.success());
+    ip6tables(&["-Z", "PREROUTING"]);
+    join("ff15::c0de:2");
+    assert_eq!(reports(), 0, "a report left the fence");
+}
+
 #[test]
 fn a_restore_failing_part_way_fails_closed() {
     if !privileged() {
