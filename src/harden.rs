@@ -18,8 +18,8 @@ pub mod mounts;
 pub mod sudoers;
 pub mod walk;
 
-use std::ffi::{CStr, OsStr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::ffi::{CStr, CString, OsStr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -146,7 +146,7 @@ impl walk::Visitor for Finder {
         self.files += 1;
         let Ok(stat) = entry.stat() else { return };
         let path = entry.c_path();
-        let capability = has_capability(&path);
+        let capability = has_capability(&path, entry);
         if stat.st_mode & SETID_BITS != 0 || capability {
             self.privileged.push(Privileged {
                 path: PathBuf::from(OsStr::from_bytes(path.as_bytes())),
@@ -162,17 +162,50 @@ impl walk::Visitor for Finder {
 }
 
 /// Whether the file has a `security.capability` attribute. Any answer but "no such attribute" or
-/// "attributes not supported" counts as yes: a scan must not miss one.
-fn has_capability(path: &CStr) -> bool {
-    // SAFETY: both are NUL-terminated strings that outlive the call; a null buffer of size 0
-    // only asks for the attribute's size.
-    let rc =
-        unsafe { libc::lgetxattr(path.as_ptr(), CAPABILITY.as_ptr(), std::ptr::null_mut(), 0) };
-    match Errno::result(rc) {
+/// "attributes not supported" counts as yes: a scan must not miss one. A path longer than
+/// PATH_MAX (a tree the agent can make arbitrarily deep under HOME) is asked again through the
+/// directory's descriptor (/proc/self/fd/N/NAME), which is short at any depth.
+fn has_capability(path: &CStr, entry: &walk::Entry<'_>) -> bool {
+    let ask = |path: &CStr| {
+        // SAFETY: both are NUL-terminated strings that outlive the call; a null buffer of size
+        // 0 only asks for the attribute's size.
+        let rc =
+            unsafe { libc::lgetxattr(path.as_ptr(), CAPABILITY.as_ptr(), std::ptr::null_mut(), 0) };
+        Errno::result(rc)
+    };
+    let mut answer = ask(path);
+    if answer == Err(Errno::ENAMETOOLONG) {
+        let mut short = format!("/proc/self/fd/{}/", entry.dir().as_raw_fd()).into_bytes();
+        short.extend_from_slice(entry.name().to_bytes());
+        if let Ok(short) = CString::new(short) {
+            answer = ask(&short);
+        }
+    }
+    match answer {
         Ok(_) => true,
         Err(Errno::ENODATA | Errno::EOPNOTSUPP) => false,
         Err(_) => true,
     }
+}
+
+/// Opens `path` with `flags`; a path longer than PATH_MAX is opened one component at a time,
+/// never following a symlink on the way.
+fn open_deep(path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    match fcntl::open(path, flags, Mode::empty()) {
+        Err(Errno::ENAMETOOLONG) => {}
+        other => return other,
+    }
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(Errno::ENAMETOOLONG);
+    };
+    let dir_flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let mut dir = fcntl::open("/", dir_flags, Mode::empty())?;
+    for component in parent.components() {
+        if let std::path::Component::Normal(part) = component {
+            dir = fcntl::openat(&dir, part, dir_flags, Mode::empty())?;
+        }
+    }
+    fcntl::openat(&dir, name, flags, Mode::empty())
 }
 
 fn remove_capability(fd: BorrowedFd<'_>) -> nix::Result<()> {
@@ -310,7 +343,7 @@ fn strip(file: &Privileged) -> nix::Result<()> {
         | OFlag::O_NONBLOCK
         | OFlag::O_NOCTTY
         | OFlag::O_CLOEXEC;
-    let fd = fcntl::open(&file.path, flags, Mode::empty())?;
+    let fd = open_deep(&file.path, flags)?;
     let now = stat::fstat(&fd)?;
     if (now.st_dev, now.st_ino) != (file.dev, file.ino) {
         return Err(Errno::ESTALE);

@@ -145,6 +145,49 @@ fn strips_exactly_the_privileged_files_on_the_roots_own_mount() {
     );
 }
 
+/// A privileged file deeper than PATH_MAX (the agent can make such a tree under HOME, which
+/// persists across starts) is found and stripped; the walk never fails on it.
+#[test]
+fn a_privileged_file_deeper_than_path_max_is_stripped() {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::{fchmod, fstat, mkdirat, Mode};
+    if !support::privileged() {
+        return;
+    }
+    let scratch = Scratch::new("deep");
+    let component = "d".repeat(200);
+    let mut dir = nix::fcntl::open(
+        &scratch.dir("home/node"),
+        OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    // 25 levels of 201 bytes: more than 5,000 bytes of path.
+    for _ in 0..25 {
+        mkdirat(&dir, component.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+        dir = openat(
+            &dir,
+            component.as_str(),
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap();
+    }
+    let file = openat(
+        &dir,
+        "setuid",
+        OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o755),
+    )
+    .unwrap();
+    fchmod(&file, Mode::from_bits_truncate(0o4755)).unwrap();
+
+    let report = harden::harden(&scratch.root).expect("harden does not fail on a deep path");
+    assert_eq!(report.stripped.len(), 1, "{:?}", report.stripped);
+    assert!(report.stripped[0].path.as_os_str().len() > 5000);
+    assert_eq!(fstat(&file).unwrap().st_mode & 0o7777, 0o755);
+}
+
 #[test]
 fn a_second_run_changes_nothing_and_the_scan_finds_nothing() {
     if !support::privileged() {
