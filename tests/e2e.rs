@@ -1563,6 +1563,63 @@ fn cordon_check_and_the_healthcheck_report_healthy() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }
 
+/// The agent plants firewall tools where the container's PATH looks first: a directory it owns
+/// (~/.local/bin) and a relative entry (node_modules/.bin, resolved against the working
+/// directory). Neither the HEALTHCHECK (`cordon check` as root) nor the entrypoint after a
+/// `docker restart` runs them; the fence holds and the container stays healthy.
+#[test]
+fn tools_the_agent_plants_on_path_never_run_as_root() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let path = "PATH=/home/node/.local/bin:node_modules/.bin:/usr/local/sbin:/usr/local/bin:\
+                /usr/sbin:/usr/bin:/sbin:/bin";
+    let c = world.start(
+        "planted",
+        Dns::Embedded,
+        &args(&[
+            &CAPS,
+            &[
+                "-e",
+                path,
+                "-w",
+                "/tmp",
+                "--health-interval",
+                "1s",
+                &world.s.image,
+                "sleep",
+                "infinity",
+            ],
+        ]),
+    );
+    world.wait_log(&c, "cordon: starting sleep as node", 1);
+    let plant = "for dir in /home/node/.local/bin /tmp/node_modules/.bin; do mkdir -p $dir; \
+                 for tool in ipset iptables iptables-nft-restore ip6tables-nft-restore \
+                 iptables-nft-save ip6tables-nft-save iptables-legacy-save xtables-nft-multi; do \
+                 printf '#!/bin/sh\\ntouch /tmp/planted-ran\\n' > $dir/$tool; chmod 755 \
+                 $dir/$tool; done; done";
+    let planted = world.exec("node", &c, &["sh", "-c", plant]);
+    assert!(planted.ok(), "{}", planted.both());
+    // Let the HEALTHCHECK run a few times with the planted tools in place.
+    std::thread::sleep(Duration::from_secs(3));
+    world.docker_must(&["restart", c.as_str()]);
+    world.wait_log(&c, "cordon: starting sleep as node", 2);
+    std::thread::sleep(Duration::from_secs(2));
+    let ran = world.exec("root", &c, &["test", "-e", "/tmp/planted-ran"]);
+    assert_eq!(ran.code, Some(1), "a planted tool ran as root");
+    world.assert_fenced(&c, Dns::Embedded);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let health = loop {
+        let status = world.inspect(&c, "{{.State.Health.Status}}");
+        if status != "starting" || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(health, "healthy");
+}
+
 /// The shapes users bring, on Docker's ordinary IPv4-only network (disable_ipv6=1 in every
 /// container): embedded DNS, the default bridge's resolv.conf, `--read-only` with the README's
 /// tmpfs mounts, `--cap-drop ALL` with the README's minimum, `--init`, and the legacy backend.
