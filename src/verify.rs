@@ -68,6 +68,10 @@ pub enum Observed {
     Allowed,
     /// Rejected by CORDON_REJECT.
     Rejected,
+    /// Rejected (ICMP admin-prohibited), but the datagram had left this namespace: something
+    /// outside it answered, not this container's fence. Only for unmarked UDP probes, whose
+    /// send fails with EPERM when the fence drops them.
+    RejectedOutside,
     /// No route: stopped before the fence.
     NoRoute,
     /// No source address for the family (EADDRNOTAVAIL: IPv6 switched off in the namespace):
@@ -113,6 +117,10 @@ impl ProbeResult {
         let observed = match self.observed {
             Observed::Allowed => "allowed",
             Observed::Rejected => "blocked",
+            Observed::RejectedOutside => {
+                "rejected outside this container, not by its fence: cannot verify the fence as \
+                 this user (as root it can be read: docker exec -u root CONTAINER cordon check)"
+            }
             Observed::NoRoute => "no route",
             Observed::CannotSend => "cannot send (no source address)",
             Observed::NotAsOwner => {
@@ -270,7 +278,7 @@ fn lan_peers(net: &NetInfo) -> Vec<IpAddr> {
 /// non-root user) can only show rejections: an allowed one would really leave.
 pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<ProbeResult> {
     let started = Instant::now();
-    let mut pending: Vec<(Probe, Result<OwnedFd, Observed>)> = probes
+    let mut pending: Vec<(Probe, Result<Sent, Observed>)> = probes
         .into_iter()
         .map(|probe| {
             let socket = open_probe(&probe, agent_uid, marked);
@@ -281,7 +289,7 @@ pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<Probe
     let mut results: Vec<ProbeResult> = Vec::new();
     let deadline = started + PROBE_DEADLINE;
     loop {
-        let mut waiting: Vec<(Probe, OwnedFd)> = Vec::new();
+        let mut waiting: Vec<(Probe, Sent)> = Vec::new();
         for (probe, socket) in pending.drain(..) {
             match socket {
                 Err(observed) => results.push(ProbeResult {
@@ -289,7 +297,7 @@ pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<Probe
                     observed,
                     elapsed: started.elapsed(),
                 }),
-                Ok(fd) => waiting.push((probe, fd)),
+                Ok(sent) => waiting.push((probe, sent)),
             }
         }
         if waiting.is_empty() {
@@ -307,12 +315,12 @@ pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<Probe
         let ready: Vec<bool> = {
             let mut fds: Vec<PollFd> = waiting
                 .iter()
-                .map(|(probe, fd)| {
+                .map(|(probe, sent)| {
                     let wanted = match probe.proto {
                         Proto::Tcp => PollFlags::POLLOUT,
                         Proto::Udp => PollFlags::POLLIN,
                     };
-                    PollFd::new(fd.as_fd(), wanted)
+                    PollFd::new(sent.fd.as_fd(), wanted)
                 })
                 .collect();
             let timeout = PollTimeout::try_from(remaining.as_millis().max(1) as u64)
@@ -322,23 +330,35 @@ pub fn run_probes(probes: Vec<Probe>, agent_uid: u32, marked: bool) -> Vec<Probe
                 .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
                 .collect()
         };
-        for ((probe, fd), is_ready) in waiting.into_iter().zip(ready) {
-            match is_ready.then(|| settle(&probe, &fd)).flatten() {
+        for ((probe, sent), is_ready) in waiting.into_iter().zip(ready) {
+            match is_ready.then(|| settle(&probe, &sent.fd)).flatten() {
+                Some(Observed::Rejected) if sent.left => results.push(ProbeResult {
+                    probe,
+                    observed: Observed::RejectedOutside,
+                    elapsed: started.elapsed(),
+                }),
                 Some(observed) => results.push(ProbeResult {
                     probe,
                     observed,
                     elapsed: started.elapsed(),
                 }),
-                None => pending.push((probe, Ok(fd))),
+                None => pending.push((probe, Ok(sent))),
             }
         }
     }
     results
 }
 
+/// A probe on its way: its socket, and whether its datagram left the namespace (an unmarked UDP
+/// probe whose send the fence did not refuse).
+struct Sent {
+    fd: OwnedFd,
+    left: bool,
+}
+
 /// Creates the probe's socket (owned by the agent's uid unless it probes as root), marks it and
 /// starts the connection. An immediate verdict comes back as `Err`.
-fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<OwnedFd, Observed> {
+fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<Sent, Observed> {
     let family = match probe.dst {
         SocketAddr::V4(_) => AddressFamily::Inet,
         SocketAddr::V6(_) => AddressFamily::Inet6,
@@ -373,15 +393,18 @@ fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<OwnedFd, Ob
         Ok(()) | Err(Errno::EINPROGRESS) => {}
         Err(errno) => return Err(classify(errno)),
     }
+    let mut left = false;
     if probe.proto == Proto::Udp {
         // A filtered datagram fails the send with EPERM whatever the verdict; the verdict itself
-        // arrives as the socket error the ICMP answer sets.
+        // arrives as the socket error the ICMP answer sets. A send that succeeds let the
+        // datagram out of the namespace (marked probes never leave: the fence answers them).
         match send(fd.as_raw_fd(), b"cordon-probe", MsgFlags::empty()) {
-            Ok(_) | Err(Errno::EPERM) => {}
+            Ok(_) => left = !marked,
+            Err(Errno::EPERM) => {}
             Err(errno) => return Err(classify(errno)),
         }
     }
-    Ok(fd)
+    Ok(Sent { fd, left })
 }
 
 /// The verdict of a probe whose socket became ready, or `None` to keep waiting.

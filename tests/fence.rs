@@ -1590,6 +1590,63 @@ fn reserved_signals_during_start_up_reach_the_agent() {
     );
 }
 
+/// Without a fence, a network that itself rejects everything (ICMP admin-prohibited, what the
+/// fence answers too) must not make `cordon check` as the agent certify a fence: the datagrams
+/// left the namespace, so it says it cannot verify, and how to.
+#[test]
+fn the_unprivileged_check_does_not_take_the_networks_rejection_for_the_fence() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let in_world = |args: &[&str]| {
+        let mut full = vec!["netns", "exec", world.world_ns.as_str()];
+        full.extend_from_slice(args);
+        support::run("ip", &full)
+    };
+    in_world(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ip_forward=1",
+        "net.ipv4.icmp_ratelimit=0",
+    ]);
+    for chain in ["INPUT", "FORWARD"] {
+        in_world(&[
+            "iptables",
+            "-I",
+            chain,
+            "-s",
+            SANDBOX,
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "icmp-admin-prohibited",
+        ]);
+    }
+    world.sandbox(&["ip", "route", "replace", "default", "via", GATEWAY]);
+    let check = Command::new("ip")
+        .args(["netns", "exec", &world.sandbox_ns, "setpriv"])
+        .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+        .arg(cordon())
+        .arg("check")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&check.stdout);
+    let udp: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("fence: probe") && l.contains(" udp/"))
+        .collect();
+    assert!(!udp.is_empty(), "{report}");
+    // Probes the network answered say they cannot verify; none is certified.
+    assert!(
+        udp.iter().all(|l| l.starts_with("FAIL "))
+            && udp.iter().filter(|l| l.contains("cannot verify")).count() >= 2,
+        "the network's rejections were taken for the fence:\n{report}"
+    );
+    assert_eq!(check.status.code(), Some(1), "{report}");
+}
+
 /// `cordon check` as the agent probes TCP as well as UDP: a hole that lets TCP out while UDP
 /// stays blocked fails it.
 #[test]
