@@ -255,21 +255,11 @@ impl World {
         run("ip", &full)
     }
 
-    /// Runs a shell line in the sandbox namespace, in a mount namespace of its own (so it may
-    /// mount over /run and the like).
+    /// Runs a shell line in the sandbox namespace, in a mount namespace of its own with a
+    /// private /run (`private_run`), so it may mount over /usr/sbin, /run and the like.
     pub fn sandbox_sh(&self, line: &str) -> Output {
-        let line = format!("{}\n{line}", self.private_run());
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.sandbox_ns,
-                "unshare",
-                "-m",
-                "sh",
-                "-c",
-                &line,
-            ])
+        self.sandbox_command("sh")
+            .args(["-c", line])
             .output()
             .expect("run a shell in the sandbox")
     }
