@@ -174,11 +174,6 @@ pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
         .ipset
         .run(&["-exist", "restore"], &ruleset.ipset_create(), tool::BOUND)
         .map_err(|detail| failed("ipset restore", detail))?;
-    load_tables(tools, ruleset, ipv6)
-}
-
-/// Loads both families' tables, in parallel, each in one transaction (the sets must exist).
-pub fn load_tables(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
     let deadline = Instant::now() + tool::BOUND;
     let loads: Vec<(Family, Result<tool::Running, String>)> = families(ipv6.in_kernel())
         .iter()

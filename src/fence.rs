@@ -276,7 +276,7 @@ fn build(
     timings.mark("policy");
     // The rules do not depend on any address (addresses live in the sets), so they load while
     // the names resolve; the sets are filled and swapped in once the addresses are known.
-    let rules_only = plan::plan(&policy, &Resolution::default(), &conf)?.while_resolving();
+    let rules_only = plan::plan(&policy, &Resolution::default(), &conf)?;
     let (loaded, resolution) = std::thread::scope(|scope| {
         let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
         let loaded = apply::load_rules(tools, &rules_only, net.ipv6);
@@ -287,14 +287,7 @@ fn build(
     interrupted()?;
     timings.mark("resolve+rules");
     let ruleset = plan::plan(&policy, &resolution, &conf)?;
-    // The sets, and the final rules (without the resolvers' answers), side by side.
-    let (sets, tables) = std::thread::scope(|scope| {
-        let tables = scope.spawn(|| apply::load_tables(tools, &ruleset, net.ipv6));
-        let sets = apply::load_sets(tools, &ruleset);
-        (sets, tables.join().expect("table load panicked"))
-    });
-    sets?;
-    tables?;
+    apply::load_sets(tools, &ruleset)?;
     timings.mark("sets");
     let record = record::read_rules(tools, ready.scope.families()).map_err(failed_read)?;
     // Where IPv6 is off, a failed IPv6 load was only a warning: its table is not held to the plan.

@@ -6,14 +6,11 @@
 //! touched):
 //!
 //! ```text
-//! OUTPUT (policy DROP) → CORDON_OUTPUT: loopback; established flows with this allowlist's
-//!     connection mark; related; IPv6 neighbour discovery; DNS to the resolvers;
+//! OUTPUT (policy DROP) → CORDON_OUTPUT: loopback; established/related; DNS to the resolvers;
 //!     [DNS from uid 0 to the embedded forwarder's upstreams]; set cordonN-ports (addr, proto,
 //!     port); set cordonN-hosts (addr, any port); everything else → CORDON_REJECT
-//! INPUT  (policy DROP) → CORDON_INPUT: loopback; established/related; [the resolvers' answers,
-//!     only while names resolve]; neighbour discovery; [--inbound ports → CORDON_ALLOW]; reject
-//! CORDON_ALLOW: the verifier's marked probes are answered locally here, all else gets the
-//!     allowlist's connection mark and is accepted
+//! INPUT  (policy DROP) → CORDON_INPUT: loopback; established/related; [--inbound ports]; reject
+//! CORDON_ALLOW: the verifier's marked probes are answered locally here, all else accepted
 //! CORDON_REJECT: REJECT (TCP reset; icmp admin-prohibited for the rest and for marked probes),
 //!     so a blocked connect fails at once
 //! ```
@@ -133,9 +130,6 @@ pub struct Ruleset {
     pub inbound: Vec<PortRange>,
     /// The connection mark of flows this policy accepted (see `flow_mark`).
     pub flow_mark: u32,
-    /// Rules loaded while names resolve: they also accept the resolvers' answers (see
-    /// `input_chain`). The final rules, loaded with the sets, do not.
-    pub while_resolving: bool,
 }
 
 /// What the ruleset does with one connection attempt; mirrors the rendered rule order.
@@ -152,7 +146,6 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
     );
     let mut ruleset = Ruleset {
         flow_mark: flow_mark(policy, &v4, &v6),
-        while_resolving: false,
         v4,
         v6,
         inbound: policy.inbound.clone(),
@@ -353,12 +346,6 @@ impl Ruleset {
         out
     }
 
-    /// These rules as loaded while names resolve (see `while_resolving`).
-    pub fn while_resolving(mut self) -> Ruleset {
-        self.while_resolving = true;
-        self
-    }
-
     /// The members of each live set as `ipset save` prints them: one per port of a range, the
     /// protocol by name, a single address without its prefix length.
     pub fn set_members(&self) -> SetMembers {
@@ -430,19 +417,15 @@ impl Ruleset {
             "-i lo -j ACCEPT".to_string(),
             "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".to_string(),
         ];
-        // While names resolve, answers to cordon's own queries: the rules load meanwhile, and a
-        // query that left before conntrack was active in this namespace (these rules activate
-        // it) has an answer conntrack never saw leave. Only until the final rules replace
-        // these: afterwards a neighbour spoofing a resolver's address could reach any local
-        // port this way.
-        if self.while_resolving {
-            for resolver in &rules.resolvers {
-                for proto in ["udp", "tcp"] {
-                    chain.push(format!(
-                        "-s {} -p {proto} -m {proto} --sport 53 -j ACCEPT",
-                        host_net(*resolver)
-                    ));
-                }
+        // Answers to cordon's own queries, which may have left before conntrack was active in
+        // this namespace (the rules load while names resolve). Whatever the agent sends back to
+        // such a packet goes to the resolver's port 53, which it may reach anyway.
+        for resolver in &rules.resolvers {
+            for proto in ["udp", "tcp"] {
+                chain.push(format!(
+                    "-s {} -p {proto} -m {proto} --sport 53 -j ACCEPT",
+                    host_net(*resolver)
+                ));
             }
         }
         if family == Family::V6 {
@@ -724,19 +707,6 @@ mod tests {
         let error = plan(&policy(&entries, &[]), &Resolution::default(), &nameserver).unwrap_err();
         assert_eq!(error.exit_code(), crate::error::exit::BAD_INPUT, "{error}");
         assert!(error.to_string().starts_with("allowlist: "), "{error}");
-    }
-
-    #[test]
-    fn resolver_answers_are_accepted_only_while_names_resolve() {
-        let nameserver = conf("nameserver 10.0.0.2\n");
-        let answers = "-A CORDON_INPUT -s 10.0.0.2/32 -p udp -m udp --sport 53 -j ACCEPT";
-        let final_rules = plan(&policy(&[], &[]), &Resolution::default(), &nameserver).unwrap();
-        assert!(!final_rules.iptables_restore(Family::V4).contains(answers));
-        let while_resolving = final_rules.clone().while_resolving();
-        assert!(while_resolving
-            .iptables_restore(Family::V4)
-            .contains(answers));
-        assert_eq!(final_rules.flow_mark, while_resolving.flow_mark);
     }
 
     #[test]
