@@ -5,8 +5,8 @@
 //! (or `cordon firewall` returns) the rules are read again and compared with that record, and
 //! the sets are read and compared with the plan, member by member. Any difference, say a set
 //! member or a rule added by another process holding CAP_NET_ADMIN during the self-test, is
-//! named and fails the start. The sets are read once only: `ipset save` costs about 10 µs per
-//! member, and the plan says exactly what they must hold.
+//! named and fails the start. The sets are read once only (over netlink, `set_reader`): the plan
+//! says exactly what they must hold.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -14,7 +14,7 @@ use crate::apply::Tools;
 use crate::plan::{
     Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
-use crate::tool;
+use crate::{set_reader, tool};
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
 /// sets.
@@ -37,9 +37,9 @@ pub fn read_all(tools: &Tools, families: &[Family]) -> Result<Loaded, String> {
     read(tools, families, true)
 }
 
-/// Every tool in parallel.
+/// The tables with the save tools, in parallel; the sets over netlink (`set_reader`) meanwhile.
 fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, String> {
-    let saved: Vec<Result<String, String>> = std::thread::scope(|scope| {
+    let (saved, sets) = std::thread::scope(|scope| {
         let tables: Vec<_> = families
             .iter()
             .map(|family| {
@@ -51,23 +51,23 @@ fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, S
             })
             .collect();
         let sets = match with_sets {
-            true => tools.ipset.run(&["save"], "", tool::BOUND),
-            false => Ok(String::new()),
+            true => set_reader::members(&live_sets()),
+            false => Ok(BTreeMap::new()),
         };
-        let mut all: Vec<_> = tables
+        let saved: Vec<Result<String, String>> = tables
             .into_iter()
             .map(|table| table.join().expect("save thread panicked"))
             .collect();
-        all.push(sets);
-        all
+        (saved, sets)
     });
-    let mut saved = saved.into_iter().collect::<Result<Vec<String>, String>>()?;
-    let sets = saved.pop().expect("the ipset save is last");
+    let saved = saved.into_iter().collect::<Result<Vec<String>, String>>()?;
     let tables = families
         .iter()
         .copied()
         .zip(saved.iter().map(String::as_str));
-    Ok(Loaded::parse(tables, &sets))
+    let mut loaded = Loaded::parse(tables, "");
+    loaded.sets = sets?;
+    Ok(loaded)
 }
 
 fn live_sets() -> Vec<String> {

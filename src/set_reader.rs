@@ -1,0 +1,250 @@
+//! Reads the members of ipsets straight from the kernel over netfilter netlink (IPSET_CMD_LIST),
+//! printed as `ipset save` prints them. `ipset save` looks each member's protocol up in
+//! /etc/protocols, about 10 µs per member: at 8,000 members that is most of the time cordon
+//! spends reading its fence back before the agent starts. This takes a few milliseconds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::errno::Errno;
+
+const NFNL_SUBSYS_IPSET: u16 = 6;
+const IPSET_CMD_LIST: u16 = 7;
+const IPSET_PROTOCOL: u8 = 7;
+// Attributes at command level.
+const ATTR_PROTOCOL: u16 = 1;
+const ATTR_SETNAME: u16 = 2;
+const ATTR_DATA: u16 = 7;
+const ATTR_ADT: u16 = 8;
+// Attributes of one member.
+const ATTR_IP: u16 = 1;
+const ATTR_CIDR: u16 = 3;
+const ATTR_PORT: u16 = 4;
+const ATTR_PROTO: u16 = 7;
+const ATTR_IPADDR_IPV4: u16 = 1;
+const ATTR_IPADDR_IPV6: u16 = 2;
+/// The flag bits of an attribute's type (nested, network byte order).
+const ATTR_TYPE_MASK: u16 = 0x3fff;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const HEADER: usize = 16;
+
+/// Each named set's members; a set that does not exist is absent.
+pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    // SAFETY: a plain socket(2); the descriptor is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_NETFILTER,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("netfilter netlink: {}", Errno::last().desc()));
+    }
+    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut found = BTreeMap::new();
+    for (seq, set) in sets.iter().enumerate() {
+        send(&socket, &list_request(set, seq as u32 + 1))?;
+        match receive(&socket) {
+            Ok(members) => {
+                found.insert(set.clone(), members);
+            }
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(format!("listing set {set}: {}", errno.desc())),
+        }
+    }
+    Ok(found)
+}
+
+fn list_request(set: &str, seq: u32) -> Vec<u8> {
+    let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, version, res_id
+    attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+    let mut name = set.as_bytes().to_vec();
+    name.push(0);
+    attr(&mut body, ATTR_SETNAME, &name);
+    let mut message = Vec::with_capacity(HEADER + body.len());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    message.extend_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
+    message.extend_from_slice(&((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST).to_ne_bytes());
+    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    message.extend_from_slice(&body);
+    message
+}
+
+fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
+    out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(payload);
+    out.resize(out.len().next_multiple_of(4), 0);
+}
+
+fn send(socket: &OwnedFd, message: &[u8]) -> Result<(), String> {
+    // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl addresses the kernel.
+    let sent = unsafe {
+        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
+        kernel.nl_family = libc::AF_NETLINK as u16;
+        libc::sendto(
+            socket.as_raw_fd(),
+            message.as_ptr().cast(),
+            message.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    match sent {
+        n if n == message.len() as isize => Ok(()),
+        _ => Err(format!("netfilter netlink: {}", Errno::last().desc())),
+    }
+}
+
+/// Reads one dump to its end: every member of the set.
+fn receive(socket: &OwnedFd) -> Result<BTreeSet<String>, Errno> {
+    let mut members = BTreeSet::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        // SAFETY: the buffer is valid for its length.
+        let got = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                0,
+            )
+        };
+        let got = Errno::result(got)? as usize;
+        let mut rest = &buffer[..got];
+        while rest.len() >= HEADER {
+            let length = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
+            if length < HEADER || length > rest.len() {
+                return Err(Errno::EBADMSG);
+            }
+            let payload = &rest[HEADER..length];
+            match kind {
+                NLMSG_DONE => return Ok(members),
+                NLMSG_ERROR => {
+                    let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap());
+                    if code != 0 {
+                        return Err(Errno::from_raw(-code));
+                    }
+                }
+                _ => collect_members(&payload[4.min(payload.len())..], &mut members),
+            }
+            rest = &rest[length.next_multiple_of(4).min(rest.len())..];
+        }
+    }
+}
+
+/// Netlink attributes: (type without flags, payload).
+fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if data.len() < 4 {
+            return None;
+        }
+        let length = u16::from_ne_bytes([data[0], data[1]]) as usize;
+        let kind = u16::from_ne_bytes([data[2], data[3]]) & ATTR_TYPE_MASK;
+        if length < 4 || length > data.len() {
+            return None;
+        }
+        let payload = &data[4..length];
+        data = &data[length.next_multiple_of(4).min(data.len())..];
+        Some((kind, payload))
+    })
+}
+
+fn collect_members(message: &[u8], members: &mut BTreeSet<String>) {
+    for (kind, adt) in attributes(message) {
+        if kind != ATTR_ADT {
+            continue;
+        }
+        for (kind, data) in attributes(adt) {
+            if kind == ATTR_DATA {
+                if let Some(member) = member(data) {
+                    members.insert(member);
+                }
+            }
+        }
+    }
+}
+
+/// One member as `ipset save` prints it: `ADDR`, `NET/LEN`, or either with `,PROTO:PORT`.
+fn member(data: &[u8]) -> Option<String> {
+    let (mut addr, mut width, mut cidr, mut port, mut proto) = (None, 32, None, None, None);
+    for (kind, payload) in attributes(data) {
+        match kind {
+            ATTR_IP => {
+                for (family, bytes) in attributes(payload) {
+                    match (family, bytes.len()) {
+                        (ATTR_IPADDR_IPV4, 4) => {
+                            let octets: [u8; 4] = bytes.try_into().ok()?;
+                            addr = Some(Ipv4Addr::from(octets).to_string());
+                        }
+                        (ATTR_IPADDR_IPV6, 16) => {
+                            let octets: [u8; 16] = bytes.try_into().ok()?;
+                            addr = Some(Ipv6Addr::from(octets).to_string());
+                            width = 128;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            ATTR_CIDR => cidr = payload.first().copied(),
+            ATTR_PORT if payload.len() == 2 => {
+                port = Some(u16::from_be_bytes([payload[0], payload[1]]))
+            }
+            ATTR_PROTO => proto = payload.first().copied(),
+            _ => {}
+        }
+    }
+    let mut text = addr?;
+    if let Some(len) = cidr.filter(|&len| u32::from(len) != width) {
+        text.push_str(&format!("/{len}"));
+    }
+    if let (Some(port), Some(proto)) = (port, proto) {
+        let name = match proto {
+            6 => "tcp".to_string(),
+            17 => "udp".to_string(),
+            other => other.to_string(),
+        };
+        text.push_str(&format!(",{name}:{port}"));
+    }
+    Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(kind: u16, inner: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        attr(&mut out, kind | 0x8000, inner);
+        out
+    }
+
+    #[test]
+    fn members_print_as_ipset_save_prints_them() {
+        let mut ip = Vec::new();
+        attr(&mut ip, ATTR_IPADDR_IPV4 | 0x4000, &[10, 0, 0, 0]);
+        let mut data = nested(ATTR_IP, &ip);
+        attr(&mut data, ATTR_CIDR, &[24]);
+        attr(&mut data, ATTR_PORT | 0x4000, &443u16.to_be_bytes());
+        attr(&mut data, ATTR_PROTO, &[6]);
+        assert_eq!(member(&data).as_deref(), Some("10.0.0.0/24,tcp:443"));
+
+        let mut ip = Vec::new();
+        attr(
+            &mut ip,
+            ATTR_IPADDR_IPV6 | 0x4000,
+            &"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets(),
+        );
+        let mut host = nested(ATTR_IP, &ip);
+        attr(&mut host, ATTR_CIDR, &[128]);
+        assert_eq!(member(&host).as_deref(), Some("2001:db8::1"));
+    }
+}
