@@ -42,6 +42,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         fence: inspect::fence(args.iptables_backend),
         credentials_in_env: crate::env::credential_names(std::env::vars_os()),
         sessions_without_nnp: sessions_without_no_new_privs(Path::new("/proc")),
+        other_mounts: harden::scan_other_mounts(),
     };
     let findings = assess(&facts);
     // --quiet (the HEALTHCHECK): only what did not hold, and the verdict.
@@ -194,6 +195,8 @@ pub struct Facts {
     /// Non-root processes without no_new_privs (docker exec sessions, unless the container runs
     /// with `--security-opt no-new-privileges`).
     pub sessions_without_nnp: Vec<Session>,
+    /// The other mounts where a setuid bit would work (volumes, the workspace), scanned.
+    pub other_mounts: Vec<Scan>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +280,66 @@ pub fn assess(facts: &Facts) -> Vec<Finding> {
     }
     findings.push(environment(&facts.credentials_in_env));
     findings.push(sessions(&facts.sessions_without_nnp));
+    findings.push(other_mounts(
+        &facts.other_mounts,
+        &facts.sessions_without_nnp,
+    ));
     findings
+}
+
+/// harden strips only the root filesystem: a setuid or file-capability file on a volume or the
+/// workspace stays. It matters only to a process without no_new_privs (a docker exec session,
+/// which the agent, as the same uid, could drive through ptrace to run it).
+fn other_mounts(scans: &[Scan], without_nnp: &[Session]) -> Finding {
+    let found: Vec<String> = scans
+        .iter()
+        .flat_map(|scan| &scan.privileged)
+        .map(|file| {
+            format!(
+                "{} ({}, uid {} mode {:o})",
+                file.path.display(),
+                file.describe(),
+                file.uid,
+                file.mode
+            )
+        })
+        .collect();
+    let mounts: Vec<String> = scans.iter().map(|s| s.root.display().to_string()).collect();
+    if found.is_empty() {
+        return finding(
+            Verdict::Ok,
+            "other mounts",
+            format!(
+                "no setuid/setgid file or file capabilities on {} other mounts without nosuid \
+                 ({})",
+                scans.len(),
+                mounts.join(", ")
+            ),
+        );
+    }
+    let listed = match found.len() > 10 {
+        true => format!("{} and {} more", found[..10].join(", "), found.len() - 10),
+        false => found.join(", "),
+    };
+    if without_nnp.is_empty() {
+        return finding(
+            Verdict::Note,
+            "other mounts",
+            format!(
+                "{listed}: inert, every non-root process has no_new_privs (harden never strips \
+                 other mounts)"
+            ),
+        );
+    }
+    finding(
+        Verdict::Fail,
+        "other mounts",
+        format!(
+            "{listed}: a process without no_new_privs (a docker exec session) could run one to \
+             gain privileges; remove the bits on the host (chmod ug-s, setcap -r), mount it \
+             nosuid, or run the container with --security-opt no-new-privileges"
+        ),
+    )
 }
 
 /// A warning, not a failure: in the base-image devcontainer the agent runs in such sessions.
@@ -558,6 +620,7 @@ Seccomp:\t2
             fence: fence(fence_holds),
             credentials_in_env: Vec::new(),
             sessions_without_nnp: Vec::new(),
+            other_mounts: Vec::new(),
         }
     }
 
@@ -652,6 +715,27 @@ Seccomp:\t2
             unprivileged && without,
             "{status}"
         );
+    }
+
+    #[test]
+    fn a_setuid_file_on_another_mount_fails_unless_every_process_has_no_new_privs() {
+        let file = harden::tests_support::privileged("/workspace/tool", 0o4755, 0);
+        let mut facts = facts(agent(), vec![], true);
+        facts.other_mounts = vec![scan(vec![file])];
+        facts.sessions_without_nnp = vec![Session {
+            pid: 7,
+            uid: 1000,
+            name: "bash".into(),
+        }];
+        assert_eq!(failures(&facts), ["other mounts"]);
+        let text = assess(&facts).last().unwrap().text.clone();
+        assert!(
+            text.contains("/workspace/tool") && text.contains("no-new-privileges"),
+            "{text}"
+        );
+        facts.sessions_without_nnp.clear();
+        assert_eq!(failures(&facts), Vec::<&str>::new());
+        assert_eq!(assess(&facts).last().unwrap().verdict, Verdict::Note);
     }
 
     #[test]

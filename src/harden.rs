@@ -109,6 +109,53 @@ pub fn scan(root: &Path) -> Result<Scan> {
     scan_with(root, &MountTable::read()?)
 }
 
+/// Scans every other mount where a setuid bit or file capability would take effect
+/// (`mounts::suid_mounts`): volumes, bind mounts, the workspace. harden never strips them (they
+/// are the user's); `cordon check` reports what it finds there. A mount that could not be
+/// scanned is left out.
+pub fn scan_other_mounts() -> Vec<Scan> {
+    let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let table = MountTable::parse(&text);
+    mounts::suid_mounts(&text)
+        .into_iter()
+        .filter_map(|point| match point.is_dir() {
+            true => scan_with(&point, &table).ok(),
+            false => scan_file(&point),
+        })
+        .collect()
+}
+
+/// A mount point that is a file (a bound /etc/hosts), judged by itself.
+fn scan_file(path: &Path) -> Option<Scan> {
+    let started = Instant::now();
+    let stat = stat::lstat(path).ok()?;
+    let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+    let capability = counts_as_capability(capability_attribute(&c_path));
+    let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
+    let privileged =
+        (regular && (stat.st_mode & SETID_BITS != 0 || capability)).then(|| Privileged {
+            path: path.to_path_buf(),
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            capability,
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        });
+    Some(Scan {
+        root: path.to_path_buf(),
+        entries: 1,
+        files: u64::from(regular),
+        privileged: privileged.into_iter().collect(),
+        skipped: Vec::new(),
+        unreadable: Vec::new(),
+        root_dev: stat.st_dev,
+        elapsed: started.elapsed(),
+    })
+}
+
 fn scan_with(root: &Path, mounts: &MountTable) -> Result<Scan> {
     let started = Instant::now();
     let walk = walk::walk(root, mounts, walk::default_threads(), Finder::default)?;
@@ -166,26 +213,28 @@ impl walk::Visitor for Finder {
 /// PATH_MAX (a tree the agent can make arbitrarily deep under HOME) is asked again through the
 /// directory's descriptor (/proc/self/fd/N/NAME), which is short at any depth.
 fn has_capability(path: &CStr, entry: &walk::Entry<'_>) -> bool {
-    let ask = |path: &CStr| {
-        // SAFETY: both are NUL-terminated strings that outlive the call; a null buffer of size
-        // 0 only asks for the attribute's size.
-        let rc =
-            unsafe { libc::lgetxattr(path.as_ptr(), CAPABILITY.as_ptr(), std::ptr::null_mut(), 0) };
-        Errno::result(rc)
-    };
-    let mut answer = ask(path);
+    let mut answer = capability_attribute(path);
     if answer == Err(Errno::ENAMETOOLONG) {
         let mut short = format!("/proc/self/fd/{}/", entry.dir().as_raw_fd()).into_bytes();
         short.extend_from_slice(entry.name().to_bytes());
         if let Ok(short) = CString::new(short) {
-            answer = ask(&short);
+            answer = capability_attribute(&short);
         }
     }
-    match answer {
-        Ok(_) => true,
-        Err(Errno::ENODATA | Errno::EOPNOTSUPP) => false,
-        Err(_) => true,
-    }
+    counts_as_capability(answer)
+}
+
+/// The size of `path`'s `security.capability` attribute.
+fn capability_attribute(path: &CStr) -> nix::Result<isize> {
+    // SAFETY: both are NUL-terminated strings that outlive the call; a null buffer of size 0
+    // only asks for the attribute's size.
+    let rc =
+        unsafe { libc::lgetxattr(path.as_ptr(), CAPABILITY.as_ptr(), std::ptr::null_mut(), 0) };
+    Errno::result(rc)
+}
+
+fn counts_as_capability(answer: nix::Result<isize>) -> bool {
+    !matches!(answer, Err(Errno::ENODATA | Errno::EOPNOTSUPP))
 }
 
 /// Opens `path` with `flags`; a path longer than PATH_MAX is opened one component at a time,

@@ -1620,6 +1620,71 @@ fn tools_the_agent_plants_on_path_never_run_as_root() {
     assert_eq!(health, "healthy");
 }
 
+/// harden strips only the root filesystem: a setuid file on a volume stays, and `cordon check`
+/// names it. It fails while an exec session runs without no_new_privs (the agent could drive it
+/// through ptrace to run the file); under `--security-opt no-new-privileges` the file is inert
+/// and the check says so.
+#[test]
+fn check_names_setuid_files_on_other_mounts() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let volume = format!("{}-suid", world.net);
+    world.volumes.lock().unwrap().push(volume.clone());
+    let mount = format!("type=volume,src={volume},dst=/data");
+    world.docker_must(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        &mount,
+        "--entrypoint",
+        "/bin/sh",
+        &world.s.image,
+        "-c",
+        "cp /bin/true /data/suid && chmod 4755 /data/suid",
+    ]);
+    for (tag, extra) in [
+        ("suid-plain", None),
+        ("suid-nnp", Some("no-new-privileges")),
+    ] {
+        let mut parts: Vec<&str> = CAPS.to_vec();
+        parts.extend(["--mount", &mount]);
+        if let Some(option) = extra {
+            parts.extend(["--security-opt", option]);
+        }
+        parts.extend([world.s.image.as_str(), "sleep", "infinity"]);
+        let c = world.start(tag, Dns::Embedded, &parts);
+        world.wait_log(&c, "cordon: starting sleep as node", 1);
+        // An editor's terminal: an exec session of the agent's user.
+        world.docker_must(&["exec", "-d", "-u", "node", c.as_str(), "sleep", "60"]);
+        let check = world.exec("root", &c, &["cordon", "check"]);
+        let line = check
+            .stdout
+            .lines()
+            .find(|l| l.contains(" other mounts: "))
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            line.contains("/data/suid (setuid root"),
+            "{tag}: {}",
+            check.stdout
+        );
+        match extra {
+            None => {
+                assert!(line.starts_with("FAIL "), "{tag}: {line}");
+                assert_eq!(check.code, Some(1), "{tag}");
+            }
+            Some(_) => assert!(
+                line.starts_with("note ") && line.contains("inert"),
+                "{tag}: {line}"
+            ),
+        }
+    }
+}
+
 /// The shapes users bring, on Docker's ordinary IPv4-only network (disable_ipv6=1 in every
 /// container): embedded DNS, the default bridge's resolv.conf, `--read-only` with the README's
 /// tmpfs mounts, `--cap-drop ALL` with the README's minimum, `--init`, and the legacy backend.

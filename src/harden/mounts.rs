@@ -73,6 +73,55 @@ impl MountTable {
     }
 }
 
+/// Filesystems that hold no files anyone put there: nothing on them can be setuid.
+const KERNEL_FILESYSTEMS: &[&str] = &[
+    "proc",
+    "sysfs",
+    "devpts",
+    "devtmpfs",
+    "mqueue",
+    "cgroup",
+    "cgroup2",
+    "securityfs",
+    "debugfs",
+    "tracefs",
+    "bpf",
+    "pstore",
+    "configfs",
+    "fusectl",
+    "hugetlbfs",
+    "binfmt_misc",
+    "autofs",
+    "nsfs",
+    "efivarfs",
+    "selinuxfs",
+    "rpc_pipefs",
+];
+
+/// The mount points other than `/` where a setuid bit or file capability would take effect:
+/// mounted without `nosuid`, and not a kernel filesystem. Field 6 of a mountinfo line is the
+/// mount's own options; the filesystem type follows the ` - ` separator.
+pub fn suid_mounts(text: &[u8]) -> Vec<PathBuf> {
+    let mut points = Vec::new();
+    for line in text.split(|&b| b == b'\n') {
+        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+        let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
+            continue;
+        };
+        let Some(separator) = fields.iter().position(|f| *f == b"-") else {
+            continue;
+        };
+        let fstype = fields.get(separator + 1).copied().unwrap_or_default();
+        let nosuid = options.split(|&b| b == b',').any(|o| o == b"nosuid");
+        let kernel = KERNEL_FILESYSTEMS.iter().any(|k| k.as_bytes() == fstype);
+        let point = PathBuf::from(OsString::from_vec(unescape(point)));
+        if !nosuid && !kernel && point != Path::new("/") && !points.contains(&point) {
+            points.push(point);
+        }
+    }
+    points
+}
+
 impl MountsBelow {
     pub fn in_dir(&self, dir: &Path) -> Option<&HashSet<OsString>> {
         self.by_parent.get(dir)
@@ -129,6 +178,25 @@ mod tests {
 1212 1203 0:90 / /home/node/.claude rw - ext4 /dev/vda rw
 1213 1203 0:91 / /mnt/with\\040space rw - tmpfs tmpfs rw
 ";
+
+    #[test]
+    fn mounts_where_setuid_would_work() {
+        let text = b"21 1 0:20 / / rw,relatime - overlay overlay rw\n\
+            22 21 0:21 / /proc rw,nosuid,nodev,noexec - proc proc rw\n\
+            23 21 0:22 / /dev/shm rw,nosuid,nodev - tmpfs shm rw\n\
+            24 21 8:1 /srv/ws /workspace rw,relatime - ext4 /dev/sda1 rw\n\
+            25 21 8:1 /v/home /home/node rw,relatime master:1 - ext4 /dev/sda1 rw\n\
+            26 21 8:1 /etc/hosts /etc/hosts rw,relatime - ext4 /dev/sda1 rw\n\
+            27 21 0:23 / /sys/fs/cgroup ro,relatime - cgroup2 cgroup rw\n";
+        assert_eq!(
+            suid_mounts(text),
+            [
+                PathBuf::from("/workspace"),
+                PathBuf::from("/home/node"),
+                PathBuf::from("/etc/hosts")
+            ]
+        );
+    }
 
     #[test]
     fn parses_mount_points_with_escapes() {
