@@ -52,6 +52,19 @@ pub struct Privileged {
 }
 
 impl Privileged {
+    /// A file a scan found, with the identity `strip` checks before changing it.
+    fn found(path: PathBuf, stat: &stat::FileStat, capability: bool) -> Privileged {
+        Privileged {
+            path,
+            mode: stat.st_mode & 0o7777,
+            uid: stat.st_uid,
+            gid: stat.st_gid,
+            capability,
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+        }
+    }
+
     pub fn setuid(&self) -> bool {
         self.mode & 0o4000 != 0
     }
@@ -134,16 +147,8 @@ fn scan_file(path: &Path) -> Option<Scan> {
     let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
     let capability = counts_as_capability(capability_attribute(&c_path));
     let regular = stat.st_mode & libc::S_IFMT == libc::S_IFREG;
-    let privileged =
-        (regular && (stat.st_mode & SETID_BITS != 0 || capability)).then(|| Privileged {
-            path: path.to_path_buf(),
-            mode: stat.st_mode & 0o7777,
-            uid: stat.st_uid,
-            gid: stat.st_gid,
-            capability,
-            dev: stat.st_dev,
-            ino: stat.st_ino,
-        });
+    let privileged = (regular && (stat.st_mode & SETID_BITS != 0 || capability))
+        .then(|| Privileged::found(path.to_path_buf(), &stat, capability));
     Some(Scan {
         root: path.to_path_buf(),
         entries: 1,
@@ -195,15 +200,9 @@ impl walk::Visitor for Finder {
         let path = entry.c_path();
         let capability = has_capability(&path, entry);
         if stat.st_mode & SETID_BITS != 0 || capability {
-            self.privileged.push(Privileged {
-                path: PathBuf::from(OsStr::from_bytes(path.as_bytes())),
-                mode: stat.st_mode & 0o7777,
-                uid: stat.st_uid,
-                gid: stat.st_gid,
-                capability,
-                dev: stat.st_dev,
-                ino: stat.st_ino,
-            });
+            let path = PathBuf::from(OsStr::from_bytes(path.as_bytes()));
+            self.privileged
+                .push(Privileged::found(path, &stat, capability));
         }
     }
 }

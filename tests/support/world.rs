@@ -305,19 +305,8 @@ impl World {
     }
 
     pub fn cordon_with(&self, binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let line = format!("{} && exec \"$0\" \"$@\"", self.private_run());
-        let output = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.sandbox_ns,
-                "unshare",
-                "-m",
-                "sh",
-                "-c",
-                &line,
-            ])
-            .arg(binary)
+        let output = self
+            .sandbox_command(binary)
             .args(args)
             .envs(env.iter().copied())
             .output()
