@@ -16,6 +16,7 @@ use crate::cli::Backend;
 use crate::error::{Error, Result};
 use crate::netinfo::Ipv6;
 use crate::plan::{self, Family, Ruleset};
+use crate::set_netlink;
 use crate::tool::{self, Tool};
 
 /// The lockdown's input is a few lines: its tools get less time, so that a hung tool delays the
@@ -269,6 +270,12 @@ pub fn lockdown(
     families: &[Family],
     may_cut_links: bool,
 ) -> Lockdown {
+    // A start that failed while names resolved leaves the resolvers in their set, where
+    // CORDON_INPUT accepts anything that claims to come from their port 53.
+    let resolvers = [Family::V4, Family::V6].map(Family::resolvers_set);
+    if let Err(detail) = set_netlink::flush(&resolvers) {
+        log::debug!("emptying the resolver sets failed: {detail}");
+    }
     let mut order: Vec<&'static str> = preferred.into_iter().collect();
     order.extend(VARIANTS.iter().filter(|v| Some(**v) != preferred));
     let mut through = Vec::new();

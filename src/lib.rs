@@ -20,7 +20,7 @@ pub mod policy;
 pub mod record;
 pub mod resolv_conf;
 pub mod resolve;
-pub mod set_reader;
+pub mod set_netlink;
 pub mod supervise;
 pub mod tool;
 pub mod user;

@@ -79,6 +79,17 @@ impl Family {
         format!("cordon{}-hosts", self.digit())
     }
 
+    /// The resolvers (address, protocol, port 53) whose answers to cordon's own start-up
+    /// queries CORDON_INPUT accepts without conntrack; empty but while names resolve.
+    pub fn resolvers_set(self) -> String {
+        format!("cordon{}-resolvers", self.digit())
+    }
+
+    /// Every set cordon loads for this family.
+    pub fn sets(self) -> [String; 3] {
+        [self.ports_set(), self.hosts_set(), self.resolvers_set()]
+    }
+
     fn ipset_family(self) -> &'static str {
         match self {
             Family::V4 => "inet",
@@ -300,9 +311,13 @@ impl Ruleset {
     /// existing ones as they are: the rules refer to them, so they must exist first.
     pub fn ipset_create(&self) -> String {
         let mut out = String::new();
-        for family in [Family::V4, Family::V6] {
+        for rules in [&self.v4, &self.v6] {
+            let family = rules.family;
             for (name, kind) in set_kinds(family) {
                 let _ = writeln!(out, "create {name} {}", set_options(kind, family));
+            }
+            for member in resolver_members(rules) {
+                let _ = writeln!(out, "add {} {member}", family.resolvers_set());
             }
         }
         out
@@ -342,6 +357,8 @@ impl Ruleset {
                 &ports,
             );
             write_set(&mut out, &family.hosts_set(), "hash:net", family, &hosts);
+            // The names have resolved: from here on answers to cordon's queries ride conntrack.
+            let _ = writeln!(out, "flush {}", family.resolvers_set());
         }
         out
     }
@@ -369,6 +386,7 @@ impl Ruleset {
                 .collect();
             sets.push((rules.family.ports_set(), ports));
             sets.push((rules.family.hosts_set(), hosts));
+            sets.push((rules.family.resolvers_set(), BTreeSet::new()));
         }
         sets
     }
@@ -412,22 +430,20 @@ impl Ruleset {
     }
 
     fn input_chain(&self, family: Family) -> impl Iterator<Item = String> {
-        let rules = self.family(family);
         let mut chain = vec![
             "-i lo -j ACCEPT".to_string(),
             "-m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT".to_string(),
         ];
         // Answers to cordon's own queries, which may have left before conntrack was active in
-        // this namespace (the rules load while names resolve). Whatever the agent sends back to
-        // such a packet goes to the resolver's port 53, which it may reach anyway.
-        for resolver in &rules.resolvers {
-            for proto in ["udp", "tcp"] {
-                chain.push(format!(
-                    "-s {} -p {proto} -m {proto} --sport 53 -j ACCEPT",
-                    host_net(*resolver)
-                ));
-            }
-        }
+        // this namespace (the rules load while names resolve, and a namespace without any rule
+        // that needs conntrack tracks nothing): conntrack takes such an answer for a new flow.
+        // The set holds the resolvers only while the names resolve (`ipset_create` fills it,
+        // `ipset_restore` empties it), so no packet that merely claims to come from a
+        // resolver's port 53 reaches the agent's listeners.
+        chain.push(format!(
+            "-m set --match-set {} src,src -j ACCEPT",
+            family.resolvers_set()
+        ));
         if family == Family::V6 {
             chain.extend(
                 NEIGHBOUR_DISCOVERY_IN
@@ -572,11 +588,19 @@ pub fn lockdown_restore(family: Family) -> String {
     out
 }
 
-fn set_kinds(family: Family) -> [(String, &'static str); 2] {
+fn set_kinds(family: Family) -> [(String, &'static str); 3] {
     [
         (family.ports_set(), "hash:net,port"),
         (family.hosts_set(), "hash:net"),
+        (family.resolvers_set(), "hash:net,port"),
     ]
+}
+
+/// `RESOLVER,udp:53` and `RESOLVER,tcp:53` for each resolver (protocols as numbers).
+fn resolver_members(rules: &FamilyRules) -> impl Iterator<Item = String> + '_ {
+    rules.resolvers.iter().flat_map(|resolver| {
+        [Proto::Udp, Proto::Tcp].map(|proto| format!("{resolver},{}:53", proto.number()))
+    })
 }
 
 fn set_options(kind: &str, family: Family) -> String {
@@ -686,7 +710,8 @@ mod tests {
 
     fn render(ruleset: &Ruleset) -> String {
         format!(
-            "## ipset restore\n{}\n## iptables-restore\n{}\n## ip6tables-restore\n{}",
+            "## ipset restore (create)\n{}\n## ipset restore\n{}\n## iptables-restore\n{}\n## ip6tables-restore\n{}",
+            ruleset.ipset_create(),
             ruleset.ipset_restore(),
             ruleset.iptables_restore(Family::V4),
             ruleset.iptables_restore(Family::V6)

@@ -5,7 +5,7 @@
 //! (or `cordon firewall` returns) the rules are read again and compared with that record, and
 //! the sets are read and compared with the plan, member by member. Any difference, say a set
 //! member or a rule added by another process holding CAP_NET_ADMIN during the self-test, is
-//! named and fails the start. The sets are read once only (over netlink, `set_reader`): the plan
+//! named and fails the start. The sets are read once only (over netlink, `set_netlink`): the plan
 //! says exactly what they must hold.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +14,7 @@ use crate::apply::Tools;
 use crate::plan::{
     Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
-use crate::{set_reader, tool};
+use crate::{set_netlink, tool};
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
 /// sets.
@@ -37,7 +37,7 @@ pub fn read_all(tools: &Tools, families: &[Family]) -> Result<Loaded, String> {
     read(tools, families, true)
 }
 
-/// The tables with the save tools, in parallel; the sets over netlink (`set_reader`) meanwhile.
+/// The tables with the save tools, in parallel; the sets over netlink (`set_netlink`) meanwhile.
 fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, String> {
     let (saved, sets) = std::thread::scope(|scope| {
         let tables: Vec<_> = families
@@ -51,7 +51,7 @@ fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, S
             })
             .collect();
         let sets = match with_sets {
-            true => set_reader::members(&live_sets()),
+            true => set_netlink::members(&live_sets()),
             false => Ok(BTreeMap::new()),
         };
         let saved: Vec<Result<String, String>> = tables
@@ -73,7 +73,7 @@ fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, S
 fn live_sets() -> Vec<String> {
     [Family::V4, Family::V6]
         .iter()
-        .flat_map(|family| [family.ports_set(), family.hosts_set()])
+        .flat_map(|family| family.sets())
         .collect()
 }
 
@@ -443,7 +443,9 @@ mod tests {
 
     const LOADED_SETS: &str = "create cordon4-ports hash:net,port family inet\n\
         add cordon4-ports 10.77.1.10,tcp:443\ncreate cordon4-hosts hash:net family inet\n\
-        create cordon6-ports hash:net,port family inet6\ncreate cordon6-hosts hash:net family inet6\n";
+        create cordon4-resolvers hash:net,port family inet\n\
+        create cordon6-ports hash:net,port family inet6\ncreate cordon6-hosts hash:net family inet6\n\
+        create cordon6-resolvers hash:net,port family inet6\n";
 
     #[test]
     fn the_record_is_held_to_the_plan() {

@@ -6,7 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 
 use support::world::*;
-use support::{cordon, privileged, testkit};
+use support::{cordon, privileged, run, testkit};
 
 /// The fence most tests use: only `allowed.test`, probed as uid 1000.
 const FENCE: &[&str] = &[
@@ -449,6 +449,12 @@ fn strict_fails_closed_on_a_name_that_does_not_resolve() {
     assert_eq!(output.status.code(), Some(75));
     assert!(stderr(&output).contains("--strict: missing.test did not resolve"));
     assert_locked_down(&world);
+    // The start failed after the resolvers entered their set (see the test of untracked
+    // answers): the lockdown empties it.
+    assert!(
+        !resolver_datagram_reaches_the_agent(&world),
+        "after a failed start a datagram claiming to be from the resolver reached the agent"
+    );
 }
 
 /// A fake restore tool in /usr/sbin: it loads the lockdown but rejects the real ruleset, the
@@ -567,6 +573,10 @@ fn check_names_a_surgical_tamper() {
         (
             format!("iptables -I CORDON_OUTPUT 3 -d {BLOCKED} -j ACCEPT"),
             format!("IPv4 rule added: `-A CORDON_OUTPUT -d {BLOCKED}/32 -j ACCEPT`"),
+        ),
+        (
+            format!("ipset add cordon4-resolvers {GATEWAY},udp:53"),
+            format!("set cordon4-resolvers gained {GATEWAY},udp:53"),
         ),
         (
             "iptables -P INPUT ACCEPT".to_string(),
@@ -739,6 +749,122 @@ fn flows_from_before_the_fence_stop_and_allowed_ones_survive_a_rerun() {
     assert!(
         sunk(&world, "t", ALLOWED) >= rerun_at + 4,
         "the allowed TCP stream was cut by a rerun"
+    );
+}
+
+/// Whether a UDP datagram from the resolver's address and port 53 (sent from the world with a
+/// raw socket, as a neighbour spoofing the resolver would) reaches a listener of the agent's uid
+/// in the sandbox.
+fn resolver_datagram_reaches_the_agent(world: &World) -> bool {
+    use std::io::BufRead;
+    const PORT: u16 = 7053;
+    let listener = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0', {PORT}))\n\
+         s.settimeout(1.5)\n\
+         print('ready', flush=True)\n\
+         try:\n\ts.recv(100)\n\tprint('received')\n\
+         except socket.timeout:\n\tprint('nothing')\n"
+    );
+    let mut listening = Command::new("ip")
+        .args(["netns", "exec", &world.sandbox_ns, "setpriv"])
+        .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", &listener])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = std::io::BufReader::new(listening.stdout.take().unwrap()).lines();
+    assert_eq!(said.next().unwrap().unwrap(), "ready");
+    // A raw IPPROTO_UDP socket: the kernel adds the IP header (source: the bound address), the
+    // script writes the UDP header, source port 53, checksum 0 (none, allowed over IPv4).
+    let spoof = format!(
+        "import socket, struct\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)\n\
+         s.bind(('{GATEWAY}', 0))\n\
+         payload = b'claims to be an answer'\n\
+         s.sendto(struct.pack('!HHHH', 53, {PORT}, 8 + len(payload), 0) + payload, \
+         ('{SANDBOX}', 0))\n"
+    );
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &world.world_ns,
+            "/usr/bin/python3",
+            "-c",
+            &spoof,
+        ],
+    );
+    let heard = said.next().unwrap().unwrap();
+    listening.wait().unwrap();
+    match heard.as_str() {
+        "received" => true,
+        "nothing" => false,
+        other => panic!("the listener printed {other:?}"),
+    }
+}
+
+/// How many packets CORDON_INPUT's rule for answers from the resolvers' set has accepted.
+fn untracked_answers_accepted(world: &World) -> u64 {
+    let listing = world.sandbox(&["iptables", "-w", "-L", "CORDON_INPUT", "-v", "-n", "-x"]);
+    let rule = listing
+        .lines()
+        .find(|line| line.contains("match-set cordon4-resolvers src,src"))
+        .unwrap_or_else(|| panic!("no resolver-set rule in CORDON_INPUT:\n{listing}"));
+    rule.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// The fence loads while names resolve, in a namespace where nothing made conntrack active yet:
+/// an answer that arrives after the rules loaded belongs to a query conntrack never saw. Those
+/// answers still get in (only while the names resolve), and afterwards a datagram that merely
+/// claims to come from the resolver's port 53 does not reach the agent's listeners.
+#[test]
+fn answers_to_untracked_queries_get_in_and_spoofed_resolver_packets_do_not() {
+    if !privileged() {
+        return;
+    }
+    // 250 ms: after the rules have loaded, before the resolver's first retry (333 ms), which
+    // conntrack would see.
+    let world = World::new(WorldOpts {
+        dns_args: vec!["--delay-ms".into(), "250".into()],
+        ..WorldOpts::default()
+    });
+    world.sandbox(&[
+        "/usr/bin/python3",
+        "-c",
+        &format!(
+            "import socket\nsocket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', \
+             ('{GATEWAY}', 9))"
+        ),
+    ]);
+    assert_eq!(
+        world.sandbox(&["cat", "/proc/net/nf_conntrack"]).trim(),
+        "",
+        "conntrack must not be active in the sandbox before the fence"
+    );
+    assert!(
+        resolver_datagram_reaches_the_agent(&world),
+        "without a fence the spoofed datagram must arrive, or this test sees nothing"
+    );
+
+    let output = world.cordon(FENCE);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        !resolver_datagram_reaches_the_agent(&world),
+        "a datagram claiming to be from the resolver's port 53 reached the agent's listener"
+    );
+    assert!(
+        untracked_answers_accepted(&world) > 0,
+        "the answers should have arrived after the rules loaded, untracked"
+    );
+    assert_verdicts(
+        &world.probe(&[&tcp(ALLOWED, 443), &tcp(BLOCKED, 443)]),
+        &[
+            (&tcp(ALLOWED, 443), "open"),
+            (&tcp(BLOCKED, 443), "refused"),
+        ],
     );
 }
 

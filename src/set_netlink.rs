@@ -1,7 +1,8 @@
-//! Reads the members of ipsets straight from the kernel over netfilter netlink (IPSET_CMD_LIST),
-//! printed as `ipset save` prints them. `ipset save` looks each member's protocol up in
-//! /etc/protocols, about 10 µs per member: at 8,000 members that is most of the time cordon
-//! spends reading its fence back before the agent starts. This takes a few milliseconds.
+//! ipsets straight from the kernel over netfilter netlink: `members` lists them (IPSET_CMD_LIST),
+//! printed as `ipset save` prints them, and `flush` empties them (IPSET_CMD_FLUSH). `ipset save`
+//! looks each member's protocol up in /etc/protocols, about 10 µs per member: at 8,000 members
+//! that is most of the time cordon spends reading its fence back before the agent starts. This
+//! takes a few milliseconds. `flush` is for the lockdown, which must not depend on a tool.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -10,6 +11,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use nix::errno::Errno;
 
 const NFNL_SUBSYS_IPSET: u16 = 6;
+const IPSET_CMD_FLUSH: u16 = 4;
 const IPSET_CMD_LIST: u16 = 7;
 const IPSET_PROTOCOL: u8 = 7;
 // Attributes at command level.
@@ -32,6 +34,51 @@ const HEADER: usize = 16;
 
 /// Each named set's members; a set that does not exist is absent.
 pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
+    let socket = open()?;
+    let mut found = BTreeMap::new();
+    for (seq, set) in sets.iter().enumerate() {
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
+        send(
+            &socket,
+            &request(IPSET_CMD_LIST, flags, set, seq as u32 + 1),
+        )?;
+        match receive(&socket, Answer::Dump) {
+            Ok(members) => {
+                found.insert(set.clone(), members);
+            }
+            Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(format!("listing set {set}: {}", errno.desc())),
+        }
+    }
+    Ok(found)
+}
+
+/// Empties each named set; a set that does not exist is not an error.
+pub fn flush(sets: &[String]) -> Result<(), String> {
+    let socket = open()?;
+    for (seq, set) in sets.iter().enumerate() {
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+        send(
+            &socket,
+            &request(IPSET_CMD_FLUSH, flags, set, seq as u32 + 1),
+        )?;
+        match receive(&socket, Answer::Ack) {
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(errno) => return Err(format!("flushing set {set}: {}", errno.desc())),
+        }
+    }
+    Ok(())
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Answer {
+    /// Messages up to NLMSG_DONE.
+    Dump,
+    /// One NLMSG_ERROR, 0 for success.
+    Ack,
+}
+
+fn open() -> Result<OwnedFd, String> {
     // SAFETY: a plain socket(2); the descriptor is owned right below.
     let fd = unsafe {
         libc::socket(
@@ -44,32 +91,19 @@ pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, St
         return Err(format!("netfilter netlink: {}", Errno::last().desc()));
     }
     // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-    let mut found = BTreeMap::new();
-    for (seq, set) in sets.iter().enumerate() {
-        send(&socket, &list_request(set, seq as u32 + 1))?;
-        match receive(&socket) {
-            Ok(members) => {
-                found.insert(set.clone(), members);
-            }
-            Err(Errno::ENOENT) => {}
-            Err(errno) => return Err(format!("listing set {set}: {}", errno.desc())),
-        }
-    }
-    Ok(found)
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-fn list_request(set: &str, seq: u32) -> Vec<u8> {
+fn request(command: u16, flags: i32, set: &str, seq: u32) -> Vec<u8> {
     let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, version, res_id
     attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
     let mut name = set.as_bytes().to_vec();
     name.push(0);
     attr(&mut body, ATTR_SETNAME, &name);
     let mut message = Vec::with_capacity(HEADER + body.len());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
     message.extend_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
-    message.extend_from_slice(&((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_LIST).to_ne_bytes());
-    message.extend_from_slice(&flags.to_ne_bytes());
+    message.extend_from_slice(&((NFNL_SUBSYS_IPSET << 8) | command).to_ne_bytes());
+    message.extend_from_slice(&(flags as u16).to_ne_bytes());
     message.extend_from_slice(&seq.to_ne_bytes());
     message.extend_from_slice(&0u32.to_ne_bytes());
     message.extend_from_slice(&body);
@@ -103,8 +137,9 @@ fn send(socket: &OwnedFd, message: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Reads one dump to its end: every member of the set.
-fn receive(socket: &OwnedFd) -> Result<BTreeSet<String>, Errno> {
+/// Reads one answer to its end: every member of the set for a dump (`Answer::Dump`), nothing
+/// for a request that asked for an acknowledgement.
+fn receive(socket: &OwnedFd, answer: Answer) -> Result<BTreeSet<String>, Errno> {
     let mut members = BTreeSet::new();
     let mut buffer = vec![0u8; 1 << 16];
     loop {
@@ -132,6 +167,9 @@ fn receive(socket: &OwnedFd) -> Result<BTreeSet<String>, Errno> {
                     let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap());
                     if code != 0 {
                         return Err(Errno::from_raw(-code));
+                    }
+                    if answer == Answer::Ack {
+                        return Ok(members);
                     }
                 }
                 _ => collect_members(&payload[4.min(payload.len())..], &mut members),
