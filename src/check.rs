@@ -326,8 +326,8 @@ fn other_mounts(scans: &[Scan], without_nnp: &[Session]) -> Finding {
             Verdict::Note,
             "other mounts",
             format!(
-                "{listed}: inert, every non-root process has no_new_privs (harden never strips \
-                 other mounts)"
+                "{listed}: inert, every non-root process has no_new_privs (harden strips other \
+                 mounts only with --strip-mounts)"
             ),
         );
     }
@@ -337,7 +337,8 @@ fn other_mounts(scans: &[Scan], without_nnp: &[Session]) -> Finding {
         format!(
             "{listed}: a process without no_new_privs (a docker exec session) could run one to \
              gain privileges; remove the bits on the host (chmod ug-s, setcap -r), mount it \
-             nosuid, or run the container with --security-opt no-new-privileges"
+             nosuid, start cordon with --strip-mounts, or run the container with --security-opt \
+             no-new-privileges"
         ),
     )
 }

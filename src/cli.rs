@@ -181,6 +181,11 @@ pub struct SandboxOpts {
     #[arg(long)]
     pub no_harden: bool,
 
+    /// Also strip setuid/setgid bits and file capabilities on every other mount where they would
+    /// work (volumes, bind mounts, the workspace), before the agent starts.
+    #[arg(long, conflicts_with = "no_harden")]
+    pub strip_mounts: bool,
+
     /// Pass this credential variable to the agent although it matches a scrub pattern.
     #[arg(long = "keep-env", value_name = "NAME")]
     pub keep_env: Vec<String>,

@@ -123,9 +123,9 @@ pub fn scan(root: &Path) -> Result<Scan> {
 }
 
 /// Scans every other mount where a setuid bit or file capability would take effect
-/// (`mounts::suid_mounts`): volumes, bind mounts, the workspace. harden never strips them (they
-/// are the user's); `cordon check` reports what it finds there. A mount that could not be
-/// scanned is left out.
+/// (`mounts::suid_mounts`): volumes, bind mounts, the workspace. harden strips them only with
+/// `--strip-mounts` (they are the user's); `cordon check` reports what it finds there. A mount
+/// that could not be scanned is left out.
 pub fn scan_other_mounts() -> Vec<Scan> {
     let Ok(text) = std::fs::read("/proc/self/mountinfo") else {
         return Vec::new();
@@ -369,6 +369,66 @@ pub fn harden(root: &Path) -> Result<Report> {
         stripped,
         sudoers_emptied: sudo.emptied,
         warnings,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// What `--strip-mounts` changed on the other mounts.
+#[derive(Debug)]
+pub struct MountsReport {
+    pub mounts: Vec<PathBuf>,
+    pub entries: u64,
+    pub stripped: Vec<Privileged>,
+    pub elapsed: Duration,
+}
+
+impl MountsReport {
+    pub fn log(&self) {
+        let stripped = match self.stripped.len() {
+            0 => "no setuid/setgid files or file capabilities".to_string(),
+            n => format!(
+                "stripped {n} files: {}",
+                name_a_few(self.stripped.iter().map(|f| &f.path))
+            ),
+        };
+        log::info!(
+            "--strip-mounts: {} other mounts ({} entries) in {} ms; {stripped}",
+            self.mounts.len(),
+            self.entries,
+            self.elapsed.as_millis()
+        );
+        for file in &self.stripped {
+            log::info!("stripped {} ({})", file.path.display(), file.describe());
+        }
+    }
+}
+
+/// `--strip-mounts`: strips every privileged file `scan_other_mounts` finds. Fails, after trying
+/// every file, if any is left (a read-only mount).
+pub fn strip_other_mounts() -> Result<MountsReport> {
+    let started = Instant::now();
+    let scans = scan_other_mounts();
+    let mut stripped = Vec::new();
+    let mut left = Vec::new();
+    for file in scans.iter().flat_map(|scan| &scan.privileged) {
+        match strip(file) {
+            Ok(()) => stripped.push(file.clone()),
+            Err(errno) => left.push((file.path.clone(), errno)),
+        }
+    }
+    if let Some(&(_, errno)) = left.first() {
+        return Err(Error::sys(
+            format!(
+                "--strip-mounts: cannot remove setuid/setgid bits or file capabilities from {}                  (strip them where the mount comes from, with `chmod ug-s FILE` and `setcap -r                  FILE`; or start the container with --security-opt no-new-privileges, which                  makes them inert, and leave out --strip-mounts)",
+                name_a_few(left.iter().map(|(path, _)| path))
+            ),
+            errno,
+        ));
+    }
+    Ok(MountsReport {
+        mounts: scans.iter().map(|scan| scan.root.clone()).collect(),
+        entries: scans.iter().map(|scan| scan.entries).sum(),
+        stripped,
         elapsed: started.elapsed(),
     })
 }

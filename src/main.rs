@@ -82,6 +82,9 @@ fn entrypoint(
         log::warn!("--no-harden: setuid/setgid bits, file capabilities and sudo are left in place");
     } else {
         harden::harden(Path::new("/"))?.log();
+        if sandbox.strip_mounts {
+            harden::strip_other_mounts()?.log();
+        }
     }
     let environment = env::agent_environment(std::env::vars_os(), &account, sandbox);
     environment.log();

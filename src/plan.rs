@@ -526,7 +526,10 @@ impl Ruleset {
 }
 
 /// The verifier's marked probes are answered here, inside the namespace; all else is marked as
-/// accepted by this policy (`flow_mark`) and accepted.
+/// accepted by this policy (`flow_mark`) and accepted. Not a RELATED packet: a rejection's ICMP
+/// error or reset goes to this host over loopback carrying the rejected flow's conntrack entry,
+/// and marking it would let the rejected flow (one from before the fence, with replies) take the
+/// fast path from its next packet on.
 fn allow_chain(family: Family, flow_mark: u32) -> impl Iterator<Item = String> {
     [
         format!("-p tcp -m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"),
@@ -534,7 +537,7 @@ fn allow_chain(family: Family, flow_mark: u32) -> impl Iterator<Item = String> {
             "-m mark --mark {PROBE_MARK:#x} -j REJECT --reject-with {}",
             family.reject_port()
         ),
-        format!("-j CONNMARK --set-mark {flow_mark:#x}"),
+        format!("-m conntrack ! --ctstate RELATED -j CONNMARK --set-mark {flow_mark:#x}"),
         "-j ACCEPT".to_string(),
     ]
     .into_iter()

@@ -1385,6 +1385,43 @@ fn dropin_init_firewall_via_sudo_fences_the_container() {
         before[&blocked].0, "open",
         "no fence before the postStartCommand"
     );
+    // Flows the agent opens before the postStartCommand: a TCP and a UDP stream to the blocked
+    // address, one socket each, a line every 100 ms (bash's /dev/tcp and /dev/udp). The TCP one
+    // leaves a mark when a write fails.
+    let streams = format!(
+        "trap '' PIPE; exec 3<>/dev/tcp/{b}/443 4>/dev/udp/{b}/443; while echo x >&3; do echo x >&4; sleep \
+         0.1; done 2>/dev/null; touch /tmp/tcp-ended; while :; do echo x >&4; sleep 0.1; done \
+         2>/dev/null",
+        b = world.a("20")
+    );
+    world.docker_must(&[
+        "exec",
+        "-d",
+        "-u",
+        "node",
+        c.as_str(),
+        "bash",
+        "-c",
+        &streams,
+    ]);
+    let datagrams = || {
+        let needle = format!("udp {}:443 ", world.a("20"));
+        std::fs::read_to_string(world.dir.join("listen.log"))
+            .unwrap_or_default()
+            .matches(&needle)
+            .count()
+    };
+    let tcp_ended = || {
+        world
+            .exec("root", &c, &["test", "-e", "/tmp/tcp-ended"])
+            .ok()
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        datagrams() > 2,
+        "the UDP stream reaches the world before the fence"
+    );
+    assert!(!tcp_ended(), "the TCP stream is alive before the fence");
 
     // The postStartCommand, as the container's user (node).
     let out = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
@@ -1402,6 +1439,15 @@ fn dropin_init_firewall_via_sudo_fences_the_container() {
     );
     assert!(out.stderr.contains("cordon: fence ready"), "{}", out.stderr);
     world.assert_fenced(&c, Dns::Embedded);
+    // The streams from before the fence are judged again at their next packet.
+    let fenced_at = datagrams();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        datagrams() <= fenced_at + 1,
+        "the UDP stream from before the fence went on: {fenced_at} then {}",
+        datagrams()
+    );
+    assert!(tcp_ended(), "the TCP stream from before the fence went on");
 
     // node cannot widen it: arguments are not in the sudoers rule, and no other rule exists.
     let widen = world.exec(
@@ -1561,6 +1607,41 @@ fn cordon_check_and_the_healthcheck_report_healthy() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+
+    // A surgical tamper (one blocked address added to an allowed set, as a process holding
+    // NET_ADMIN could) leaves every structural check intact; the record catches it and the
+    // HEALTHCHECK turns unhealthy (three failed checks, 1 s apart).
+    let (c, _) = &containers[0];
+    let blocked = world.a("20");
+    world.docker_must(&[
+        "exec",
+        "-u",
+        "root",
+        c,
+        "ipset",
+        "add",
+        "cordon4-hosts",
+        &blocked,
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = world.inspect(c, "{{.State.Health.Status}}");
+        if status != "healthy" || Instant::now() > deadline {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let said = world.inspect(c, "{{range .State.Health.Log}}{{.Output}}{{end}}");
+    assert_eq!(status, "unhealthy", "{said}");
+    let check = world.exec("root", c, &["cordon", "check", "--quiet"]);
+    assert_eq!(check.code, Some(1), "{}", check.both());
+    assert!(
+        check
+            .stdout
+            .contains(&format!("set cordon4-hosts gained {blocked}")),
+        "{}",
+        check.stdout
+    );
 }
 
 /// The agent plants firewall tools where the container's PATH looks first: a directory it owns
@@ -1683,6 +1764,47 @@ fn check_names_setuid_files_on_other_mounts() {
             ),
         }
     }
+
+    // A file --strip-mounts cannot strip (a read-only mount) stops the start before the agent.
+    let read_only = format!("{mount},readonly");
+    let mut parts: Vec<&str> = CAPS.to_vec();
+    parts.extend(["--mount", &read_only, world.s.image.as_str()]);
+    parts.extend(["--strip-mounts", "sh", "-c", "echo agent-ran"]);
+    let c = world.start("suid-strip-ro", Dns::Embedded, &parts);
+    let mut wait = world.docker();
+    wait.args(["wait", c.as_str()]);
+    let code = must(wait, MINUTE).stdout.trim().to_string();
+    let logs = world.logs(&c);
+    assert_ne!(code, "0", "{logs}");
+    assert!(
+        logs.contains("--strip-mounts: cannot remove") && logs.contains("/data/suid"),
+        "{logs}"
+    );
+    assert!(!logs.contains("agent-ran"), "{logs}");
+
+    // --strip-mounts strips the file before the agent starts (this changes the volume: last).
+    let mut parts: Vec<&str> = CAPS.to_vec();
+    parts.extend(["--mount", &mount, world.s.image.as_str()]);
+    parts.extend(["--strip-mounts", "sleep", "infinity"]);
+    let c = world.start("suid-strip", Dns::Embedded, &parts);
+    world.wait_log(&c, "cordon: starting sleep as node", 1);
+    let logs = world.logs(&c);
+    assert!(
+        logs.contains("--strip-mounts: ") && logs.contains("stripped /data/suid (setuid root"),
+        "{logs}"
+    );
+    let mode = world.exec("root", &c, &["stat", "-c", "%a", "/data/suid"]);
+    assert_eq!(mode.stdout.trim(), "755");
+    world.docker_must(&["exec", "-d", "-u", "node", c.as_str(), "sleep", "60"]);
+    let check = world.exec("root", &c, &["cordon", "check"]);
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("ok    other mounts: ")),
+        "{}",
+        check.stdout
+    );
 }
 
 /// The shapes users bring, on Docker's ordinary IPv4-only network (disable_ipv6=1 in every

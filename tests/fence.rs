@@ -601,7 +601,8 @@ fn check_names_a_surgical_tamper() {
 }
 
 /// The port the stream tests use: a sink in the world that logs every TCP chunk and UDP
-/// datagram it receives (`t ADDR` / `u ADDR` lines in `streams.log`).
+/// datagram it receives (`t ADDR` / `u ADDR` lines in `streams.log`) and echoes each datagram:
+/// a UDP flow with replies is ESTABLISHED to conntrack, as real ones are.
 const STREAM_PORT: u16 = 9443;
 
 /// A child process killed when dropped, so that a failing test does not leave it running (and
@@ -630,7 +631,8 @@ fn start_sink(world: &World) -> Killed {
          \t\tthreading.Thread(target=sink, args=(c, addr), daemon=True).start()\n\
          def udp(addr):\n\
          \ts = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\ts.bind((addr, {STREAM_PORT}))\n\
-         \twhile True:\n\t\ts.recv(4096)\n\t\tnote('u ' + addr)\n\
+         \twhile True:\n\t\tdata, peer = s.recvfrom(4096)\n\t\tnote('u ' + addr)\n\
+         \t\ts.sendto(data, peer)\n\
          for addr in ['{ALLOWED}', '{BLOCKED}']:\n\
          \tthreading.Thread(target=tcp, args=(addr,), daemon=True).start()\n\
          \tthreading.Thread(target=udp, args=(addr,), daemon=True).start()\n\

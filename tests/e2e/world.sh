@@ -9,7 +9,8 @@
 #   P4.3            LAN peer (tcp 22, 80): a neighbour no allowlist names
 #   P4.10 P6::ff10  "allowed": every name of the claude and anthropic-devcontainer profiles;
 #                   the Messages API mock on :80, a plain TCP listener on :443 (udp 443 echo)
-#   P4.20 P6::ff20  "blocked": example.com and *.test names no allowlist names (tcp 80, 443)
+#   P4.20 P6::ff20  "blocked": example.com and *.test names no allowlist names (tcp 80, 443;
+#                   udp 443 echo on P4.20)
 #   P4.53           a second DNS server, not the sandboxes' resolver
 #   P4.2:8080 [P6::2]:8080  listeners on addresses no name resolves to (raw-address probes)
 # Logs (OUT/dns.log, listen.log, mock.log) and ready files (OUT/*.ready) land in OUT, a bind mount.
@@ -45,7 +46,7 @@ pids=
 "$k" dns --listen "$p4.2:53" --listen "$p4.53:53" "$@" \
     --query-log "$out/dns.log" --ready-file "$out/dns.ready" &
 pids="$pids $!"
-set -- --tcp "$p4.10:443" --udp "$p4.10:443" --tcp "$p4.20:80" --tcp "$p4.20:443" \
+set -- --tcp "$p4.10:443" --udp "$p4.10:443" --tcp "$p4.20:80" --tcp "$p4.20:443" --udp "$p4.20:443" \
     --tcp "$p4.3:22" --tcp "$p4.3:80" --tcp "$p4.2:8080"
 if $ipv6; then
     set -- "$@" --tcp "[$p6::ff10]:443" --tcp "[$p6::ff20]:443" --tcp "[$p6::ff20]:80" \
