@@ -5,9 +5,8 @@
 //! cordon runs as root, so what it holds is its effective set (an exec'd tool gets no more than
 //! that either: the bounding set already limited it when cordon itself was exec'd).
 
-use caps::{CapSet, Capability};
-
 use crate::error::{Error, Result};
+use crate::sys::caps::{self, Capability};
 
 /// One capability a stage uses, and what for (the error names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,18 +68,12 @@ pub const SUPERVISE: &[Need] = &[need(
 
 /// Fails with every capability of `needs` that the effective set lacks.
 pub fn require(needs: &[Need]) -> Result<()> {
-    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
-    let missing = missing(needs, |cap| effective.contains(&cap));
+    let missing = missing(needs, caps::holds);
     if missing.is_empty() {
         Ok(())
     } else {
         Err(Error::MissingCapabilities { missing })
     }
-}
-
-/// Whether the effective set holds `cap`.
-pub fn holds(cap: Capability) -> bool {
-    caps::has_cap(None, CapSet::Effective, cap).unwrap_or(false)
 }
 
 /// The needs whose capability `held` says is absent, each capability once (first reason kept).

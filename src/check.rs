@@ -16,15 +16,26 @@
 //! A non-root caller cannot read every directory: what it could not scan is reported, and a
 //! full scan needs root.
 
+pub mod inspect;
+
 use std::fmt;
 use std::path::Path;
 
-use crate::cli::CheckArgs;
 use crate::error::{exit, Error, Result};
+use crate::fence::apply::Backend;
 use crate::harden::{self, sudoers, Privileged, Scan};
-use crate::inspect::{self, FenceStatus};
+use inspect::FenceStatus;
 
-pub fn run(args: &CheckArgs) -> Result<i32> {
+/// What `cordon check` was asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// Print only what did not hold (the HEALTHCHECK).
+    pub quiet: bool,
+    /// Which iptables variant to read (as root).
+    pub backend: Backend,
+}
+
+pub fn run(args: &Options) -> Result<i32> {
     let status_text = std::fs::read_to_string("/proc/self/status")
         .map_err(|e| Error::io("cannot read /proc/self/status", e))?;
     let caller = Status::parse(&status_text).map_err(|reason| {
@@ -39,8 +50,8 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
         caller,
         scan,
         sudoers,
-        fence: inspect::fence(args.iptables_backend),
-        credentials_in_env: crate::env::credential_names(std::env::vars_os()),
+        fence: inspect::fence(args.backend),
+        credentials_in_env: crate::agent::env::credential_names(std::env::vars_os()),
         sessions_without_nnp: sessions_without_no_new_privs(Path::new("/proc")),
         other_mounts: harden::scan_other_mounts(),
     };
@@ -48,7 +59,7 @@ pub fn run(args: &CheckArgs) -> Result<i32> {
     // --quiet (the HEALTHCHECK): only what did not hold, and the verdict.
     for finding in findings
         .iter()
-        .filter(|f| !args.output.quiet || f.verdict == Verdict::Fail)
+        .filter(|f| !args.quiet || f.verdict == Verdict::Fail)
     {
         println!("{finding}");
     }
@@ -540,7 +551,7 @@ fn sudo(privileged: &[Privileged], sudoers: &Sudoers) -> Finding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inspect::FenceFact;
+    use inspect::FenceFact;
     use std::path::PathBuf;
     use std::time::Duration;
 

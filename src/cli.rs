@@ -1,12 +1,21 @@
-//! Command line. `cordon [OPTIONS] [-- COMMAND...]` is the entrypoint; `firewall`, `plan` and
-//! `check` are subcommands. Invoked as `init-firewall.sh`, cordon behaves as
+//! Command line. `cordon [OPTIONS] [-- COMMAND...]` is the entrypoint; `firewall`, `plan`,
+//! `check` and `harden` are subcommands. Invoked as `init-firewall.sh`, cordon behaves as
 //! `cordon firewall --profile anthropic-devcontainer`.
+//!
+//! The only module that knows clap: it maps the arguments to each stage's own options, whose
+//! defaults are the stages' constants.
 
 use std::ffi::OsString;
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::agent::{env, user};
+use crate::fence::{self, apply::Backend, policy};
+use crate::{check, harden, supervise};
 
 /// The name under which Anthropic's reference devcontainer runs its firewall script.
 pub const INIT_FIREWALL_NAME: &str = "init-firewall.sh";
@@ -26,16 +35,16 @@ pub struct Cli {
     pub subcommand: Option<Sub>,
 
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub output: OutputArgs,
 
     #[command(flatten)]
-    pub fence: FenceOpts,
+    pub fence: FenceArgs,
 
     #[command(flatten)]
-    pub agent: AgentOpts,
+    pub agent: AgentArgs,
 
     #[command(flatten)]
-    pub sandbox: SandboxOpts,
+    pub sandbox: SandboxArgs,
 
     /// The agent command and its arguments (a Docker CMD lands here).
     /// A first word that starts with `-` is taken for a mistyped option (a usage error); after
@@ -62,17 +71,17 @@ pub enum Sub {
 #[derive(Debug, Args)]
 pub struct FirewallArgs {
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub output: OutputArgs,
     #[command(flatten)]
-    pub fence: FenceOpts,
+    pub fence: FenceArgs,
     #[command(flatten)]
-    pub agent: AgentOpts,
+    pub agent: AgentArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub output: OutputArgs,
     /// Which iptables variant to read (as root): the one the entrypoint was told to use.
     #[arg(long, value_enum, default_value_t = Backend::Auto, env = "CORDON_IPTABLES")]
     pub iptables_backend: Backend,
@@ -81,11 +90,11 @@ pub struct CheckArgs {
 #[derive(Debug, Args)]
 pub struct HardenArgs {
     #[command(flatten)]
-    pub output: OutputOpts,
+    pub output: OutputArgs,
 }
 
-#[derive(Debug, Clone, Args, Default)]
-pub struct OutputOpts {
+#[derive(Debug, Clone, Args)]
+pub struct OutputArgs {
     /// Print only warnings and errors.
     #[arg(short, long, conflicts_with = "verbose")]
     pub quiet: bool,
@@ -94,17 +103,33 @@ pub struct OutputOpts {
     pub verbose: u8,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
-pub enum Backend {
-    /// Use the variant the image's `iptables` command points to.
-    #[default]
-    Auto,
-    Nft,
-    Legacy,
+impl ValueEnum for Backend {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Backend::Auto, Backend::Nft, Backend::Legacy]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Backend::Auto => PossibleValue::new("auto")
+                .help("Use the variant the image's `iptables` command points to"),
+            Backend::Nft => PossibleValue::new("nft"),
+            Backend::Legacy => PossibleValue::new("legacy"),
+        })
+    }
 }
 
-#[derive(Debug, Clone, Args, Default)]
-pub struct FenceOpts {
+/// A number of seconds on the command line (fractions allowed, at most an hour).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Seconds(pub Duration);
+
+impl fmt::Display for Seconds {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0.as_secs_f64())
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FenceArgs {
     /// Allow an entry: NAME, NAME:PORTS, *.NAME, ADDRESS[/LEN][:PORTS], [IPV6[/LEN]]:PORTS.
     /// PORTS is a comma list of PORT, LOW-HIGH, tcp/PORT or udp/PORT. Repeatable; also
     /// CORDON_ALLOW (entries separated by spaces or commas).
@@ -143,15 +168,16 @@ pub struct FenceOpts {
     pub verify_connect: bool,
 
     /// Upper bound on the whole resolution phase, in seconds.
-    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
-    pub resolve_timeout: Duration,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
+          default_value_t = Seconds(fence::DEFAULT_RESOLVE_TIMEOUT))]
+    pub resolve_timeout: Seconds,
 
     /// The resolver configuration to read.
-    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    #[arg(long, value_name = "FILE", default_value = fence::DEFAULT_RESOLV_CONF)]
     pub resolv_conf: PathBuf,
 
     /// Directory holding `allowlist` and `allowlist.d/` (read when present).
-    #[arg(long, value_name = "DIR", default_value = "/etc/cordon")]
+    #[arg(long, value_name = "DIR", default_value = policy::DEFAULT_CONFIG_DIR)]
     pub config_dir: PathBuf,
 
     /// Which iptables variant to drive.
@@ -163,10 +189,10 @@ pub struct FenceOpts {
     pub allow_host_network: bool,
 }
 
-#[derive(Debug, Clone, Args, Default)]
-pub struct AgentOpts {
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
     /// The user the agent runs as: a name, UID or UID:GID (never root).
-    #[arg(long, value_name = "USER", default_value = "node", env = "CORDON_USER")]
+    #[arg(long, value_name = "USER", default_value = user::DEFAULT_USER, env = "CORDON_USER")]
     pub user: String,
 
     /// Run the agent as the owner (uid and gid) of PATH, e.g. /workspace, so files it writes in a
@@ -175,8 +201,8 @@ pub struct AgentOpts {
     pub uid_from: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Args, Default)]
-pub struct SandboxOpts {
+#[derive(Debug, Clone, Args)]
+pub struct SandboxArgs {
     /// Skip stripping setuid/setgid bits, file capabilities and sudo (not recommended).
     #[arg(long)]
     pub no_harden: bool,
@@ -199,43 +225,65 @@ pub struct SandboxOpts {
     pub signal_group: bool,
 
     /// Seconds the remaining processes get between SIGTERM and SIGKILL once the agent exits.
-    #[arg(long, value_name = "SECONDS", default_value = "2", value_parser = parse_seconds)]
-    pub grace: Duration,
+    #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
+          default_value_t = Seconds(supervise::DEFAULT_GRACE))]
+    pub grace: Seconds,
 
     /// Replace cordon with the agent instead of supervising it (no PID 1 duties).
     #[arg(long)]
     pub exec: bool,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
+fn parse_seconds(text: &str) -> Result<Seconds, String> {
     let seconds: f64 = text
         .parse()
         .map_err(|_| format!("`{text}` is not a number of seconds"))?;
     if !(0.0..=3600.0).contains(&seconds) {
         return Err(format!("`{text}` is outside 0..3600 seconds"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    Ok(Seconds(Duration::from_secs_f64(seconds)))
 }
 
-/// What the user asked for, with the `init-firewall.sh` alias already applied.
+/// What the user asked for, with the `init-firewall.sh` alias already applied, as each stage's
+/// options.
 #[derive(Debug)]
 pub enum Invocation {
-    Run {
-        output: OutputOpts,
-        fence: FenceOpts,
-        agent: AgentOpts,
-        sandbox: SandboxOpts,
-        command: Vec<OsString>,
+    Run(Start),
+    Firewall {
+        fence: fence::Options,
+        user: user::Request,
     },
-    Firewall(FirewallArgs),
-    Plan(FirewallArgs),
-    Check(CheckArgs),
-    Harden(HardenArgs),
+    Plan {
+        fence: fence::Options,
+    },
+    Check(check::Options),
+    Harden,
+}
+
+/// The entrypoint's options, stage by stage.
+#[derive(Debug)]
+pub struct Start {
+    pub fence: fence::Options,
+    pub user: user::Request,
+    pub harden: harden::Extent,
+    pub env: env::Rules,
+    pub supervise: supervise::Options,
+    /// Replace cordon with the agent instead of supervising it.
+    pub exec: bool,
+    pub command: Vec<OsString>,
+}
+
+/// A parsed command line: what to do, and how much to say (-q / -v).
+#[derive(Debug)]
+pub struct Parsed {
+    pub invocation: Invocation,
+    pub quiet: bool,
+    pub verbose: u8,
 }
 
 /// Parses the command line. `Err` carries what to print and the status to exit with: help and
 /// `--version` (0, on stdout) or a usage error (64, one line on stderr).
-pub fn parse(args: Vec<OsString>) -> Result<Invocation, Refusal> {
+pub fn parse(args: Vec<OsString>) -> Result<Parsed, Refusal> {
     let invoked_as = args
         .first()
         .map(PathBuf::from)
@@ -303,29 +351,91 @@ fn one_line(rendered: &str) -> String {
     parts.join("; ")
 }
 
-fn from_cli(cli: Cli) -> Invocation {
-    match cli.subcommand {
-        Some(Sub::Firewall(args)) => Invocation::Firewall(args),
-        Some(Sub::Plan(args)) => Invocation::Plan(args),
-        Some(Sub::Check(args)) => Invocation::Check(args),
-        Some(Sub::Harden(args)) => Invocation::Harden(args),
-        None => Invocation::Run {
-            output: cli.output,
-            fence: cli.fence,
-            agent: cli.agent,
-            sandbox: cli.sandbox,
-            command: cli.command,
-        },
+fn from_cli(cli: Cli) -> Parsed {
+    let (invocation, output) = match cli.subcommand {
+        Some(Sub::Firewall(args)) => (
+            Invocation::Firewall {
+                fence: args.fence.options(),
+                user: args.agent.request(),
+            },
+            args.output,
+        ),
+        Some(Sub::Plan(args)) => (
+            Invocation::Plan {
+                fence: args.fence.options(),
+            },
+            args.output,
+        ),
+        Some(Sub::Check(args)) => (
+            Invocation::Check(check::Options {
+                quiet: args.output.quiet,
+                backend: args.iptables_backend,
+            }),
+            args.output,
+        ),
+        Some(Sub::Harden(args)) => (Invocation::Harden, args.output),
+        None => (
+            Invocation::Run(Start {
+                fence: cli.fence.options(),
+                user: cli.agent.request(),
+                harden: cli.sandbox.harden(),
+                env: env::Rules {
+                    keep: cli.sandbox.keep_env,
+                    scrub: cli.sandbox.scrub_env,
+                },
+                supervise: supervise::Options {
+                    signal_group: cli.sandbox.signal_group,
+                    grace: cli.sandbox.grace.0,
+                },
+                exec: cli.sandbox.exec,
+                command: cli.command,
+            }),
+            cli.output,
+        ),
+    };
+    Parsed {
+        invocation,
+        quiet: output.quiet,
+        verbose: output.verbose,
     }
 }
 
-impl Invocation {
-    pub fn output(&self) -> &OutputOpts {
-        match self {
-            Invocation::Run { output, .. } => output,
-            Invocation::Firewall(args) | Invocation::Plan(args) => &args.output,
-            Invocation::Check(args) => &args.output,
-            Invocation::Harden(args) => &args.output,
+impl FenceArgs {
+    fn options(self) -> fence::Options {
+        fence::Options {
+            sources: policy::Sources {
+                allow: self.allow,
+                allowlist: self.allowlist,
+                profiles: self.profiles,
+                default_profile: !self.no_default_profile,
+                inbound: self.inbound,
+                strict: self.strict,
+                config_dir: self.config_dir,
+            },
+            resolve_timeout: self.resolve_timeout.0,
+            resolv_conf: self.resolv_conf,
+            backend: self.iptables_backend,
+            allow_host_network: self.allow_host_network,
+            verify_connect: self.verify_connect,
+        }
+    }
+}
+
+impl AgentArgs {
+    fn request(self) -> user::Request {
+        user::Request {
+            user: self.user,
+            uid_from: self.uid_from,
+        }
+    }
+}
+
+impl SandboxArgs {
+    fn harden(&self) -> harden::Extent {
+        match (self.no_harden, self.strip_mounts) {
+            (true, _) => harden::Extent::Skip,
+            (false, true) => harden::Extent::AllMounts,
+            (false, false) => harden::Extent::RootFilesystem,
         }
     }
 }
@@ -335,7 +445,9 @@ mod tests {
     use super::*;
 
     fn parse_strs(args: &[&str]) -> Invocation {
-        parse(args.iter().map(OsString::from).collect()).expect("a valid command line")
+        parse(args.iter().map(OsString::from).collect())
+            .expect("a valid command line")
+            .invocation
     }
 
     fn refusal(args: &[&str]) -> Refusal {
@@ -391,7 +503,8 @@ mod tests {
 
     #[test]
     fn after_double_dash_a_command_may_start_with_a_dash() {
-        let Invocation::Run { command, .. } = parse_strs(&["cordon", "--", "-weird", "x"]) else {
+        let Invocation::Run(Start { command, .. }) = parse_strs(&["cordon", "--", "-weird", "x"])
+        else {
             panic!("expected the entrypoint form");
         };
         assert_eq!(command, ["-weird", "x"]);
@@ -399,7 +512,7 @@ mod tests {
 
     #[test]
     fn docker_cmd_is_the_command_with_its_own_flags() {
-        let Invocation::Run { command, .. } = parse_strs(&[
+        let Invocation::Run(Start { command, .. }) = parse_strs(&[
             "cordon",
             "claude",
             "--dangerously-skip-permissions",
@@ -416,7 +529,7 @@ mod tests {
 
     #[test]
     fn options_before_double_dash_belong_to_cordon() {
-        let Invocation::Run { fence, command, .. } = parse_strs(&[
+        let Invocation::Run(Start { fence, command, .. }) = parse_strs(&[
             "cordon",
             "--allow",
             "example.test",
@@ -427,23 +540,24 @@ mod tests {
         ]) else {
             panic!("expected the entrypoint form");
         };
-        assert_eq!(fence.allow, ["example.test"]);
+        assert_eq!(fence.sources.allow, ["example.test"]);
         assert_eq!(command, ["sh", "-c", "true"]);
     }
 
     #[test]
     fn init_firewall_name_means_firewall_with_the_reference_profile() {
-        let Invocation::Firewall(args) = parse_strs(&["/usr/local/bin/init-firewall.sh"]) else {
+        let Invocation::Firewall { fence, .. } = parse_strs(&["/usr/local/bin/init-firewall.sh"])
+        else {
             panic!("expected the firewall subcommand");
         };
-        assert_eq!(args.fence.profiles, ["anthropic-devcontainer"]);
+        assert_eq!(fence.sources.profiles, ["anthropic-devcontainer"]);
     }
 
     #[test]
     fn subcommands_parse() {
         assert!(matches!(
             parse_strs(&["cordon", "plan", "--allow", "a.test"]),
-            Invocation::Plan(_)
+            Invocation::Plan { .. }
         ));
         assert!(matches!(
             parse_strs(&["cordon", "check"]),

@@ -4,8 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::apply::Lockdown;
 use crate::capabilities;
+use crate::fence::apply::Lockdown;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

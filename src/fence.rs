@@ -1,21 +1,59 @@
 //! The fence: policy → resolve → plan → apply → verify, and the `plan` / `firewall` commands.
 
-use std::path::Path;
+pub mod apply;
+pub mod netinfo;
+pub mod plan;
+pub mod policy;
+pub mod record;
+pub mod resolv_conf;
+pub mod resolve;
+pub mod verify;
+
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::apply::{self, Tools};
+use crate::agent::user::{self, NOBODY};
 use crate::capabilities;
-use crate::cli::{AgentOpts, Backend, FenceOpts};
 use crate::error::{exit, Error, Result};
-use crate::netinfo::{self, Ipv6, NetInfo};
-use crate::plan::{self, Family, Ruleset, SetMembers};
-use crate::policy::{self, Policy, Ports, Target};
-use crate::record;
-use crate::resolv_conf::{self, ResolvConf};
-use crate::resolve::{self, Outcome, Resolution};
-use crate::supervise::Signals;
-use crate::user::{self, NOBODY};
-use crate::verify;
+use crate::sys::caps::{self, Capability};
+use crate::sys::signals::Signals;
+use apply::{Backend, Tools};
+use netinfo::{Ipv6, NetInfo};
+use plan::{Family, Ruleset, SetMembers};
+use policy::{Policy, Ports, Target};
+use resolv_conf::ResolvConf;
+use resolve::{Outcome, Resolution};
+
+/// How the fence is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    pub sources: policy::Sources,
+    /// Bound on the whole resolution phase.
+    pub resolve_timeout: Duration,
+    /// The resolver configuration.
+    pub resolv_conf: PathBuf,
+    pub backend: Backend,
+    /// Apply even in what looks like the host's network namespace.
+    pub allow_host_network: bool,
+    /// After the self-test, also open a real TCP connection to each allowed name.
+    pub verify_connect: bool,
+}
+
+pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            sources: policy::Sources::default(),
+            resolve_timeout: DEFAULT_RESOLVE_TIMEOUT,
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            backend: Backend::Auto,
+            allow_host_network: false,
+            verify_connect: false,
+        }
+    }
+}
 
 /// What the fence is built from: the policy, the resolvers, and the names' addresses.
 struct Prepared {
@@ -25,15 +63,15 @@ struct Prepared {
     ruleset: Ruleset,
 }
 
-fn read_inputs(opts: &FenceOpts) -> Result<(Policy, ResolvConf)> {
+fn read_inputs(opts: &Options) -> Result<(Policy, ResolvConf)> {
     let cordon_allow = std::env::var("CORDON_ALLOW").ok();
-    let policy = policy::load(opts, cordon_allow.as_deref())?;
+    let policy = policy::load(&opts.sources, cordon_allow.as_deref())?;
     let conf = resolv_conf::read(&opts.resolv_conf)?;
     Ok((policy, conf))
 }
 
 fn resolve_names(
-    opts: &FenceOpts,
+    opts: &Options,
     policy: &Policy,
     conf: &ResolvConf,
     net: &NetInfo,
@@ -54,7 +92,7 @@ fn resolve_names(
     Ok(resolution)
 }
 
-fn prepare(opts: &FenceOpts) -> Result<Prepared> {
+fn prepare(opts: &Options) -> Result<Prepared> {
     let (policy, conf) = read_inputs(opts)?;
     let resolution = resolve_names(opts, &policy, &conf, &NetInfo::read())?;
     let ruleset = plan::plan(&policy, &resolution, &conf)?;
@@ -67,7 +105,7 @@ fn prepare(opts: &FenceOpts) -> Result<Prepared> {
 }
 
 /// `cordon plan`: print what would be loaded; change nothing.
-pub fn plan(opts: &FenceOpts, _agent: &AgentOpts) -> Result<i32> {
+pub fn plan(opts: &Options) -> Result<i32> {
     let prepared = prepare(opts)?;
     print!("{}", render_plan(&prepared));
     Ok(exit::OK)
@@ -75,7 +113,7 @@ pub fn plan(opts: &FenceOpts, _agent: &AgentOpts) -> Result<i32> {
 
 /// `cordon firewall` and `init-firewall.sh`: apply, verify, exit. SIGINT, SIGTERM, SIGHUP and
 /// SIGQUIT are held until the namespace is fenced or locked down, then end it with 128+n.
-pub fn firewall(opts: &FenceOpts, agent: &AgentOpts, signals: &Signals) -> Result<i32> {
+pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Result<i32> {
     let scope = Scope::enter(opts)?;
     let probe_uid = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
         Ok(account) => account.uid,
@@ -108,7 +146,7 @@ pub struct Scope {
 }
 
 impl Scope {
-    pub fn enter(opts: &FenceOpts) -> Result<Scope> {
+    pub fn enter(opts: &Options) -> Result<Scope> {
         let timings = Timings::start();
         if !nix::unistd::geteuid().is_root() {
             return Err(Error::NotRoot {
@@ -145,7 +183,7 @@ impl Scope {
     }
 
     fn refuse_with(&self, variant: Option<&'static str>, error: Error) -> Error {
-        if !capabilities::holds(caps::Capability::CAP_NET_ADMIN) {
+        if !caps::holds(Capability::CAP_NET_ADMIN) {
             return error;
         }
         Error::FailedClosed {
@@ -159,8 +197,8 @@ impl Scope {
     }
 
     /// Finds the firewall tools and checks that the kernel can take a firewall.
-    pub fn ready(self, opts: &FenceOpts) -> Result<Ready> {
-        let found = Tools::locate(opts.iptables_backend).and_then(|tools| {
+    pub fn ready(self, opts: &Options) -> Result<Ready> {
+        let found = Tools::locate(opts.backend).and_then(|tools| {
             apply::netfilter_netlink()?;
             if tools.variant == "legacy" {
                 apply::legacy_lock_writable()?;
@@ -169,16 +207,8 @@ impl Scope {
         });
         match found {
             Ok(tools) => Ok(Ready { scope: self, tools }),
-            Err(error) => Err(self.refuse_with(preferred_variant(opts), error)),
+            Err(error) => Err(self.refuse_with(opts.backend.variant(), error)),
         }
-    }
-}
-
-fn preferred_variant(opts: &FenceOpts) -> Option<&'static str> {
-    match opts.iptables_backend {
-        Backend::Nft => Some("nft"),
-        Backend::Legacy => Some("legacy"),
-        Backend::Auto => None,
     }
 }
 
@@ -241,7 +271,7 @@ fn failed_read(detail: String) -> Error {
 /// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict, a stop signal
 /// (`stop`, for `cordon firewall`) — leaves egress locked down instead of open.
 pub fn establish(
-    opts: &FenceOpts,
+    opts: &Options,
     mut ready: Ready,
     agent_uid: u32,
     stop: Option<&Signals>,
@@ -265,7 +295,7 @@ pub fn establish(
 }
 
 fn build(
-    opts: &FenceOpts,
+    opts: &Options,
     agent_uid: u32,
     ready: &Ready,
     timings: &mut Timings,

@@ -14,9 +14,7 @@
 //! pass `--no-harden` knowingly. Sudoers files that cannot be emptied are only a warning: without
 //! its setuid bit sudo cannot act on them.
 
-pub mod mounts;
 pub mod sudoers;
-pub mod walk;
 
 use std::ffi::{CStr, CString, OsStr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -29,8 +27,8 @@ use nix::fcntl::{self, OFlag};
 use nix::sys::stat::{self, Mode};
 
 use crate::error::{Error, Result};
-use mounts::MountTable;
-use walk::Kind;
+use crate::sys::mounts::{self, MountTable};
+use crate::sys::walk::{self, Kind};
 
 const CAPABILITY: &CStr = c"security.capability";
 const SETID_BITS: u32 = 0o6000;
@@ -99,6 +97,18 @@ fn owner_name(uid: u32) -> String {
 /// The mode a stripped file gets: the same, without setuid and setgid.
 pub fn stripped_mode(mode: u32) -> u32 {
     mode & 0o7777 & !SETID_BITS
+}
+
+/// How far harden goes at start-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Extent {
+    /// `--no-harden`: nothing is stripped.
+    Skip,
+    /// The root filesystem (the default).
+    #[default]
+    RootFilesystem,
+    /// `--strip-mounts`: the root filesystem and every other mount where the bits would work.
+    AllMounts,
 }
 
 /// What a read-only pass over a root filesystem found.

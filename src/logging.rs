@@ -3,10 +3,9 @@
 
 use std::io::Write;
 
-use crate::cli::OutputOpts;
-
-pub fn init(output: &OutputOpts) {
-    let level = match (output.quiet, output.verbose) {
+/// `quiet` (-q) shows warnings and errors only; each `verbose` (-v) shows more.
+pub fn init(quiet: bool, verbose: u8) {
+    let level = match (quiet, verbose) {
         (true, _) => log::LevelFilter::Warn,
         (false, 0) => log::LevelFilter::Info,
         (false, 1) => log::LevelFilter::Debug,

@@ -1,4 +1,4 @@
-//! `cordon::user::resolve_in` on throw-away root filesystems (as root): `--uid-from` renumbers
+//! `cordon::agent::user::resolve_in` on throw-away root filesystems (as root): `--uid-from` renumbers
 //! the account's HOME and passwd entry without entering other mounts or following symlinks, and
 //! never touches the workspace; a uid without entry gets a private HOME.
 
@@ -8,8 +8,8 @@ mod support;
 use std::fs;
 use std::path::Path;
 
+use cordon::agent::user::{self, Account};
 use cordon::error::exit;
-use cordon::user::{self, Account};
 use harden_scratch::{chown, mode, owner, Scratch};
 
 const PASSWD: &str = "\

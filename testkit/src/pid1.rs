@@ -80,17 +80,15 @@ fn number(args: &[String], index: usize) -> i32 {
 
 /// cordon's launch and supervise stages alone: block signals, fork, drop, exec, supervise.
 fn init(args: &[String]) -> i32 {
-    use cordon::cli::SandboxOpts;
-    use cordon::{launch, supervise, user};
+    use cordon::agent::{launch, user};
+    use cordon::supervise;
 
-    let signals = match supervise::Signals::block_all() {
+    let signals = match cordon::sys::signals::Signals::block_all() {
         Ok(signals) => signals,
         Err(error) => return fail_init(&error),
     };
-    let mut opts = SandboxOpts {
-        grace: Duration::from_secs(2),
-        ..SandboxOpts::default()
-    };
+    let mut opts = supervise::Options::default();
+    let mut exec = false;
     let mut ids = (65534, 65534, Vec::new());
     let mut rest = args.iter();
     let mut command: Vec<OsString> = Vec::new();
@@ -105,7 +103,7 @@ fn init(args: &[String]) -> i32 {
                     .expect("MILLISECONDS");
                 std::thread::sleep(Duration::from_millis(ms));
             }
-            "--exec" => opts.exec = true,
+            "--exec" => exec = true,
             "--grace" => {
                 let seconds: f64 = rest.next().and_then(|s| s.parse().ok()).expect("SECONDS");
                 opts.grace = Duration::from_secs_f64(seconds);
@@ -130,7 +128,7 @@ fn init(args: &[String]) -> i32 {
         Ok(launch) => launch,
         Err(error) => return fail_init(&error),
     };
-    let started = if opts.exec {
+    let started = if exec {
         launch.exec(&signals)
     } else {
         launch

@@ -20,9 +20,9 @@ use nix::sys::socket::{
 };
 use nix::unistd::{setfsuid, Uid};
 
-use crate::netinfo::NetInfo;
-use crate::plan::{Family, Forwarder, Ruleset, Verdict, PROBE_MARK};
-use crate::policy::Proto;
+use crate::fence::netinfo::NetInfo;
+use crate::fence::plan::{Family, Forwarder, Ruleset, Verdict, PROBE_MARK};
+use crate::fence::policy::Proto;
 
 /// How long a probe may take to get its verdict (they arrive in well under a millisecond).
 const PROBE_DEADLINE: Duration = Duration::from_secs(1);
@@ -443,11 +443,11 @@ fn classify(errno: Errno) -> Observed {
 mod tests {
     use super::*;
     use crate::error::Location;
-    use crate::netinfo::Ipv6;
-    use crate::plan::plan;
-    use crate::policy::{parse_entry, Entry, Policy};
-    use crate::resolv_conf;
-    use crate::resolve::{NameAddrs, Outcome, Resolution};
+    use crate::fence::netinfo::Ipv6;
+    use crate::fence::plan::plan;
+    use crate::fence::policy::{parse_entry, Entry, Policy};
+    use crate::fence::resolv_conf;
+    use crate::fence::resolve::{NameAddrs, Outcome, Resolution};
 
     fn ruleset(entries: &[&str], resolv: &str) -> Ruleset {
         let policy = Policy {

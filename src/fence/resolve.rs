@@ -12,7 +12,7 @@ use hickory_resolver::proto::rr::{Name, RData};
 use hickory_resolver::Resolver;
 
 use crate::error::{Error, Result};
-use crate::resolv_conf::ResolvConf;
+use crate::fence::resolv_conf::ResolvConf;
 
 mod udp_mux;
 

@@ -32,6 +32,26 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 pub use passwd::{parse_group, parse_passwd, GroupEntry, PasswdEntry};
 
+/// Who the agent should run as: `--user` and `--uid-from`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// A name, UID or UID:GID (never root).
+    pub user: String,
+    /// Run as the owner (uid and gid) of this path instead.
+    pub uid_from: Option<PathBuf>,
+}
+
+pub const DEFAULT_USER: &str = "node";
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            user: DEFAULT_USER.to_string(),
+            uid_from: None,
+        }
+    }
+}
+
 /// The conventional unprivileged uid: probes use it when the agent's own uid is not known.
 pub const NOBODY: u32 = 65534;
 

@@ -22,9 +22,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::error::{Error, Location, Result};
-use crate::policy::{Policy, PortRange, Ports, Proto, Target};
-use crate::resolv_conf::{ForwarderUpstreams, ResolvConf};
-use crate::resolve::Resolution;
+use crate::fence::policy::{Policy, PortRange, Ports, Proto, Target};
+use crate::fence::resolv_conf::{ForwarderUpstreams, ResolvConf};
+use crate::fence::resolve::Resolution;
 
 pub const CHAIN_INPUT: &str = "CORDON_INPUT";
 pub const CHAIN_OUTPUT: &str = "CORDON_OUTPUT";
@@ -670,9 +670,9 @@ fn port_match(range: &PortRange) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{parse_entry, Entry};
-    use crate::resolv_conf;
-    use crate::resolve::{NameAddrs, Outcome};
+    use crate::fence::policy::{parse_entry, Entry};
+    use crate::fence::resolv_conf;
+    use crate::fence::resolve::{NameAddrs, Outcome};
 
     fn policy(entries: &[&str], inbound: &[PortRange]) -> Policy {
         Policy {

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 
-use crate::cli::FenceOpts;
 use crate::error::{Error, Location, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -440,12 +439,47 @@ fn parse_port_spec(spec: &str) -> Result<PortRange, String> {
 // ---------------------------------------------------------------------------------------------
 // Sources
 
+/// Where the allowlist comes from, besides CORDON_ALLOW.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sources {
+    /// `--allow` entries.
+    pub allow: Vec<String>,
+    /// `--allowlist` files.
+    pub allowlist: Vec<PathBuf>,
+    /// Built-in profiles, besides the default one.
+    pub profiles: Vec<String>,
+    /// Whether the `claude` profile is included.
+    pub default_profile: bool,
+    /// `--inbound` port lists.
+    pub inbound: Vec<String>,
+    /// A name that does not resolve is an error.
+    pub strict: bool,
+    /// Holds `allowlist` and `allowlist.d/`, read when present.
+    pub config_dir: PathBuf,
+}
+
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/cordon";
+
+impl Default for Sources {
+    fn default() -> Self {
+        Sources {
+            allow: Vec::new(),
+            allowlist: Vec::new(),
+            profiles: Vec::new(),
+            default_profile: true,
+            inbound: Vec::new(),
+            strict: false,
+            config_dir: PathBuf::from(DEFAULT_CONFIG_DIR),
+        }
+    }
+}
+
 /// Loads and merges every source. `cordon_allow` is the value of CORDON_ALLOW, if set.
-pub fn load(opts: &FenceOpts, cordon_allow: Option<&str>) -> Result<Policy> {
+pub fn load(opts: &Sources, cordon_allow: Option<&str>) -> Result<Policy> {
     let mut builder = Builder::default();
 
     let mut profiles: Vec<&str> = Vec::new();
-    if !opts.no_default_profile {
+    if opts.default_profile {
         profiles.push(DEFAULT_PROFILE);
     }
     profiles.extend(
@@ -781,10 +815,10 @@ mod tests {
         assert!(reference.contains(&"statsig.com"));
     }
 
-    fn opts() -> FenceOpts {
-        FenceOpts {
+    fn opts() -> Sources {
+        Sources {
             config_dir: PathBuf::from("/nonexistent/cordon-test"),
-            ..FenceOpts::default()
+            ..Sources::default()
         }
     }
 
@@ -816,7 +850,7 @@ mod tests {
     #[test]
     fn no_default_profile_and_unknown_profile() {
         let mut o = opts();
-        o.no_default_profile = true;
+        o.default_profile = false;
         assert!(load(&o, None).unwrap().entries.is_empty());
         o.profiles = vec!["nope".into()];
         let error = load(&o, None).unwrap_err().to_string();

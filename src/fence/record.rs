@@ -10,11 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::apply::Tools;
-use crate::plan::{
+use crate::fence::apply::Tools;
+use crate::fence::plan::{
     Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
-use crate::{set_netlink, tool};
+use crate::sys::{set_netlink, tool};
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
 /// sets.
@@ -426,7 +426,7 @@ mod tests {
 
     fn ruleset() -> Ruleset {
         use crate::error::Location;
-        use crate::policy::{parse_entry, Entry, Policy};
+        use crate::fence::policy::{parse_entry, Entry, Policy};
         let (target, ports) = parse_entry("10.77.1.10:443").unwrap();
         let policy = Policy {
             entries: vec![Entry {
@@ -437,8 +437,9 @@ mod tests {
             inbound: Vec::new(),
             strict: false,
         };
-        let conf = crate::resolv_conf::parse("nameserver 10.0.0.2\n", "resolv.conf").unwrap();
-        crate::plan::plan(&policy, &Default::default(), &conf).unwrap()
+        let conf =
+            crate::fence::resolv_conf::parse("nameserver 10.0.0.2\n", "resolv.conf").unwrap();
+        crate::fence::plan::plan(&policy, &Default::default(), &conf).unwrap()
     }
 
     const LOADED_SETS: &str = "create cordon4-ports hash:net,port family inet\n\

@@ -15,8 +15,8 @@ use nix::NixPath;
 
 use super::{passwd, Account, Choice, Database, HomeAction};
 use crate::error::{Error, Result};
-use crate::harden::mounts::MountTable;
-use crate::harden::walk;
+use crate::sys::mounts::MountTable;
+use crate::sys::walk;
 
 pub fn prepare(
     root: &Path,

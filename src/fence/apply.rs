@@ -12,12 +12,32 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 
-use crate::cli::Backend;
 use crate::error::{Error, Result};
-use crate::netinfo::Ipv6;
-use crate::plan::{self, Family, Ruleset};
-use crate::set_netlink;
-use crate::tool::{self, Tool};
+use crate::fence::netinfo::Ipv6;
+use crate::fence::plan::{self, Family, Ruleset};
+use crate::sys::set_netlink;
+use crate::sys::tool::{self, Tool};
+
+/// Which iptables variant to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// The variant the image's `iptables` command points to.
+    #[default]
+    Auto,
+    Nft,
+    Legacy,
+}
+
+impl Backend {
+    /// The variant asked for, if one was.
+    pub fn variant(self) -> Option<&'static str> {
+        match self {
+            Backend::Nft => Some("nft"),
+            Backend::Legacy => Some("legacy"),
+            Backend::Auto => None,
+        }
+    }
+}
 
 /// The lockdown's input is a few lines: its tools get less time, so that a hung tool delays the
 /// fallback only briefly.
@@ -41,10 +61,9 @@ pub struct Tools {
 
 impl Tools {
     pub fn locate(backend: Backend) -> Result<Tools> {
-        let variant = match backend {
-            Backend::Nft => "nft",
-            Backend::Legacy => "legacy",
-            Backend::Auto => detect_variant()?,
+        let variant = match backend.variant() {
+            Some(variant) => variant,
+            None => detect_variant()?,
         };
         let tool = |stem: &str, action: &str| -> Result<Tool> {
             let name = format!("{stem}-{variant}-{action}");

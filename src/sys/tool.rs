@@ -109,7 +109,7 @@ impl Tool {
     /// Executes the held descriptor (through /proc/self/fd, so that a script's interpreter can
     /// open it too), under the tool's own name. Started by fork and exec: with a `pre_exec` hook
     /// std does not use posix_spawn, whose musl version restores the caller's signal mask
-    /// without the reserved signals 32-34 (see `supervise::Signals`). The hook gives the tool an
+    /// without the reserved signals 32-34 (see `sys::signals`). The hook gives the tool an
     /// empty signal mask and keeps the descriptor open across exec.
     fn command(&self) -> Command {
         use std::os::unix::process::CommandExt;

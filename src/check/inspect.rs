@@ -6,16 +6,15 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use crate::apply::Tools;
-use crate::capabilities;
-use crate::cli::Backend;
-use crate::netinfo::{Ipv6, NetInfo};
-use crate::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
-use crate::policy::Proto;
-use crate::record::{self, Loaded};
-use crate::tool;
-use crate::user::NOBODY;
-use crate::verify::{self, Observed, Probe};
+use crate::agent::user::NOBODY;
+use crate::fence::apply::{Backend, Tools};
+use crate::fence::netinfo::{Ipv6, NetInfo};
+use crate::fence::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
+use crate::fence::policy::Proto;
+use crate::fence::record::{self, Loaded};
+use crate::fence::verify::{self, Observed, Probe};
+use crate::sys::caps::{self, Capability};
+use crate::sys::tool;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FenceStatus {
@@ -47,8 +46,7 @@ impl FenceStatus {
 pub fn fence(backend: Backend) -> FenceStatus {
     let mut status = FenceStatus::default();
     let net = NetInfo::read();
-    let can_read =
-        nix::unistd::geteuid().is_root() && capabilities::holds(caps::Capability::CAP_NET_ADMIN);
+    let can_read = nix::unistd::geteuid().is_root() && caps::holds(Capability::CAP_NET_ADMIN);
     if can_read {
         let recorded = std::fs::read_to_string(record::RECORD_FILE);
         let recorded = match &recorded {

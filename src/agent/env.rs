@@ -10,8 +10,7 @@
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::cli::SandboxOpts;
-use crate::user::Account;
+use crate::agent::user::Account;
 
 /// Names or patterns of variables that carry secrets or a way out of the container.
 pub const DEFAULT_SCRUB: &[&str] = &[
@@ -111,9 +110,8 @@ impl AgentEnvironment {
 pub fn agent_environment(
     vars: impl IntoIterator<Item = (OsString, OsString)>,
     account: &Account,
-    sandbox: &SandboxOpts,
+    rules: &Rules,
 ) -> AgentEnvironment {
-    let rules = Rules::new(sandbox);
     let mut kept: Vec<(OsString, OsString)> = Vec::new();
     let mut removed = Vec::new();
     let mut by_value = Vec::new();
@@ -162,8 +160,7 @@ pub fn agent_environment(
 /// settings and the agent's own credentials aside): for `cordon check`, which runs with the
 /// container's configured environment, as `docker exec` sessions do.
 pub fn credential_names(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<String> {
-    let defaults = SandboxOpts::default();
-    let rules = Rules::new(&defaults);
+    let rules = Rules::default();
     let mut names: Vec<String> = vars
         .into_iter()
         .filter(|(name, _)| !matches(OWN_PREFIX.as_bytes(), name.as_bytes()))
@@ -182,25 +179,22 @@ fn set(vars: &mut Vec<(OsString, OsString)>, name: &str, value: OsString) {
     }
 }
 
-struct Rules<'a> {
-    keep: &'a [String],
-    scrub: &'a [String],
+/// The user's adjustments to the scrub (`--keep-env`, `--scrub-env`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Names passed to the agent although they match a scrub pattern or hold a credential.
+    pub keep: Vec<String>,
+    /// More patterns to remove (`*` matches any run of characters).
+    pub scrub: Vec<String>,
 }
 
-impl<'a> Rules<'a> {
-    fn new(sandbox: &'a SandboxOpts) -> Self {
-        Rules {
-            keep: &sandbox.keep_env,
-            scrub: &sandbox.scrub_env,
-        }
-    }
-
+impl Rules {
     fn verdict(&self, name: &OsStr, value: &OsStr) -> Verdict {
         let name = name.as_bytes();
         let user = |patterns: &[String]| any_match(patterns.iter().map(String::as_str), name);
-        if matches(OWN_PREFIX.as_bytes(), name) || user(self.scrub) && !user(self.keep) {
+        if matches(OWN_PREFIX.as_bytes(), name) || user(&self.scrub) && !user(&self.keep) {
             Verdict::RemoveForName
-        } else if user(self.keep) || any_match(DEFAULT_KEEP.iter().copied(), name) {
+        } else if user(&self.keep) || any_match(DEFAULT_KEEP.iter().copied(), name) {
             Verdict::Keep
         } else if any_match(DEFAULT_SCRUB.iter().copied(), name) {
             Verdict::RemoveForName
@@ -340,11 +334,11 @@ mod tests {
         }
     }
 
-    fn scrub(vars: &[(&str, &str)], sandbox: &SandboxOpts) -> AgentEnvironment {
+    fn scrub(vars: &[(&str, &str)], rules: &Rules) -> AgentEnvironment {
         agent_environment(
             vars.iter().map(|(name, value)| (name.into(), value.into())),
             &account(),
-            sandbox,
+            rules,
         )
     }
 
@@ -425,24 +419,24 @@ mod tests {
             ),
         ];
         for (name, value) in removed {
-            let env = scrub(&[(name, value)], &SandboxOpts::default());
+            let env = scrub(&[(name, value)], &Rules::default());
             assert_eq!(env.removed, [name], "{name}={value} should go");
         }
         for (name, value) in kept {
-            let env = scrub(&[(name, value)], &SandboxOpts::default());
+            let env = scrub(&[(name, value)], &Rules::default());
             assert!(env.removed.is_empty(), "{name}={value} should stay");
         }
         let env = scrub(
             &[("DATABASE_URL", "postgres://app:s3cret@db/app")],
-            &SandboxOpts::default(),
+            &Rules::default(),
         );
         assert_eq!(
             env.by_value,
             [("DATABASE_URL".to_string(), "credentials in a URL")]
         );
-        let keep = SandboxOpts {
-            keep_env: vec!["DATABASE_URL".into()],
-            ..SandboxOpts::default()
+        let keep = Rules {
+            keep: vec!["DATABASE_URL".into()],
+            ..Rules::default()
         };
         let env = scrub(&[("DATABASE_URL", "postgres://app:s3cret@db/app")], &keep);
         assert!(env.removed.is_empty());
@@ -491,7 +485,7 @@ mod tests {
                 ("VSCODE_GIT_IPC_HANDLE", "/tmp/git.sock"),
                 ("DOCKER_HOST", "unix:///var/run/docker.sock"),
             ],
-            &SandboxOpts::default(),
+            &Rules::default(),
         );
         assert_eq!(env.removed.len(), 24, "{:?}", env.removed);
         assert_eq!(names(&env), ["HOME", "USER", "LOGNAME", "SHELL", "PATH"]);
@@ -514,7 +508,7 @@ mod tests {
             ("NODE_EXTRA_CA_CERTS", "/ca.pem"),
             ("REMOTE_CONTAINERS", "true"),
         ];
-        let env = scrub(&vars, &SandboxOpts::default());
+        let env = scrub(&vars, &Rules::default());
         assert!(env.removed.is_empty(), "{:?}", env.removed);
         for (name, val) in vars {
             assert_eq!(value(&env, name), Some(OsStr::new(val)), "{name}");
@@ -523,24 +517,23 @@ mod tests {
 
     #[test]
     fn cordon_settings_are_never_passed_on() {
-        let sandbox = SandboxOpts {
-            keep_env: vec!["CORDON_ALLOW".into()],
-            ..SandboxOpts::default()
+        let rules = Rules {
+            keep: vec!["CORDON_ALLOW".into()],
+            ..Rules::default()
         };
-        let env = scrub(&[("CORDON_ALLOW", "x"), ("CORDON_LOG", "debug")], &sandbox);
+        let env = scrub(&[("CORDON_ALLOW", "x"), ("CORDON_LOG", "debug")], &rules);
         assert_eq!(env.removed, ["CORDON_ALLOW", "CORDON_LOG"]);
     }
 
     #[test]
     fn keep_env_beats_every_scrub_pattern() {
-        let sandbox = SandboxOpts {
-            keep_env: vec!["GH_TOKEN".into(), "AWS_*".into()],
-            scrub_env: vec!["GH_*".into()],
-            ..SandboxOpts::default()
+        let rules = Rules {
+            keep: vec!["GH_TOKEN".into(), "AWS_*".into()],
+            scrub: vec!["GH_*".into()],
         };
         let env = scrub(
             &[("GH_TOKEN", "g"), ("AWS_REGION", "eu"), ("NPM_TOKEN", "n")],
-            &sandbox,
+            &rules,
         );
         assert_eq!(env.removed, ["NPM_TOKEN"]);
         assert_eq!(value(&env, "GH_TOKEN"), Some(OsStr::new("g")));
@@ -549,13 +542,13 @@ mod tests {
 
     #[test]
     fn scrub_env_adds_patterns_and_beats_the_default_keep_list() {
-        let sandbox = SandboxOpts {
-            scrub_env: vec![
+        let rules = Rules {
+            scrub: vec![
                 "DATABASE_URL".into(),
                 "MY_*".into(),
                 "ANTHROPIC_API_KEY".into(),
             ],
-            ..SandboxOpts::default()
+            ..Rules::default()
         };
         let env = scrub(
             &[
@@ -564,7 +557,7 @@ mod tests {
                 ("ANTHROPIC_API_KEY", "sk"),
                 ("EDITOR", "vi"),
             ],
-            &sandbox,
+            &rules,
         );
         assert_eq!(
             env.removed,
@@ -582,7 +575,7 @@ mod tests {
                 ("SHELL", "/bin/sh"),
                 ("TERM", "dumb"),
             ],
-            &SandboxOpts::default(),
+            &Rules::default(),
         );
         assert_eq!(value(&env, "HOME"), Some(OsStr::new("/home/node")));
         assert_eq!(value(&env, "USER"), Some(OsStr::new("node")));
@@ -599,7 +592,7 @@ mod tests {
     fn duplicate_names_keep_the_last_value_once() {
         let env = scrub(
             &[("A", "1"), ("A", "2"), ("GH_TOKEN", "x"), ("GH_TOKEN", "y")],
-            &SandboxOpts::default(),
+            &Rules::default(),
         );
         assert_eq!(value(&env, "A"), Some(OsStr::new("2")));
         assert_eq!(env.vars.iter().filter(|(n, _)| n == "A").count(), 1);
@@ -610,7 +603,7 @@ mod tests {
     fn non_utf8_names_are_handled() {
         use std::os::unix::ffi::OsStringExt;
         let name = OsString::from_vec(b"X\xff_TOKEN".to_vec());
-        let env = agent_environment([(name, "v".into())], &account(), &SandboxOpts::default());
+        let env = agent_environment([(name, "v".into())], &account(), &Rules::default());
         assert_eq!(env.removed.len(), 1);
     }
 }
