@@ -24,6 +24,7 @@ use std::path::Path;
 use crate::error::{exit, Error, Result};
 use crate::fence::apply::Backend;
 use crate::harden::{self, sudoers, Privileged, Scan};
+use crate::logging::name_a_few;
 use inspect::FenceStatus;
 
 /// What `cordon check` was asked.
@@ -328,10 +329,7 @@ fn other_mounts(scans: &[Scan], without_nnp: &[Session]) -> Finding {
             ),
         );
     }
-    let listed = match found.len() > 10 {
-        true => format!("{} and {} more", found[..10].join(", "), found.len() - 10),
-        false => found.join(", "),
-    };
+    let listed = name_a_few(found.iter(), 10, ", ");
     if without_nnp.is_empty() {
         return finding(
             Verdict::Note,
@@ -384,23 +382,20 @@ fn sessions(without: &[Session]) -> Finding {
             "every non-root process has no_new_privs",
         );
     }
-    let listed: Vec<String> = without
-        .iter()
-        .take(5)
-        .map(|s| format!("{} {} (uid {})", s.pid, s.name, s.uid))
-        .collect();
-    let more = match without.len().saturating_sub(listed.len()) {
-        0 => String::new(),
-        n => format!(" and {n} more"),
-    };
+    let listed = name_a_few(
+        without
+            .iter()
+            .map(|s| format!("{} {} (uid {})", s.pid, s.name, s.uid)),
+        5,
+        ", ",
+    );
     finding(
         Verdict::Note,
         "sessions",
         format!(
-            "non-root processes without no_new_privs: {}{more}; a setuid or file-capability file \
+            "non-root processes without no_new_privs: {listed}; a setuid or file-capability file \
              would work for them (docker exec sessions: run the container with --security-opt \
-             no-new-privileges to give it to every process)",
-            listed.join(", ")
+             no-new-privileges to give it to every process)"
         ),
     )
 }
@@ -470,26 +465,17 @@ fn privileged_files(scan: &Scan, caller: &Status) -> Vec<Finding> {
             format!("no setuid/setgid file or file capabilities on {where_}"),
         )
     } else {
-        let listed: Vec<String> = scan
-            .privileged
-            .iter()
-            .take(10)
-            .map(|file| format!("{} ({})", file.path.display(), file.describe()))
-            .collect();
-        let more = scan.privileged.len().saturating_sub(listed.len());
-        let more = if more > 0 {
-            format!(" and {more} more")
-        } else {
-            String::new()
-        };
+        let listed = name_a_few(
+            scan.privileged
+                .iter()
+                .map(|file| format!("{} ({})", file.path.display(), file.describe())),
+            10,
+            ", ",
+        );
         finding(
             Verdict::Fail,
             "privileged files",
-            format!(
-                "{} on {where_}: {}{more}",
-                scan.privileged.len(),
-                listed.join(", ")
-            ),
+            format!("{} on {where_}: {listed}", scan.privileged.len(),),
         )
     }];
     if let Some((first, errno)) = scan.unreadable.first() {

@@ -460,6 +460,7 @@ fn describe_sets(ruleset: &Ruleset) -> String {
 
 /// `--verify-connect`: one real TCP connection per allowed name, to its first address and port.
 fn connect_to_allowed_names(prepared: &Prepared) -> Vec<String> {
+    let resolved = prepared.resolution.index();
     let mut failures = Vec::new();
     for entry in &prepared.policy.entries {
         let (Target::Name(name), Ports::Listed(ranges)) = (&entry.target, &entry.ports) else {
@@ -468,7 +469,7 @@ fn connect_to_allowed_names(prepared: &Prepared) -> Vec<String> {
         let Some(range) = ranges.iter().find(|r| r.proto == policy::Proto::Tcp) else {
             continue;
         };
-        let Some(addr) = prepared.resolution.addrs_of(name).first() else {
+        let Some(addr) = resolved.get(name.as_str()).and_then(|n| n.addrs.first()) else {
             continue;
         };
         let target = std::net::SocketAddr::new(*addr, range.first);
@@ -481,22 +482,21 @@ fn connect_to_allowed_names(prepared: &Prepared) -> Vec<String> {
 }
 
 fn render_plan(prepared: &Prepared) -> String {
+    let resolved = prepared.resolution.index();
     let mut out = String::new();
     out.push_str("# Allowlist\n");
     for entry in &prepared.policy.entries {
         let addrs = match &entry.target {
-            Target::Name(name) => {
-                match prepared.resolution.names.iter().find(|n| &n.name == name) {
-                    Some(n) if n.outcome == Outcome::Resolved => n
-                        .addrs
-                        .iter()
-                        .map(|a| a.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                    Some(n) => format!("(unresolved: {:?})", n.outcome),
-                    None => "(unresolved)".into(),
-                }
-            }
+            Target::Name(name) => match resolved.get(name.as_str()) {
+                Some(n) if n.outcome == Outcome::Resolved => n
+                    .addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Some(n) => format!("(unresolved: {:?})", n.outcome),
+                None => "(unresolved)".into(),
+            },
             _ => String::new(),
         };
         out.push_str(&format!(

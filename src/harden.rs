@@ -335,15 +335,7 @@ impl Report {
 
 /// "a, b, c" or "a, b, c, d, e and 7 more".
 pub fn name_a_few<'a>(paths: impl ExactSizeIterator<Item = &'a PathBuf>) -> String {
-    let total = paths.len();
-    let named: Vec<String> = paths
-        .take(NAMED_IN_SUMMARY)
-        .map(|path| path.display().to_string())
-        .collect();
-    match total.saturating_sub(named.len()) {
-        0 => named.join(", "),
-        more => format!("{} and {more} more", named.join(", ")),
-    }
+    crate::logging::name_a_few(paths.map(|path| path.display()), NAMED_IN_SUMMARY, ", ")
 }
 
 /// Strips every privileged file on `root`'s own mount and disables sudo. Fails, after trying

@@ -4,12 +4,12 @@
 //! probes of the verdict classes that never depend on the allowlist. As anyone else, who cannot
 //! read the firewall: the same probes unmarked, each of which must be rejected at once.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use crate::agent::user::NOBODY;
 use crate::fence::apply::{Backend, Tools};
 use crate::fence::netinfo::{Ipv6, NetInfo};
-use crate::fence::plan::{Family, Verdict, CHAIN_ALLOW, CHAIN_OUTPUT, CHAIN_REJECT};
+use crate::fence::plan::{self, Family, Verdict, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::fence::policy::Proto;
 use crate::fence::record::{self, Loaded};
 use crate::fence::verify::{self, Observed, Probe};
@@ -201,17 +201,15 @@ impl SavedRules {
             if rule.starts_with(&format!("-A {CHAIN_OUTPUT} ")) {
                 last_cordon_output_rule = Some(rule.to_string());
             }
-            if rule == format!("-A {CHAIN_ALLOW} -j ACCEPT") {
+            if rule == plan::allow_accept_rule() {
                 rules.allowed_packets += packets;
             }
             if rule.starts_with(&format!("-A {CHAIN_REJECT} ")) {
                 rules.rejected_packets += packets;
             }
         }
-        rules.output_jumps_first =
-            first_output_rule.as_deref() == Some(&format!("-A OUTPUT -j {CHAIN_OUTPUT}"));
-        rules.output_ends_in_reject = last_cordon_output_rule.as_deref()
-            == Some(&format!("-A {CHAIN_OUTPUT} -j {CHAIN_REJECT}"));
+        rules.output_jumps_first = first_output_rule == Some(plan::output_hook());
+        rules.output_ends_in_reject = last_cordon_output_rule == Some(plan::output_last_rule());
         rules
     }
 
@@ -245,40 +243,19 @@ fn set_sizes(text: &str) -> Vec<(String, u64)> {
 /// Destinations that no allowlist opens unless it names them explicitly; `check` has no
 /// allowlist, so it only probes these.
 fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) {
-    let public = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 1));
-    let mut targets: Vec<(&'static str, IpAddr, Proto, u16)> = vec![
-        ("public address", public, Proto::Tcp, 443),
-        (
-            "cloud metadata",
-            IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-            Proto::Tcp,
-            80,
-        ),
-        (
-            "dns to a non-resolver",
-            IpAddr::V4(Ipv4Addr::new(198, 51, 100, 53)),
-            Proto::Udp,
-            53,
-        ),
-    ];
-    targets.extend(
-        net.gateways
-            .iter()
-            .filter(|g| g.is_ipv4())
-            .map(|g| ("gateway", *g, Proto::Tcp, 80)),
-    );
-    if net.ipv6.in_kernel() {
-        let doc = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1));
-        targets.push(("ipv6 address", doc, Proto::Udp, 443));
-    }
+    let mut targets = verify::unallowed_classes(net);
     if !marked {
         // Unmarked, a blocked SYN is answered with the fence's reset, which looks like a host
         // that refuses: these probes are datagrams, which are rejected with ICMP. The public
         // address is probed both ways (see below for its TCP probe).
+        let public = *targets
+            .iter()
+            .find(|target| target.0 == "public address")
+            .expect("a public address among the classes");
         for target in &mut targets {
             target.2 = Proto::Udp;
         }
-        targets.push(("public address", public, Proto::Tcp, 443));
+        targets.push(public);
     }
     let probes = targets
         .into_iter()

@@ -78,10 +78,10 @@ impl Tools {
                 tool: "ipset".into(),
                 package: "ipset",
             })?,
-            iptables_restore: tool("iptables", "restore")?,
-            ip6tables_restore: tool("ip6tables", "restore")?,
-            iptables_save: tool("iptables", "save")?,
-            ip6tables_save: tool("ip6tables", "save")?,
+            iptables_restore: tool(Family::V4.iptables(), "restore")?,
+            ip6tables_restore: tool(Family::V6.iptables(), "restore")?,
+            iptables_save: tool(Family::V4.iptables(), "save")?,
+            ip6tables_save: tool(Family::V6.iptables(), "save")?,
         })
     }
 
@@ -102,11 +102,7 @@ impl Tools {
 
 /// The restore tool of one family and iptables variant, e.g. `ip6tables-legacy-restore`.
 fn restore_tool_name(family: Family, variant: &str) -> String {
-    let stem = match family {
-        Family::V4 => "iptables",
-        Family::V6 => "ip6tables",
-    };
-    format!("{stem}-{variant}-restore")
+    format!("{}-{variant}-restore", family.iptables())
 }
 
 /// Which variant the image's `iptables` command is: read from where its symlinks lead
@@ -203,27 +199,62 @@ pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
             (*family, tool.start(&restore_args(), input))
         })
         .collect();
-    let mut first_failure = None;
-    for (family, load) in loads {
-        if let Err(detail) = load.and_then(|running| running.finish(deadline).map(drop)) {
+    let results: Vec<(Family, Result<(), Failed>)> = loads
+        .into_iter()
+        .map(|(family, load)| {
+            let loaded = load.and_then(|running| running.finish(deadline).map(drop));
             let step = format!("{} --noflush", tools.restore_tool(family));
-            if family == Family::V6 && ipv6 == Ipv6::Off {
-                // Deny IPv6 anyway, in case it is switched on later.
-                let denied = lockdown(Some(tools.variant), &[Family::V6], false);
-                log::warn!(
-                    "{step} failed ({detail}); IPv6 is off in this namespace (no IPv6 address), \
-                     so nothing can leave over it{}",
-                    match denied {
-                        Lockdown::Denied { .. } => "; IPv6 egress is denied meanwhile",
-                        _ => ", and its deny-all could not be loaded either",
-                    }
-                );
-                continue;
+            (family, loaded.map_err(|detail| Failed { step, detail }))
+        })
+        .collect();
+    let judged = judge_loads(results, ipv6);
+    for Failed { step, detail } in &judged.tolerated {
+        // Deny IPv6 anyway, in case it is switched on later.
+        let denied = lockdown(Some(tools.variant), &[Family::V6], false);
+        log::warn!(
+            "{step} failed ({detail}); IPv6 is off in this namespace (no IPv6 address), so \
+             nothing can leave over it{}",
+            match denied {
+                Lockdown::Denied { .. } => "; IPv6 egress is denied meanwhile",
+                _ => ", and its deny-all could not be loaded either",
             }
-            first_failure.get_or_insert(failed(&step, detail));
+        );
+    }
+    judged.failure.map_or(Ok(()), Err)
+}
+
+/// A tool call that failed: which, and what it said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failed {
+    step: String,
+    detail: String,
+}
+
+/// What the families' loads add up to.
+#[derive(Debug)]
+struct Judged {
+    /// The first failure that fails the fence.
+    failure: Option<Error>,
+    /// IPv6 failures that only warn: IPv6 is off in this namespace.
+    tolerated: Vec<Failed>,
+}
+
+/// Every family must load, except IPv6 where it is off (no IPv6 address: nothing can leave over
+/// it).
+fn judge_loads(results: Vec<(Family, Result<(), Failed>)>, ipv6: Ipv6) -> Judged {
+    let mut judged = Judged {
+        failure: None,
+        tolerated: Vec::new(),
+    };
+    for (family, result) in results {
+        let Err(failure) = result else { continue };
+        if family == Family::V6 && ipv6 == Ipv6::Off {
+            judged.tolerated.push(failure);
+        } else if judged.failure.is_none() {
+            judged.failure = Some(failed(&failure.step, failure.detail));
         }
     }
-    first_failure.map_or(Ok(()), Err)
+    judged
 }
 
 /// Fills every set under a staging name and swaps it in.
@@ -289,10 +320,51 @@ pub fn lockdown(
     families: &[Family],
     may_cut_links: bool,
 ) -> Lockdown {
-    // A start that failed while names resolved leaves the resolvers in their set, where
-    // CORDON_INPUT accepts anything that claims to come from their port 53.
-    let resolvers = [Family::V4, Family::V6].map(Family::resolvers_set);
-    if let Err(detail) = set_netlink::flush(&resolvers) {
+    lockdown_with(&mut System, preferred, families, may_cut_links)
+}
+
+/// The lockdown's steps, one call each: the seam its sequencing is tested through, as the drop's
+/// `Syscalls` is. `System` makes the real calls.
+pub trait Restore {
+    /// Empties the resolvers' sets: a start that failed while names resolved left the
+    /// resolvers there, where CORDON_INPUT accepts anything that claims to come from their port
+    /// 53.
+    fn empty_resolver_sets(&mut self) -> Result<(), String>;
+    /// Loads the deny-all of `family` with `variant`'s restore tool (missing: an error).
+    fn deny_all(&mut self, family: Family, variant: &'static str) -> Result<(), String>;
+    /// Sets every interface but loopback down; returns their names.
+    fn cut_links(&mut self) -> Result<Vec<String>, String>;
+}
+
+pub struct System;
+
+impl Restore for System {
+    fn empty_resolver_sets(&mut self) -> Result<(), String> {
+        set_netlink::flush(&[Family::V4, Family::V6].map(Family::resolvers_set))
+    }
+
+    fn deny_all(&mut self, family: Family, variant: &'static str) -> Result<(), String> {
+        let name = restore_tool_name(family, variant);
+        let tool = Tool::find(&name).ok_or_else(|| format!("{name} is not installed"))?;
+        let args = ["--noflush", "-w", LOCKDOWN_LOCK_WAIT_SECONDS];
+        tool.run(&args, &plan::lockdown_restore(family), LOCKDOWN_BOUND)
+            .map(drop)
+            .map_err(|detail| format!("{tool}: {detail}"))
+    }
+
+    fn cut_links(&mut self) -> Result<Vec<String>, String> {
+        cut_links()
+    }
+}
+
+/// `lockdown` through `sys`. Every family is attempted, whatever happened to the others.
+pub fn lockdown_with(
+    sys: &mut impl Restore,
+    preferred: Option<&'static str>,
+    families: &[Family],
+    may_cut_links: bool,
+) -> Lockdown {
+    if let Err(detail) = sys.empty_resolver_sets() {
         log::debug!("emptying the resolver sets failed: {detail}");
     }
     let mut order: Vec<&'static str> = preferred.into_iter().collect();
@@ -301,21 +373,15 @@ pub fn lockdown(
     let mut all_denied = true;
     let mut fell_back = false;
     for family in families {
-        let denied_by = order.iter().find(|variant| {
-            let name = restore_tool_name(*family, variant);
-            let Some(tool) = Tool::find(&name) else {
-                return false;
-            };
-            let input = plan::lockdown_restore(*family);
-            let args = ["--noflush", "-w", LOCKDOWN_LOCK_WAIT_SECONDS];
-            match tool.run(&args, &input, LOCKDOWN_BOUND) {
-                Ok(_) => true,
+        let denied_by = order
+            .iter()
+            .find(|variant| match sys.deny_all(*family, variant) {
+                Ok(()) => true,
                 Err(detail) => {
-                    log::debug!("lockdown with {tool} failed: {detail}");
+                    log::debug!("lockdown of {} failed: {detail}", family.name());
                     false
                 }
-            }
-        });
+            });
         match denied_by {
             Some(variant) => {
                 fell_back |= Some(*variant) != order.first().copied();
@@ -332,7 +398,7 @@ pub fn lockdown(
     if !may_cut_links {
         return Lockdown::Open;
     }
-    match cut_links() {
+    match sys.cut_links() {
         Ok(links) => Lockdown::LinksDown { links },
         Err(detail) => {
             log::debug!("setting the interfaces down failed: {detail}");
@@ -437,6 +503,173 @@ fn explain(detail: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records the lockdown's calls; `working` lists the (family, variant) pairs whose deny-all
+    /// loads.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+        working: Vec<(Family, &'static str)>,
+        links: Option<Vec<String>>,
+    }
+
+    impl Restore for Recorder {
+        fn empty_resolver_sets(&mut self) -> Result<(), String> {
+            self.calls.push("empty resolver sets".into());
+            Err("no such set".into())
+        }
+        fn deny_all(&mut self, family: Family, variant: &'static str) -> Result<(), String> {
+            self.calls.push(format!("{} {variant}", family.name()));
+            match self.working.contains(&(family, variant)) {
+                true => Ok(()),
+                false => Err("failed".into()),
+            }
+        }
+        fn cut_links(&mut self) -> Result<Vec<String>, String> {
+            self.calls.push("cut links".into());
+            self.links.clone().ok_or_else(|| "EPERM".into())
+        }
+    }
+
+    const BOTH: [Family; 2] = [Family::V4, Family::V6];
+
+    #[test]
+    fn lockdown_uses_the_variant_in_use_for_every_family() {
+        let mut sys = Recorder {
+            working: vec![(Family::V4, "nft"), (Family::V6, "nft")],
+            ..Recorder::default()
+        };
+        let state = lockdown_with(&mut sys, Some("nft"), &BOTH, true);
+        assert_eq!(
+            state,
+            Lockdown::Denied {
+                through: vec!["nft"],
+                fell_back: false
+            }
+        );
+        assert_eq!(sys.calls, ["empty resolver sets", "IPv4 nft", "IPv6 nft"]);
+    }
+
+    #[test]
+    fn a_family_the_variant_in_use_cannot_deny_falls_back_to_the_other() {
+        let mut sys = Recorder {
+            working: vec![
+                (Family::V4, "legacy"),
+                (Family::V6, "nft"),
+                (Family::V6, "legacy"),
+            ],
+            ..Recorder::default()
+        };
+        let state = lockdown_with(&mut sys, Some("legacy"), &BOTH, true);
+        assert_eq!(
+            state,
+            Lockdown::Denied {
+                through: vec!["legacy"],
+                fell_back: false
+            }
+        );
+        let mut sys = Recorder {
+            working: vec![(Family::V4, "nft"), (Family::V6, "legacy")],
+            ..Recorder::default()
+        };
+        let state = lockdown_with(&mut sys, Some("nft"), &BOTH, true);
+        assert_eq!(
+            state,
+            Lockdown::Denied {
+                through: vec!["nft", "legacy"],
+                fell_back: true
+            }
+        );
+        assert_eq!(
+            sys.calls,
+            ["empty resolver sets", "IPv4 nft", "IPv6 nft", "IPv6 legacy"]
+        );
+    }
+
+    #[test]
+    fn every_family_is_attempted_before_the_links_are_cut() {
+        let mut sys = Recorder {
+            working: vec![(Family::V6, "legacy")],
+            links: Some(vec!["eth0".into()]),
+            ..Recorder::default()
+        };
+        let state = lockdown_with(&mut sys, None, &BOTH, true);
+        assert_eq!(
+            state,
+            Lockdown::LinksDown {
+                links: vec!["eth0".into()]
+            }
+        );
+        assert_eq!(
+            sys.calls,
+            [
+                "empty resolver sets",
+                "IPv4 nft",
+                "IPv4 legacy",
+                "IPv6 nft",
+                "IPv6 legacy",
+                "cut links"
+            ]
+        );
+    }
+
+    #[test]
+    fn nothing_holds_is_open() {
+        // In the host's namespace the links are never cut.
+        let mut sys = Recorder {
+            links: Some(vec!["eth0".into()]),
+            ..Recorder::default()
+        };
+        assert_eq!(lockdown_with(&mut sys, None, &BOTH, false), Lockdown::Open);
+        assert!(!sys.calls.contains(&"cut links".to_string()));
+        // Cutting them failed too.
+        let mut sys = Recorder::default();
+        assert_eq!(lockdown_with(&mut sys, None, &BOTH, true), Lockdown::Open);
+        assert_eq!(sys.calls.last().unwrap(), "cut links");
+    }
+
+    fn load_failed(family: Family) -> (Family, Result<(), Failed>) {
+        let step = format!("{}-nft-restore --noflush", family.iptables());
+        (
+            family,
+            Err(Failed {
+                step,
+                detail: "line 3 failed".into(),
+            }),
+        )
+    }
+
+    #[test]
+    fn an_ipv6_load_failure_only_warns_where_ipv6_is_off() {
+        let judged = judge_loads(
+            vec![(Family::V4, Ok(())), load_failed(Family::V6)],
+            Ipv6::Off,
+        );
+        assert!(judged.failure.is_none());
+        assert_eq!(judged.tolerated.len(), 1);
+        let judged = judge_loads(
+            vec![(Family::V4, Ok(())), load_failed(Family::V6)],
+            Ipv6::On,
+        );
+        assert!(judged.tolerated.is_empty());
+        assert!(judged
+            .failure
+            .unwrap()
+            .to_string()
+            .contains("ip6tables-nft-restore --noflush"));
+    }
+
+    #[test]
+    fn an_ipv4_load_failure_fails_the_fence_whatever_ipv6_does() {
+        for ipv6 in [Ipv6::On, Ipv6::Off] {
+            let judged = judge_loads(vec![load_failed(Family::V4), load_failed(Family::V6)], ipv6);
+            let failure = judged.failure.expect("IPv4 must load").to_string();
+            assert!(
+                failure.contains("iptables-nft-restore --noflush"),
+                "{failure}"
+            );
+        }
+    }
 
     #[test]
     fn tool_errors_get_the_fix() {

@@ -82,7 +82,7 @@ impl NetInfo {
     /// used at all).
     pub fn has_ipv6_address(&self) -> bool {
         self.addrs.iter().any(|net| match net.addr() {
-            IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) != 0xfe80,
+            IpAddr::V6(v6) => !v6.is_unicast_link_local(),
             IpAddr::V4(_) => false,
         })
     }

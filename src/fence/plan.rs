@@ -15,7 +15,7 @@
 //!     so a blocked connect fails at once
 //! ```
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -77,6 +77,14 @@ impl Family {
 
     pub fn hosts_set(self) -> String {
         format!("cordon{}-hosts", self.digit())
+    }
+
+    /// The iptables command of this family (`iptables`, `ip6tables`): tools are named after it.
+    pub fn iptables(self) -> &'static str {
+        match self {
+            Family::V4 => "iptables",
+            Family::V6 => "ip6tables",
+        }
     }
 
     /// The resolvers (address, protocol, port 53) whose answers to cordon's own start-up
@@ -161,17 +169,13 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
         v6,
         inbound: policy.inbound.clone(),
     };
-    let addrs_of: HashMap<&str, &[IpAddr]> = resolution
-        .names
-        .iter()
-        .map(|found| (found.name.as_str(), found.addrs.as_slice()))
-        .collect();
+    let resolved = resolution.index();
     for entry in &policy.entries {
         let nets: Vec<IpNet> = match &entry.target {
             Target::Net(net) => vec![*net],
-            Target::Name(name) => addrs_of
+            Target::Name(name) => resolved
                 .get(name.as_str())
-                .map_or(&[][..], |addrs| addrs)
+                .map_or(&[][..], |found| &found.addrs)
                 .iter()
                 .map(|addr| IpNet::from(*addr))
                 .collect(),
@@ -394,12 +398,12 @@ impl Ruleset {
     /// `iptables-restore --noflush` (or `ip6tables-restore`) input for one family. Loaded in one
     /// transaction: the chains are rebuilt and re-linked atomically.
     pub fn iptables_restore(&self, family: Family) -> String {
-        let tool = match family {
-            Family::V4 => "iptables-restore",
-            Family::V6 => "ip6tables-restore",
-        };
         let mut lines = vec![
-            format!("# cordon {} ruleset ({tool} --noflush)", family.name()),
+            format!(
+                "# cordon {} ruleset ({}-restore --noflush)",
+                family.name(),
+                family.iptables()
+            ),
             "*filter".to_string(),
             ":INPUT DROP [0:0]".to_string(),
             ":OUTPUT DROP [0:0]".to_string(),
@@ -411,7 +415,7 @@ impl Ruleset {
             "-F INPUT".to_string(),
             "-F OUTPUT".to_string(),
             format!("-A INPUT -j {CHAIN_INPUT}"),
-            format!("-A OUTPUT -j {CHAIN_OUTPUT}"),
+            output_hook(),
         ]);
         lines.extend(
             self.input_chain(family)
@@ -421,9 +425,8 @@ impl Ruleset {
             self.output_chain(family)
                 .map(|rule| format!("-A {CHAIN_OUTPUT} {rule}")),
         );
-        lines.extend(
-            allow_chain(family, self.flow_mark).map(|rule| format!("-A {CHAIN_ALLOW} {rule}")),
-        );
+        lines.push(output_last_rule());
+        lines.extend(allow_chain(family, self.flow_mark));
         lines.extend(reject_chain(family).map(|rule| format!("-A {CHAIN_REJECT} {rule}")));
         lines.push("COMMIT".to_string());
         lines.join("\n") + "\n"
@@ -519,10 +522,24 @@ impl Ruleset {
                 "-m set --match-set {} dst -j {CHAIN_ALLOW}",
                 family.hosts_set()
             ),
-            format!("-j {CHAIN_REJECT}"),
         ]);
         chain.into_iter()
     }
+}
+
+/// OUTPUT's one rule: everything goes through cordon's chain first.
+pub fn output_hook() -> String {
+    format!("-A OUTPUT -j {CHAIN_OUTPUT}")
+}
+
+/// CORDON_OUTPUT's last rule: what no earlier rule accepted is rejected.
+pub fn output_last_rule() -> String {
+    format!("-A {CHAIN_OUTPUT} -j {CHAIN_REJECT}")
+}
+
+/// CORDON_ALLOW's last rule, which counts every accepted packet.
+pub fn allow_accept_rule() -> String {
+    format!("-A {CHAIN_ALLOW} -j ACCEPT")
 }
 
 /// The verifier's marked probes are answered here, inside the namespace; all else is marked as
@@ -538,9 +555,10 @@ fn allow_chain(family: Family, flow_mark: u32) -> impl Iterator<Item = String> {
             family.reject_port()
         ),
         format!("-m conntrack ! --ctstate RELATED -j CONNMARK --set-mark {flow_mark:#x}"),
-        "-j ACCEPT".to_string(),
     ]
     .into_iter()
+    .map(|rule| format!("-A {CHAIN_ALLOW} {rule}"))
+    .chain([allow_accept_rule()])
 }
 
 /// An ICMP error for a SYN arrives while connect() holds the socket and only fails a blocking

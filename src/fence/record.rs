@@ -358,12 +358,7 @@ fn member_changes(set: &str, before: &BTreeSet<String>, now: &BTreeSet<String>) 
 }
 
 fn some_of(members: &[&String]) -> String {
-    const SHOWN: usize = 3;
-    let shown: Vec<&str> = members.iter().take(SHOWN).map(|m| m.as_str()).collect();
-    match members.len() > SHOWN {
-        true => format!("{} and {} more", shown.join(" "), members.len() - SHOWN),
-        false => shown.join(" "),
-    }
+    crate::logging::name_a_few(members.iter(), 3, " ")
 }
 
 #[cfg(test)]

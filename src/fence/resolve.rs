@@ -2,6 +2,7 @@
 //! resolv.conf, with the whole phase bounded. A current-thread runtime exists only for this stage.
 //! hickory-resolver does the DNS; its UDP queries travel over the shared sockets of `udp_mux`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -50,12 +51,9 @@ pub struct Resolution {
 }
 
 impl Resolution {
-    pub fn addrs_of(&self, name: &str) -> &[IpAddr] {
-        self.names
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.addrs.as_slice())
-            .unwrap_or(&[])
+    /// Each name's result, by name.
+    pub fn index(&self) -> HashMap<&str, &NameAddrs> {
+        self.names.iter().map(|n| (n.name.as_str(), n)).collect()
     }
 
     pub fn unresolved(&self) -> impl Iterator<Item = &NameAddrs> {
@@ -338,11 +336,10 @@ pub fn may_be_opened_by_name(addr: IpAddr) -> bool {
                 || v4.is_broadcast())
         }
         IpAddr::V6(v6) => {
-            let link_local = (v6.segments()[0] & 0xffc0) == 0xfe80;
             let mapped = v6.to_ipv4_mapped().is_some();
             let carried = embedded_ipv4(v6).is_some_and(|v4| !may_be_opened_by_name(v4.into()));
             !(v6.is_loopback()
-                || link_local
+                || v6.is_unicast_link_local()
                 || v6.is_multicast()
                 || v6.is_unspecified()
                 || mapped

@@ -137,6 +137,32 @@ impl ProbeResult {
     }
 }
 
+/// The destinations no allowlist opens unless it names them, as (class, address, protocol,
+/// port): `cordon check`, which has no allowlist, probes these.
+pub fn unallowed_classes(net: &NetInfo) -> Vec<(&'static str, IpAddr, Proto, u16)> {
+    let mut targets = vec![
+        ("public address", IpAddr::V4(PUBLIC_V4[0]), Proto::Tcp, 443),
+        ("cloud metadata", IpAddr::V4(METADATA), Proto::Tcp, 80),
+        (
+            "dns to a non-resolver",
+            IpAddr::V4(DNS_ELSEWHERE_V4[0]),
+            Proto::Udp,
+            53,
+        ),
+    ];
+    targets.extend(
+        net.gateways
+            .iter()
+            .filter(|g| g.is_ipv4())
+            .map(|g| ("gateway", *g, Proto::Tcp, 80)),
+    );
+    if net.ipv6.in_kernel() {
+        // A datagram: a rejected IPv6 SYN fails connect() only on its retransmit (see plan.rs).
+        targets.push(("ipv6 address", IpAddr::V6(PUBLIC_V6[0]), Proto::Udp, 443));
+    }
+    targets
+}
+
 /// One probe per verdict class (pure: from the ruleset and what the namespace looks like).
 pub fn plan_probes(ruleset: &Ruleset, net: &NetInfo) -> Vec<Probe> {
     let mut probes = Vec::new();
