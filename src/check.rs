@@ -16,13 +16,13 @@
 //! A non-root caller cannot read every directory: what it could not scan is reported, and a
 //! full scan needs root.
 
-pub mod inspect;
+mod inspect;
 
 use std::fmt;
 use std::path::Path;
 
 use crate::error::{exit, Error, Result};
-use crate::fence::apply::Backend;
+use crate::fence::Backend;
 use crate::harden::{self, sudoers, Privileged, Scan};
 use crate::logging::name_a_few;
 use inspect::FenceStatus;

@@ -14,7 +14,7 @@ use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::{env, user};
-use crate::fence::{self, apply::Backend, policy};
+use crate::fence::{self, Backend};
 use crate::{check, harden, supervise};
 
 /// The name under which Anthropic's reference devcontainer runs its firewall script.
@@ -177,7 +177,7 @@ pub struct FenceArgs {
     pub resolv_conf: PathBuf,
 
     /// Directory holding `allowlist` and `allowlist.d/` (read when present).
-    #[arg(long, value_name = "DIR", default_value = policy::DEFAULT_CONFIG_DIR)]
+    #[arg(long, value_name = "DIR", default_value = fence::DEFAULT_CONFIG_DIR)]
     pub config_dir: PathBuf,
 
     /// Which iptables variant to drive.
@@ -403,7 +403,7 @@ fn from_cli(cli: Cli) -> Parsed {
 impl FenceArgs {
     fn options(self) -> fence::Options {
         fence::Options {
-            sources: policy::Sources {
+            sources: fence::Sources {
                 allow: self.allow,
                 allowlist: self.allowlist,
                 profiles: self.profiles,

@@ -1,13 +1,16 @@
 //! The fence: policy → resolve → plan → apply → verify, and the `plan` / `firewall` commands.
 
-pub mod apply;
-pub mod netinfo;
-pub mod plan;
-pub mod policy;
-pub mod record;
-pub mod resolv_conf;
-pub mod resolve;
-pub mod verify;
+pub(crate) mod apply;
+pub(crate) mod netinfo;
+pub(crate) mod plan;
+pub(crate) mod policy;
+pub(crate) mod record;
+pub(crate) mod resolv_conf;
+pub(crate) mod resolve;
+pub(crate) mod verify;
+
+pub use apply::Backend;
+pub use policy::{Sources, DEFAULT_CONFIG_DIR};
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -17,7 +20,7 @@ use crate::capabilities;
 use crate::error::{exit, Error, Result};
 use crate::sys::caps::{self, Capability};
 use crate::sys::signals::Signals;
-use apply::{Backend, Tools};
+use apply::Tools;
 use netinfo::{Ipv6, NetInfo};
 use plan::{Family, Ruleset, SetMembers};
 use policy::{Policy, Ports, Target};

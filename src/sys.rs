@@ -3,10 +3,10 @@
 //! trusted tools run by descriptor (`tool`), ipsets over netlink (`set_netlink`), the file-tree
 //! walk (`walk`) and the mount table (`mounts`).
 
-pub mod caps;
-pub mod fd;
-pub mod mounts;
-pub mod set_netlink;
+pub(crate) mod caps;
+pub(crate) mod fd;
+pub(crate) mod mounts;
+pub(crate) mod set_netlink;
 pub mod signals;
-pub mod tool;
-pub mod walk;
+pub(crate) mod tool;
+pub(crate) mod walk;

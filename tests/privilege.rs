@@ -212,7 +212,7 @@ fn cordon_user_forms_give_exact_ids() {
     let scratch = Scratch::new();
     let etc = test_accounts(&scratch);
     // (--user, uid, gid, groups): supplementary groups are those listing the name, plus the
-    // primary group (see src/user.rs).
+    // primary group (see src/agent/user.rs).
     let forms = [
         ("agent", 4242, 4343, "4343 4444"),
         ("4242", 4242, 4343, "4343 4444"),

@@ -14,7 +14,7 @@
 //! 4. `setgroups`, then the bounding, inheritable and ambient capability sets emptied.
 //! 5. Securebits set and locked (NOROOT, NO_CAP_AMBIENT_RAISE, KEEP_CAPS off, all locked;
 //!    NO_SETUID_FIXUP is left off so the uid change below still clears the capability sets).
-//!    This comes before the uid change, not after it as issue 3 lists: setting securebits
+//!    This comes before the uid change, not after it: setting securebits
 //!    needs CAP_SETPCAP, which `setresuid` takes away.
 //! 6. `setresgid`, then `setresuid` (real, effective and saved ids all change: no way back).
 //! 7. `no_new_privs` (fatal if refused), then a check that every capability set is empty.

@@ -29,10 +29,6 @@ pub struct FenceFact {
 }
 
 impl FenceStatus {
-    pub fn holds(&self) -> bool {
-        !self.facts.is_empty() && self.facts.iter().all(|fact| fact.ok)
-    }
-
     fn ok(&mut self, text: String) {
         self.facts.push(FenceFact { ok: true, text });
     }

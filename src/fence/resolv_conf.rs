@@ -18,7 +18,6 @@ pub struct ResolvConf {
     pub ndots: Option<usize>,
     pub timeout: Option<Duration>,
     pub attempts: Option<usize>,
-    pub rotate: bool,
     /// Docker's `# ExtServers: [...]` comment, naming the upstreams its embedded DNS forwards to.
     /// `None` when the comment is absent (Docker before 23 never writes it).
     pub docker_upstreams: Option<Vec<Upstream>>,
@@ -92,7 +91,6 @@ pub fn parse(text: &str, source: &str) -> Result<ResolvConf> {
         ndots: None,
         timeout: None,
         attempts: None,
-        rotate: false,
         docker_upstreams: None,
     };
     for (index, line) in text.lines().enumerate() {
@@ -186,7 +184,6 @@ fn apply_option(conf: &mut ResolvConf, option: &str) {
         ("ndots", Some(n)) => conf.ndots = Some(n.min(15)),
         ("timeout", Some(n)) => conf.timeout = Some(Duration::from_secs(n.clamp(1, 30) as u64)),
         ("attempts", Some(n)) => conf.attempts = Some(n.clamp(1, 5)),
-        ("rotate", None) => conf.rotate = true,
         _ => log::debug!("{}: ignoring option `{option}`", conf.source),
     }
 }
@@ -242,7 +239,6 @@ mod tests {
         assert_eq!(conf.nameservers[1], "fe80::1".parse::<IpAddr>().unwrap());
         assert_eq!(conf.timeout, Some(Duration::from_secs(2)));
         assert_eq!(conf.attempts, Some(5));
-        assert!(conf.rotate);
         assert_eq!(conf.search, ["corp.test"]);
         assert!(!conf.uses_docker_embedded_dns());
         assert_eq!(conf.forwarder_upstreams(), ForwarderUpstreams::None);

@@ -368,6 +368,7 @@ fn orphans_waiting(count: i32) -> io::Result<(Vec<c_int>, fs::File)> {
                     libc::close(pids_write_fd);
                 }
                 let mut byte = 0u8;
+                // SAFETY: reading one byte into a stack variable.
                 while unsafe { libc::read(release_read, (&mut byte as *mut u8).cast(), 1) } > 0 {}
                 0
             });
@@ -559,8 +560,10 @@ fn try_ptrace(pid: Option<c_int>) -> io::Result<i32> {
     let attach = unsafe { libc::ptrace(libc::PTRACE_ATTACH, pid, null, null) as c_int };
     let mut denied = vec![report("ptrace attach", attach)];
     if attach == 0 {
+        // SAFETY: detaching what was attached just above.
         unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, null, null) };
     }
+    // SAFETY: as the attach above; expected to fail.
     let seize = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, null, null) as c_int };
     denied.push(report("ptrace seize", seize));
     for file in ["environ", "mem", "cmdline"] {
@@ -583,6 +586,7 @@ fn try_ptrace(pid: Option<c_int>) -> io::Result<i32> {
         }
     }
     // Signal 0 checks the permission without sending anything.
+    // SAFETY: plain system call.
     denied.push(report("kill", unsafe { libc::kill(pid, 0) }));
     for line in status_lines(&pid.to_string(), &IDENTITY)? {
         println!("target {line}");

@@ -1,0 +1,315 @@
+//! The base-image devcontainer and the init-firewall.sh drop-in.
+
+use std::time::Duration;
+
+use crate::support::{privileged, workspace_root};
+use crate::world::*;
+
+/// VS Code keeps the ENTRYPOINT and replaces CMD with its keep-alive shell: cordon fences, then
+/// runs it as node; the editor's `docker exec -u node` sessions are behind the fence.
+#[test]
+fn devcontainer_keep_alive_cmd_runs_as_node_behind_the_fence() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    // VS Code's keep-alive (overrideCommand with the image's ENTRYPOINT kept).
+    let keep_alive = "echo Container started; trap \"exit 0\" 15; exec \"$@\"; while sleep 1 & wait $!; do :; done";
+    let c = world.start(
+        "vscode",
+        Dns::Embedded,
+        &args(&[&CAPS, &[&world.s.image, "/bin/sh", "-c", keep_alive, "-"]]),
+    );
+    let logs = world.wait_log(&c, "cordon: starting /bin/sh as node", 1);
+    world.wait_log(&c, "Container started", 1);
+    assert!(logs.contains("cordon: fence ready"), "{logs}");
+    world.assert_agent_is_node(&c, "sh");
+    world.assert_fenced(&c, Dns::Embedded);
+    // The keep-alive traps SIGTERM with `exit 0`: docker stop gives that status, at once.
+    let out = world.docker_must(&["stop", c.as_str()]);
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "docker stop took {:?}",
+        out.elapsed
+    );
+    assert_eq!(world.inspect(&c, "{{.State.ExitCode}}"), "0");
+}
+
+/// The devcontainer CLI with docker/devcontainer/devcontainer.json ("overrideCommand": false):
+/// `--entrypoint /bin/sh IMAGE -c '<its script>' - <image ENTRYPOINT> <image CMD>`, i.e. the shell
+/// execs `cordon sleep infinity`; cordon becomes PID 1 and runs the keep-alive as node.
+#[test]
+fn devcontainer_cli_form_runs_cordon_as_pid1_and_the_keep_alive_as_node() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let image = world.s.devcontainer_image.as_str();
+    // What the devcontainer CLI appends: the image's ENTRYPOINT and CMD.
+    let config = world.docker_must(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{range .Config.Entrypoint}}{{println .}}{{end}}{{range .Config.Cmd}}{{println .}}{{end}}",
+        image,
+    ]);
+    let tail: Vec<&str> = config.stdout.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(tail, ["/usr/local/bin/cordon", "sleep", "infinity"]);
+    // The devcontainer CLI's script (src/spec-node/singleContainer.ts), no custom entrypoints.
+    let script = "echo Container started\ntrap \"exit 0\" 15\n\nexec \"$@\"\nwhile sleep 1 & wait $!; do :; done";
+    let workspace = world.dir.join("workspace");
+    std::fs::create_dir_all(&workspace).unwrap();
+    let volume = format!("{}-claude", world.net);
+    world.volumes.lock().unwrap().push(volume.clone());
+    let mut parts = vec![
+        "--mount".to_string(),
+        format!("type=bind,src={},dst=/workspace", workspace.display()),
+        "--mount".into(),
+        format!("source={volume},target=/home/node/.claude,type=volume"),
+        "-e".into(),
+        "CORDON_PROFILE=vscode".into(),
+    ];
+    // The example's runArgs, as the CLI passes them.
+    let config_text =
+        std::fs::read_to_string(workspace_root().join("docker/devcontainer/devcontainer.json"))
+            .unwrap();
+    let run_args = config_text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("\"runArgs\":"))
+        .expect("runArgs in devcontainer.json");
+    let run_args: Vec<String> = run_args
+        .split('"')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect();
+    assert!(
+        run_args.contains(&"--security-opt=no-new-privileges".to_string()),
+        "{run_args:?}"
+    );
+    parts.extend(run_args);
+    parts.extend([
+        "--entrypoint".into(),
+        "/bin/sh".into(),
+        image.into(),
+        "-c".into(),
+        script.into(),
+        "-".into(),
+    ]);
+    parts.extend(tail.iter().map(|s| s.to_string()));
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let c = world.start("devcontainer", Dns::Embedded, &parts);
+    let logs = world.wait_log(&c, "cordon: starting sleep as node", 1);
+    assert!(logs.starts_with("Container started"), "{logs}");
+    world.assert_agent_is_node(&c, "sleep");
+    world.assert_fenced(&c, Dns::Embedded);
+    // A terminal (docker exec as node) gets no_new_privs too: no setuid file can raise it.
+    let status = world.exec("node", &c, &["cat", "/proc/self/status"]);
+    assert!(
+        status.stdout.lines().any(|l| l == "NoNewPrivs:\t1"),
+        "{}",
+        status.stdout
+    );
+    // The `vscode` profile from containerEnv is in the allowlist (its names are the world's
+    // allowed address too, so this shows the profile was read without a separate address).
+    assert!(
+        logs.contains("resolved 6/6 names"),
+        "claude + vscode profiles: {logs}"
+    );
+    let out = world.docker_must(&["stop", c.as_str()]);
+    assert!(
+        out.elapsed < Duration::from_secs(2),
+        "docker stop took {:?}",
+        out.elapsed
+    );
+    assert_eq!(world.inspect(&c, "{{.State.ExitCode}}"), "143");
+}
+
+/// An existing devcontainer with cordon dropped in as /usr/local/bin/init-firewall.sh
+/// (docker/devcontainer-dropin): the container runs as node from the start, and
+/// `sudo /usr/local/bin/init-firewall.sh` (its postStartCommand) fences it. The sudoers rule
+/// allows exactly that, without arguments.
+#[test]
+fn dropin_init_firewall_via_sudo_fences_the_container() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    // VS Code with overrideCommand (the default): its keep-alive replaces the entrypoint.
+    let script = "echo Container started\ntrap \"exit 0\" 15\n\nexec \"$@\"\nwhile sleep 1 & wait $!; do :; done";
+    let c = world.start(
+        "dropin",
+        Dns::Embedded,
+        &args(&[
+            &["--user", "node"],
+            &CAPS,
+            &[
+                "--entrypoint",
+                "/bin/sh",
+                &world.s.dropin_image,
+                "-c",
+                script,
+                "-",
+            ],
+        ]),
+    );
+    world.wait_log(&c, "Container started", 1);
+    let blocked = format!("tcp:{}:443", world.a("20"));
+    let before = world.probe(&c, std::slice::from_ref(&blocked));
+    assert_eq!(
+        before[&blocked].0, "open",
+        "no fence before the postStartCommand"
+    );
+    // Flows the agent opens before the postStartCommand: a TCP and a UDP stream to the blocked
+    // address, one socket each, a line every 100 ms (bash's /dev/tcp and /dev/udp). The TCP one
+    // leaves a mark when a write fails.
+    let streams = format!(
+        "trap '' PIPE; exec 3<>/dev/tcp/{b}/443 4>/dev/udp/{b}/443; while echo x >&3; do echo x >&4; sleep \
+         0.1; done 2>/dev/null; touch /tmp/tcp-ended; while :; do echo x >&4; sleep 0.1; done \
+         2>/dev/null",
+        b = world.a("20")
+    );
+    world.docker_must(&[
+        "exec",
+        "-d",
+        "-u",
+        "node",
+        c.as_str(),
+        "bash",
+        "-c",
+        &streams,
+    ]);
+    let datagrams = || {
+        let needle = format!("udp {}:443 ", world.a("20"));
+        std::fs::read_to_string(world.dir.join("listen.log"))
+            .unwrap_or_default()
+            .matches(&needle)
+            .count()
+    };
+    let tcp_ended = || {
+        world
+            .exec("root", &c, &["test", "-e", "/tmp/tcp-ended"])
+            .ok()
+    };
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        datagrams() > 2,
+        "the UDP stream reaches the world before the fence"
+    );
+    assert!(!tcp_ended(), "the TCP stream is alive before the fence");
+
+    // The postStartCommand, as the container's user (node).
+    let out = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
+    eprintln!(
+        "sudo init-firewall.sh: {:?} in {:.2}s\n{}",
+        out.code,
+        out.elapsed.as_secs_f64(),
+        out.stderr
+    );
+    assert!(out.ok(), "{}", out.both());
+    assert!(
+        out.stderr.contains("resolved 15/15 names"),
+        "anthropic-devcontainer profile: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("cordon: fence ready"), "{}", out.stderr);
+    world.assert_fenced(&c, Dns::Embedded);
+    // The streams from before the fence are judged again at their next packet.
+    let fenced_at = datagrams();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        datagrams() <= fenced_at + 1,
+        "the UDP stream from before the fence went on: {fenced_at} then {}",
+        datagrams()
+    );
+    assert!(tcp_ended(), "the TCP stream from before the fence went on");
+
+    // node cannot widen it: arguments are not in the sudoers rule, and no other rule exists.
+    let widen = world.exec(
+        "node",
+        &c,
+        &[
+            "sudo",
+            "/usr/local/bin/init-firewall.sh",
+            "--allow",
+            "evil.test",
+        ],
+    );
+    assert_eq!(widen.code, Some(1), "{}", widen.both());
+    assert!(
+        widen.stderr.contains("password is required") || widen.stderr.contains("not allowed"),
+        "sudo refuses: {}",
+        widen.stderr
+    );
+    let other = world.exec("node", &c, &["sudo", "-n", "true"]);
+    assert_eq!(other.code, Some(1), "{}", other.both());
+    let after = world.probe(
+        &c,
+        &[blocked.clone(), "dns:evil.test@127.0.0.11".to_string()],
+    );
+    assert_eq!(
+        after[&blocked].0, "refused",
+        "evil.test's address stays blocked"
+    );
+    assert_eq!(after["dns:evil.test@127.0.0.11"].1, world.a("20"));
+    // The postStartCommand runs again on every start: idempotent.
+    let again = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
+    assert!(again.ok(), "{}", again.both());
+    world.assert_fenced(&c, Dns::Embedded);
+}
+
+/// The drop-in shape keeps the container running whatever cordon does: when `sudo
+/// init-firewall.sh` refuses (here the container lacks NET_RAW, which the set match needs), it
+/// still leaves egress denied, and says so in its one error line.
+#[test]
+fn dropin_refusal_leaves_the_running_container_denied() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let c = world.start(
+        "dropin-no-raw",
+        Dns::Embedded,
+        &[
+            "--user",
+            "node",
+            "--cap-add",
+            "NET_ADMIN",
+            "--cap-drop",
+            "NET_RAW",
+            "--entrypoint",
+            "/bin/sh",
+            &world.s.dropin_image,
+            "-c",
+            "echo Container started; exec sleep infinity",
+        ],
+    );
+    world.wait_log(&c, "Container started", 1);
+    let blocked = format!("tcp:{}:443", world.a("20"));
+    let allowed = format!("tcp:{}:443", world.a("10"));
+    let before = world.probe(&c, std::slice::from_ref(&blocked));
+    assert_eq!(
+        before[&blocked].0, "open",
+        "no fence before init-firewall.sh"
+    );
+
+    let out = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
+    eprintln!("sudo init-firewall.sh: {:?}\n{}", out.code, out.stderr);
+    assert_eq!(out.code, Some(77), "{}", out.both());
+    let errors: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("cordon: error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(
+        errors[0].contains("--cap-add NET_RAW")
+            && errors[0].ends_with("[egress is now denied except loopback]"),
+        "{}",
+        errors[0]
+    );
+    let after = world.probe(&c, &[blocked.clone(), allowed.clone()]);
+    for spec in [&blocked, &allowed] {
+        assert_ne!(after[spec].0, "open", "{spec} after the refusal");
+    }
+}

@@ -1,0 +1,321 @@
+//! The fence as users meet it: the real CLI, both DNS shapes, every container shape, refusals.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::run::*;
+use crate::support::{privileged, workspace_root};
+use crate::world::*;
+
+/// The README's run command (docker/cordon-run) starts the real Claude Code CLI behind the fence:
+/// `claude --dangerously-skip-permissions -p ...` completes against the Messages API mock at
+/// http://api.anthropic.com (resolved by the world, allowed by the default `claude` profile).
+#[test]
+fn the_real_claude_cli_answers_through_the_fence() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let workspace = world.dir.join(format!("ws-{}", world.id));
+    std::fs::create_dir_all(&workspace).unwrap();
+    let name = world.name("claude");
+    let base = format!("ws-{}", world.id);
+    let key = "sk-ant-e2e-dummy-key";
+    let launcher = |dry_run: bool| {
+        let mut cmd = Command::new(workspace_root().join("docker/cordon-run"));
+        cmd.current_dir(&workspace)
+            .env("DOCKER", &world.s.docker)
+            .env("ANTHROPIC_API_KEY", key)
+            .args(["--image", &world.s.image, "--name", &name])
+            .args(["-e", "ANTHROPIC_BASE_URL=http://api.anthropic.com"])
+            .arg(format!("--docker-arg=--network={}", world.net))
+            .arg(format!("--docker-arg=--dns={}", world.dns_ip()));
+        if dry_run {
+            cmd.arg("--dry-run");
+        }
+        cmd.args([
+            "claude",
+            "--dangerously-skip-permissions",
+            "-p",
+            "Say hello",
+        ]);
+        cmd
+    };
+    // The key goes by name only, never on the docker command line.
+    let dry = must(launcher(true), MINUTE).stdout;
+    assert!(
+        dry.contains(" -e ANTHROPIC_API_KEY ") && !dry.contains(key),
+        "{dry}"
+    );
+    eprintln!("cordon-run → {dry}");
+
+    let out = run_for(launcher(false), 3 * MINUTE);
+    // cordon-run's per-project ~/.claude volume.
+    let mut ls = world.docker();
+    ls.args([
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("name=cordon-home-{base}-"),
+    ]);
+    world.volumes.lock().unwrap().extend(
+        run_for(ls, MINUTE)
+            .stdout
+            .split_whitespace()
+            .map(String::from),
+    );
+    eprintln!(
+        "claude exited {:?} after {:.1}s\n{}",
+        out.code,
+        out.elapsed.as_secs_f64(),
+        out.stderr
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(
+        out.stdout.contains("cordon-e2e-reply"),
+        "the mock's reply: {}",
+        out.stdout
+    );
+    assert!(out.stderr.contains("cordon: fence ready"), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cordon: starting claude as node (uid 1000"),
+        "{}",
+        out.stderr
+    );
+    let mock = world.mock_log();
+    assert!(
+        mock.contains("POST /v1/messages"),
+        "the mock saw no request:\n{mock}"
+    );
+    assert_eq!(world.volumes.lock().unwrap().len(), 1, "one HOME volume");
+}
+
+#[test]
+fn verdicts_hold_with_dockers_embedded_dns() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let c = world.start(
+        "embedded",
+        Dns::Embedded,
+        &args(&[&CAPS, &[&world.s.image, "sleep", "infinity"]]),
+    );
+    world.wait_log(&c, "cordon: starting sleep as node", 1);
+    let resolv = world.exec("node", &c, &["cat", "/etc/resolv.conf"]).stdout;
+    assert!(resolv.contains("nameserver 127.0.0.11"), "{resolv}");
+    world.assert_fenced(&c, Dns::Embedded);
+}
+
+#[test]
+fn verdicts_hold_with_a_resolv_conf_naming_the_resolver() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let c = world.start(
+        "mounted",
+        Dns::Mounted,
+        &args(&[&CAPS, &[&world.s.image, "sleep", "infinity"]]),
+    );
+    world.wait_log(&c, "cordon: starting sleep as node", 1);
+    let resolv = world.exec("node", &c, &["cat", "/etc/resolv.conf"]).stdout;
+    assert_eq!(resolv.trim(), format!("nameserver {}", world.dns_ip()));
+    world.assert_fenced(&c, Dns::Mounted);
+}
+
+/// The shapes users bring, on Docker's ordinary IPv4-only network (disable_ipv6=1 in every
+/// container): embedded DNS, the default bridge's resolv.conf, `--read-only` with the README's
+/// tmpfs mounts, `--cap-drop ALL` with the README's minimum, `--init`, and the legacy backend.
+/// Each must start the agent behind a verified fence that holds, with `cordon check` ok as node.
+#[test]
+fn every_container_shape_works_on_an_ipv4_only_network() {
+    if !privileged() {
+        return;
+    }
+    let world = World::ipv4_only();
+    let image = world.s.image.as_str();
+    let minimum: Vec<String> = ["--cap-drop".to_string(), "ALL".into()]
+        .into_iter()
+        .chain(cap_adds(&MINIMUM))
+        .collect();
+    let minimum: Vec<&str> = minimum.iter().map(String::as_str).collect();
+    let cells: Vec<(&str, Dns, Vec<&str>)> = vec![
+        ("embedded", Dns::Embedded, CAPS.to_vec()),
+        ("default-bridge", Dns::Mounted, CAPS.to_vec()),
+        (
+            "read-only",
+            Dns::Embedded,
+            args(&[
+                &CAPS,
+                &["--read-only", "--tmpfs", "/run", "--tmpfs", "/tmp"],
+            ]),
+        ),
+        ("cap-minimum", Dns::Embedded, minimum),
+        ("init", Dns::Embedded, args(&[&CAPS, &["--init"]])),
+        (
+            "legacy",
+            Dns::Embedded,
+            args(&[&CAPS, &["-e", "CORDON_IPTABLES=legacy"]]),
+        ),
+    ];
+    let started: Vec<(&str, Dns, String)> = cells
+        .into_iter()
+        .map(|(tag, dns, options)| {
+            let command = [image, "sleep", "infinity"];
+            let run = args(&[&options, &command]);
+            (tag, dns, world.start(&format!("v4-{tag}"), dns, &run))
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (tag, dns, c) in &started {
+        let logs = world.wait_log(c, "cordon: starting sleep as node", 1);
+        if !logs.contains("IPv6 is off in this namespace") {
+            failures.push(format!(
+                "{tag}: the report does not say IPv6 is off:\n{logs}"
+            ));
+        }
+        let mut problems = world.fence_problems(c, *dns);
+        problems.extend(world.check_problems(c, "node"));
+        problems.extend(world.check_problems(c, "root"));
+        match *tag {
+            "init" => {
+                let procs = world.processes(c);
+                let pid1 = procs.iter().find(|p| p.0 == 1).map(|p| p.1.as_str());
+                if pid1 != Some("docker-init") || !procs.iter().any(|p| p.1 == "cordon") {
+                    problems.push(format!(
+                        "PID 1 is not docker-init with cordon below: {procs:#?}"
+                    ));
+                }
+            }
+            "legacy" if !logs.contains("(legacy iptables)") => {
+                problems.push(format!("not loaded with iptables-legacy:\n{logs}"));
+            }
+            _ => {}
+        }
+        failures.extend(problems.into_iter().map(|p| format!("{tag}: {p}")));
+    }
+    // `docker stop` under --init: docker-init forwards SIGTERM to cordon, which forwards it on;
+    // well before Docker's 10 s SIGKILL (the bound is loose: other suites run meanwhile).
+    let init = &started.iter().find(|cell| cell.0 == "init").unwrap().2;
+    let out = world.docker_must(&["stop", init.as_str()]);
+    if out.elapsed > Duration::from_secs(5) || world.inspect(init, "{{.State.ExitCode}}") != "143" {
+        failures.push(format!(
+            "init: docker stop took {:?}, exit {}",
+            out.elapsed,
+            world.inspect(init, "{{.State.ExitCode}}")
+        ));
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// What cannot work is refused at once, in one line that names the fix, and the agent never
+/// runs: `--network none`, `--cap-drop ALL` (alone, and with one capability short of the
+/// minimum), a mistyped option, the legacy backend on a read-only /run.
+#[test]
+fn what_cannot_work_is_refused_at_once_with_the_fix() {
+    if !privileged() {
+        return;
+    }
+    let world = World::ipv4_only();
+    let mark = format!("{}:/mark", world.dir.join("mark").display());
+    let refused = |tag: &str, options: &[&str], cordon: &[&str]| -> Out {
+        let name = world.name(tag);
+        let mut cmd = world.docker();
+        cmd.args(["run", "--rm", "--name", &name]);
+        if !options.contains(&"--network") {
+            cmd.args(world.dns_args(Dns::Embedded));
+        }
+        cmd.args(options)
+            .args(["-v", &mark, &world.s.image])
+            .args(cordon)
+            .args(["--", "touch", &format!("/mark/{tag}")]);
+        let out = run_for(cmd, MINUTE);
+        eprintln!(
+            "{tag}: {:?} in {:.2}s: {}",
+            out.code,
+            out.elapsed.as_secs_f64(),
+            out.stderr
+        );
+        assert!(
+            !world.dir.join("mark").join(tag).exists(),
+            "{tag}: the agent ran"
+        );
+        assert!(
+            out.elapsed < Duration::from_secs(5),
+            "{tag}: took {:?}",
+            out.elapsed
+        );
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "{tag}: one line: {}",
+            out.stderr
+        );
+        out
+    };
+
+    let none = refused(
+        "none",
+        &["--network", "none", "--cap-add", "NET_ADMIN"],
+        &[],
+    );
+    assert_eq!(none.code, Some(77));
+    assert!(none.stderr.contains("--network none"), "{}", none.stderr);
+
+    let all_dropped = refused("cap-drop-all", &["--cap-drop", "ALL"], &[]);
+    assert_eq!(all_dropped.code, Some(77));
+    let fix = cap_adds(&MINIMUM).join(" ");
+    assert!(
+        all_dropped
+            .stderr
+            .contains(&format!("run the container with {fix} (")),
+        "the whole minimum, in one line: {}",
+        all_dropped.stderr
+    );
+
+    let short: Vec<&str> = MINIMUM
+        .iter()
+        .copied()
+        .filter(|c| *c != "SETPCAP")
+        .collect();
+    let short: Vec<String> = ["--cap-drop".to_string(), "ALL".into()]
+        .into_iter()
+        .chain(cap_adds(&short))
+        .collect();
+    let short: Vec<&str> = short.iter().map(String::as_str).collect();
+    let one_short = refused("cap-one-short", &short, &[]);
+    assert_eq!(one_short.code, Some(77));
+    assert!(
+        one_short
+            .stderr
+            .contains("SETPCAP (emptying the agent's capability sets")
+            && one_short.stderr.contains("with --cap-add SETPCAP ("),
+        "{}",
+        one_short.stderr
+    );
+
+    let typo = refused("typo", &CAPS, &["--alow", "example.com"]);
+    assert_eq!(typo.code, Some(64));
+    assert!(typo.stderr.contains("'--allow'"), "{}", typo.stderr);
+
+    let legacy_ro = refused(
+        "legacy-read-only",
+        &args(&[&CAPS, &["--read-only", "-e", "CORDON_IPTABLES=legacy"]]),
+        &[],
+    );
+    assert_eq!(legacy_ro.code, Some(69));
+    assert!(
+        legacy_ro.stderr.contains("--tmpfs /run"),
+        "{}",
+        legacy_ro.stderr
+    );
+}
