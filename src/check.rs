@@ -23,7 +23,7 @@ use std::path::Path;
 
 use crate::error::{exit, Error, Result};
 use crate::fence::Backend;
-use crate::harden::{self, sudoers, Privileged, Scan};
+use crate::harden::{self, background, sudoers, Privileged, Scan};
 use crate::logging::name_a_few;
 use inspect::FenceStatus;
 
@@ -45,6 +45,8 @@ pub fn run(args: &Options) -> Result<i32> {
             std::io::Error::other(reason),
         )
     })?;
+    // First: the scans below take a while, and the pass may end meanwhile.
+    let background = background::read_status();
     let scan = harden::scan(Path::new("/"))?;
     let sudoers = Sudoers::read(Path::new("/"));
     let facts = Facts {
@@ -55,6 +57,7 @@ pub fn run(args: &Options) -> Result<i32> {
         credentials_in_env: crate::agent::env::credential_names(std::env::vars_os()),
         sessions_without_nnp: sessions_without_no_new_privs(Path::new("/proc")),
         other_mounts: harden::scan_other_mounts(),
+        background,
     };
     let findings = assess(&facts);
     // --quiet (the HEALTHCHECK): only what did not hold, and the verdict.
@@ -209,6 +212,8 @@ pub struct Facts {
     pub sessions_without_nnp: Vec<Session>,
     /// The other mounts where a setuid bit would work (volumes, the workspace), scanned.
     pub other_mounts: Vec<Scan>,
+    /// The background harden pass, where there is one.
+    pub background: Option<background::Report>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,9 +285,19 @@ fn finding(verdict: Verdict, topic: &'static str, text: impl Into<String>) -> Fi
 }
 
 pub fn assess(facts: &Facts) -> Vec<Finding> {
+    // The container runs with no_new_privs (PID 1 started with it, as every exec session does):
+    // setuid bits and file capabilities are inert, now and for any later session.
+    let inert = facts
+        .background
+        .as_ref()
+        .is_some_and(|report| report.container_no_new_privs);
     let mut findings = vec![identity(&facts.caller), capabilities(&facts.caller)];
-    findings.extend(privileged_files(&facts.scan, &facts.caller));
-    findings.push(sudo(&facts.scan.privileged, &facts.sudoers));
+    findings.extend(privileged_files(&facts.scan, &facts.caller, inert));
+    findings.push(sudo(&facts.scan.privileged, &facts.sudoers, inert));
+    findings.extend(background_pass(
+        facts.background.as_ref().map(|report| &report.status),
+        inert,
+    ));
     findings.extend(facts.fence.facts.iter().map(|fact| {
         let verdict = if fact.ok { Verdict::Ok } else { Verdict::Fail };
         finding(verdict, "fence", &fact.text)
@@ -451,7 +466,37 @@ fn capabilities(caller: &Status) -> Finding {
     finding(verdict, "capabilities", text)
 }
 
-fn privileged_files(scan: &Scan, caller: &Status) -> Vec<Finding> {
+/// The background harden pass (`--security-opt no-new-privileges`): running is not a failure,
+/// the bits are inert meanwhile.
+fn background_pass(status: Option<&background::Status>, inert: bool) -> Option<Finding> {
+    Some(match status? {
+        background::Status::Running { entries } => finding(
+            Verdict::Note,
+            "harden",
+            format!(
+                "running beside the agent ({entries} entries so far); setuid bits and file \
+                 capabilities are inert meanwhile: the container runs with no_new_privs"
+            ),
+        ),
+        background::Status::Done(summary) => finding(
+            Verdict::Ok,
+            "harden",
+            format!("done beside the agent in {summary}"),
+        ),
+        // A note: beside the agent it either strips what is inert (no_new_privs everywhere) or
+        // only reports the other mounts (the root filesystem was hardened before the agent).
+        background::Status::Failed(error) => finding(
+            Verdict::Note,
+            "harden",
+            format!(
+                "the pass beside the agent failed: {error}{}",
+                if inert { " (the bits are inert: no_new_privs everywhere)" } else { "" }
+            ),
+        ),
+    })
+}
+
+fn privileged_files(scan: &Scan, caller: &Status, inert: bool) -> Vec<Finding> {
     let where_ = format!(
         "{} ({} entries in {} ms)",
         scan.root.display(),
@@ -472,11 +517,21 @@ fn privileged_files(scan: &Scan, caller: &Status) -> Vec<Finding> {
             10,
             ", ",
         );
-        finding(
-            Verdict::Fail,
-            "privileged files",
-            format!("{} on {where_}: {listed}", scan.privileged.len(),),
-        )
+        match inert {
+            true => finding(
+                Verdict::Note,
+                "privileged files",
+                format!(
+                    "{} on {where_}: {listed}: inert, the container runs with no_new_privs",
+                    scan.privileged.len()
+                ),
+            ),
+            false => finding(
+                Verdict::Fail,
+                "privileged files",
+                format!("{} on {where_}: {listed}", scan.privileged.len()),
+            ),
+        }
     }];
     if let Some((first, errno)) = scan.unreadable.first() {
         let who = if caller.euid == 0 {
@@ -499,12 +554,22 @@ fn privileged_files(scan: &Scan, caller: &Status) -> Vec<Finding> {
     findings
 }
 
-fn sudo(privileged: &[Privileged], sudoers: &Sudoers) -> Finding {
+fn sudo(privileged: &[Privileged], sudoers: &Sudoers, inert: bool) -> Finding {
     let tools: Vec<String> = privileged
         .iter()
         .filter(|file| file.setuid() && file.uid == 0 && sudoers::is_elevation_tool(&file.path))
         .map(|file| file.path.display().to_string())
         .collect();
+    if !tools.is_empty() && inert {
+        return finding(
+            Verdict::Note,
+            "sudo",
+            format!(
+                "cannot work: {} setuid root, but the container runs with no_new_privs",
+                tools.join(" and ")
+            ),
+        );
+    }
     if !tools.is_empty() {
         return finding(
             Verdict::Fail,
@@ -619,6 +684,7 @@ Seccomp:\t2
             credentials_in_env: Vec::new(),
             sessions_without_nnp: Vec::new(),
             other_mounts: Vec::new(),
+            background: None,
         }
     }
 
@@ -652,6 +718,44 @@ Seccomp:\t2
         assert_eq!(cap_names(1 << 12 | 1 << 13), "cap_net_admin, cap_net_raw");
         assert_eq!(cap_names(1 << 63), "capability 63");
         assert_eq!(cap_names(0), "");
+    }
+
+    #[test]
+    fn setuid_files_are_inert_only_in_a_container_with_no_new_privs() {
+        let mut found = facts(exec_session(), vec![sudo_binary()], true);
+        assert_eq!(failures(&found), ["privileged files", "sudo"]);
+        let report = |status, container_no_new_privs| background::Report {
+            status,
+            container_no_new_privs,
+        };
+        // The pass that only reports other mounts runs without no_new_privs: nothing is inert.
+        found.background = Some(report(background::Status::Running { entries: 9 }, false));
+        assert_eq!(failures(&found), ["privileged files", "sudo"]);
+        found.background = Some(report(background::Status::Running { entries: 9 }, true));
+        assert_eq!(failures(&found), Vec::<&str>::new());
+        let text = |found: &Facts, topic: &str| {
+            let all = assess(found);
+            let f = all.iter().find(|f| f.topic == topic).unwrap().clone();
+            (f.verdict, f.text)
+        };
+        let (verdict, said) = text(&found, "harden");
+        assert_eq!(verdict, Verdict::Note);
+        assert!(
+            said.contains("running beside the agent (9 entries so far)"),
+            "{said}"
+        );
+        assert_eq!(text(&found, "privileged files").0, Verdict::Note);
+        found.background = Some(report(background::Status::Done("80 ms: x".into()), true));
+        found.scan = scan(vec![]);
+        assert_eq!(
+            text(&found, "harden"),
+            (Verdict::Ok, "done beside the agent in 80 ms: x".into())
+        );
+        found.background = Some(report(
+            background::Status::Failed("read-only".into()),
+            false,
+        ));
+        assert_eq!(text(&found, "harden").0, Verdict::Note);
     }
 
     #[test]

@@ -14,12 +14,14 @@
 //! pass `--no-harden` knowingly. Sudoers files that cannot be emptied are only a warning: without
 //! its setuid bit sudo cannot act on them.
 
+pub mod background;
 pub mod sudoers;
 
-use std::ffi::{CStr, CString, OsStr};
+use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -193,6 +195,9 @@ fn scan_with(root: &Path, mounts: &MountTable) -> Result<Scan> {
     })
 }
 
+/// Entries every walk of this process has visited so far: the background pass reports it.
+static VISITED: AtomicU64 = AtomicU64::new(0);
+
 /// One walk thread's findings.
 #[derive(Default)]
 struct Finder {
@@ -202,34 +207,40 @@ struct Finder {
 
 impl walk::Visitor for Finder {
     fn visit(&mut self, entry: &mut walk::Entry<'_>) {
+        VISITED.fetch_add(1, Ordering::Relaxed);
         if entry.kind() != Kind::File {
             return;
         }
         self.files += 1;
         let Ok(stat) = entry.stat() else { return };
-        let path = entry.c_path();
-        let capability = has_capability(&path, entry);
+        let capability = capability_could_work(&stat) && has_capability(entry);
         if stat.st_mode & SETID_BITS != 0 || capability {
-            let path = PathBuf::from(OsStr::from_bytes(path.as_bytes()));
             self.privileged
-                .push(Privileged::found(path, &stat, capability));
+                .push(Privileged::found(entry.path(), &stat, capability));
         }
     }
 }
 
-/// Whether the file has a `security.capability` attribute. Any answer but "no such attribute" or
-/// "attributes not supported" counts as yes: a scan must not miss one. A path longer than
-/// PATH_MAX (a tree the agent can make arbitrarily deep under HOME) is asked again through the
-/// directory's descriptor (/proc/self/fd/N/NAME), which is short at any depth.
-fn has_capability(path: &CStr, entry: &walk::Entry<'_>) -> bool {
-    let mut answer = capability_attribute(path);
-    if answer == Err(Errno::ENAMETOOLONG) {
-        let mut short = format!("/proc/self/fd/{}/", entry.dir().as_raw_fd()).into_bytes();
-        short.extend_from_slice(entry.name().to_bytes());
-        if let Ok(short) = CString::new(short) {
-            answer = capability_attribute(&short);
-        }
-    }
+/// Whether a file capability on this file could ever take effect. It does only when the file is
+/// executed, which needs an execute bit. A file that has one counts; so does a file owned by
+/// another uid than root, whose owner (the agent, say) may `chmod +x` it. A root-owned file
+/// without any execute bit can be made executable only by root or with CAP_FOWNER, which the
+/// agent never has; a hard link to it shares its owner and mode, and a copy loses the attribute.
+/// Asking only about these files saves the attribute read on most files of an image.
+fn capability_could_work(stat: &stat::FileStat) -> bool {
+    stat.st_mode & 0o111 != 0 || stat.st_uid != 0
+}
+
+/// Whether the file has a `security.capability` attribute, asked through the directory's
+/// descriptor (/proc/self/fd/N/NAME): short at any depth (a tree the agent can make arbitrarily
+/// deep under HOME), and no lookup of every component of the full path. Any answer but "no such
+/// attribute" or "attributes not supported" counts as yes: a scan must not miss one.
+fn has_capability(entry: &walk::Entry<'_>) -> bool {
+    let mut path = format!("/proc/self/fd/{}/", entry.dir().as_raw_fd()).into_bytes();
+    path.extend_from_slice(entry.name().to_bytes());
+    let answer = CString::new(path)
+        .map_err(|_| Errno::EINVAL)
+        .and_then(|path| capability_attribute(&path));
     counts_as_capability(answer)
 }
 
@@ -385,7 +396,7 @@ pub struct MountsReport {
 }
 
 impl MountsReport {
-    pub fn log(&self) {
+    pub fn summary(&self) -> String {
         let stripped = match self.stripped.len() {
             0 => "no setuid/setgid files or file capabilities".to_string(),
             n => format!(
@@ -393,12 +404,16 @@ impl MountsReport {
                 name_a_few(self.stripped.iter().map(|f| &f.path))
             ),
         };
-        log::info!(
+        format!(
             "--strip-mounts: {} other mounts ({} entries) in {} ms; {stripped}",
             self.mounts.len(),
             self.entries,
             self.elapsed.as_millis()
-        );
+        )
+    }
+
+    pub fn log(&self) {
+        log::info!("{}", self.summary());
         for file in &self.stripped {
             log::info!("stripped {} ({})", file.path.display(), file.describe());
         }

@@ -5,6 +5,7 @@ use cordon::agent::{env, launch, user};
 use cordon::capabilities::{self, Need};
 use cordon::cli::{self, Invocation, Start};
 use cordon::error::{exit, Error, Result};
+use cordon::harden::background;
 use cordon::sys::signals::Signals;
 use cordon::{check, fence, harden, logging, supervise};
 
@@ -59,6 +60,8 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
 /// The whole pipeline: fence → harden → launch → supervise. Nothing of the agent runs unless
 /// every earlier stage succeeded.
 fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
+    // Before cordon sets no_new_privs on anything: did the container start with it?
+    let no_new_privs_everywhere = background::started_with_no_new_privs();
     // From here on, every refusal leaves egress denied (the drop-in's container keeps running).
     let scope = fence::Scope::enter(&start.fence)?;
     let chosen = user::choose_account(&start.user.user, start.user.uid_from.as_deref())
@@ -67,16 +70,7 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
     capabilities::require(&start_needs(&chosen, &start)).map_err(|e| ready.refuse(e))?;
     let account = chosen.prepare().map_err(|e| ready.refuse(e))?;
     let fence = fence::establish(&start.fence, ready, account.uid, None)?;
-    match start.harden {
-        harden::Extent::Skip => log::warn!(
-            "--no-harden: setuid/setgid bits, file capabilities and sudo are left in place"
-        ),
-        harden::Extent::RootFilesystem => harden::harden(Path::new("/"))?.log(),
-        harden::Extent::AllMounts => {
-            harden::harden(Path::new("/"))?.log();
-            harden::strip_other_mounts()?.log();
-        }
-    }
+    let beside_the_agent = harden_before_the_agent(&start, no_new_privs_everywhere)?;
     let environment = env::agent_environment(std::env::vars_os(), &account, &start.env);
     environment.log();
     let launch = launch::Launch::new(start.command, environment.vars, account)?;
@@ -84,8 +78,55 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
     if start.exec {
         return launch.exec(signals);
     }
+    if let Some(work) = beside_the_agent {
+        if let Err(error) = background::start(work, signals) {
+            // Never an agent next to privileged files it could use: harden now instead.
+            log::warn!("{error}: hardening before the agent starts");
+            if let background::Work::Everything { strip_mounts } = work {
+                harden::harden(Path::new("/"))?.log();
+                if strip_mounts {
+                    harden::strip_other_mounts()?.log();
+                }
+            }
+        }
+    }
     let child = launch.spawn(signals)?;
     Ok(supervise::run(child, signals, &start.supervise))
+}
+
+/// The harden stage: what must happen before the agent starts, and what may run beside it
+/// (returned). Beside it only when every process in the container has no_new_privs, which makes
+/// setuid bits and file capabilities inert, and when cordon stays as PID 1 to start the helper.
+fn harden_before_the_agent(
+    start: &Start,
+    no_new_privs_everywhere: bool,
+) -> Result<Option<background::Work>> {
+    let supervised = !start.exec;
+    let strip_mounts = start.harden == harden::Extent::AllMounts;
+    match start.harden {
+        harden::Extent::Skip => {
+            log::warn!(
+                "--no-harden: setuid/setgid bits, file capabilities and sudo are left in place"
+            );
+            return Ok(None);
+        }
+        _ if supervised && no_new_privs_everywhere => {
+            return Ok(Some(background::Work::Everything { strip_mounts }));
+        }
+        _ => {}
+    }
+    harden::harden(Path::new("/"))?.log();
+    if strip_mounts {
+        harden::strip_other_mounts()?.log();
+    }
+    if !no_new_privs_everywhere {
+        log::info!(
+            "hint: docker run --security-opt no-new-privileges makes start-up independent of the \
+             image's size (harden runs beside the agent) and stops docker exec sessions from \
+             using setuid files"
+        );
+    }
+    Ok((supervised && !strip_mounts).then_some(background::Work::ReportMounts))
 }
 
 /// `cordon harden`: strip the root filesystem now (at image build time), then exit.

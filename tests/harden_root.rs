@@ -283,3 +283,38 @@ fn a_bind_mounted_sudoers_belongs_to_the_host_and_is_left_alone() {
         report.warnings
     );
 }
+
+/// A file capability works only on exec, which needs an execute bit: a root-owned file without
+/// one cannot be made executable by the agent, so its capability attribute is not even read. A
+/// non-executable file another uid owns can be (its owner may `chmod +x` it): it counts.
+#[test]
+fn file_capabilities_count_where_an_exec_could_use_them() {
+    if !support::privileged() {
+        return;
+    }
+    let scratch = Scratch::new("capability-rule");
+    let inert = scratch.file("usr/share/doc/inert", b"\x7fELF", 0o644);
+    setcap(&inert);
+    let executable = scratch.file("usr/bin/executable", b"\x7fELF", 0o755);
+    setcap(&executable);
+    let owned = scratch.file_as("home/node/owned", b"\x7fELF", 0o644, (1000, 1000));
+    setcap(&owned);
+    let scan = harden::scan(&scratch.root).expect("scan");
+    let found = relative(
+        &scratch.root,
+        scan.privileged.iter().map(|f| f.path.clone()),
+    );
+    assert_eq!(
+        found,
+        ["home/node/owned", "usr/bin/executable"]
+            .into_iter()
+            .map(String::from)
+            .collect::<BTreeSet<_>>()
+    );
+    harden::harden(&scratch.root).expect("harden");
+    assert!(!has_capability(&executable) && !has_capability(&owned));
+    assert!(
+        has_capability(&inert),
+        "left alone: it can never be executed"
+    );
+}

@@ -201,6 +201,25 @@ impl Loaded {
     }
 }
 
+/// Creates cordon's directory in /run (root-owned, mode 0755: `cordon check` as any user reads
+/// the background harden status there; the record itself is 0600), or checks that the one there
+/// is a root-owned directory and not a link someone else left.
+pub fn ensure_run_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .mode(0o755)
+        .recursive(true)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if !meta.is_dir() || meta.uid() != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} is not a root-owned directory",
+            dir.display()
+        )));
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
 /// Where the entrypoint and `cordon firewall` leave the record of the fence they loaded, for
 /// `cordon check` as root: in a root-only directory, so that a process that can change the rules
 /// (CAP_NET_ADMIN) but is not root cannot change the record to match.
@@ -217,13 +236,10 @@ impl Loaded {
 
     /// Writes the record (rules and sets), replacing any earlier one in one step.
     pub fn save(&self, variant: &str) -> std::io::Result<()> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        use std::os::unix::fs::OpenOptionsExt;
         let path = std::path::Path::new(RECORD_FILE);
         let dir = path.parent().expect("the record is in a directory");
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(dir)?;
+        ensure_run_dir(dir)?;
         let staging = dir.join(".fence.new");
         let mut file = std::fs::OpenOptions::new()
             .write(true)

@@ -142,3 +142,20 @@ pub fn all_empty() -> nix::Result<bool> {
     }
     Ok(true)
 }
+
+/// Keeps `kept` in the permitted and effective sets, as far as they are held (a container may
+/// lack some), and nothing else; empties the inheritable, ambient and bounding sets (no exec can
+/// gain anything back).
+pub fn keep_only(kept: &[Capability]) -> nix::Result<()> {
+    let [low, high] = capget()?;
+    let held = u64::from(low.permitted) | u64::from(high.permitted) << 32;
+    clear_ambient_set()?;
+    clear_bounding_set()?;
+    let bits: u64 = held & kept.iter().fold(0, |bits, cap| bits | 1 << cap.index());
+    let half = |shift: u32| CapData {
+        effective: (bits >> shift) as u32,
+        permitted: (bits >> shift) as u32,
+        inheritable: 0,
+    };
+    capset([half(0), half(32)])
+}

@@ -81,19 +81,6 @@ impl Entry<'_> {
         self.dir_path.join(OsStr::from_bytes(self.name.to_bytes()))
     }
 
-    /// The path as a C string, for calls that take no directory descriptor (`lgetxattr`).
-    pub fn c_path(&self) -> CString {
-        let dir = self.dir_path.as_os_str().as_bytes();
-        let name = self.name.to_bytes();
-        let mut bytes = Vec::with_capacity(dir.len() + name.len() + 2);
-        bytes.extend_from_slice(dir);
-        if !dir.ends_with(b"/") {
-            bytes.push(b'/');
-        }
-        bytes.extend_from_slice(name);
-        CString::new(bytes).expect("names from the kernel hold no NUL")
-    }
-
     /// The entry's own metadata (symlinks not followed), read at most once. An entry on another
     /// device than the root (a file bind-mounted from elsewhere) is `EXDEV`: not to be touched.
     pub fn stat(&mut self) -> nix::Result<FileStat> {

@@ -273,3 +273,155 @@ fn check_names_setuid_files_on_other_mounts() {
         check.stdout
     );
 }
+
+/// Copies /usr/bin/id, setuid root, into a created (not yet started) container: a privileged
+/// file on its root filesystem, as a derived image would add.
+fn plant_setuid_id(world: &World, container: &str) {
+    let file = world.dir.join("suid-id");
+    std::fs::copy("/usr/bin/id", &file).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o4755)).unwrap();
+    let target = format!("{container}:/usr/local/bin/suid-id");
+    world.docker_must(&["cp", file.to_str().unwrap(), &target]);
+}
+
+/// Stops the background harden helper (PID 1's child named cordon) as soon as it exists, so
+/// that a check can see the pass running however fast it would be. Returns its host pid.
+fn stop_the_helper(world: &World, container: &str) -> i32 {
+    let init: i32 = world.inspect(container, "{{.State.Pid}}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+            .unwrap_or_default();
+        for child in children.split_whitespace() {
+            let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
+            if comm.trim() == "cordon" {
+                let pid: i32 = child.parse().unwrap();
+                // SAFETY: a signal to a process of the test's own container.
+                assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no background harden helper appeared"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// With `--security-opt no-new-privileges` the agent starts before harden: the pass runs beside
+/// it, an exec session meanwhile cannot use the setuid file (it has no_new_privs), `cordon check`
+/// says the pass is running and exits 0, then reports its result, and the file is stripped.
+/// Without the switch harden comes first, as before, with a hint; the other mounts are still
+/// scanned beside the agent and what would work there is named in the log.
+#[test]
+fn with_no_new_privileges_harden_runs_beside_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let volume = format!("{}-workspace", world.net);
+    world.volumes.lock().unwrap().push(volume.clone());
+    let mount = format!("type=volume,src={volume},dst=/workspace");
+    world.docker_must(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--mount",
+        &mount,
+        "--entrypoint",
+        "/bin/sh",
+        &world.s.image,
+        "-c",
+        "cp /bin/true /workspace/suid && chmod 4755 /workspace/suid",
+    ]);
+
+    let name = world.name("beside");
+    let mut create = world.docker();
+    create
+        .args(["create", "--name", &name])
+        .args(world.dns_args(Dns::Embedded))
+        .args(CAPS)
+        .args(["--security-opt", "no-new-privileges", "--mount", &mount])
+        .args([world.s.image.as_str(), "sleep", "infinity"]);
+    must(create, MINUTE);
+    plant_setuid_id(&world, &name);
+    world.docker_must(&["start", &name]);
+    let helper = stop_the_helper(&world, &name);
+    world.wait_log(&name, "cordon: starting sleep as node", 1);
+
+    let session = world.exec(
+        "node",
+        &name,
+        &[
+            "sh",
+            "-c",
+            "grep NoNewPrivs /proc/self/status; /usr/local/bin/suid-id -u",
+        ],
+    );
+    assert_eq!(
+        session.stdout,
+        "NoNewPrivs:\t1\n1000\n",
+        "{}",
+        session.both()
+    );
+    let check = world.exec("node", &name, &["cordon", "check"]);
+    assert!(check.ok(), "{}", check.both());
+    assert!(
+        check.stdout.contains("harden: running beside the agent"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("/usr/local/bin/suid-id (setuid root)"),
+        "{}",
+        check.stdout
+    );
+
+    // SAFETY: a signal to the helper stopped above.
+    assert_eq!(unsafe { libc::kill(helper, libc::SIGCONT) }, 0);
+    let logs = world.wait_log(&name, "cordon: background harden done in ", 1);
+    assert!(
+        logs.find("cordon: starting sleep as node") < logs.find("background harden done"),
+        "{logs}"
+    );
+    assert!(logs.contains("/workspace/suid (setuid root"), "{logs}");
+    let mode = world.exec(
+        "root",
+        &name,
+        &["stat", "-c", "%a", "/usr/local/bin/suid-id"],
+    );
+    assert_eq!(mode.stdout.trim(), "755");
+    let check = world.exec("node", &name, &["cordon", "check"]);
+    assert!(check.ok(), "{}", check.both());
+    assert!(
+        check.stdout.contains("harden: done beside the agent in "),
+        "{}",
+        check.stdout
+    );
+
+    // Without the switch: harden first, the hint, and the other mounts reported beside the agent.
+    let mut parts: Vec<&str> = CAPS.to_vec();
+    parts.extend([
+        "--mount",
+        &mount,
+        world.s.image.as_str(),
+        "sleep",
+        "infinity",
+    ]);
+    let plain = world.start("before", Dns::Embedded, &parts);
+    let logs = world.wait_log(&plain, "cordon: background harden done in ", 1);
+    let hardened = logs.find("cordon: hardened /").expect("harden ran");
+    assert!(
+        hardened < logs.find("cordon: starting sleep as node").unwrap(),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("hint: docker run --security-opt no-new-privileges"),
+        "{logs}"
+    );
+    assert!(logs.contains("/workspace/suid (setuid root"), "{logs}");
+}
