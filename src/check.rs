@@ -490,7 +490,11 @@ fn background_pass(status: Option<&background::Status>, inert: bool) -> Option<F
             "harden",
             format!(
                 "the pass beside the agent failed: {error}{}",
-                if inert { " (the bits are inert: no_new_privs everywhere)" } else { "" }
+                if inert {
+                    " (the bits are inert: no_new_privs everywhere)"
+                } else {
+                    ""
+                }
             ),
         ),
     })
