@@ -312,8 +312,9 @@ fn stop_the_helper(world: &World, container: &str) -> i32 {
 /// With `--security-opt no-new-privileges` the agent starts before harden: the pass runs beside
 /// it, an exec session meanwhile cannot use the setuid file (it has no_new_privs), `cordon check`
 /// says the pass is running and exits 0, then reports its result, and the file is stripped.
-/// Without the switch harden comes first, as before, with a hint; the other mounts are still
-/// scanned beside the agent and what would work there is named in the log.
+/// Without the switch harden comes first, as before, with a hint; the other mounts (here a
+/// 100k-file workspace) are still scanned beside the agent, after it started, and what would work
+/// there is named in the log.
 #[test]
 fn with_no_new_privileges_harden_runs_beside_the_agent() {
     if !privileged() {
@@ -334,7 +335,8 @@ fn with_no_new_privileges_harden_runs_beside_the_agent() {
         "/bin/sh",
         &world.s.image,
         "-c",
-        "cp /bin/true /workspace/suid && chmod 4755 /workspace/suid",
+        "cp /bin/true /workspace/suid && chmod 4755 /workspace/suid && cd /workspace && for d \
+         in $(seq 1 100); do mkdir $d && (cd $d && seq 1 1000 | xargs touch); done",
     ]);
 
     let name = world.name("beside");
