@@ -13,6 +13,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -126,18 +127,16 @@ fn confine(signals: &Signals) -> Result<()> {
 /// The work, reported as it goes; the exit status of the helper.
 fn run(work: Work, status: &StatusWriter) -> i32 {
     let started = Instant::now();
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let (finished, wait) = std::sync::mpsc::channel::<()>();
     let outcome = std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(PROGRESS_EVERY);
-                if !done.load(Ordering::Relaxed) {
-                    status.write(&format!("running {}", VISITED.load(Ordering::Relaxed)));
-                }
+        scope.spawn(move || {
+            // Until the work ends (the sender is dropped), rewrite the progress now and then.
+            while let Err(RecvTimeoutError::Timeout) = wait.recv_timeout(PROGRESS_EVERY) {
+                status.write(&format!("running {}", VISITED.load(Ordering::Relaxed)));
             }
         });
         let outcome = work_once(work);
-        done.store(true, Ordering::Relaxed);
+        drop(finished);
         outcome
     });
     let elapsed = started.elapsed().as_millis();
