@@ -355,14 +355,7 @@ pub fn harden(root: &Path) -> Result<Report> {
     let started = Instant::now();
     let mounts = MountTable::read()?;
     let scan = scan_with(root, &mounts)?;
-    let mut stripped = Vec::new();
-    let mut left = Vec::new();
-    for file in &scan.privileged {
-        match strip(file) {
-            Ok(()) => stripped.push(file.clone()),
-            Err(errno) => left.push((file.path.clone(), errno)),
-        }
-    }
+    let (stripped, left) = strip_each(&scan.privileged);
     if let Some(&(_, errno)) = left.first() {
         return Err(Error::sys(
             format!(
@@ -425,18 +418,14 @@ impl MountsReport {
 pub fn strip_other_mounts() -> Result<MountsReport> {
     let started = Instant::now();
     let scans = scan_other_mounts();
-    let mut stripped = Vec::new();
-    let mut left = Vec::new();
-    for file in scans.iter().flat_map(|scan| &scan.privileged) {
-        match strip(file) {
-            Ok(()) => stripped.push(file.clone()),
-            Err(errno) => left.push((file.path.clone(), errno)),
-        }
-    }
+    let (stripped, left) = strip_each(scans.iter().flat_map(|scan| &scan.privileged));
     if let Some(&(_, errno)) = left.first() {
         return Err(Error::sys(
             format!(
-                "--strip-mounts: cannot remove setuid/setgid bits or file capabilities from {}                  (strip them where the mount comes from, with `chmod ug-s FILE` and `setcap -r                  FILE`; or start the container with --security-opt no-new-privileges, which                  makes them inert, and leave out --strip-mounts)",
+                "--strip-mounts: cannot remove setuid/setgid bits or file capabilities from {} \
+                 (strip them where the mount comes from, with `chmod ug-s FILE` and `setcap -r \
+                 FILE`; or start the container with --security-opt no-new-privileges, which \
+                 makes them inert, and leave out --strip-mounts)",
                 name_a_few(left.iter().map(|(path, _)| path))
             ),
             errno,
@@ -458,6 +447,21 @@ fn unreadable_warning(scan: &Scan) -> Option<String> {
         first.display(),
         errno.desc()
     ))
+}
+
+/// Strips every file, trying each: those stripped, and those left with why.
+fn strip_each<'a>(
+    files: impl IntoIterator<Item = &'a Privileged>,
+) -> (Vec<Privileged>, Vec<(PathBuf, Errno)>) {
+    let mut stripped = Vec::new();
+    let mut left = Vec::new();
+    for file in files {
+        match strip(file) {
+            Ok(()) => stripped.push(file.clone()),
+            Err(errno) => left.push((file.path.clone(), errno)),
+        }
+    }
+    (stripped, left)
 }
 
 /// Removes setuid/setgid and file capabilities from one file, after checking through the open

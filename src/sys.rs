@@ -1,11 +1,12 @@
 //! System plumbing the stages share: capabilities and securebits (`caps`), descriptors (`fd`),
 //! signal masks and dispositions (`signals`),
 //! trusted tools run by descriptor (`tool`), ipsets over netlink (`set_netlink`), the file-tree
-//! walk (`walk`) and the mount table (`mounts`).
+//! walk (`walk`), the mount table (`mounts`) and cordon's directory in /run (`run_dir`).
 
 pub(crate) mod caps;
 pub(crate) mod fd;
 pub(crate) mod mounts;
+pub(crate) mod run_dir;
 pub(crate) mod set_netlink;
 pub mod signals;
 pub(crate) mod tool;

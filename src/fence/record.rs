@@ -14,7 +14,7 @@ use crate::fence::apply::Tools;
 use crate::fence::plan::{
     Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
-use crate::sys::{set_netlink, tool};
+use crate::sys::{run_dir, set_netlink, tool};
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
 /// sets.
@@ -201,25 +201,6 @@ impl Loaded {
     }
 }
 
-/// Creates cordon's directory in /run (root-owned, mode 0755: `cordon check` as any user reads
-/// the background harden status there; the record itself is 0600), or checks that the one there
-/// is a root-owned directory and not a link someone else left.
-pub fn ensure_run_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .mode(0o755)
-        .recursive(true)
-        .create(dir)?;
-    let meta = std::fs::symlink_metadata(dir)?;
-    if !meta.is_dir() || meta.uid() != 0 {
-        return Err(std::io::Error::other(format!(
-            "{} is not a root-owned directory",
-            dir.display()
-        )));
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-}
-
 /// Where the entrypoint and `cordon firewall` leave the record of the fence they loaded, for
 /// `cordon check` as root: in a root-only directory, so that a process that can change the rules
 /// (CAP_NET_ADMIN) but is not root cannot change the record to match.
@@ -236,20 +217,11 @@ impl Loaded {
 
     /// Writes the record (rules and sets), replacing any earlier one in one step.
     pub fn save(&self, variant: &str) -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = std::path::Path::new(RECORD_FILE);
-        let dir = path.parent().expect("the record is in a directory");
-        ensure_run_dir(dir)?;
-        let staging = dir.join(".fence.new");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&staging)?;
-        std::io::Write::write_all(&mut file, self.record_text(variant).as_bytes())?;
-        std::fs::rename(&staging, path)
+        run_dir::replace(
+            std::path::Path::new(RECORD_FILE),
+            0o600,
+            &self.record_text(variant),
+        )
     }
 
     fn record_text(&self, variant: &str) -> String {

@@ -9,8 +9,6 @@
 //! stays uid 0, so the agent (another uid, no capabilities) can neither signal nor ptrace it. It
 //! dies with PID 1. Its state is in a root-only file for `cordon check`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
@@ -22,6 +20,7 @@ use nix::unistd::{ForkResult, Pid};
 use super::{scan_other_mounts, strip_other_mounts, Privileged, VISITED};
 use crate::error::{Error, Result};
 use crate::sys::caps::{self, Capability};
+use crate::sys::run_dir;
 use crate::sys::signals::Signals;
 
 /// The helper's state, for `cordon check` as any user: beside the fence's record (which stays
@@ -212,8 +211,6 @@ struct StatusWriter {
 impl StatusWriter {
     /// Replaces the status file in one step. Best effort: `cordon check` says when there is none.
     fn write(&self, state: &str) {
-        let path = Path::new(STATUS_FILE);
-        let Some(dir) = path.parent() else { return };
         let text = format!(
             "{state}\nno_new_privs {}\n",
             if self.container_no_new_privs {
@@ -222,20 +219,7 @@ impl StatusWriter {
                 "no"
             }
         );
-        let write = || -> std::io::Result<()> {
-            crate::fence::record::ensure_run_dir(dir)?;
-            let staging = dir.join(".harden.new");
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o644)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&staging)?;
-            file.write_all(text.as_bytes())?;
-            std::fs::rename(&staging, path)
-        };
-        if let Err(e) = write() {
+        if let Err(e) = run_dir::replace(Path::new(STATUS_FILE), 0o644, &text) {
             log::debug!("writing {STATUS_FILE}: {e}");
         }
     }
