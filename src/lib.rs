@@ -11,6 +11,7 @@ pub mod check;
 pub mod cli;
 pub mod error;
 pub mod fence;
+pub mod gateway;
 pub mod harden;
 pub mod logging;
 pub mod supervise;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::proto::rr::{Name, RData};
+use hickory_resolver::proto::rr::{Name, RData, Record};
 use hickory_resolver::Resolver;
 
 use crate::error::{Error, Result};
@@ -269,7 +269,8 @@ async fn lookup(resolver: &MuxResolver, name: String) -> NameAddrs {
                     lookup.query().name()
                 );
             }
-            for addr in chain_addresses(lookup.as_lookup()) {
+            let lookup = lookup.as_lookup();
+            for (addr, _) in chain_addresses(lookup.query().name(), lookup.answers()) {
                 let list = if may_be_opened_by_name(addr) {
                     &mut result.addrs
                 } else {
@@ -291,13 +292,13 @@ async fn lookup(resolver: &MuxResolver, name: String) -> NameAddrs {
     result
 }
 
-/// The addresses of the records on the question's CNAME chain: the name asked, and each name a
-/// CNAME on the chain points to. Records for any other name in the answer are ignored.
-fn chain_addresses(lookup: &hickory_resolver::lookup::Lookup) -> Vec<IpAddr> {
-    let answers = lookup.answers();
-    let mut chain = vec![lookup.query().name().clone()];
+/// The addresses (with TTLs) of the records on `question`'s CNAME chain: the name asked, and
+/// each name a CNAME on the chain points to. Records for any other name in the answer are
+/// ignored. Also the DNS gateway's rule.
+pub(crate) fn chain_addresses(question: &Name, answers: &[Record]) -> Vec<(IpAddr, u32)> {
+    let mut chain = vec![question.clone()];
     loop {
-        let next: Vec<_> = answers
+        let next: Vec<Name> = answers
             .iter()
             .filter(|record| chain.contains(&record.name))
             .filter_map(|record| match &record.data {
@@ -314,7 +315,7 @@ fn chain_addresses(lookup: &hickory_resolver::lookup::Lookup) -> Vec<IpAddr> {
     answers
         .iter()
         .filter(|record| chain.contains(&record.name))
-        .filter_map(|record| record.data.ip_addr())
+        .filter_map(|record| record.data.ip_addr().map(|addr| (addr, record.ttl)))
         .collect()
 }
 

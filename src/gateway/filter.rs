@@ -1,0 +1,388 @@
+//! The DNS gateway's decisions, without any I/O: which of the agent's questions go upstream, and
+//! which addresses an upstream answer opens, on which ports, for how long.
+//!
+//! A question goes upstream only for an allowlisted name: an exact name, or a name below a
+//! wildcard entry (`*.example.com` covers `a.example.com` and `a.b.example.com`, not
+//! `example.com`). Names on the wire are always absolute: a stub resolver that appends a search
+//! domain asks for `api.example.com.corp.test`, which is not allowlisted and is refused. Every
+//! other question is answered REFUSED by the gateway itself and never forwarded: nothing about it
+//! leaves the container (the DNS tunnel). REFUSED rather than NXDOMAIN: it says "not here" without
+//! claiming the name does not exist, and stub resolvers do not cache it as a negative answer.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::rr::{DNSClass, Name};
+use ipnet::IpNet;
+
+use crate::fence::policy::{Policy, Ports, Target};
+use crate::fence::resolve::{chain_addresses, may_be_opened_by_name};
+
+/// The shortest time an answered address stays open: a client that reconnects a little after a
+/// short-TTL answer still gets through.
+pub const TTL_FLOOR: Duration = Duration::from_secs(60);
+/// The longest: an address a name stopped pointing to closes within the hour.
+pub const TTL_CEILING: Duration = Duration::from_secs(3600);
+
+/// The allowlisted names and their ports.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// Lower-case name without the trailing dot → the ports of every entry naming it.
+    exact: HashMap<String, Vec<Ports>>,
+    /// The part after `*.` → the ports of every wildcard entry for it.
+    below: HashMap<String, Vec<Ports>>,
+}
+
+impl Names {
+    pub fn from_policy(policy: &Policy) -> Names {
+        let mut names = Names::default();
+        for entry in &policy.entries {
+            let (map, name) = match &entry.target {
+                Target::Name(name) => (&mut names.exact, name),
+                Target::Wildcard(name) => (&mut names.below, name),
+                Target::Net(_) => continue,
+            };
+            map.entry(name.clone())
+                .or_default()
+                .push(entry.ports.clone());
+        }
+        names
+    }
+
+    /// The ports of every entry that allows `name`; empty when none does.
+    pub fn ports_for(&self, name: &Name) -> Vec<&Ports> {
+        let text = plain(name);
+        let mut found: Vec<&Ports> = self.exact.get(&text).into_iter().flatten().collect();
+        // Every proper suffix of the name: `a.b.example.com` → `b.example.com`, `example.com`,
+        // `com`.
+        let mut rest = text.as_str();
+        while let Some((_, parent)) = rest.split_once('.') {
+            found.extend(self.below.get(parent).into_iter().flatten());
+            rest = parent;
+        }
+        found
+    }
+
+    pub fn allows(&self, name: &Name) -> bool {
+        !self.ports_for(name).is_empty()
+    }
+}
+
+/// A name as the allowlist writes it: lower case, no trailing dot.
+fn plain(name: &Name) -> String {
+    let mut text = name.to_ascii().to_ascii_lowercase();
+    if text.ends_with('.') {
+        text.pop();
+    }
+    text
+}
+
+/// What to do with a datagram or TCP message the agent sent to the gateway.
+#[derive(Debug)]
+pub enum QueryVerdict {
+    /// An allowlisted question: send it upstream as it is.
+    Forward(Query),
+    /// Answer the agent with these bytes, upstream never sees the question.
+    Answer(Vec<u8>),
+    /// Not even a DNS query header: say nothing.
+    Drop,
+}
+
+/// Judges one message from the agent.
+pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
+    let Some(id) = wire.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+        return QueryVerdict::Drop;
+    };
+    let Ok(message) = Message::from_vec(wire) else {
+        return answer(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr));
+    };
+    if message.metadata.message_type != MessageType::Query {
+        return QueryVerdict::Drop;
+    }
+    if message.metadata.op_code != OpCode::Query {
+        return refuse(&message, ResponseCode::NotImp);
+    }
+    let [question] = message.queries.as_slice() else {
+        return refuse(&message, ResponseCode::FormErr);
+    };
+    if question.query_class != DNSClass::IN || !names.allows(&question.name) {
+        return refuse(&message, ResponseCode::Refused);
+    }
+    QueryVerdict::Forward(question.clone())
+}
+
+/// An answer to `query` with `code` and its question echoed, as stub resolvers expect.
+fn refuse(query: &Message, code: ResponseCode) -> QueryVerdict {
+    let mut reply = Message::error_msg(query.metadata.id, query.metadata.op_code, code);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.metadata.recursion_available = true;
+    for question in query.queries.iter().take(1) {
+        reply.add_query(question.clone());
+    }
+    answer(reply)
+}
+
+fn answer(message: Message) -> QueryVerdict {
+    match message.to_vec() {
+        Ok(bytes) => QueryVerdict::Answer(bytes),
+        Err(_) => QueryVerdict::Drop,
+    }
+}
+
+/// One address an answer opens, with the ports of the entries that allow the name asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub addr: IpAddr,
+    pub ports: Vec<Ports>,
+    /// How long it stays open for new connections (the record's TTL, clamped).
+    pub timeout: Duration,
+}
+
+/// What an upstream answer to an allowlisted question opens, and the addresses it may not open
+/// (special-purpose, or this container's own networks and gateways, which only an address entry
+/// opens): those are dropped from the answer the agent gets.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AnswerVerdict {
+    pub opened: Vec<Opened>,
+    pub refused: Vec<IpAddr>,
+}
+
+/// Addresses a name must never open in this container.
+#[derive(Debug, Default, Clone)]
+pub struct OwnNetworks {
+    pub nets: Vec<IpNet>,
+    pub gateways: Vec<IpAddr>,
+}
+
+impl OwnNetworks {
+    fn contain(&self, addr: IpAddr) -> bool {
+        self.gateways.contains(&addr) || self.nets.iter().any(|net| net.contains(&addr))
+    }
+}
+
+/// Judges an upstream answer to `question` (which `judge_query` forwarded): the addresses of the
+/// records on the question's CNAME chain only.
+pub fn judge_answer(
+    question: &Query,
+    answer: &Message,
+    names: &Names,
+    own: &OwnNetworks,
+) -> AnswerVerdict {
+    let ports: Vec<Ports> = names
+        .ports_for(&question.name)
+        .into_iter()
+        .cloned()
+        .collect();
+    let mut verdict = AnswerVerdict::default();
+    if ports.is_empty() {
+        return verdict;
+    }
+    for (addr, ttl) in chain_addresses(&question.name, &answer.answers) {
+        if !may_be_opened_by_name(addr) || own.contain(addr) {
+            verdict.refused.push(addr);
+            continue;
+        }
+        verdict.opened.push(Opened {
+            addr,
+            ports: ports.clone(),
+            timeout: Duration::from_secs(ttl.into()).clamp(TTL_FLOOR, TTL_CEILING),
+        });
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::Location;
+    use crate::fence::policy::{parse_entry, Entry};
+    use hickory_resolver::proto::rr::rdata::{A, CNAME};
+    use hickory_resolver::proto::rr::{RData, Record, RecordType};
+    use proptest::prelude::*;
+    use std::str::FromStr;
+
+    fn names(entries: &[&str]) -> Names {
+        let entries = entries
+            .iter()
+            .map(|text| {
+                let (target, ports) = parse_entry(text).unwrap();
+                Entry {
+                    target,
+                    ports,
+                    origin: Location::new("test", None),
+                }
+            })
+            .collect();
+        Names::from_policy(&Policy {
+            entries,
+            inbound: Vec::new(),
+            strict: false,
+        })
+    }
+
+    fn name(text: &str) -> Name {
+        Name::from_str(text).unwrap()
+    }
+
+    fn query(text: &str, kind: RecordType) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = 0x4242;
+        message.metadata.recursion_desired = true;
+        message.add_query(Query::query(name(text), kind));
+        message.to_vec().unwrap()
+    }
+
+    fn code(verdict: QueryVerdict) -> ResponseCode {
+        match verdict {
+            QueryVerdict::Answer(bytes) => {
+                let reply = Message::from_vec(&bytes).unwrap();
+                assert_eq!(reply.metadata.id, 0x4242);
+                assert_eq!(reply.metadata.message_type, MessageType::Response);
+                reply.metadata.response_code
+            }
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn exact_names_and_names_below_a_wildcard_go_upstream() {
+        let allowed = names(&["api.example.test", "*.cdn.test:443"]);
+        for asked in [
+            "api.example.test.",
+            "API.Example.Test.",
+            "a.cdn.test.",
+            "a.b.cdn.test.",
+        ] {
+            assert!(
+                matches!(
+                    judge_query(&query(asked, RecordType::A), &allowed),
+                    QueryVerdict::Forward(_)
+                ),
+                "{asked}"
+            );
+        }
+        for asked in [
+            "cdn.test.",
+            "example.test.",
+            "x.api.example.test.",
+            "api.example.test.corp.test.",
+            "6a6f6b65.x.attacker.test.",
+        ] {
+            let verdict = judge_query(&query(asked, RecordType::TXT), &allowed);
+            assert_eq!(code(verdict), ResponseCode::Refused, "{asked}");
+        }
+    }
+
+    #[test]
+    fn the_ports_are_those_of_every_entry_that_allows_the_name() {
+        let allowed = names(&["a.cdn.test:22", "*.cdn.test:443"]);
+        let ports: Vec<String> = allowed
+            .ports_for(&name("a.cdn.test."))
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        assert_eq!(ports.len(), 2, "{ports:?}");
+    }
+
+    #[test]
+    fn what_is_not_a_plain_query_is_never_forwarded() {
+        let allowed = names(&["api.example.test"]);
+        assert!(matches!(judge_query(&[], &allowed), QueryVerdict::Drop));
+        assert!(matches!(judge_query(&[0x42], &allowed), QueryVerdict::Drop));
+        let mut garbage = vec![0x42, 0x42];
+        garbage.extend([0xff; 20]);
+        assert_eq!(code(judge_query(&garbage, &allowed)), ResponseCode::FormErr);
+        let mut two = Message::query();
+        two.metadata.id = 0x4242;
+        two.add_query(Query::query(name("api.example.test."), RecordType::A));
+        two.add_query(Query::query(name("evil.test."), RecordType::A));
+        assert_eq!(
+            code(judge_query(&two.to_vec().unwrap(), &allowed)),
+            ResponseCode::FormErr
+        );
+        let mut chaos = Message::query();
+        chaos.metadata.id = 0x4242;
+        let mut question = Query::query(name("api.example.test."), RecordType::TXT);
+        question.query_class = DNSClass::CH;
+        chaos.add_query(question);
+        assert_eq!(
+            code(judge_query(&chaos.to_vec().unwrap(), &allowed)),
+            ResponseCode::Refused
+        );
+        let mut response = Message::from_vec(&query("api.example.test.", RecordType::A)).unwrap();
+        response.metadata.message_type = MessageType::Response;
+        assert!(matches!(
+            judge_query(&response.to_vec().unwrap(), &allowed),
+            QueryVerdict::Drop
+        ));
+    }
+
+    fn a(owner: &str, addr: &str, ttl: u32) -> Record {
+        Record::from_rdata(name(owner), ttl, RData::A(A(addr.parse().unwrap())))
+    }
+
+    fn cname(owner: &str, target: &str) -> Record {
+        Record::from_rdata(name(owner), 300, RData::CNAME(CNAME(name(target))))
+    }
+
+    #[test]
+    fn an_answer_opens_its_chain_only_for_the_ttl_within_bounds() {
+        let allowed = names(&["api.example.test:443"]);
+        let question = Query::query(name("api.example.test."), RecordType::A);
+        let mut answer = Message::response(1, OpCode::Query);
+        answer.answers = vec![
+            cname("api.example.test.", "edge.cdn.test."),
+            a("edge.cdn.test.", "192.0.2.10", 20),
+            a("edge.cdn.test.", "192.0.2.11", 86_400),
+            a("stray.test.", "192.0.2.99", 300),
+            a("edge.cdn.test.", "169.254.169.254", 300),
+            a("edge.cdn.test.", "10.1.2.3", 300),
+            a("edge.cdn.test.", "10.9.0.1", 300),
+        ];
+        let own = OwnNetworks {
+            nets: vec!["10.1.2.0/24".parse().unwrap()],
+            gateways: vec!["10.9.0.1".parse().unwrap()],
+        };
+        let verdict = judge_answer(&question, &answer, &allowed, &own);
+        let opened: Vec<(String, u64)> = verdict
+            .opened
+            .iter()
+            .map(|o| (o.addr.to_string(), o.timeout.as_secs()))
+            .collect();
+        assert_eq!(
+            opened,
+            [("192.0.2.10".into(), 60), ("192.0.2.11".into(), 3600)]
+        );
+        assert_eq!(verdict.opened[0].ports[0].to_string(), "443");
+        let refused: Vec<String> = verdict.refused.iter().map(|a| a.to_string()).collect();
+        assert_eq!(refused, ["169.254.169.254", "10.1.2.3", "10.9.0.1"]);
+    }
+
+    proptest! {
+        /// Whatever the agent sends, the gateway neither panics nor forwards a name the
+        /// allowlist does not hold.
+        #[test]
+        fn any_bytes_from_the_agent_are_judged_without_panic(wire in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let allowed = names(&["api.example.test", "*.cdn.test"]);
+            if let QueryVerdict::Forward(question) = judge_query(&wire, &allowed) {
+                prop_assert!(allowed.allows(&question.name));
+            }
+        }
+
+        /// Whatever upstream answers, the gateway neither panics nor opens a special-purpose
+        /// address.
+        #[test]
+        fn any_upstream_answer_is_judged_without_panic(wire in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let allowed = names(&["api.example.test"]);
+            let question = Query::query(name("api.example.test."), RecordType::A);
+            if let Ok(answer) = Message::from_vec(&wire) {
+                let verdict = judge_answer(&question, &answer, &allowed, &OwnNetworks::default());
+                for opened in verdict.opened {
+                    prop_assert!(may_be_opened_by_name(opened.addr));
+                }
+            }
+        }
+    }
+}
