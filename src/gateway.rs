@@ -3,3 +3,4 @@
 //! without I/O (`filter`); the process that runs them is not built yet.
 
 pub mod filter;
+pub mod udp;

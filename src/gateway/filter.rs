@@ -193,34 +193,36 @@ pub fn judge_answer(
     verdict
 }
 
+/// The names of allowlist entries written as in an allowlist file.
+#[cfg(test)]
+pub(crate) fn names(entries: &[&str]) -> Names {
+    use crate::error::Location;
+    use crate::fence::policy::{parse_entry, Entry};
+    let entries = entries
+        .iter()
+        .map(|text| {
+            let (target, ports) = parse_entry(text).unwrap();
+            Entry {
+                target,
+                ports,
+                origin: Location::new("test", None),
+            }
+        })
+        .collect();
+    Names::from_policy(&Policy {
+        entries,
+        inbound: Vec::new(),
+        strict: false,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Location;
-    use crate::fence::policy::{parse_entry, Entry};
     use hickory_resolver::proto::rr::rdata::{A, CNAME};
     use hickory_resolver::proto::rr::{RData, Record, RecordType};
     use proptest::prelude::*;
     use std::str::FromStr;
-
-    fn names(entries: &[&str]) -> Names {
-        let entries = entries
-            .iter()
-            .map(|text| {
-                let (target, ports) = parse_entry(text).unwrap();
-                Entry {
-                    target,
-                    ports,
-                    origin: Location::new("test", None),
-                }
-            })
-            .collect();
-        Names::from_policy(&Policy {
-            entries,
-            inbound: Vec::new(),
-            strict: false,
-        })
-    }
 
     fn name(text: &str) -> Name {
         Name::from_str(text).unwrap()

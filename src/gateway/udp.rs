@@ -1,0 +1,304 @@
+//! The gateway's UDP loop: questions from the agent's side, judged by `filter`; allowlisted ones
+//! go to the upstream resolver under a fresh random id from a socket connected to it (so only
+//! the upstream can answer), and its answer goes back to the asker once what it opens has been
+//! handed to `open` (the sets must hold an address before the agent can try to reach it), with
+//! only the addresses it opened (no special-purpose address, no record off the question's CNAME
+//! chain).
+//!
+//! Memory stays bounded under a flood of distinct names: at most `MAX_PENDING` questions wait
+//! for upstream at once (more are answered SERVFAIL), each for at most `UPSTREAM_WAIT`.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hickory_resolver::proto::op::{Message, OpCode, Query, ResponseCode};
+
+use super::filter::{judge_answer, judge_query, Names, Opened, OwnNetworks, QueryVerdict};
+
+/// Questions waiting for upstream at most.
+pub const MAX_PENDING: usize = 4096;
+/// How long a question waits for upstream; then the asker hears nothing (its stub retries).
+pub const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
+/// Largest DNS message over UDP with EDNS.
+const BUFFER: usize = 4096;
+
+/// Where a forwarded question came from.
+struct Pending {
+    asker: SocketAddr,
+    asker_id: u16,
+    question: Query,
+    sent: Instant,
+}
+
+/// Serves until `stop` is set (checked every 100 ms). `agents` receives the agent's questions;
+/// `upstream` is connected to the resolver.
+pub fn serve(
+    agents: &UdpSocket,
+    upstream: &UdpSocket,
+    names: &Names,
+    own: &OwnNetworks,
+    open: &dyn Fn(&[Opened]),
+    stop: &AtomicBool,
+) -> io::Result<()> {
+    let mut pending: HashMap<u16, Pending> = HashMap::new();
+    let mut buffer = vec![0u8; BUFFER];
+    while !stop.load(Ordering::Relaxed) {
+        let (agent_ready, upstream_ready) = wait_readable(agents, upstream, 100)?;
+        if agent_ready {
+            if let Ok((len, asker)) = agents.recv_from(&mut buffer) {
+                from_agent(&buffer[..len], asker, agents, upstream, names, &mut pending);
+            }
+        }
+        if upstream_ready {
+            if let Ok(len) = upstream.recv(&mut buffer) {
+                from_upstream(&buffer[..len], agents, names, own, open, &mut pending);
+            }
+        }
+        let now = Instant::now();
+        pending.retain(|_, waiting| now.duration_since(waiting.sent) < UPSTREAM_WAIT);
+    }
+    Ok(())
+}
+
+fn from_agent(
+    wire: &[u8],
+    asker: SocketAddr,
+    agents: &UdpSocket,
+    upstream: &UdpSocket,
+    names: &Names,
+    pending: &mut HashMap<u16, Pending>,
+) {
+    let question = match judge_query(wire, names) {
+        QueryVerdict::Drop => return,
+        QueryVerdict::Answer(reply) => {
+            let _ = agents.send_to(&reply, asker);
+            return;
+        }
+        QueryVerdict::Forward(question) => question,
+    };
+    let asker_id = u16::from_be_bytes([wire[0], wire[1]]);
+    if pending.len() >= MAX_PENDING {
+        let mut reply = Message::error_msg(asker_id, OpCode::Query, ResponseCode::ServFail);
+        reply.add_query(question);
+        if let Ok(bytes) = reply.to_vec() {
+            let _ = agents.send_to(&bytes, asker);
+        }
+        return;
+    }
+    let id = loop {
+        let id = rand::random::<u16>();
+        if !pending.contains_key(&id) {
+            break id;
+        }
+    };
+    let mut forwarded = Message::query();
+    forwarded.metadata.id = id;
+    forwarded.metadata.recursion_desired = true;
+    forwarded.add_query(question.clone());
+    let Ok(bytes) = forwarded.to_vec() else {
+        return;
+    };
+    if upstream.send(&bytes).is_ok() {
+        pending.insert(
+            id,
+            Pending {
+                asker,
+                asker_id,
+                question,
+                sent: Instant::now(),
+            },
+        );
+    }
+}
+
+fn from_upstream(
+    wire: &[u8],
+    agents: &UdpSocket,
+    names: &Names,
+    own: &OwnNetworks,
+    open: &dyn Fn(&[Opened]),
+    pending: &mut HashMap<u16, Pending>,
+) {
+    let Ok(mut answer) = Message::from_vec(wire) else {
+        return;
+    };
+    // Only the answer to the question sent under this id counts (the socket is connected, so
+    // only the upstream's address gets here; the random id and the question guard the rest).
+    let matches = pending
+        .get(&answer.metadata.id)
+        .is_some_and(|waiting| answer.queries.first() == Some(&waiting.question));
+    if !matches {
+        return;
+    }
+    let waiting = pending
+        .remove(&answer.metadata.id)
+        .expect("checked just above");
+    let verdict = judge_answer(&waiting.question, &answer, names, own);
+    if !verdict.opened.is_empty() {
+        open(&verdict.opened);
+    }
+    // The agent gets the addresses it can reach: not the refused ones, nor records off the
+    // question's CNAME chain.
+    answer.answers.retain(|record| match record.data.ip_addr() {
+        Some(addr) => verdict.opened.iter().any(|opened| opened.addr == addr),
+        None => true,
+    });
+    answer.metadata.id = waiting.asker_id;
+    if let Ok(bytes) = answer.to_vec() {
+        let _ = agents.send_to(&bytes, waiting.asker);
+    }
+}
+
+/// Which of the two sockets can be read, waiting up to `millis`.
+fn wait_readable(a: &UdpSocket, b: &UdpSocket, millis: i32) -> io::Result<(bool, bool)> {
+    use std::os::fd::AsRawFd;
+    let mut fds = [
+        libc::pollfd {
+            fd: a.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // SAFETY: two valid pollfd entries for the duration of the call.
+    let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, millis) };
+    if rc < 0 {
+        let error = io::Error::last_os_error();
+        return match error.kind() {
+            io::ErrorKind::Interrupted => Ok((false, false)),
+            _ => Err(error),
+        };
+    }
+    Ok((fds[0].revents != 0, fds[1].revents != 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::filter::names;
+    use hickory_resolver::proto::op::MessageType;
+    use hickory_resolver::proto::rr::rdata::{A, CNAME};
+    use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+    use std::str::FromStr;
+    use std::sync::{Arc, Mutex};
+
+    fn name(text: &str) -> Name {
+        Name::from_str(text).unwrap()
+    }
+
+    /// An upstream resolver: answers from `records`, logs every name it is asked.
+    fn upstream(records: Vec<Record>, asked: Arc<Mutex<Vec<String>>>) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                let query = Message::from_vec(&buffer[..len]).unwrap();
+                let question = query.queries[0].clone();
+                asked.lock().unwrap().push(question.name.to_ascii());
+                let mut answer = Message::response(query.metadata.id, OpCode::Query);
+                answer.add_query(question);
+                answer.answers = records.clone();
+                socket.send_to(&answer.to_vec().unwrap(), from).unwrap();
+            }
+        });
+        addr
+    }
+
+    fn ask(client: &UdpSocket, gateway: SocketAddr, text: &str) -> Message {
+        let mut query = Message::query();
+        query.metadata.id = 7;
+        query.metadata.recursion_desired = true;
+        query.add_query(Query::query(name(text), RecordType::A));
+        client.send_to(&query.to_vec().unwrap(), gateway).unwrap();
+        let mut buffer = [0u8; 4096];
+        let len = client.recv(&mut buffer).unwrap();
+        let answer = Message::from_vec(&buffer[..len]).unwrap();
+        assert_eq!(
+            (answer.metadata.id, answer.metadata.message_type),
+            (7, MessageType::Response)
+        );
+        answer
+    }
+
+    #[test]
+    fn only_allowlisted_questions_reach_upstream_and_answers_open_before_they_arrive() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let a = |owner: &str, addr: &str| {
+            Record::from_rdata(name(owner), 30, RData::A(A(addr.parse().unwrap())))
+        };
+        let records = vec![
+            Record::from_rdata(
+                name("api.example.test."),
+                30,
+                RData::CNAME(CNAME(name("edge.cdn.test."))),
+            ),
+            a("edge.cdn.test.", "192.0.2.10"),
+            a("edge.cdn.test.", "169.254.169.254"),
+            a("stray.test.", "198.51.100.7"),
+        ];
+        let resolver = upstream(records, Arc::clone(&asked));
+        let agents = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gateway = agents.local_addr().unwrap();
+        let to_upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to_upstream.connect(resolver).unwrap();
+        let opened: Arc<Mutex<Vec<Opened>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let server = {
+            let (opened, stop) = (Arc::clone(&opened), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let allowed = names(&["api.example.test:443"]);
+                let open = |found: &[Opened]| opened.lock().unwrap().extend_from_slice(found);
+                serve(
+                    &agents,
+                    &to_upstream,
+                    &allowed,
+                    &OwnNetworks::default(),
+                    &open,
+                    &stop,
+                )
+            })
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+
+        let answer = ask(&client, gateway, "api.example.test.");
+        let addresses: Vec<String> = answer
+            .answers
+            .iter()
+            .filter_map(|r| r.data.ip_addr())
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(
+            addresses,
+            ["192.0.2.10"],
+            "metadata and the stray record dropped"
+        );
+        let opened_now: Vec<String> = opened
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|o| o.addr.to_string())
+            .collect();
+        assert_eq!(
+            opened_now,
+            ["192.0.2.10"],
+            "open before the answer, chain only"
+        );
+
+        let refused = ask(&client, gateway, "6a6f6b65.x.attacker.test.");
+        assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap().unwrap();
+        assert_eq!(*asked.lock().unwrap(), ["api.example.test."]);
+    }
+}
