@@ -3,4 +3,5 @@
 //! without I/O (`filter`); the process that runs them is not built yet.
 
 pub mod filter;
+pub mod sets;
 pub mod udp;

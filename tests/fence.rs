@@ -1817,3 +1817,43 @@ fn a_tcp_only_hole_fails_the_unprivileged_check() {
         "a TCP hole went unnoticed: {line}"
     );
 }
+
+/// What the DNS gateway opens goes into the `answered` sets, each member with its TTL: the
+/// fence accepts the address on the member's port only, and only until the timeout runs out.
+#[test]
+fn answered_addresses_open_their_ports_until_their_timeout() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let output = world.cordon(FENCE);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let blocked = tcp(BLOCKED, 443);
+    let peer = tcp(LAN_PEER, 22);
+    assert_verdicts(
+        &world.probe(&[&blocked, &peer]),
+        &[(&blocked, "refused"), (&peer, "refused")],
+    );
+    world.sandbox(&[
+        "ipset",
+        "add",
+        "cordon4-answered",
+        &format!("{BLOCKED},tcp:443"),
+        "timeout",
+        "2",
+    ]);
+    world.sandbox(&[
+        "ipset",
+        "add",
+        "cordon4-answered",
+        &format!("{LAN_PEER},tcp:80"),
+        "timeout",
+        "30",
+    ]);
+    assert_verdicts(
+        &world.probe(&[&blocked, &peer]),
+        &[(&blocked, "open"), (&peer, "refused")],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_verdicts(&world.probe(&[&blocked]), &[(&blocked, "refused")]);
+}

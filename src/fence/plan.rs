@@ -93,9 +93,27 @@ impl Family {
         format!("cordon{}-resolvers", self.digit())
     }
 
+    /// (address, protocol, port) the DNS gateway opened from an answer, each for its TTL
+    /// (`ipset` timeouts); empty in static mode.
+    pub fn answered_ports_set(self) -> String {
+        format!("cordon{}-answered", self.digit())
+    }
+
+    /// Addresses the DNS gateway opened on every port (a name entry without ports), each for its
+    /// TTL; empty in static mode.
+    pub fn answered_hosts_set(self) -> String {
+        format!("cordon{}-answered-any", self.digit())
+    }
+
     /// Every set cordon loads for this family.
-    pub fn sets(self) -> [String; 3] {
-        [self.ports_set(), self.hosts_set(), self.resolvers_set()]
+    pub fn sets(self) -> [String; 5] {
+        [
+            self.ports_set(),
+            self.hosts_set(),
+            self.resolvers_set(),
+            self.answered_ports_set(),
+            self.answered_hosts_set(),
+        ]
     }
 
     fn ipset_family(self) -> &'static str {
@@ -391,6 +409,9 @@ impl Ruleset {
             sets.push((rules.family.ports_set(), ports));
             sets.push((rules.family.hosts_set(), hosts));
             sets.push((rules.family.resolvers_set(), BTreeSet::new()));
+            // Static mode: nothing answers, so nothing is opened by an answer.
+            sets.push((rules.family.answered_ports_set(), BTreeSet::new()));
+            sets.push((rules.family.answered_hosts_set(), BTreeSet::new()));
         }
         sets
     }
@@ -522,6 +543,14 @@ impl Ruleset {
                 "-m set --match-set {} dst -j {CHAIN_ALLOW}",
                 family.hosts_set()
             ),
+            format!(
+                "-m set --match-set {} dst,dst -j {CHAIN_ALLOW}",
+                family.answered_ports_set()
+            ),
+            format!(
+                "-m set --match-set {} dst -j {CHAIN_ALLOW}",
+                family.answered_hosts_set()
+            ),
         ]);
         chain.into_iter()
     }
@@ -609,11 +638,16 @@ pub fn lockdown_restore(family: Family) -> String {
     out
 }
 
-fn set_kinds(family: Family) -> [(String, &'static str); 3] {
+/// Each set's name and `ipset create` type and options (after the family).
+fn set_kinds(family: Family) -> [(String, &'static str); 5] {
     [
         (family.ports_set(), "hash:net,port"),
         (family.hosts_set(), "hash:net"),
         (family.resolvers_set(), "hash:net,port"),
+        // Every member carries its own timeout (the record's TTL, clamped); 60 s is only the
+        // default of a member added without one.
+        (family.answered_ports_set(), "hash:ip,port timeout 60"),
+        (family.answered_hosts_set(), "hash:ip timeout 60"),
     ]
 }
 
@@ -625,8 +659,14 @@ fn resolver_members(rules: &FamilyRules) -> impl Iterator<Item = String> + '_ {
 }
 
 fn set_options(kind: &str, family: Family) -> String {
+    let (kind, extra) = kind.split_once(' ').unwrap_or((kind, ""));
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!(" {extra}")
+    };
     format!(
-        "{kind} family {} hashsize 1024 maxelem {MAX_SET_ELEMENTS}",
+        "{kind} family {} hashsize 1024 maxelem {MAX_SET_ELEMENTS}{extra}",
         family.ipset_family()
     )
 }

@@ -428,8 +428,10 @@ mod tests {
     const LOADED_SETS: &str = "create cordon4-ports hash:net,port family inet\n\
         add cordon4-ports 10.77.1.10,tcp:443\ncreate cordon4-hosts hash:net family inet\n\
         create cordon4-resolvers hash:net,port family inet\n\
+        create cordon4-answered hash:ip,port family inet\ncreate cordon4-answered-any hash:ip family inet\n\
         create cordon6-ports hash:net,port family inet6\ncreate cordon6-hosts hash:net family inet6\n\
-        create cordon6-resolvers hash:net,port family inet6\n";
+        create cordon6-resolvers hash:net,port family inet6\n\
+        create cordon6-answered hash:ip,port family inet6\ncreate cordon6-answered-any hash:ip family inet6\n";
 
     #[test]
     fn the_record_is_held_to_the_plan() {

@@ -5,7 +5,7 @@
 //! takes a few milliseconds. `flush` is for the lockdown, which must not depend on a tool.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -13,6 +13,7 @@ use nix::errno::Errno;
 const NFNL_SUBSYS_IPSET: u16 = 6;
 const IPSET_CMD_FLUSH: u16 = 4;
 const IPSET_CMD_LIST: u16 = 7;
+const IPSET_CMD_ADD: u16 = 9;
 const IPSET_PROTOCOL: u8 = 7;
 // Attributes at command level.
 const ATTR_PROTOCOL: u16 = 1;
@@ -23,7 +24,12 @@ const ATTR_ADT: u16 = 8;
 const ATTR_IP: u16 = 1;
 const ATTR_CIDR: u16 = 3;
 const ATTR_PORT: u16 = 4;
+const ATTR_PORT_TO: u16 = 5;
+const ATTR_TIMEOUT: u16 = 6;
 const ATTR_PROTO: u16 = 7;
+/// Attribute type flags: the payload is nested / in network byte order.
+const NESTED: u16 = 0x8000;
+const NET_ORDER: u16 = 0x4000;
 const ATTR_IPADDR_IPV4: u16 = 1;
 const ATTR_IPADDR_IPV6: u16 = 2;
 /// The flag bits of an attribute's type (nested, network byte order).
@@ -68,6 +74,45 @@ pub fn flush(sets: &[String]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// One member to add: an address, and a protocol with a port range for `hash:ip,port` sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    pub addr: IpAddr,
+    /// (protocol number, first port, last port).
+    pub ports: Option<(u8, u16, u16)>,
+}
+
+/// Adds `member` to `set` for `timeout` seconds (a set created with `timeout`), renewing the
+/// timeout of a member already there.
+pub fn add(set: &str, member: Member, timeout: u32) -> Result<(), String> {
+    let socket = open()?;
+    let mut data = Vec::new();
+    let mut ip = Vec::new();
+    match member.addr {
+        IpAddr::V4(v4) => attr(&mut ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets()),
+        IpAddr::V6(v6) => attr(&mut ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets()),
+    }
+    attr(&mut data, ATTR_IP | NESTED, &ip);
+    if let Some((proto, first, last)) = member.ports {
+        attr(&mut data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
+        if last != first {
+            attr(&mut data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
+        }
+        attr(&mut data, ATTR_PROTO, &[proto]);
+    }
+    attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
+    // Without NLM_F_EXCL re-adding a member is not an error: its timeout is renewed.
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+    let mut message = request(IPSET_CMD_ADD, flags, set, 1);
+    attr(&mut message, ATTR_DATA | NESTED, &data);
+    let length = message.len() as u32;
+    message[..4].copy_from_slice(&length.to_ne_bytes());
+    send(&socket, &message)?;
+    receive(&socket, Answer::Ack)
+        .map(drop)
+        .map_err(|errno| format!("adding {} to set {set}: {}", member.addr, errno.desc()))
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]

@@ -1,0 +1,155 @@
+//! What an answer opens, into the fence: each address goes into the family's `answered` sets
+//! with the entry's ports (or the `answered-any` set for a name entry without ports), for the
+//! record's TTL, renewed by every later answer. An address whose timeout ran out takes no new
+//! connection; established flows go on through conntrack.
+
+use std::net::IpAddr;
+
+use super::filter::Opened;
+use crate::fence::plan::Family;
+use crate::fence::policy::Ports;
+use crate::sys::set_netlink::{self, Member};
+
+/// Adds every opened address to the sets; the first failure is returned after trying all.
+pub fn open(opened: &[Opened]) -> Result<(), String> {
+    let mut first_failure = None;
+    for found in opened {
+        let family = match found.addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        };
+        let timeout = found.timeout.as_secs().try_into().unwrap_or(u32::MAX);
+        for ports in &found.ports {
+            let added = match ports {
+                Ports::Any => set_netlink::add(
+                    &family.answered_hosts_set(),
+                    Member {
+                        addr: found.addr,
+                        ports: None,
+                    },
+                    timeout,
+                ),
+                Ports::Listed(ranges) => ranges.iter().try_for_each(|range| {
+                    set_netlink::add(
+                        &family.answered_ports_set(),
+                        Member {
+                            addr: found.addr,
+                            ports: Some((range.proto.number(), range.first, range.last)),
+                        },
+                        timeout,
+                    )
+                }),
+            };
+            if let Err(error) = added {
+                first_failure.get_or_insert(error);
+            }
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fence::policy::{PortRange, Proto};
+    use std::process::Command;
+    use std::time::Duration;
+
+    fn root() -> bool {
+        let root = nix::unistd::geteuid().is_root();
+        if !root && std::env::var_os("CORDON_REQUIRE_PRIVILEGED").is_some() {
+            panic!("this test needs root (CORDON_REQUIRE_PRIVILEGED is set)");
+        }
+        root
+    }
+
+    /// Runs `check` in a network namespace of its own, on a thread that entered it (namespaces
+    /// are per thread; the tools it starts inherit it).
+    fn in_a_new_namespace(check: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            check();
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+    }
+
+    fn ipset(args: &[&str]) -> String {
+        let output = Command::new("ipset")
+            .args(args)
+            .output()
+            .expect("run ipset");
+        assert!(output.status.success(), "ipset {args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    #[test]
+    fn opened_addresses_enter_the_answered_sets_with_their_ports_and_timeout() {
+        if !root() {
+            return;
+        }
+        in_a_new_namespace(|| {
+            for family in ["inet", "inet6"] {
+                let digit = if family == "inet" { '4' } else { '6' };
+                let timeout = ["timeout", "60"];
+                let mut create = vec!["create"];
+                let ports = format!("cordon{digit}-answered");
+                let any = format!("cordon{digit}-answered-any");
+                create.extend([ports.as_str(), "hash:ip,port", "family", family]);
+                create.extend(timeout);
+                ipset(&create);
+                ipset(&["create", &any, "hash:ip", "family", family, "timeout", "60"]);
+            }
+            let tcp = |first, last| PortRange {
+                proto: Proto::Tcp,
+                first,
+                last,
+            };
+            let opened = vec![
+                Opened {
+                    addr: "192.0.2.10".parse().unwrap(),
+                    ports: vec![Ports::Listed(vec![tcp(443, 443), tcp(8000, 8002)])],
+                    timeout: Duration::from_secs(90),
+                },
+                Opened {
+                    addr: "2001:db8::10".parse().unwrap(),
+                    ports: vec![Ports::Any],
+                    timeout: Duration::from_secs(120),
+                },
+            ];
+            open(&opened).expect("open");
+            // Again: renews, no error.
+            open(&opened).expect("open again");
+            let members = set_netlink::members(&[
+                Family::V4.answered_ports_set(),
+                Family::V6.answered_hosts_set(),
+            ])
+            .unwrap();
+            let v4: Vec<&str> = members["cordon4-answered"]
+                .iter()
+                .map(String::as_str)
+                .collect();
+            assert_eq!(
+                v4,
+                [
+                    "192.0.2.10,tcp:443",
+                    "192.0.2.10,tcp:8000",
+                    "192.0.2.10,tcp:8001",
+                    "192.0.2.10,tcp:8002"
+                ]
+            );
+            let v6: Vec<&String> = members["cordon6-answered-any"].iter().collect();
+            assert_eq!(v6, ["2001:db8::10"]);
+            let listed = ipset(&["list", "cordon4-answered"]);
+            let left: u32 = listed
+                .lines()
+                .find_map(|line| line.strip_prefix("192.0.2.10,tcp:443 timeout "))
+                .and_then(|seconds| seconds.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no timeout on the member: {listed}"));
+            assert!(
+                (85..=90).contains(&left),
+                "about 90 s left, not {left}: {listed}"
+            );
+        });
+    }
+}
