@@ -149,6 +149,31 @@ pub struct AnswerVerdict {
     pub refused: Vec<IpAddr>,
 }
 
+/// The question as it goes upstream: under `id` (fresh and random, so that only the upstream
+/// that got it can answer it), recursion desired.
+pub fn upstream_query(question: &Query, id: u16) -> Option<Vec<u8>> {
+    let mut forwarded = Message::query();
+    forwarded.metadata.id = id;
+    forwarded.metadata.recursion_desired = true;
+    forwarded.add_query(question.clone());
+    forwarded.to_vec().ok()
+}
+
+/// The upstream's answer as the agent gets it: under the agent's own id, with only the
+/// addresses it opened (no refused address, no record off the question's CNAME chain).
+pub fn answer_for_agent(
+    mut answer: Message,
+    asker_id: u16,
+    verdict: &AnswerVerdict,
+) -> Option<Vec<u8>> {
+    answer.answers.retain(|record| match record.data.ip_addr() {
+        Some(addr) => verdict.opened.iter().any(|opened| opened.addr == addr),
+        None => true,
+    });
+    answer.metadata.id = asker_id;
+    answer.to_vec().ok()
+}
+
 /// Addresses a name must never open in this container.
 #[derive(Debug, Default, Clone)]
 pub struct OwnNetworks {

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, OpCode, Query, ResponseCode};
 
-use super::filter::{judge_answer, judge_query, Names, Opened, OwnNetworks, QueryVerdict};
+use super::filter::{
+    answer_for_agent, judge_answer, judge_query, upstream_query, Names, Opened, OwnNetworks,
+    QueryVerdict,
+};
 
 /// Questions waiting for upstream at most.
 pub const MAX_PENDING: usize = 4096;
@@ -94,11 +97,7 @@ fn from_agent(
             break id;
         }
     };
-    let mut forwarded = Message::query();
-    forwarded.metadata.id = id;
-    forwarded.metadata.recursion_desired = true;
-    forwarded.add_query(question.clone());
-    let Ok(bytes) = forwarded.to_vec() else {
+    let Some(bytes) = upstream_query(&question, id) else {
         return;
     };
     if upstream.send(&bytes).is_ok() {
@@ -122,7 +121,7 @@ fn from_upstream(
     open: &dyn Fn(&[Opened]),
     pending: &mut HashMap<u16, Pending>,
 ) {
-    let Ok(mut answer) = Message::from_vec(wire) else {
+    let Ok(answer) = Message::from_vec(wire) else {
         return;
     };
     // Only the answer to the question sent under this id counts (the socket is connected, so
@@ -140,14 +139,7 @@ fn from_upstream(
     if !verdict.opened.is_empty() {
         open(&verdict.opened);
     }
-    // The agent gets the addresses it can reach: not the refused ones, nor records off the
-    // question's CNAME chain.
-    answer.answers.retain(|record| match record.data.ip_addr() {
-        Some(addr) => verdict.opened.iter().any(|opened| opened.addr == addr),
-        None => true,
-    });
-    answer.metadata.id = waiting.asker_id;
-    if let Ok(bytes) = answer.to_vec() {
+    if let Some(bytes) = answer_for_agent(answer, waiting.asker_id, &verdict) {
         let _ = agents.send_to(&bytes, waiting.asker);
     }
 }
