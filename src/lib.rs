@@ -11,6 +11,8 @@ pub mod check;
 pub mod cli;
 pub mod error;
 pub mod fence;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod gateway;
 pub mod harden;
 pub mod logging;

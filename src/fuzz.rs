@@ -1,0 +1,68 @@
+//! Entry points for `bench/fuzz.rs`: every parser that reads what the agent (or an image) can
+//! write, called with arbitrary input. Each returns normally or with an error; a panic is a bug.
+
+use crate::agent::user;
+use crate::fence::{policy, resolv_conf};
+use crate::gateway::filter::{self, Names, OwnNetworks};
+use hickory_resolver::proto::op::{Message, Query};
+use hickory_resolver::proto::rr::{Name, RecordType};
+
+/// The names the gateway targets use.
+pub fn gateway_names() -> Names {
+    let mut entries = Vec::new();
+    for text in ["api.example.test:443", "*.cdn.test", "10.0.0.0/8:5432"] {
+        let (target, ports) = policy::parse_entry(text).expect("a valid entry");
+        entries.push(policy::Entry {
+            target,
+            ports,
+            origin: crate::error::Location::new("fuzz", None),
+        });
+    }
+    Names::from_policy(&policy::Policy {
+        entries,
+        inbound: Vec::new(),
+        strict: false,
+    })
+}
+
+/// A message from the agent to the gateway.
+pub fn gateway_query(wire: &[u8], names: &Names) {
+    if let filter::QueryVerdict::Forward(question) = filter::judge_query(wire, names) {
+        assert!(names.allows(&question.name), "forwarded a name not allowed");
+    }
+}
+
+/// An upstream answer to an allowlisted question.
+pub fn gateway_answer(wire: &[u8], names: &Names) {
+    let question = Query::query(
+        Name::from_ascii("api.example.test.").expect("a valid name"),
+        RecordType::A,
+    );
+    if let Ok(answer) = Message::from_vec(wire) {
+        let verdict = filter::judge_answer(&question, &answer, names, &OwnNetworks::default());
+        for opened in &verdict.opened {
+            assert!(
+                crate::fence::resolve::may_be_opened_by_name(opened.addr),
+                "opened {}",
+                opened.addr
+            );
+        }
+        let _ = filter::answer_for_agent(answer, 1, &verdict);
+    }
+}
+
+/// One allowlist entry, as a line of an allowlist file.
+pub fn allowlist_entry(text: &str) {
+    let _ = policy::parse_entry(text);
+}
+
+/// A resolv.conf.
+pub fn resolv_conf(text: &str) {
+    let _ = resolv_conf::parse(text, "fuzz");
+}
+
+/// /etc/passwd and /etc/group.
+pub fn passwd(text: &str) {
+    let _ = user::parse_passwd(text, "fuzz");
+    let _ = user::parse_group(text, "fuzz");
+}
