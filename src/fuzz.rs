@@ -47,7 +47,7 @@ pub fn gateway_answer(wire: &[u8], names: &Names) {
                 opened.addr
             );
         }
-        let _ = filter::answer_for_agent(answer, 1, &verdict);
+        let _ = filter::answer_for_agent(wire, answer, 1, &verdict);
     }
 }
 

@@ -159,17 +159,25 @@ pub fn upstream_query(question: &Query, id: u16) -> Option<Vec<u8>> {
     forwarded.to_vec().ok()
 }
 
-/// The upstream's answer as the agent gets it: under the agent's own id, with only the
-/// addresses it opened (no refused address, no record off the question's CNAME chain).
+/// The upstream's answer (`wire`, parsed as `answer`) as the agent gets it: under the agent's
+/// own id, with only the addresses it opened (no refused address, no record off the question's
+/// CNAME chain). When nothing is left out, the upstream's bytes go on with the id changed.
 pub fn answer_for_agent(
+    wire: &[u8],
     mut answer: Message,
     asker_id: u16,
     verdict: &AnswerVerdict,
 ) -> Option<Vec<u8>> {
-    answer.answers.retain(|record| match record.data.ip_addr() {
+    let kept = |record: &hickory_resolver::proto::rr::Record| match record.data.ip_addr() {
         Some(addr) => verdict.opened.iter().any(|opened| opened.addr == addr),
         None => true,
-    });
+    };
+    if wire.len() >= 2 && answer.answers.iter().all(kept) {
+        let mut bytes = wire.to_vec();
+        bytes[..2].copy_from_slice(&asker_id.to_be_bytes());
+        return Some(bytes);
+    }
+    answer.answers.retain(kept);
     answer.metadata.id = asker_id;
     answer.to_vec().ok()
 }

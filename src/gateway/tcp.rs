@@ -87,7 +87,8 @@ fn connection(
         let Some(answer) = read_message(&mut up)? else {
             return Ok(());
         };
-        let Ok(answer) = Message::from_vec(&answer) else {
+        let wire = answer;
+        let Ok(answer) = Message::from_vec(&wire) else {
             return Ok(());
         };
         if answer.metadata.id != id || answer.queries.first() != Some(&question) {
@@ -97,7 +98,7 @@ fn connection(
         if !verdict.opened.is_empty() {
             open(&verdict.opened);
         }
-        if let Some(reply) = answer_for_agent(answer, asker_id, &verdict) {
+        if let Some(reply) = answer_for_agent(&wire, answer, asker_id, &verdict) {
             write_message(&mut stream, &reply)?;
         }
     }

@@ -48,20 +48,26 @@ pub fn serve(
 ) -> io::Result<()> {
     let mut pending: HashMap<u16, Pending> = HashMap::new();
     let mut buffer = vec![0u8; BUFFER];
+    agents.set_nonblocking(true)?;
+    upstream.set_nonblocking(true)?;
+    let mut swept = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let (agent_ready, upstream_ready) = wait_readable(agents, upstream, 100)?;
+        // Everything each socket holds, not one message per wake-up.
         if agent_ready {
-            if let Ok((len, asker)) = agents.recv_from(&mut buffer) {
+            while let Ok((len, asker)) = agents.recv_from(&mut buffer) {
                 from_agent(&buffer[..len], asker, agents, upstream, names, &mut pending);
             }
         }
         if upstream_ready {
-            if let Ok(len) = upstream.recv(&mut buffer) {
+            while let Ok(len) = upstream.recv(&mut buffer) {
                 from_upstream(&buffer[..len], agents, names, own, open, &mut pending);
             }
         }
-        let now = Instant::now();
-        pending.retain(|_, waiting| now.duration_since(waiting.sent) < UPSTREAM_WAIT);
+        if swept.elapsed() >= Duration::from_millis(100) {
+            swept = Instant::now();
+            pending.retain(|_, waiting| swept.duration_since(waiting.sent) < UPSTREAM_WAIT);
+        }
     }
     Ok(())
 }
@@ -139,7 +145,7 @@ fn from_upstream(
     if !verdict.opened.is_empty() {
         open(&verdict.opened);
     }
-    if let Some(bytes) = answer_for_agent(answer, waiting.asker_id, &verdict) {
+    if let Some(bytes) = answer_for_agent(wire, answer, waiting.asker_id, &verdict) {
         let _ = agents.send_to(&bytes, waiting.asker);
     }
 }
