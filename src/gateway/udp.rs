@@ -25,6 +25,8 @@ use super::filter::{
 pub const MAX_PENDING: usize = 4096;
 /// How long a question waits for upstream; then the asker hears nothing (its stub retries).
 pub const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
+/// Messages read from one socket per wake-up at most.
+const BATCH: usize = 64;
 /// Largest DNS message over UDP with EDNS.
 const BUFFER: usize = 4096;
 
@@ -53,16 +55,19 @@ pub fn serve(
     let mut swept = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let (agent_ready, upstream_ready) = wait_readable(agents, upstream, 100)?;
-        // Everything each socket holds, not one message per wake-up.
-        if agent_ready {
-            while let Ok((len, asker)) = agents.recv_from(&mut buffer) {
-                from_agent(&buffer[..len], asker, agents, upstream, names, &mut pending);
-            }
+        // Up to a batch from each socket per wake-up: fewer system calls, and a flood on one
+        // side cannot starve the other.
+        for _ in 0..BATCH * usize::from(agent_ready) {
+            let Ok((len, asker)) = agents.recv_from(&mut buffer) else {
+                break;
+            };
+            from_agent(&buffer[..len], asker, agents, upstream, names, &mut pending);
         }
-        if upstream_ready {
-            while let Ok(len) = upstream.recv(&mut buffer) {
-                from_upstream(&buffer[..len], agents, names, own, open, &mut pending);
-            }
+        for _ in 0..BATCH * usize::from(upstream_ready) {
+            let Ok(len) = upstream.recv(&mut buffer) else {
+                break;
+            };
+            from_upstream(&buffer[..len], agents, names, own, open, &mut pending);
         }
         if swept.elapsed() >= Duration::from_millis(100) {
             swept = Instant::now();
