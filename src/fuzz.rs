@@ -9,20 +9,10 @@ use hickory_resolver::proto::rr::{Name, RecordType};
 
 /// The names the gateway targets use.
 pub fn gateway_names() -> Names {
-    let mut entries = Vec::new();
-    for text in ["api.example.test:443", "*.cdn.test", "10.0.0.0/8:5432"] {
-        let (target, ports) = policy::parse_entry(text).expect("a valid entry");
-        entries.push(policy::Entry {
-            target,
-            ports,
-            origin: crate::error::Location::new("fuzz", None),
-        });
-    }
-    Names::from_policy(&policy::Policy {
-        entries,
-        inbound: Vec::new(),
-        strict: false,
-    })
+    Names::from_policy(&policy::Policy::of(
+        &["api.example.test:443", "*.cdn.test", "10.0.0.0/8:5432"],
+        "fuzz",
+    ))
 }
 
 /// A message from the agent to the gateway.

@@ -728,25 +728,13 @@ fn port_match(range: &PortRange) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fence::policy::{parse_entry, Entry};
     use crate::fence::resolv_conf;
     use crate::fence::resolve::{NameAddrs, Outcome};
 
     fn policy(entries: &[&str], inbound: &[PortRange]) -> Policy {
         Policy {
-            entries: entries
-                .iter()
-                .map(|text| {
-                    let (target, ports) = parse_entry(text).unwrap();
-                    Entry {
-                        target,
-                        ports,
-                        origin: Location::new("test", None),
-                    }
-                })
-                .collect(),
             inbound: inbound.to_vec(),
-            strict: false,
+            ..Policy::of(entries, "test")
         }
     }
 

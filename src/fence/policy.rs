@@ -143,6 +143,28 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// A policy of these entries, written as in an allowlist file (tests and the fuzzer);
+    /// panics on an entry that does not parse.
+    pub(crate) fn of(entries: &[&str], origin: &str) -> Policy {
+        let entries = entries
+            .iter()
+            .map(|text| {
+                let (target, ports) =
+                    parse_entry(text).unwrap_or_else(|e| panic!("entry {text}: {e}"));
+                Entry {
+                    target,
+                    ports,
+                    origin: Location::new(origin, None),
+                }
+            })
+            .collect();
+        Policy {
+            entries,
+            inbound: Vec::new(),
+            strict: false,
+        }
+    }
+
     /// The distinct names to resolve, in first-seen order.
     pub fn names(&self) -> Vec<&str> {
         let mut seen = std::collections::HashSet::new();

@@ -229,24 +229,7 @@ pub fn judge_answer(
 /// The names of allowlist entries written as in an allowlist file.
 #[cfg(test)]
 pub(crate) fn names(entries: &[&str]) -> Names {
-    use crate::error::Location;
-    use crate::fence::policy::{parse_entry, Entry};
-    let entries = entries
-        .iter()
-        .map(|text| {
-            let (target, ports) = parse_entry(text).unwrap();
-            Entry {
-                target,
-                ports,
-                origin: Location::new("test", None),
-            }
-        })
-        .collect();
-    Names::from_policy(&Policy {
-        entries,
-        inbound: Vec::new(),
-        strict: false,
-    })
+    Names::from_policy(&Policy::of(entries, "test"))
 }
 
 #[cfg(test)]
