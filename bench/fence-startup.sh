@@ -17,40 +17,10 @@ cargo build --quiet --release --target x86_64-unknown-linux-musl --workspace --b
 bin=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release
 cordon=$bin/cordon
 testkit=$bin/testkit
-world=cordon-bench-w
-sandbox=cordon-bench-s
-work=
-
-cleanup() {
-    [ -n "${dns_pid:-}" ] && kill "$dns_pid" 2>/dev/null || true
-    ip netns del "$sandbox" 2>/dev/null || true
-    ip netns del "$world" 2>/dev/null || true
-    rm -rf "/etc/netns/$sandbox" ${work:+"$work"}
-}
-trap cleanup EXIT
-cleanup
-work=$(mktemp -d /tmp/cordon-bench.XXXXXX)
-
-ip netns add "$world"
-ip netns add "$sandbox"
-ip link add cbench-w type veth peer name cbench-s
-ip link set cbench-w netns "$world"
-ip link set cbench-s netns "$sandbox"
-ip -n "$world" addr add 10.79.0.1/24 dev cbench-w
-ip -n "$sandbox" addr add 10.79.0.2/24 dev cbench-s
-for ns in "$world" "$sandbox"; do ip -n "$ns" link set lo up; done
-ip -n "$world" link set cbench-w up
-ip -n "$sandbox" link set cbench-s up
-ip -n "$sandbox" route add default via 10.79.0.1
-mkdir -p "/etc/netns/$sandbox"
-echo "nameserver 10.79.0.1" > "/etc/netns/$sandbox/resolv.conf"
-
-ip netns exec "$world" "$testkit" dns --listen 10.79.0.1:53 --delay-ms 20 \
-    --wildcard bench.test=10.200.0.0/16 --wildcard bench.test=fd79::/64 \
-    --ready-file "$work/dns.ready" >/dev/null 2>&1 &
-dns_pid=$!
-for _ in $(seq 500); do [ -e "$work/dns.ready" ] && break; sleep 0.01; done
-[ -e "$work/dns.ready" ] || { echo "the bench DNS server did not start" >&2; exit 1; }
+name=bench net=79
+# shellcheck source=bench/netns-world.sh
+source "$root/bench/netns-world.sh"
+start_world --delay-ms 20 --wildcard bench.test=10.200.0.0/16 --wildcard bench.test=fd79::/64
 
 for n in 10 100 1000; do
     seq 1 "$n" | sed 's/^/name/; s/$/.bench.test/' > "$work/$n.list"
@@ -93,8 +63,6 @@ EOF
 }
 
 measure "IPv4-only namespace"
-ip -n "$world" addr add fd79:1::1/64 dev cbench-w nodad
-ip -n "$sandbox" addr add fd79:1::2/64 dev cbench-s nodad
-ip -n "$sandbox" -6 route add default via fd79:1::1
+add_ipv6
 measure "dual-stack namespace"
 printf 'static binary: %s bytes (%s)\n' "$(stat -c %s "$cordon")" "$cordon"

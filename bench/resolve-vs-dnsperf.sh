@@ -16,43 +16,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cargo build --quiet --release --target x86_64-unknown-linux-musl --workspace --bins \
     --manifest-path "$root/Cargo.toml"
 bin=${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release
-world=cordon-rvd-w
-sandbox=cordon-rvd-s
-work=
-
-cleanup() {
-    [ -n "${dns_pid:-}" ] && kill "$dns_pid" 2>/dev/null || true
-    ip netns del "$sandbox" 2>/dev/null || true
-    ip netns del "$world" 2>/dev/null || true
-    rm -rf "/etc/netns/$sandbox" ${work:+"$work"}
-}
-trap cleanup EXIT
-cleanup
-work=$(mktemp -d /tmp/cordon-rvd.XXXXXX)
-
-ip netns add "$world"
-ip netns add "$sandbox"
-ip link add crvd-w type veth peer name crvd-s
-ip link set crvd-w netns "$world"
-ip link set crvd-s netns "$sandbox"
-ip -n "$world" addr add 10.78.0.1/24 dev crvd-w
-ip -n "$sandbox" addr add 10.78.0.2/24 dev crvd-s
-ip -n "$world" addr add fd78:1::1/64 dev crvd-w nodad
-ip -n "$sandbox" addr add fd78:1::2/64 dev crvd-s nodad
-for ns in "$world" "$sandbox"; do ip -n "$ns" link set lo up; done
-ip -n "$world" link set crvd-w up
-ip -n "$sandbox" link set crvd-s up
-ip -n "$sandbox" route add default via 10.78.0.1
-ip -n "$sandbox" -6 route add default via fd78:1::1
-mkdir -p "/etc/netns/$sandbox"
-echo "nameserver 10.78.0.1" > "/etc/netns/$sandbox/resolv.conf"
-
-ip netns exec "$world" "$bin/testkit" dns --listen 10.78.0.1:53 \
-    --wildcard bench.test=10.200.0.0/16 --wildcard bench.test=fd78::/64 \
-    --ready-file "$work/dns.ready" >/dev/null 2>&1 &
-dns_pid=$!
-for _ in $(seq 500); do [ -e "$work/dns.ready" ] && break; sleep 0.01; done
-[ -e "$work/dns.ready" ] || { echo "the bench DNS server did not start" >&2; exit 1; }
+testkit=$bin/testkit
+name=rvd net=78
+# shellcheck source=bench/netns-world.sh
+source "$root/bench/netns-world.sh"
+start_world --wildcard bench.test=10.200.0.0/16 --wildcard bench.test=fd78::/64
+add_ipv6
 
 seq 1 1000 | sed 's/^/name/; s/$/.bench.test/' > "$work/names"
 awk '{print $1" A"; print $1" AAAA"}' "$work/names" > "$work/questions"

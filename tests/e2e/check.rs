@@ -168,19 +168,16 @@ fn tools_the_agent_plants_on_path_never_run_as_root() {
     assert_eq!(health, "healthy");
 }
 
-/// harden strips only the root filesystem: a setuid file on a volume stays, and `cordon check`
-/// names it. It fails while an exec session runs without no_new_privs (the agent could drive it
-/// through ptrace to run the file); under `--security-opt no-new-privileges` the file is inert
-/// and the check says so.
-#[test]
-fn check_names_setuid_files_on_other_mounts() {
-    if !privileged() {
-        return;
-    }
-    let world = World::new();
-    let volume = format!("{}-suid", world.net);
+/// A volume of this world (removed with it) holding `suid`, a setuid-root copy of /bin/true, and
+/// whatever `more` (a shell line run in it) adds; returns its `--mount` value at `dst`.
+fn volume_with_setuid_file(world: &World, tag: &str, dst: &str, more: &str) -> String {
+    let volume = format!("{}-{tag}", world.net);
     world.volumes.lock().unwrap().push(volume.clone());
-    let mount = format!("type=volume,src={volume},dst=/data");
+    let mount = format!("type=volume,src={volume},dst={dst}");
+    let fill = format!(
+        "cd {dst} && cp /bin/true suid && chmod 4755 suid && {}",
+        if more.is_empty() { "true" } else { more }
+    );
     world.docker_must(&[
         "run",
         "--rm",
@@ -192,8 +189,22 @@ fn check_names_setuid_files_on_other_mounts() {
         "/bin/sh",
         &world.s.image,
         "-c",
-        "cp /bin/true /data/suid && chmod 4755 /data/suid",
+        &fill,
     ]);
+    mount
+}
+
+/// harden strips only the root filesystem: a setuid file on a volume stays, and `cordon check`
+/// names it. It fails while an exec session runs without no_new_privs (the agent could drive it
+/// through ptrace to run the file); under `--security-opt no-new-privileges` the file is inert
+/// and the check says so.
+#[test]
+fn check_names_setuid_files_on_other_mounts() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let mount = volume_with_setuid_file(&world, "suid", "/data", "");
     for (tag, extra) in [
         ("suid-plain", None),
         ("suid-nnp", Some("no-new-privileges")),
@@ -321,23 +332,12 @@ fn with_no_new_privileges_harden_runs_beside_the_agent() {
         return;
     }
     let world = World::new();
-    let volume = format!("{}-workspace", world.net);
-    world.volumes.lock().unwrap().push(volume.clone());
-    let mount = format!("type=volume,src={volume},dst=/workspace");
-    world.docker_must(&[
-        "run",
-        "--rm",
-        "--network",
-        "none",
-        "--mount",
-        &mount,
-        "--entrypoint",
-        "/bin/sh",
-        &world.s.image,
-        "-c",
-        "cp /bin/true /workspace/suid && chmod 4755 /workspace/suid && cd /workspace && for d \
-         in $(seq 1 100); do mkdir $d && (cd $d && seq 1 1000 | xargs touch); done",
-    ]);
+    let mount = volume_with_setuid_file(
+        &world,
+        "workspace",
+        "/workspace",
+        "for d in $(seq 1 100); do mkdir $d && (cd $d && seq 1 1000 | xargs touch); done",
+    );
 
     let name = world.name("beside");
     let mut create = world.docker();
