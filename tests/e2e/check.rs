@@ -349,6 +349,18 @@ fn with_no_new_privileges_harden_runs_beside_the_agent() {
         .args([world.s.image.as_str(), "sleep", "infinity"]);
     must(create, MINUTE);
     plant_setuid_id(&world, &name);
+    // 50,000 more files on the root filesystem: the pass over it takes long enough for the host
+    // to stop the helper before it reaches the planted file, however the walk is scheduled.
+    let extra = world.dir.join("extra");
+    for dir in 0..50 {
+        let dir = extra.join(dir.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        for file in 0..1000 {
+            std::fs::write(dir.join(file.to_string()), b"").unwrap();
+        }
+    }
+    let target = format!("{name}:/opt/extra");
+    world.docker_must(&["cp", extra.to_str().unwrap(), &target]);
     world.docker_must(&["start", &name]);
     let helper = stop_the_helper(&world, &name);
     world.wait_log(&name, "cordon: starting sleep as node", 1);
