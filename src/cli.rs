@@ -118,6 +118,23 @@ impl ValueEnum for Backend {
     }
 }
 
+impl ValueEnum for fence::Dns {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[fence::Dns::Gateway, fence::Dns::Static]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            fence::Dns::Gateway => PossibleValue::new("gateway").help(
+                "cordon's DNS gateway answers the agent: only allowlisted names are asked \
+                 upstream, their answers open their addresses; wildcards work",
+            ),
+            fence::Dns::Static => PossibleValue::new("static")
+                .help("Resolve the names once at start; the agent asks the resolver directly"),
+        })
+    }
+}
+
 /// A number of seconds on the command line (fractions allowed, at most an hour).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Seconds(pub Duration);
@@ -166,6 +183,11 @@ pub struct FenceArgs {
     /// After the self-test, also open a real TCP connection to each allowed name.
     #[arg(long)]
     pub verify_connect: bool,
+
+    /// How the agent's names are resolved.
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = fence::Dns::Static,
+          env = "CORDON_DNS")]
+    pub dns: fence::Dns,
 
     /// Upper bound on the whole resolution phase, in seconds.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
@@ -412,6 +434,7 @@ impl FenceArgs {
                 strict: self.strict,
                 config_dir: self.config_dir,
             },
+            dns: self.dns,
             resolve_timeout: self.resolve_timeout.0,
             resolv_conf: self.resolv_conf,
             backend: self.iptables_backend,

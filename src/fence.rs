@@ -18,19 +18,32 @@ use std::time::{Duration, Instant};
 use crate::agent::user::{self, NOBODY};
 use crate::capabilities;
 use crate::error::{exit, Error, Result};
+use crate::gateway;
+use crate::gateway::filter::{Names, OwnNetworks};
+use crate::gateway::service::{self, Gateway};
 use crate::sys::caps::{self, Capability};
 use crate::sys::signals::Signals;
 use apply::Tools;
 use netinfo::{Ipv6, NetInfo};
-use plan::{Family, Ruleset, SetMembers};
+use plan::{Family, NatHook, Ruleset, SetMembers};
 use policy::{Policy, Ports, Target};
 use resolv_conf::ResolvConf;
 use resolve::{Outcome, Resolution};
+
+/// How the agent's names are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dns {
+    /// cordon's DNS gateway answers the agent (`crate::gateway`).
+    Gateway,
+    /// The names are resolved once, at start; the agent asks the resolvers directly.
+    Static,
+}
 
 /// How the fence is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
     pub sources: policy::Sources,
+    pub dns: Dns,
     /// Bound on the whole resolution phase.
     pub resolve_timeout: Duration,
     /// The resolver configuration.
@@ -49,6 +62,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             sources: policy::Sources::default(),
+            dns: Dns::Static,
             resolve_timeout: DEFAULT_RESOLVE_TIMEOUT,
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
             backend: Backend::Auto,
@@ -69,6 +83,9 @@ struct Prepared {
 fn read_inputs(opts: &Options) -> Result<(Policy, ResolvConf)> {
     let cordon_allow = std::env::var("CORDON_ALLOW").ok();
     let policy = policy::load(&opts.sources, cordon_allow.as_deref())?;
+    if opts.dns == Dns::Static {
+        policy.refuse_wildcards()?;
+    }
     let conf = resolv_conf::read(&opts.resolv_conf)?;
     Ok((policy, conf))
 }
@@ -97,13 +114,30 @@ fn resolve_names(
 
 fn prepare(opts: &Options) -> Result<Prepared> {
     let (policy, conf) = read_inputs(opts)?;
-    let resolution = resolve_names(opts, &policy, &conf, &NetInfo::read())?;
-    let ruleset = plan::plan(&policy, &resolution, &conf)?;
+    let resolution = match opts.dns {
+        Dns::Static => resolve_names(opts, &policy, &conf, &NetInfo::read())?,
+        Dns::Gateway => Resolution::default(),
+    };
+    let ruleset = planned(opts, &policy, &resolution, &conf)?;
     Ok(Prepared {
         policy,
         conf,
         resolution,
         ruleset,
+    })
+}
+
+/// The ruleset for these inputs, with the agent's DNS where `opts.dns` sends it.
+fn planned(
+    opts: &Options,
+    policy: &Policy,
+    resolution: &Resolution,
+    conf: &ResolvConf,
+) -> Result<Ruleset> {
+    let ruleset = plan::plan(policy, resolution, conf)?;
+    Ok(match opts.dns {
+        Dns::Static => ruleset,
+        Dns::Gateway => ruleset.with_agent_dns(gateway::service::AGENT_DNS),
     })
 }
 
@@ -117,6 +151,13 @@ pub fn plan(opts: &Options) -> Result<i32> {
 /// `cordon firewall` and `init-firewall.sh`: apply, verify, exit. SIGINT, SIGTERM, SIGHUP and
 /// SIGQUIT are held until the namespace is fenced or locked down, then end it with 128+n.
 pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Result<i32> {
+    if opts.dns == Dns::Gateway {
+        return Err(Error::Usage(
+            "--dns gateway needs cordon to stay running (as the container's entrypoint); \
+             `cordon firewall` and init-firewall.sh exit, so use --dns static there"
+                .into(),
+        ));
+    }
     let scope = Scope::enter(opts)?;
     let probe_uid = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
         Ok(account) => account.uid,
@@ -234,6 +275,9 @@ pub struct Fence {
     ready: Ready,
     record: record::Loaded,
     planned_sets: SetMembers,
+    dns: Dns,
+    policy: Policy,
+    conf: ResolvConf,
 }
 
 impl Fence {
@@ -263,6 +307,69 @@ impl Fence {
     }
 }
 
+impl Fence {
+    /// With the DNS gateway: binds its port, starts it (`gateway::service`) and proves that the
+    /// agent's DNS reaches it (`gateway::self_test`). Call while cordon is single-threaded. Any
+    /// failure leaves egress locked down.
+    pub fn start_gateway(&self, agent_uid: u32, signals: &Signals) -> Result<Option<Gateway>> {
+        if self.dns != Dns::Gateway {
+            return Ok(None);
+        }
+        self.try_start_gateway(agent_uid, signals)
+            .map(Some)
+            .map_err(|error| self.ready.refuse(error))
+    }
+
+    fn try_start_gateway(&self, agent_uid: u32, signals: &Signals) -> Result<Gateway> {
+        let started = Instant::now();
+        let net = &self.ready.scope.net;
+        let families = apply::families(net.ipv6 == Ipv6::On);
+        let usable: Vec<std::net::IpAddr> = self
+            .conf
+            .nameservers
+            .iter()
+            .copied()
+            .filter(|addr| families.contains(&Family::of(addr)))
+            .collect();
+        let Some(upstream) = usable.first() else {
+            return Err(Error::CannotFence(format!(
+                "{} names no nameserver this namespace can reach (IPv6 is off here): the DNS \
+                 gateway has no upstream",
+                self.conf.source
+            )));
+        };
+        if agent_uid == service::GATEWAY_UID {
+            return Err(Error::BadUser(format!(
+                "the agent's uid {agent_uid} is the DNS gateway's: choose another user, or start \
+                 with --dns static"
+            )));
+        }
+        let token = gateway::self_test::new_token();
+        let config = service::Config {
+            upstream: std::net::SocketAddr::new(*upstream, 53),
+            names: Names::from_policy(&self.policy).with_self_test(token.clone()),
+            own: OwnNetworks {
+                nets: net.addrs.clone(),
+                gateways: net.gateways.clone(),
+            },
+        };
+        let listeners = service::Listeners::bind(families)?;
+        let mut running = Gateway::start(config, listeners, signals)?;
+        let failures = gateway::self_test::run(&usable, agent_uid, &token);
+        if !failures.is_empty() {
+            running.stop();
+            return Err(Error::Verify { failures });
+        }
+        log::info!(
+            "DNS gateway (uid {}) answers the agent's DNS, asks {upstream} for allowlisted \
+             names only; self-test passed in {:.1} ms",
+            service::GATEWAY_UID,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(running)
+    }
+}
+
 fn failed_read(detail: String) -> Error {
     Error::Apply {
         step: "reading the fence back".into(),
@@ -285,12 +392,15 @@ pub fn establish(
         None => Ok(()),
     };
     match build(opts, agent_uid, &ready, &mut timings, &interrupted) {
-        Ok((record, planned_sets)) => {
+        Ok((record, prepared)) => {
             log::info!("fence ready in {}", timings.summary());
             Ok(Fence {
                 ready,
                 record,
-                planned_sets,
+                planned_sets: prepared.ruleset.set_members(),
+                dns: opts.dns,
+                policy: prepared.policy,
+                conf: prepared.conf,
             })
         }
         Err(cause) => Err(ready.refuse(cause)),
@@ -303,15 +413,19 @@ fn build(
     ready: &Ready,
     timings: &mut Timings,
     interrupted: &dyn Fn() -> Result<()>,
-) -> Result<(record::Loaded, SetMembers)> {
+) -> Result<(record::Loaded, Prepared)> {
     let (tools, net) = (&ready.tools, &ready.scope.net);
     let (policy, conf) = read_inputs(opts)?;
     timings.mark("policy");
     // The rules do not depend on any address (addresses live in the sets), so they load while
     // the names resolve; the sets are filled and swapped in once the addresses are known.
-    let rules_only = plan::plan(&policy, &Resolution::default(), &conf)?;
+    let rules_only = planned(opts, &policy, &Resolution::default(), &conf)?;
     let (loaded, resolution) = std::thread::scope(|scope| {
-        let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
+        let resolving = scope.spawn(|| match opts.dns {
+            Dns::Static => resolve_names(opts, &policy, &conf, net),
+            // The gateway opens each name's addresses as the agent asks for it.
+            Dns::Gateway => Ok(Resolution::default()),
+        });
         let loaded = apply::load_rules(tools, &rules_only, net.ipv6);
         (loaded, resolving.join().expect("resolution panicked"))
     });
@@ -319,7 +433,7 @@ fn build(
     let resolution = resolution?;
     interrupted()?;
     timings.mark("resolve+rules");
-    let ruleset = plan::plan(&policy, &resolution, &conf)?;
+    let ruleset = planned(opts, &policy, &resolution, &conf)?;
     apply::load_sets(tools, &ruleset)?;
     timings.mark("sets");
     let record = record::read_rules(tools, ready.scope.families()).map_err(failed_read)?;
@@ -398,7 +512,7 @@ fn build(
             .as_secs_f64()
             * 1e3
     );
-    Ok((record, prepared.ruleset.set_members()))
+    Ok((record, prepared))
 }
 
 fn report_resolution(resolution: &Resolution, options: resolve::Options) {
@@ -533,6 +647,15 @@ fn render_plan(prepared: &Prepared) -> String {
     out.push_str(&prepared.ruleset.iptables_restore(Family::V4));
     out.push('\n');
     out.push_str(&prepared.ruleset.iptables_restore(Family::V6));
+    for family in [Family::V4, Family::V6] {
+        let nat = prepared
+            .ruleset
+            .nat_restore(family, NatHook::Misplaced { count: 0 });
+        if !nat.is_empty() {
+            out.push('\n');
+            out.push_str(&nat);
+        }
+    }
     out
 }
 

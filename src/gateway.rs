@@ -1,10 +1,12 @@
 //! The DNS gateway: cordon's own resolver for the agent, which forwards only questions about
-//! allowlisted names and opens what their answers hold. Built so far: its decisions without I/O
-//! (`filter`), the UDP and TCP forwarding loops (`udp`, `tcp`), and answers into the fence's
-//! `answered` sets (`sets`). Not built yet: the process that runs them (its own uid, restarted by
-//! PID 1), the nat redirection of the agent's DNS to it, and the entrypoint's gateway mode.
+//! allowlisted names and opens what their answers hold. `filter` decides without I/O; `udp` and
+//! `tcp` are the forwarding loops; `sets` puts answered addresses into the fence; `service` is
+//! the process PID 1 runs and restarts; `self_test` proves at start that the agent's DNS reaches
+//! it.
 
 pub mod filter;
+pub mod self_test;
+pub mod service;
 pub mod sets;
 pub mod tcp;
 pub mod udp;

@@ -7,7 +7,7 @@ use cordon::cli::{self, Invocation, Start};
 use cordon::error::{exit, Error, Result};
 use cordon::harden::background;
 use cordon::sys::signals::Signals;
-use cordon::{check, fence, harden, logging, supervise};
+use cordon::{check, fence, gateway, harden, logging, supervise};
 
 fn main() -> ExitCode {
     // Before anything else: a stop signal during set-up is held until cordon can act on it
@@ -69,11 +69,22 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
     let ready = scope.ready(&start.fence)?;
     capabilities::require(&start_needs(&chosen, &start)).map_err(|e| ready.refuse(e))?;
     let account = chosen.prepare().map_err(|e| ready.refuse(e))?;
+    if start.exec && start.fence.dns == fence::Dns::Gateway {
+        return Err(ready.refuse(Error::Usage(
+            "--dns gateway needs cordon to stay as the supervisor, which --exec gives up: use \
+             --dns static with --exec"
+                .into(),
+        )));
+    }
     let fence = fence::establish(&start.fence, ready, account.uid, None)?;
+    let mut gateway = fence.start_gateway(account.uid, signals)?;
     let beside_the_agent = harden_before_the_agent(&start, no_new_privs_everywhere)?;
     let environment = env::agent_environment(std::env::vars_os(), &account, &start.env);
     environment.log();
-    let launch = launch::Launch::new(start.command, environment.vars, account)?;
+    let mut launch = launch::Launch::new(start.command, environment.vars, account)?;
+    if gateway.is_some() {
+        launch = launch.supervisor_keeps(&gateway::service::RESTART_CAPABILITIES);
+    }
     fence.confirm()?;
     if start.exec {
         return launch.exec(signals);
@@ -91,7 +102,10 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
         }
     }
     let child = launch.spawn(signals)?;
-    Ok(supervise::run(child, signals, &start.supervise))
+    let resident = gateway
+        .as_mut()
+        .map(|gateway| gateway as &mut dyn supervise::Resident);
+    Ok(supervise::run(child, signals, &start.supervise, resident))
 }
 
 /// The harden stage: what must happen before the agent starts, and what may run beside it

@@ -39,15 +39,30 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How long SIGKILLed processes get to disappear before cordon exits regardless.
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
+/// A process PID 1 keeps running beside the agent until the agent exits (the DNS gateway).
+pub trait Resident {
+    /// After each round of reaping, with every other child that ended and its status: start it
+    /// again if it was among them (or is still down).
+    fn tend(&mut self, exited: &[(Pid, i32)], signals: &Signals);
+}
+
 /// Supervises the agent until it exits, then sweeps the remaining processes and returns the
 /// agent's status: its exit code, or 128+n when signal n ended it.
-pub fn run(child: Pid, signals: &Signals, opts: &Options) -> i32 {
+pub fn run(
+    child: Pid,
+    signals: &Signals,
+    opts: &Options,
+    mut resident: Option<&mut dyn Resident>,
+) -> i32 {
     let _ = signals.block_again();
     release_startup_code();
     let status = loop {
         let reaped = reap_all(child);
         if let Some(status) = reaped.main_status {
             break status;
+        }
+        if let Some(resident) = resident.as_deref_mut() {
+            resident.tend(&reaped.others, signals);
         }
         if reaped.none_left {
             // Only possible if someone else reaped the agent: nothing is left to supervise.
@@ -143,6 +158,8 @@ struct Reaped {
     main_status: Option<i32>,
     /// `waitpid` reported ECHILD: no child (and, as PID 1 or subreaper, no descendant) is left.
     none_left: bool,
+    /// Every other process reaped, with its status.
+    others: Vec<(Pid, i32)>,
 }
 
 /// Reaps every child that has exited, without blocking.
@@ -154,7 +171,12 @@ fn reap_all(main: Pid) -> Reaped {
         match Errno::result(unsafe { libc::waitpid(-1, &mut raw, libc::WNOHANG) }) {
             Ok(0) => return reaped,
             Ok(pid) if pid == main.as_raw() => reaped.main_status = exit_status(raw),
-            Ok(_) | Err(Errno::EINTR) => {}
+            Ok(pid) => {
+                if let Some(status) = exit_status(raw) {
+                    reaped.others.push((Pid::from_raw(pid), status));
+                }
+            }
+            Err(Errno::EINTR) => {}
             Err(Errno::ECHILD) => {
                 reaped.none_left = true;
                 return reaped;

@@ -60,6 +60,8 @@ pub struct Launch {
     envp: Vec<CString>,
     candidates: Vec<CString>,
     who: Credentials,
+    /// What the supervisor keeps permitted besides CAP_KILL (`supervisor_keeps`).
+    supervisor_permitted: u64,
 }
 
 impl Launch {
@@ -112,7 +114,17 @@ impl Launch {
                 gid: Gid::from_raw(account.gid),
                 groups: account.groups.into_iter().map(Gid::from_raw).collect(),
             },
+            supervisor_permitted: 0,
         })
+    }
+
+    /// The supervisor keeps `kept` in its permitted set, never effective: to start a resident
+    /// process (the DNS gateway) again, which raises them in its own forked child only.
+    pub fn supervisor_keeps(self, kept: &[caps::Capability]) -> Self {
+        Launch {
+            supervisor_permitted: kept.iter().fold(0, |bits, cap| bits | 1 << cap.index()),
+            ..self
+        }
     }
 
     /// Forks the agent. Before forking, cordon becomes the child subreaper unless it is PID 1.
@@ -168,7 +180,7 @@ impl Launch {
     fn release(&self, child: Pid, go: OwnedFd, report: OwnedFd) -> Result<Pid> {
         // Also done by the child; doing it here too means --signal-group never races it.
         let _ = nix::unistd::setpgid(child, child);
-        let confined = confine_supervisor()
+        let confined = confine_supervisor(self.supervisor_permitted)
             .and_then(|()| nix::unistd::chdir("/").map_err(|e| Error::sys("chdir /", e)));
         if let Err(error) = confined {
             let _ = kill(child, Signal::SIGKILL);
@@ -260,20 +272,20 @@ fn read_report(report: &OwnedFd) -> Result<Option<Failure>> {
 
 /// The supervisor's own drop, made before the agent may exec: uid 0 stays (so the agent, under
 /// another uid, can neither ptrace nor signal it), but only CAP_KILL remains, in permitted and
-/// effective; the bounding, inheritable and ambient sets are empty; no_new_privs is set; and
-/// PR_SET_DUMPABLE 0 makes /proc/1/{environ,mem,...} root-only and forbids ptrace even by root
-/// without CAP_SYS_PTRACE.
-fn confine_supervisor() -> Result<()> {
+/// effective (plus `also_permitted`, permitted only: see `gateway::service`); the bounding,
+/// inheritable and ambient sets are empty; no_new_privs is set; and PR_SET_DUMPABLE 0 makes
+/// /proc/1/{environ,mem,...} root-only and forbids ptrace even by root without CAP_SYS_PTRACE.
+fn confine_supervisor(also_permitted: u64) -> Result<()> {
     let fail = |what: &'static str| move |errno| Error::sys(what, errno);
     caps::clear_bounding_set().map_err(fail("supervisor: emptying the bounding set"))?;
     caps::clear_ambient_set().map_err(fail("supervisor: emptying the ambient set"))?;
-    let kill_only = caps::CapData {
-        effective: 1 << caps::CAP_KILL,
-        permitted: 1 << caps::CAP_KILL,
+    let permitted = also_permitted | 1 << caps::CAP_KILL;
+    let half = |shift: u32| caps::CapData {
+        effective: ((1u64 << caps::CAP_KILL) >> shift) as u32,
+        permitted: (permitted >> shift) as u32,
         inheritable: 0,
     };
-    caps::capset([kill_only, caps::CapData::default()])
-        .map_err(fail("supervisor: dropping to CAP_KILL"))?;
+    caps::capset([half(0), half(32)]).map_err(fail("supervisor: dropping to CAP_KILL"))?;
     nix::sys::prctl::set_no_new_privs().map_err(fail("supervisor: setting no_new_privs"))?;
     nix::sys::prctl::set_dumpable(false).map_err(fail("supervisor: clearing dumpable"))
 }

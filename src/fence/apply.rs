@@ -14,7 +14,7 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::fence::netinfo::Ipv6;
-use crate::fence::plan::{self, Family, Ruleset};
+use crate::fence::plan::{self, AgentDns, Family, NatHook, Ruleset};
 use crate::sys::set_netlink;
 use crate::sys::tool::{self, Tool};
 
@@ -186,15 +186,38 @@ pub fn legacy_lock_writable() -> Result<()> {
 /// addresses, so this runs while names resolve. Where IPv6 is off, its table is still loaded, but
 /// a failure there is only a warning: nothing can be sent over IPv6 in this namespace anyway.
 pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
+    let deadline = Instant::now() + tool::BOUND;
+    // With the gateway, where each family's nat OUTPUT chain stands decides how cordon's chain
+    // is hooked into it: read meanwhile.
+    let nat_reads: Vec<Option<Result<tool::Running, String>>> = families(ipv6.in_kernel())
+        .iter()
+        .map(|family| {
+            (ruleset.agent_dns != AgentDns::Resolvers).then(|| {
+                tools
+                    .save_tool(*family)
+                    .start(&["-t", "nat"], String::new())
+            })
+        })
+        .collect();
     tools
         .ipset
         .run(&["-exist", "restore"], &ruleset.ipset_create(), tool::BOUND)
         .map_err(|detail| failed("ipset restore", detail))?;
-    let deadline = Instant::now() + tool::BOUND;
+    let hooks: Vec<NatHook> = nat_reads
+        .into_iter()
+        .map(
+            |read| match read.map(|r| r.and_then(|running| running.finish(deadline))) {
+                Some(Ok(saved)) => NatHook::read(&saved),
+                // Unreadable (no nat table for the family yet): the load adds the hook, or fails.
+                _ => NatHook::Misplaced { count: 0 },
+            },
+        )
+        .collect();
     let loads: Vec<(Family, Result<tool::Running, String>)> = families(ipv6.in_kernel())
         .iter()
-        .map(|family| {
-            let input = ruleset.iptables_restore(*family);
+        .zip(hooks)
+        .map(|(family, hook)| {
+            let input = ruleset.iptables_restore(*family) + &ruleset.nat_restore(*family, hook);
             let tool = tools.restore_tool(*family);
             (*family, tool.start(&restore_args(), input))
         })

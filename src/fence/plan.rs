@@ -2,11 +2,16 @@
 //! as `ipset restore` and `iptables-restore` input. No syscalls here: everything is unit- and
 //! snapshot-tested.
 //!
-//! Layout, per family, in the filter table only (Docker's DNS redirect lives in nat, never
-//! touched):
+//! Layout, per family, in the filter table (and, with the DNS gateway, one chain of cordon's own
+//! in nat; Docker's rules there are never touched):
 //!
 //! ```text
-//! OUTPUT (policy DROP) → CORDON_OUTPUT: loopback; established/related; DNS to the resolvers;
+//! nat OUTPUT → CORDON_DNS (gateway mode, first rule): uid 0 and the gateway's uid pass; every
+//!     other uid's DNS (udp/tcp 53, to any address) is redirected to the gateway on loopback
+//! OUTPUT (policy DROP) → CORDON_OUTPUT: [gateway mode: a loopback resolver (Docker's 127.0.0.11,
+//!     on any port) only for uid 0 and the gateway; DNS redirected to the gateway]; loopback;
+//!     established/related; DNS to the resolvers [gateway mode: from uid 0 and the gateway
+//!     only];
 //!     [DNS from uid 0 to the embedded forwarder's upstreams]; set cordonN-ports (addr, proto,
 //!     port); set cordonN-hosts (addr, any port); everything else → CORDON_REJECT
 //! INPUT  (policy DROP) → CORDON_INPUT: loopback; established/related; [--inbound ports]; reject
@@ -30,6 +35,8 @@ pub const CHAIN_INPUT: &str = "CORDON_INPUT";
 pub const CHAIN_OUTPUT: &str = "CORDON_OUTPUT";
 pub const CHAIN_ALLOW: &str = "CORDON_ALLOW";
 pub const CHAIN_REJECT: &str = "CORDON_REJECT";
+/// cordon's chain in the nat table: the agent's DNS to the gateway.
+pub const CHAIN_DNS: &str = "CORDON_DNS";
 
 /// SO_MARK carried by the verifier's probes ("cord"). Setting a mark needs CAP_NET_ADMIN, so the
 /// agent cannot produce it; a marked packet that reaches CORDON_ALLOW is answered locally and
@@ -167,6 +174,45 @@ pub struct Ruleset {
     pub inbound: Vec<PortRange>,
     /// The connection mark of flows this policy accepted (see `flow_mark`).
     pub flow_mark: u32,
+    pub agent_dns: AgentDns,
+}
+
+/// Where the DNS of every uid but root goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentDns {
+    /// To the resolvers (static mode: the names were resolved once, at start).
+    Resolvers,
+    /// Redirected to cordon's DNS gateway, which runs as `uid` and listens on loopback at
+    /// `port`; only it and root reach the resolvers.
+    Gateway { uid: u32, port: u16 },
+}
+
+/// Where `CORDON_DNS` stands in a family's nat OUTPUT chain, read before loading: its jump must
+/// be the chain's first rule (before Docker's DNAT of 127.0.0.11), exactly once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatHook {
+    /// OUTPUT's first rule is the jump, and no other rule is.
+    First,
+    /// The jump is not there (`count` 0) or not only first (`count` jumps somewhere).
+    Misplaced { count: usize },
+}
+
+impl NatHook {
+    /// Reads an `iptables-save -t nat` text.
+    pub fn read(saved: &str) -> NatHook {
+        let jump = format!("-A OUTPUT -j {CHAIN_DNS}");
+        let output: Vec<&str> = saved
+            .lines()
+            .map(str::trim)
+            .filter(|line| line.starts_with("-A OUTPUT "))
+            .collect();
+        let count = output.iter().filter(|line| **line == jump).count();
+        if count == 1 && output.first() == Some(&jump.as_str()) {
+            NatHook::First
+        } else {
+            NatHook::Misplaced { count }
+        }
+    }
 }
 
 /// What the ruleset does with one connection attempt; mirrors the rendered rule order.
@@ -186,6 +232,7 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
         v4,
         v6,
         inbound: policy.inbound.clone(),
+        agent_dns: AgentDns::Resolvers,
     };
     let resolved = resolution.index();
     for entry in &policy.entries {
@@ -276,6 +323,16 @@ impl FamilyRules {
         }
     }
 
+    /// Loopback resolvers other than the gateway's own address (Docker's 127.0.0.11): the
+    /// resolver listens there on ports other than 53 too, which any uid can read from
+    /// /proc/net/udp. With the gateway, only root and the gateway may reach them.
+    pub fn gateway_only_resolvers(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.resolvers
+            .iter()
+            .copied()
+            .filter(|addr| addr.is_loopback() && *addr != gateway_listen_addr(Family::of(addr)))
+    }
+
     /// Number of kernel set elements of the ports set (a port range is one element per port).
     pub fn port_elements(&self) -> usize {
         self.ports
@@ -284,11 +341,29 @@ impl FamilyRules {
             .sum()
     }
 
-    /// The verdict for a new connection from a process of the given uid class.
-    pub fn verdict(&self, as_root: bool, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
-        let dns = port == 53;
+    /// The verdict for a new connection from a process of the given uid class (root, or the
+    /// agent).
+    pub fn verdict(
+        &self,
+        agent_dns: AgentDns,
+        as_root: bool,
+        dst: IpAddr,
+        proto: Proto,
+        port: u16,
+    ) -> Verdict {
+        let dns = port == 53 && matches!(proto, Proto::Udp | Proto::Tcp);
+        if let AgentDns::Gateway { .. } = agent_dns {
+            if !as_root && dns {
+                // Redirected to the gateway, on loopback.
+                return Verdict::Allow;
+            }
+            if !as_root && self.gateway_only_resolvers().any(|r| r == dst) {
+                return Verdict::Reject;
+            }
+        }
+        let resolvers_open_to_all = agent_dns == AgentDns::Resolvers || as_root;
         let allowed = dst.is_loopback()
-            || (dns && self.resolvers.contains(&dst))
+            || (dns && resolvers_open_to_all && self.resolvers.contains(&dst))
             || (dns
                 && as_root
                 && match &self.forwarder {
@@ -326,7 +401,12 @@ impl Ruleset {
 
     pub fn verdict(&self, as_root: bool, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
         self.family(Family::of(&dst))
-            .verdict(as_root, dst, proto, port)
+            .verdict(self.agent_dns, as_root, dst, proto, port)
+    }
+
+    /// This ruleset with the agent's DNS going to the gateway.
+    pub fn with_agent_dns(self, agent_dns: AgentDns) -> Ruleset {
+        Ruleset { agent_dns, ..self }
     }
 
     /// `ipset restore` input (run with `-exist`) that creates the live sets if missing and leaves
@@ -409,9 +489,12 @@ impl Ruleset {
             sets.push((rules.family.ports_set(), ports));
             sets.push((rules.family.hosts_set(), hosts));
             sets.push((rules.family.resolvers_set(), BTreeSet::new()));
-            // Static mode: nothing answers, so nothing is opened by an answer.
-            sets.push((rules.family.answered_ports_set(), BTreeSet::new()));
-            sets.push((rules.family.answered_hosts_set(), BTreeSet::new()));
+            // Static mode: nothing answers, so nothing is opened by an answer. With the gateway
+            // they change with every answer and are not held to a plan.
+            if self.agent_dns == AgentDns::Resolvers {
+                sets.push((rules.family.answered_ports_set(), BTreeSet::new()));
+                sets.push((rules.family.answered_hosts_set(), BTreeSet::new()));
+            }
         }
         sets
     }
@@ -453,6 +536,39 @@ impl Ruleset {
         lines.join("\n") + "\n"
     }
 
+    /// `iptables-restore --noflush` input for the family's nat table: cordon's own chain, hooked
+    /// first into OUTPUT as `hook` requires; empty in static mode. Docker's rules stay as they
+    /// are (nat is never flushed).
+    pub fn nat_restore(&self, family: Family, hook: NatHook) -> String {
+        let AgentDns::Gateway { uid, port } = self.agent_dns else {
+            return String::new();
+        };
+        let mut lines = vec![
+            format!(
+                "# cordon {} DNS redirect ({}-restore --noflush)",
+                family.name(),
+                family.iptables()
+            ),
+            "*nat".to_string(),
+            format!(":{CHAIN_DNS} - [0:0]"),
+        ];
+        if let NatHook::Misplaced { count } = hook {
+            lines.extend((0..count).map(|_| format!("-D OUTPUT -j {CHAIN_DNS}")));
+            lines.push(format!("-I OUTPUT 1 -j {CHAIN_DNS}"));
+        }
+        lines.extend([
+            format!("-A {CHAIN_DNS} -m owner --uid-owner 0 -j RETURN"),
+            format!("-A {CHAIN_DNS} -m owner --uid-owner {uid} -j RETURN"),
+        ]);
+        for proto in ["udp", "tcp"] {
+            lines.push(format!(
+                "-A {CHAIN_DNS} -p {proto} -m {proto} --dport 53 -j REDIRECT --to-ports {port}"
+            ));
+        }
+        lines.push("COMMIT".to_string());
+        lines.join("\n") + "\n"
+    }
+
     fn input_chain(&self, family: Family) -> impl Iterator<Item = String> {
         let mut chain = vec![
             "-i lo -j ACCEPT".to_string(),
@@ -485,7 +601,35 @@ impl Ruleset {
 
     fn output_chain(&self, family: Family) -> impl Iterator<Item = String> {
         let rules = self.family(family);
-        let mut chain = vec![
+        let mut chain = Vec::new();
+        // Only these uids may send DNS to the resolvers themselves.
+        let resolver_owners: Vec<String> = match self.agent_dns {
+            AgentDns::Resolvers => vec![String::new()],
+            AgentDns::Gateway { uid, .. } => [0, uid]
+                .iter()
+                .map(|uid| format!(" -m owner --uid-owner {uid}"))
+                .collect(),
+        };
+        if let AgentDns::Gateway { .. } = self.agent_dns {
+            for resolver in rules.gateway_only_resolvers() {
+                let dst = host_net(resolver);
+                for owner in &resolver_owners {
+                    chain.push(format!("-d {dst} -o lo{owner} -j {CHAIN_ALLOW}"));
+                }
+                chain.push(format!("-d {dst} -o lo -j {CHAIN_REJECT}"));
+            }
+        }
+        if let AgentDns::Gateway { port, .. } = self.agent_dns {
+            // DNS that nat redirected to the gateway: filter OUTPUT still sees the interface the
+            // packet was first routed to (`-o lo` does not match it), and its new destination.
+            let gateway = host_net(gateway_listen_addr(family));
+            for proto in ["udp", "tcp"] {
+                chain.push(format!(
+                    "-d {gateway} -p {proto} -m {proto} --dport {port} -j {CHAIN_ALLOW}"
+                ));
+            }
+        }
+        chain.extend([
             format!("-o lo -j {CHAIN_ALLOW}"),
             // Only flows this policy accepted take this shortcut (see `flow_mark`). Probes never
             // do: a probe's source port may match a flow cordon's own DNS queries just used, and
@@ -498,7 +642,7 @@ impl Ruleset {
             // ICMP errors about packets that came in, e.g. CORDON_INPUT's rejections, whose
             // flows no policy accepted.
             format!("-m conntrack --ctstate RELATED -m mark ! --mark {PROBE_MARK:#x} -j ACCEPT"),
-        ];
+        ]);
         if family == Family::V6 {
             // Neighbour discovery never leaves the link (hop limit 255) and only the kernel sends
             // it: without it IPv6 cannot reach even an allowed address. MLDv2 reports (type 143)
@@ -513,10 +657,12 @@ impl Ruleset {
         }
         for resolver in &rules.resolvers {
             for proto in ["udp", "tcp"] {
-                chain.push(format!(
-                    "-d {} -p {proto} -m {proto} --dport 53 -j {CHAIN_ALLOW}",
-                    host_net(*resolver)
-                ));
+                for owner in &resolver_owners {
+                    chain.push(format!(
+                        "-d {} -p {proto} -m {proto} --dport 53{owner} -j {CHAIN_ALLOW}",
+                        host_net(*resolver)
+                    ));
+                }
             }
         }
         let forwarder_targets: Vec<Option<IpAddr>> = match &rules.forwarder {
@@ -553,6 +699,14 @@ impl Ruleset {
             ),
         ]);
         chain.into_iter()
+    }
+}
+
+/// Where the gateway listens: loopback, where nat's REDIRECT sends the agent's DNS.
+pub fn gateway_listen_addr(family: Family) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::from([127, 0, 0, 1]),
+        Family::V6 => IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
     }
 }
 
@@ -875,6 +1029,104 @@ mod tests {
         )
         .unwrap();
         insta::assert_snapshot!(render(&ruleset));
+    }
+
+    const GATEWAY: AgentDns = AgentDns::Gateway {
+        uid: 65053,
+        port: 10053,
+    };
+
+    #[test]
+    fn gateway_behind_docker_embedded_dns() {
+        let ruleset = plan(
+            &policy(
+                &[
+                    "api.example.test",
+                    "*.cdn.example.test:443",
+                    "10.1.0.0/16:5432",
+                ],
+                &[],
+            ),
+            &Resolution::default(),
+            &conf("nameserver 127.0.0.11\noptions ndots:0\n"),
+        )
+        .unwrap()
+        .with_agent_dns(GATEWAY);
+        insta::assert_snapshot!(format!(
+            "{}\n## nat, first load\n{}\n## nat, hooked\n{}\n## nat, hook moved\n{}",
+            render(&ruleset),
+            ruleset.nat_restore(Family::V4, NatHook::Misplaced { count: 0 }),
+            ruleset.nat_restore(Family::V4, NatHook::First),
+            ruleset.nat_restore(Family::V6, NatHook::Misplaced { count: 2 }),
+        ));
+        let members = ruleset.set_members();
+        assert!(
+            members.iter().all(|(set, _)| !set.contains("answered")),
+            "{members:?}"
+        );
+    }
+
+    #[test]
+    fn static_mode_has_no_nat() {
+        let ruleset = plan(
+            &policy(&["api.example.test"], &[]),
+            &Resolution::default(),
+            &conf("nameserver 127.0.0.11\n"),
+        )
+        .unwrap();
+        assert_eq!(
+            ruleset.nat_restore(Family::V4, NatHook::Misplaced { count: 0 }),
+            ""
+        );
+        assert!(ruleset
+            .set_members()
+            .iter()
+            .any(|(set, members)| set == "cordon4-answered" && members.is_empty()));
+    }
+
+    #[test]
+    fn the_nat_hook_is_read_from_iptables_save() {
+        let docker = "*nat\n:OUTPUT ACCEPT [0:0]\n:DOCKER_OUTPUT - [0:0]\n\
+                      -A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT\nCOMMIT\n";
+        assert_eq!(NatHook::read(docker), NatHook::Misplaced { count: 0 });
+        let hooked = "*nat\n-A OUTPUT -j CORDON_DNS\n-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT\n";
+        assert_eq!(NatHook::read(hooked), NatHook::First);
+        let behind = "*nat\n-A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT\n-A OUTPUT -j CORDON_DNS\n";
+        assert_eq!(NatHook::read(behind), NatHook::Misplaced { count: 1 });
+        let twice = "-A OUTPUT -j CORDON_DNS\n-A OUTPUT -j CORDON_DNS\n";
+        assert_eq!(NatHook::read(twice), NatHook::Misplaced { count: 2 });
+    }
+
+    #[test]
+    fn with_the_gateway_only_root_and_the_gateway_reach_the_resolvers() {
+        let ruleset = plan(
+            &policy(&["10.1.0.0/16:5432"], &[]),
+            &Resolution::default(),
+            &conf("nameserver 127.0.0.11\nnameserver 10.0.0.2\n"),
+        )
+        .unwrap()
+        .with_agent_dns(GATEWAY);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        use Verdict::*;
+        let cases = [
+            // The agent's DNS anywhere is redirected to the gateway on loopback.
+            (false, "10.0.0.2", Proto::Udp, 53, Allow),
+            (false, "198.51.100.53", Proto::Tcp, 53, Allow),
+            // Docker's DNS on its real port: root only.
+            (false, "127.0.0.11", Proto::Udp, 43117, Reject),
+            (true, "127.0.0.11", Proto::Udp, 43117, Allow),
+            (true, "10.0.0.2", Proto::Udp, 53, Allow),
+            (false, "127.0.0.1", Proto::Tcp, 10053, Allow),
+            (false, "10.1.2.3", Proto::Tcp, 5432, Allow),
+            (false, "10.0.0.2", Proto::Tcp, 443, Reject),
+        ];
+        for (root, dst, proto, port, expected) in cases {
+            assert_eq!(
+                ruleset.verdict(root, ip(dst), proto, port),
+                expected,
+                "{dst} {proto:?} {port} root={root}"
+            );
+        }
     }
 
     #[test]

@@ -165,6 +165,30 @@ impl Policy {
         }
     }
 
+    /// Static mode resolves names once, at start: a wildcard names no address to resolve, so
+    /// only the DNS gateway (which sees each name as it is asked) can serve one.
+    pub fn refuse_wildcards(&self) -> Result<()> {
+        match self
+            .entries
+            .iter()
+            .find(|entry| matches!(entry.target, Target::Wildcard(_)))
+        {
+            Some(Entry {
+                target: Target::Wildcard(name),
+                origin,
+                ..
+            }) => Err(Error::bad_input(
+                origin.clone(),
+                format!(
+                    "`*.{name}`: wildcard entries need the DNS gateway (--dns gateway), and \
+                     --dns static resolves names once at start; use the gateway or list the \
+                     names you need (e.g. api.{name})"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The distinct names to resolve, in first-seen order.
     pub fn names(&self) -> Vec<&str> {
         let mut seen = std::collections::HashSet::new();
@@ -576,15 +600,6 @@ impl Builder {
     fn add(&mut self, text: &str, at: &Location) -> Result<()> {
         let (target, ports) =
             parse_entry(text).map_err(|reason| Error::bad_input(at.clone(), reason))?;
-        if let Target::Wildcard(name) = &target {
-            return Err(Error::bad_input(
-                at.clone(),
-                format!(
-                    "`*.{name}`: wildcard entries need cordon's name-aware DNS mode, which is not \
-                     available yet; list the names you need instead (e.g. api.{name})"
-                ),
-            ));
-        }
         if let Target::Net(net) = &target {
             if net.prefix_len() == 0 {
                 log::warn!("{at}: `{text}` allows every {} address", family_name(net));
@@ -883,14 +898,17 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_is_refused_with_the_place_it_came_from() {
+    fn static_mode_refuses_a_wildcard_with_the_place_it_came_from() {
         let mut o = opts();
         o.allow = vec!["*.example.test".into()];
-        let error = load(&o, None).unwrap_err().to_string();
+        let policy = load(&o, None).unwrap();
+        let error = policy.refuse_wildcards().unwrap_err().to_string();
         assert!(
             error.starts_with("--allow: `*.example.test`: wildcard"),
             "{error}"
         );
+        o.allow = vec!["api.example.test".into()];
+        assert!(load(&o, None).unwrap().refuse_wildcards().is_ok());
     }
 
     #[test]

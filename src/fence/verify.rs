@@ -21,7 +21,7 @@ use nix::sys::socket::{
 use nix::unistd::{setfsuid, Uid};
 
 use crate::fence::netinfo::NetInfo;
-use crate::fence::plan::{Family, Forwarder, Ruleset, Verdict, PROBE_MARK};
+use crate::fence::plan::{AgentDns, Family, Forwarder, Ruleset, Verdict, PROBE_MARK};
 use crate::fence::policy::Proto;
 
 /// How long a probe may take to get its verdict (they arrive in well under a millisecond).
@@ -200,6 +200,16 @@ pub fn plan_probes(ruleset: &Ruleset, net: &NetInfo) -> Vec<Probe> {
         }
         for resolver in &rules.resolvers {
             add("resolver", *resolver, Proto::Udp, 53, false);
+        }
+        if ruleset.agent_dns != AgentDns::Resolvers {
+            // The gateway asks the resolvers as its own uid; root may too.
+            for resolver in &rules.resolvers {
+                add("resolver", *resolver, Proto::Udp, 53, true);
+            }
+            // Docker's DNS on a port of its own, which any uid can read from /proc/net/udp.
+            for resolver in rules.gateway_only_resolvers() {
+                add("resolver's own port", resolver, Proto::Udp, 5300, false);
+            }
         }
         match &rules.forwarder {
             Forwarder::None => {}
@@ -557,6 +567,33 @@ mod tests {
                 "gateway tcp/172.18.0.1:80 Reject",
                 "cloud metadata tcp/169.254.169.254:80 Reject",
                 "ipv6 address udp/[2001:db8::1]:443 Reject unrouted",
+            ]
+        );
+    }
+
+    #[test]
+    fn with_the_dns_gateway_the_agents_dns_is_redirected_and_dockers_own_port_closed() {
+        let gateway = AgentDns::Gateway {
+            uid: 65053,
+            port: 10053,
+        };
+        let probes = plan_probes(
+            &ruleset(&["10.1.0.0/16:5432"], "nameserver 127.0.0.11\n").with_agent_dns(gateway),
+            &container_net(),
+        );
+        let dns: Vec<String> = classes(&probes)
+            .into_iter()
+            .filter(|class| class.contains(":53 ") || class.contains("own port"))
+            .collect();
+        assert_eq!(
+            dns,
+            [
+                "resolver udp/127.0.0.11:53 Allow",
+                "resolver udp/127.0.0.11:53 Allow root",
+                "resolver's own port udp/127.0.0.11:5300 Reject",
+                "dns forwarder udp/198.51.100.53:53 Allow root",
+                // Redirected to the gateway.
+                "dns to a non-resolver udp/198.51.100.53:53 Allow",
             ]
         );
     }

@@ -14,7 +14,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
-use hickory_resolver::proto::rr::{DNSClass, Name};
+use hickory_resolver::proto::rr::rdata::TXT;
+use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use ipnet::IpNet;
 
 use crate::fence::policy::{Policy, Ports, Target};
@@ -26,6 +27,11 @@ pub const TTL_FLOOR: Duration = Duration::from_secs(60);
 /// The longest: an address a name stopped pointing to closes within the hour.
 pub const TTL_CEILING: Duration = Duration::from_secs(3600);
 
+/// The name the start-up self-test asks for (TXT), answered by the gateway itself with a token
+/// only PID 1 knows: an answer carrying it proves the question reached the gateway and not a
+/// resolver (`.invalid` is never delegated, RFC 6761). Never forwarded.
+pub const SELF_TEST_NAME: &str = "self-test.cordon.invalid";
+
 /// The allowlisted names and their ports.
 #[derive(Debug, Default)]
 pub struct Names {
@@ -33,6 +39,8 @@ pub struct Names {
     exact: HashMap<String, Vec<Ports>>,
     /// The part after `*.` → the ports of every wildcard entry for it.
     below: HashMap<String, Vec<Ports>>,
+    /// The TXT answer to `SELF_TEST_NAME`; without one, that name is refused like any other.
+    self_test_token: Option<String>,
 }
 
 impl Names {
@@ -49,6 +57,14 @@ impl Names {
                 .push(entry.ports.clone());
         }
         names
+    }
+
+    /// These names, with `SELF_TEST_NAME` answered with `token`.
+    pub fn with_self_test(self, token: String) -> Names {
+        Names {
+            self_test_token: Some(token),
+            ..self
+        }
     }
 
     /// The ports of every entry that allows `name`; empty when none does.
@@ -107,6 +123,11 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
     let [question] = message.queries.as_slice() else {
         return refuse(&message, ResponseCode::FormErr);
     };
+    if let Some(token) = &names.self_test_token {
+        if question.query_type == RecordType::TXT && plain(&question.name) == SELF_TEST_NAME {
+            return self_test_answer(&message, question, token);
+        }
+    }
     if question.query_class != DNSClass::IN || !names.allows(&question.name) {
         return refuse(&message, ResponseCode::Refused);
     }
@@ -122,6 +143,43 @@ fn refuse(query: &Message, code: ResponseCode) -> QueryVerdict {
         reply.add_query(question.clone());
     }
     answer(reply)
+}
+
+fn self_test_answer(query: &Message, question: &Query, token: &str) -> QueryVerdict {
+    let mut reply = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::NoError);
+    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+    reply.add_query(question.clone());
+    reply.add_answer(Record::from_rdata(
+        question.name.clone(),
+        0,
+        RData::TXT(TXT::new(vec![token.to_string()])),
+    ));
+    answer(reply)
+}
+
+/// The token in a TXT answer to `SELF_TEST_NAME` under `id`, if `wire` is one.
+pub fn self_test_token_in(wire: &[u8], id: u16) -> Option<String> {
+    let reply = Message::from_vec(wire).ok()?;
+    if reply.metadata.id != id || reply.metadata.message_type != MessageType::Response {
+        return None;
+    }
+    reply.answers.iter().find_map(|record| match &record.data {
+        RData::TXT(txt) => txt
+            .txt_data
+            .first()
+            .map(|bytes| String::from_utf8_lossy(bytes).into_owned()),
+        _ => None,
+    })
+}
+
+/// The self-test's question under `id`.
+pub fn self_test_query(id: u16) -> Vec<u8> {
+    let mut message = Message::query();
+    message.metadata.id = id;
+    message.metadata.recursion_desired = true;
+    let name = Name::from_ascii(format!("{SELF_TEST_NAME}.")).expect("a valid name");
+    message.add_query(Query::query(name, RecordType::TXT));
+    message.to_vec().expect("a small query encodes")
 }
 
 fn answer(message: Message) -> QueryVerdict {
@@ -262,6 +320,28 @@ mod tests {
             }
             other => panic!("expected an answer, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_self_test_name_is_answered_here_with_the_token_and_never_forwarded() {
+        let query = self_test_query(0x4242);
+        let with_token = names(&["*.invalid"]).with_self_test("f00d".into());
+        let QueryVerdict::Answer(reply) = judge_query(&query, &with_token) else {
+            panic!("the gateway answers its own name");
+        };
+        assert_eq!(self_test_token_in(&reply, 0x4242).as_deref(), Some("f00d"));
+        assert_eq!(self_test_token_in(&reply, 0x4243), None, "another id");
+        // Without a token (or asked for another type) it is a name like any other.
+        assert_eq!(
+            code(judge_query(&query, &names(&["api.example.test"]))),
+            ResponseCode::Refused
+        );
+        let a = self::query("self-test.cordon.invalid.", RecordType::A);
+        let wildcard = names(&["*.cordon.invalid"]).with_self_test("f00d".into());
+        assert!(matches!(
+            judge_query(&a, &wildcard),
+            QueryVerdict::Forward(_)
+        ));
     }
 
     #[test]

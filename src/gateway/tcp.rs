@@ -31,15 +31,16 @@ pub fn serve(
 ) -> io::Result<()> {
     agents.set_nonblocking(true)?;
     let active = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
+    std::thread::scope(|scope| -> io::Result<()> {
         while !stop.load(Ordering::Relaxed) {
             let stream = match agents.accept() {
                 Ok((stream, _)) => stream,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(100));
+                // Nothing pending, or the connection failed before it was taken (or out of
+                // descriptors for now): wait for the next one.
+                Err(_) => {
+                    wait_for_connection(agents, 100)?;
                     continue;
                 }
-                Err(_) => continue,
             };
             if active.fetch_add(1, Ordering::Relaxed) >= MAX_CONNECTIONS {
                 active.fetch_sub(1, Ordering::Relaxed);
@@ -51,7 +52,25 @@ pub fn serve(
                 active.fetch_sub(1, Ordering::Relaxed);
             });
         }
-    });
+        Ok(())
+    })
+}
+
+/// Waits until a connection is pending or `millis` passed.
+fn wait_for_connection(listener: &TcpListener, millis: i32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    if unsafe { libc::poll(&mut fd, 1, millis) } < 0 {
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
     Ok(())
 }
 

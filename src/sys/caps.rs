@@ -43,14 +43,18 @@ fn prctl(option: c_int, arg: libc::c_ulong) -> nix::Result<c_int> {
     })
 }
 
+/// Drops every capability still in the bounding set (dropping needs CAP_SETPCAP, so one already
+/// gone is not dropped again: an empty set stays empty without it).
 pub fn clear_bounding_set() -> nix::Result<()> {
     for cap in 0..CAP_LIMIT {
-        match prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
+        match prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong) {
+            Ok(0) => continue,
             Ok(_) => {}
             // Past the kernel's last capability.
             Err(Errno::EINVAL) => break,
             Err(errno) => return Err(errno),
         }
+        prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong)?;
     }
     Ok(())
 }

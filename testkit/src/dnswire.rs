@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub const A: u16 = 1;
 pub const CNAME: u16 = 5;
 pub const AAAA: u16 = 28;
+pub const TXT: u16 = 16;
 const OPT: u16 = 41;
 const CLASS_IN: u16 = 1;
 

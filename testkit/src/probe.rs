@@ -7,13 +7,14 @@ use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use crate::dnswire::{self, RData, A, AAAA, NOERROR, NXDOMAIN, TC};
+use crate::dnswire::{self, RData, A, AAAA, NOERROR, NXDOMAIN, TC, TXT};
 use crate::net;
 use crate::util::{errno_name, errno_of, fail, usage_error, Args};
 
 const USAGE: &str = "usage: testkit probe [--uid UID] [--gid GID] [--timeout-ms N] [--mark N] \
 [--repeat-for-ms N --interval-ms M] SPEC...
   SPEC: tcp:ADDR:PORT | tcpb:ADDR:PORT (a blocking connect) | udp:ADDR:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
+txt:NAME@SERVER[:PORT] | dnstcp:NAME@SERVER[:PORT] (A over TCP) | \
 http:ADDR:PORT[/PATH]   (ADDR: IPv4 or [IPv6])";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,7 @@ enum Target {
         name: String,
         server: SocketAddr,
         qtype: u16,
+        tcp: bool,
     },
     Http {
         addr: SocketAddr,
@@ -150,7 +152,7 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
         "tcp" => Target::Tcp(addr(rest)?),
         "tcpb" => Target::TcpBlocking(addr(rest)?),
         "udp" => Target::Udp(addr(rest)?),
-        "dns" | "dns6" => {
+        "dns" | "dns6" | "txt" | "dnstcp" => {
             let (name, server) = rest.rsplit_once('@').ok_or_else(bad)?;
             if !dnswire::valid_name(name) {
                 return Err(bad());
@@ -159,7 +161,12 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
             Target::Dns {
                 name: name.to_string(),
                 server,
-                qtype: if kind == "dns" { A } else { AAAA },
+                qtype: match kind {
+                    "dns6" => AAAA,
+                    "txt" => TXT,
+                    _ => A,
+                },
+                tcp: kind == "dnstcp",
             }
         }
         "http" => {
@@ -279,10 +286,17 @@ impl Prober {
                 name,
                 server,
                 qtype,
+                tcp,
             } => {
                 let id = query_id();
                 let query = dnswire::encode_query(id, name, *qtype);
-                self.datagram(server, &query, deadline, |reply| dns_outcome(reply, id))
+                if !tcp {
+                    return self.datagram(server, &query, deadline, |reply| dns_outcome(reply, id));
+                }
+                match self.connect(server, deadline) {
+                    Ok(s) => dns_over_tcp(s, &query, id, deadline),
+                    Err(o) => o,
+                }
             }
             Target::Http { addr, path } => match self.connect(addr, deadline) {
                 Ok(s) => http_get(s, &format!("{addr}"), path, deadline),
@@ -410,6 +424,27 @@ fn dns_outcome(reply: &[u8], id: u16) -> Option<Outcome> {
         NXDOMAIN => outcome(Verdict::Nxdomain, "-"),
         rc => outcome(Verdict::Error, dnswire::rcode_name(rc)),
     })
+}
+
+/// One question over an open TCP connection (RFC 7766 framing).
+fn dns_over_tcp(mut s: TcpStream, query: &[u8], id: u16, deadline: Instant) -> Outcome {
+    let io = |s: &mut TcpStream| -> io::Result<Vec<u8>> {
+        s.set_nonblocking(false)?;
+        s.set_read_timeout(Some(left(deadline).max(Duration::from_millis(1))))?;
+        let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(query);
+        s.write_all(&framed)?;
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len)?;
+        let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut reply)?;
+        Ok(reply)
+    };
+    match io(&mut s) {
+        Ok(reply) => dns_outcome(&reply, id).unwrap_or_else(|| outcome(Verdict::Error, "WRONG_ID")),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => outcome(Verdict::Error, "CLOSED"),
+        Err(e) => from_io(&e),
+    }
 }
 
 /// Sends a GET and reads the status line.
@@ -603,6 +638,7 @@ nxdomain=0 http=0"
                 name: name.into(),
                 server: sa(server),
                 qtype,
+                tcp: false,
             })
         };
         assert_eq!(
@@ -612,6 +648,19 @@ nxdomain=0 http=0"
         assert_eq!(
             parse_spec("dns6:a.test@10.0.0.53:5353"),
             dns("a.test", "10.0.0.53:5353", AAAA)
+        );
+        assert_eq!(
+            parse_spec("txt:a.test@10.0.0.53"),
+            dns("a.test", "10.0.0.53:53", TXT)
+        );
+        assert_eq!(
+            parse_spec("dnstcp:a.test@10.0.0.53"),
+            Ok(Target::Dns {
+                name: "a.test".into(),
+                server: sa("10.0.0.53:53"),
+                qtype: A,
+                tcp: true,
+            })
         );
         assert_eq!(parse_spec("dns:a.test@[::1]"), dns("a.test", "[::1]:53", A));
         assert_eq!(

@@ -1,0 +1,122 @@
+//! The gateway's part of the start-up self-test: as the agent's uid, the TXT question for
+//! `filter::SELF_TEST_NAME` goes to each family's first resolver over UDP and over TCP, and must
+//! come back with the token only this start's gateway knows. That proves nat redirects the
+//! agent's DNS (to the resolver it names) to the gateway, and that the gateway answers; no
+//! resolver ever sees the question.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use nix::unistd::{setfsuid, Uid};
+
+use super::filter::{self_test_query, self_test_token_in};
+
+/// How long each question may take (the gateway has just been forked).
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// A random token for this start.
+pub fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Asks through the first resolver of each family in `families`; returns what failed.
+pub fn run(resolvers: &[IpAddr], agent_uid: u32, token: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    let mut first_of_family: Vec<IpAddr> = Vec::new();
+    for resolver in resolvers {
+        if !first_of_family
+            .iter()
+            .any(|r| r.is_ipv4() == resolver.is_ipv4())
+        {
+            first_of_family.push(*resolver);
+        }
+    }
+    for resolver in first_of_family {
+        let server = SocketAddr::new(resolver, 53);
+        for (how, outcome) in [
+            ("udp", as_owner(agent_uid, || over_udp(server, token))),
+            ("tcp", as_owner(agent_uid, || over_tcp(server, token))),
+        ] {
+            if let Err(what) = outcome {
+                failures.push(format!(
+                    "DNS gateway {how}/{server} (as uid {agent_uid}): {what}"
+                ));
+            }
+        }
+    }
+    failures
+}
+
+/// Runs `ask` with the file-system uid (which sockets are owned by, and nat's owner match
+/// reads) set to `uid`.
+fn as_owner(uid: u32, ask: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    let previous = setfsuid(Uid::from_raw(uid));
+    let in_effect = setfsuid(Uid::from_raw(u32::MAX));
+    let outcome = if in_effect.as_raw() == uid {
+        ask()
+    } else {
+        Err("cannot act as that uid (CAP_SETUID missing)".into())
+    };
+    setfsuid(previous);
+    outcome
+}
+
+fn over_udp(server: SocketAddr, token: &str) -> Result<(), String> {
+    let local: IpAddr = match server {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind((local, 0)).map_err(|e| e.to_string())?;
+    socket.connect(server).map_err(|e| e.to_string())?;
+    let id = rand::random::<u16>();
+    socket
+        .send(&self_test_query(id))
+        .map_err(|e| format!("sending: {e}"))?;
+    let deadline = Instant::now() + DEADLINE;
+    let mut buffer = [0u8; 512];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err("no answer from the gateway".into());
+        }
+        socket
+            .set_read_timeout(Some(left))
+            .map_err(|e| e.to_string())?;
+        let len = socket
+            .recv(&mut buffer)
+            .map_err(|e| format!("no answer from the gateway ({e})"))?;
+        match self_test_token_in(&buffer[..len], id) {
+            Some(found) if found == token => return Ok(()),
+            Some(_) => return Err("answered by something else than this gateway".into()),
+            None => continue,
+        }
+    }
+}
+
+fn over_tcp(server: SocketAddr, token: &str) -> Result<(), String> {
+    let mut stream =
+        TcpStream::connect_timeout(&server, DEADLINE).map_err(|e| format!("connecting: {e}"))?;
+    stream
+        .set_read_timeout(Some(DEADLINE))
+        .map_err(|e| e.to_string())?;
+    let id = rand::random::<u16>();
+    let query = self_test_query(id);
+    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&query);
+    stream
+        .write_all(&framed)
+        .map_err(|e| format!("sending: {e}"))?;
+    let mut length = [0u8; 2];
+    stream
+        .read_exact(&mut length)
+        .map_err(|e| format!("no answer from the gateway ({e})"))?;
+    let mut reply = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream
+        .read_exact(&mut reply)
+        .map_err(|e| format!("a short answer ({e})"))?;
+    match self_test_token_in(&reply, id) {
+        Some(found) if found == token => Ok(()),
+        _ => Err("answered by something else than this gateway".into()),
+    }
+}

@@ -1,0 +1,316 @@
+//! The DNS gateway as a process of its own, beside the agent.
+//!
+//! PID 1 binds the gateway's sockets on loopback as root, before anything of the agent runs, and
+//! holds them for the container's life; the gateway is a forked child that serves them as
+//! `GATEWAY_UID` with CAP_NET_ADMIN alone (to add answered addresses to the sets), no_new_privs,
+//! not dumpable. The agent, under another uid, can neither signal nor trace it, and cannot take
+//! its port: the sockets stay bound while it restarts. If it dies, questions wait unanswered in
+//! those sockets (names fail closed: nothing else answers the agent's DNS, which nat redirects
+//! here) until PID 1 starts it again.
+//!
+//! Restarting needs CAP_SETUID, CAP_SETGID and CAP_NET_ADMIN, so with the gateway PID 1 keeps
+//! them in its permitted set (never effective: only the forked child raises them, for the few
+//! system calls before it becomes the gateway's uid). That gives the agent nothing: PID 1 is
+//! root and not dumpable (the agent cannot trace it or write its memory), the agent cannot
+//! signal it, and PID 1 reads nothing the agent writes; the gateway, which does, holds only
+//! CAP_NET_ADMIN, as before.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
+
+use super::filter::{Names, OwnNetworks};
+use super::{sets, tcp, udp};
+use crate::error::{Error, Result};
+use crate::fence::plan::{gateway_listen_addr, AgentDns, Family};
+use crate::sys::caps::{self, Capability};
+use crate::sys::signals::Signals;
+
+/// The gateway's uid: no account needs to exist for it. Below 65536, so it is mapped in user
+/// namespaces (rootless Docker and Podman map 65,536 uids).
+pub const GATEWAY_UID: u32 = 65053;
+/// The loopback port the agent's DNS is redirected to (below the ephemeral range, so no
+/// outgoing connection holds it).
+pub const GATEWAY_PORT: u16 = 10053;
+
+/// How the agent's DNS reaches this gateway (for the plan).
+pub const AGENT_DNS: AgentDns = AgentDns::Gateway {
+    uid: GATEWAY_UID,
+    port: GATEWAY_PORT,
+};
+
+/// The capabilities PID 1 keeps permitted to start the gateway again.
+pub const RESTART_CAPABILITIES: [Capability; 3] = [
+    Capability::CAP_NET_ADMIN,
+    Capability::CAP_SETUID,
+    Capability::CAP_SETGID,
+];
+
+/// Starts within this window beyond which PID 1 waits before the next one.
+const RESTART_BURST: usize = 5;
+const RESTART_WINDOW: Duration = Duration::from_secs(10);
+
+/// What the gateway serves.
+pub struct Config {
+    /// The resolver the questions go to (resolv.conf's first usable nameserver).
+    pub upstream: SocketAddr,
+    pub names: Names,
+    pub own: OwnNetworks,
+}
+
+/// The listening sockets, one UDP and one TCP per family.
+pub struct Listeners {
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds loopback at `GATEWAY_PORT` for each family (IPv6 only where it is on).
+    pub fn bind(families: &[Family]) -> Result<Listeners> {
+        let mut listeners = Listeners {
+            udp: Vec::new(),
+            tcp: Vec::new(),
+        };
+        for family in families {
+            let at = SocketAddr::new(gateway_listen_addr(*family), GATEWAY_PORT);
+            let failed = |error: std::io::Error| {
+                Error::CannotFence(format!(
+                    "binding the DNS gateway's port {at}: {error}; free it, or start with --dns \
+                     static"
+                ))
+            };
+            listeners.udp.push(UdpSocket::bind(at).map_err(failed)?);
+            listeners.tcp.push(TcpListener::bind(at).map_err(failed)?);
+        }
+        Ok(listeners)
+    }
+
+    fn descriptors(&self) -> Vec<i32> {
+        let udp = self.udp.iter().map(|s| s.as_raw_fd());
+        udp.chain(self.tcp.iter().map(|s| s.as_raw_fd())).collect()
+    }
+}
+
+/// The running gateway, kept by PID 1.
+pub struct Gateway {
+    config: Config,
+    listeners: Listeners,
+    pid: Option<Pid>,
+    starts: VecDeque<Instant>,
+}
+
+impl Gateway {
+    /// Forks the gateway. Call while cordon is single-threaded.
+    pub fn start(config: Config, listeners: Listeners, signals: &Signals) -> Result<Gateway> {
+        let mut gateway = Gateway {
+            config,
+            listeners,
+            pid: None,
+            starts: VecDeque::new(),
+        };
+        gateway.fork(signals)?;
+        Ok(gateway)
+    }
+
+    pub fn pid(&self) -> Option<Pid> {
+        self.pid
+    }
+
+    /// Kills the gateway and reaps it (the start failed).
+    pub fn stop(&mut self) {
+        if let Some(pid) = self.pid.take() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::wait::waitpid(pid, None);
+        }
+    }
+}
+
+impl crate::supervise::Resident for Gateway {
+    /// Starts the gateway again if it exited or is still down, unless it started
+    /// `RESTART_BURST` times within `RESTART_WINDOW` (then on a later round: the supervisor
+    /// wakes at least once a second).
+    fn tend(&mut self, exited: &[(Pid, i32)], signals: &Signals) {
+        if let Some((_, status)) = exited.iter().find(|(pid, _)| Some(*pid) == self.pid) {
+            log::warn!(
+                "the DNS gateway exited (status {status}): names fail closed until it is back"
+            );
+            self.pid = None;
+        }
+        if self.pid.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        while self
+            .starts
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > RESTART_WINDOW)
+        {
+            self.starts.pop_front();
+        }
+        if self.starts.len() >= RESTART_BURST {
+            return;
+        }
+        match self.fork(signals) {
+            Ok(()) => log::warn!("the DNS gateway was started again"),
+            Err(error) => log::error!("{error}"),
+        }
+    }
+}
+
+impl Gateway {
+    fn fork(&mut self, signals: &Signals) -> Result<()> {
+        self.starts.push_back(Instant::now());
+        // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
+        // from the supervisor's loop), so the child may allocate; it never returns.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
+            ForkResult::Parent { child } => {
+                self.pid = Some(child);
+                Ok(())
+            }
+            ForkResult::Child => {
+                let code = match confine(signals, &self.listeners.descriptors()) {
+                    Ok(()) => serve(&self.config, &self.listeners),
+                    Err(error) => {
+                        log::error!("DNS gateway: {error}");
+                        1
+                    }
+                };
+                // SAFETY: ending the gateway without unwinding into PID 1's stack.
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+}
+
+/// The gateway's own confinement, before it reads a byte from the agent.
+fn confine(signals: &Signals, keep: &[i32]) -> std::result::Result<(), String> {
+    let fail = |what: &'static str| move |errno: Errno| format!("{what}: {}", errno.desc());
+    // SAFETY: plain system call with integer arguments.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    signals.restore().map_err(fail("restoring signals"))?;
+    close_other_descriptors(keep);
+    let needed: u64 = [
+        Capability::CAP_SETUID,
+        Capability::CAP_SETGID,
+        Capability::CAP_SETPCAP,
+        Capability::CAP_NET_ADMIN,
+    ]
+    .iter()
+    .fold(0, |bits, cap| bits | 1 << cap.index());
+    raise_effective(needed).map_err(fail("raising capabilities"))?;
+    caps::clear_ambient_set().map_err(fail("emptying the ambient set"))?;
+    caps::clear_bounding_set().map_err(fail("emptying the bounding set"))?;
+    let (uid, gid) = (Uid::from_raw(GATEWAY_UID), Gid::from_raw(GATEWAY_UID));
+    nix::unistd::setgroups(&[]).map_err(fail("clearing groups"))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(fail("setting the gateway's gid"))?;
+    // SAFETY: plain system call: the permitted set survives the change of uid.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })
+        .map_err(fail("keeping capabilities across setuid"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(fail("setting the gateway's uid"))?;
+    let net_admin = caps::CapData {
+        effective: 1 << Capability::CAP_NET_ADMIN.index(),
+        permitted: 1 << Capability::CAP_NET_ADMIN.index(),
+        inheritable: 0,
+    };
+    caps::capset([net_admin, caps::CapData::default()])
+        .map_err(fail("dropping to CAP_NET_ADMIN"))?;
+    // SAFETY: plain system call.
+    Errno::result(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) })
+        .map_err(fail("clearing keep-caps"))?;
+    nix::sys::prctl::set_no_new_privs().map_err(fail("setting no_new_privs"))?;
+    nix::sys::prctl::set_dumpable(false).map_err(fail("clearing dumpable"))
+}
+
+/// Makes every capability of `bits` that is permitted effective too.
+fn raise_effective(bits: u64) -> nix::Result<()> {
+    let [mut low, mut high] = caps::capget()?;
+    low.effective |= low.permitted & bits as u32;
+    high.effective |= high.permitted & (bits >> 32) as u32;
+    caps::capset([low, high])
+}
+
+/// Closes every descriptor PID 1 had open but stdin, stdout, stderr and `keep`.
+fn close_other_descriptors(keep: &[i32]) {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let open: Vec<i32> = entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in open {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: closing a descriptor this process no longer uses (the directory's own
+            // descriptor is already closed and fails harmlessly).
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Serves every listener until one loop fails; returns the gateway's exit status.
+fn serve(config: &Config, listeners: &Listeners) -> i32 {
+    let open = |opened: &[super::filter::Opened]| {
+        if let Err(error) = sets::open(opened) {
+            log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
+        }
+    };
+    let stop = AtomicBool::new(false);
+    let upstream = config.upstream;
+    // The loops end only on a failure; the first one stops all, so PID 1 starts a fresh gateway.
+    let (ended, first_end) = std::sync::mpsc::channel::<String>();
+    let failure = std::thread::scope(|scope| {
+        for agents in &listeners.udp {
+            let (open, stop, ended) = (&open, &stop, ended.clone());
+            scope.spawn(move || {
+                let outcome = upstream_socket(upstream).and_then(|socket| {
+                    udp::serve(agents, &socket, &config.names, &config.own, open, stop)
+                });
+                let _ = ended.send(describe(outcome));
+            });
+        }
+        for agents in &listeners.tcp {
+            let (open, stop, ended) = (&open, &stop, ended.clone());
+            scope.spawn(move || {
+                let outcome = tcp::serve(agents, upstream, &config.names, &config.own, open, stop);
+                let _ = ended.send(describe(outcome));
+            });
+        }
+        drop(ended);
+        let failure = first_end.recv().unwrap_or_else(|_| "no loop ran".into());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        failure
+    });
+    log::error!("DNS gateway stopped: {failure}");
+    1
+}
+
+/// A UDP socket connected to the resolver: only it can answer on this socket.
+fn upstream_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: IpAddr = match upstream {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind((local, 0))?;
+    socket.connect(upstream)?;
+    Ok(socket)
+}
+
+fn describe(outcome: std::io::Result<()>) -> String {
+    match outcome {
+        Ok(()) => "a loop ended".into(),
+        Err(error) => error.to_string(),
+    }
+}

@@ -1,0 +1,388 @@
+//! The DNS gateway (`--dns gateway`), as root, in network namespaces: the agent's DNS to any
+//! server reaches only the gateway, only allowlisted names reach the world's resolver, answers
+//! open what they name (wildcards too) and nothing special-purpose, the gateway runs confined,
+//! fails closed when it stops and comes back when it dies; behind Docker's embedded DNS and on
+//! an IPv4-only network too.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use support::world::*;
+use support::{cordon, privileged};
+
+const GATEWAY_UID: &str = "65053";
+
+/// cordon running `/bin/sleep` as the agent with the gateway, while the test probes as the
+/// agent's uid from outside (the redirect and the fence go by uid, not by process).
+struct Sandbox {
+    child: Child,
+    log: String,
+}
+
+impl Sandbox {
+    fn start(world: &World, allow: &[&str]) -> Sandbox {
+        let log = world.path(&format!("cordon-{}.log", allow.len()));
+        let mut command = world.sandbox_command(cordon());
+        command.args(["--dns", "gateway", "--no-harden", "--no-default-profile"]);
+        for entry in allow {
+            command.args(["--allow", entry]);
+        }
+        command
+            .args(["--user", AGENT_UID, "--", "/bin/sleep", "300"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = command.spawn().expect("start cordon");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("starting /bin/sleep") {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("cordon exited ({status}) before the agent started:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "cordon did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sandbox { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // SAFETY: signalling the cordon process this test started; the agent exits on it.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        eprintln!("cordon's log:\n{}", self.log());
+    }
+}
+
+fn dns_log(world: &World) -> String {
+    std::fs::read_to_string(world.path("dns.log")).unwrap_or_default()
+}
+
+/// The gateway: the one process of the gateway's uid (in this test's sandbox: a child of
+/// `sandbox`).
+fn gateway_pid(sandbox: &Sandbox) -> Option<u32> {
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", sandbox.pid())).ok()?;
+    children
+        .split_whitespace()
+        .filter_map(|pid| pid.parse::<u32>().ok())
+        .find(|pid| status_field(*pid, "Uid").is_some_and(|uid| uid.starts_with(GATEWAY_UID)))
+}
+
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+/// `SPEC VERDICT DETAIL` per probe, as the agent.
+fn probe(world: &World, specs: &[&str]) -> HashMap<String, (String, String)> {
+    world
+        .probe_timed(specs)
+        .into_iter()
+        .map(|(spec, (verdict, detail, _))| (spec, (verdict, detail)))
+        .collect()
+}
+
+fn verdict(world: &World, spec: &str) -> (String, String) {
+    probe(world, &[spec]).remove(spec).expect("a probe line")
+}
+
+/// Hex of a would-be secret, as a DNS tunnel puts it in a name.
+const TUNNEL: &str = "6768705f5365637265745f746f6b656e";
+
+#[test]
+fn only_allowlisted_names_reach_the_resolver_and_their_answers_open_them() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![
+            format!("x.wild.test={BLOCKED}"),
+            format!("rebind.test={METADATA}"),
+            format!("lan.test={LAN_PEER}"),
+        ],
+        ..WorldOpts::default()
+    });
+    let sandbox = Sandbox::start(
+        &world,
+        &["allowed.test", "*.wild.test", "rebind.test", "lan.test"],
+    );
+    assert!(
+        sandbox.log().contains("DNS gateway (uid 65053)"),
+        "{}",
+        sandbox.log()
+    );
+
+    // Nothing is open by name until the agent asks for it.
+    let blocked = format!("tcp:{BLOCKED}:443");
+    assert_eq!(verdict(&world, &blocked).0, "refused");
+    let asked = verdict(&world, &format!("dns:x.wild.test@{GATEWAY}"));
+    assert_eq!(asked, ("answered".into(), BLOCKED.into()));
+    assert_eq!(verdict(&world, &blocked).0, "open", "the answer opened it");
+    assert_eq!(
+        verdict(&world, &format!("dnstcp:allowed.test@{GATEWAY}")),
+        ("answered".into(), ALLOWED.into())
+    );
+
+    // The tunnel: a secret under a name nobody allowed, to every server, in every form.
+    let tunnel: Vec<String> = [
+        format!("dns:{TUNNEL}.a.tunnel.test@{GATEWAY}"),
+        format!("txt:{TUNNEL}.b.tunnel.test@{GATEWAY}"),
+        format!("dnstcp:{TUNNEL}.c.tunnel.test@{GATEWAY}"),
+        format!("dns:{TUNNEL}.d.tunnel.test@{OTHER_DNS}"),
+        format!("dns:{TUNNEL}.e.tunnel.test@[{GATEWAY6}]"),
+        format!("dns:{TUNNEL}.f.tunnel.test@127.0.0.1"),
+        // A wildcard covers names below it, not itself.
+        "dns:wild.test@10.77.0.1".to_string(),
+    ]
+    .into();
+    let specs: Vec<&str> = tunnel.iter().map(String::as_str).collect();
+    let got = probe(&world, &specs);
+    for spec in &specs {
+        assert_eq!(
+            got[*spec],
+            ("error".into(), "REFUSED".into()),
+            "{spec}: the gateway refuses it"
+        );
+    }
+
+    // Rebinding: an allowed name that answers with a metadata or LAN address opens nothing.
+    assert_eq!(
+        verdict(&world, &format!("dns:rebind.test@{GATEWAY}")),
+        ("answered".into(), "-".into())
+    );
+    assert_eq!(
+        verdict(&world, &format!("dns:lan.test@{GATEWAY}")),
+        ("answered".into(), "-".into())
+    );
+    assert_eq!(verdict(&world, &format!("tcp:{METADATA}:80")).0, "refused");
+    assert_eq!(verdict(&world, &format!("tcp:{LAN_PEER}:22")).0, "refused");
+
+    let log = dns_log(&world);
+    assert!(log.contains("x.wild.test"), "{log}");
+    assert!(log.contains("rebind.test"), "{log}");
+    assert!(
+        !log.contains("tunnel") && !log.contains(TUNNEL) && !log.contains(" wild.test"),
+        "a refused name reached the world's DNS server:\n{log}"
+    );
+    assert!(
+        !log.contains("self-test.cordon.invalid"),
+        "the self-test's name left the sandbox:\n{log}"
+    );
+}
+
+/// The gateway holds CAP_NET_ADMIN alone under its own uid, not dumpable, no_new_privs, and the
+/// agent can neither signal it nor take its port; the supervisor keeps what a restart needs in
+/// its permitted set only.
+#[test]
+fn the_gateway_runs_confined_and_out_of_the_agents_reach() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let pid = gateway_pid(&sandbox).expect("a gateway process");
+    let field = |key: &str| status_field(pid, key).unwrap();
+    assert!(field("Uid")
+        .split_whitespace()
+        .all(|uid| uid == GATEWAY_UID));
+    assert!(field("Gid")
+        .split_whitespace()
+        .all(|gid| gid == GATEWAY_UID));
+    assert_eq!(field("Groups"), "");
+    assert_eq!(field("CapEff"), "0000000000001000", "CAP_NET_ADMIN only");
+    assert_eq!(field("CapPrm"), "0000000000001000");
+    for set in ["CapInh", "CapBnd", "CapAmb"] {
+        assert_eq!(field(set), "0000000000000000", "{set}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    // Not dumpable: its /proc files belong to root.
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{pid}/environ")).unwrap(),
+    );
+    assert_eq!(owner, 0, "the gateway is dumpable");
+
+    let supervisor = |key: &str| status_field(sandbox.pid(), key).unwrap();
+    // CAP_KILL effective; CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN permitted only.
+    assert_eq!(supervisor("CapEff"), "0000000000000020");
+    assert_eq!(supervisor("CapPrm"), "00000000000010e0");
+    assert_eq!(supervisor("CapBnd"), "0000000000000000");
+
+    let as_agent = world.sandbox_sh(&format!(
+        "setpriv --reuid {AGENT_UID} --regid {AGENT_UID} --clear-groups sh -c \
+         'kill -9 {pid}; echo kill=$?; \
+          /usr/bin/python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+          s.bind((\\\"127.0.0.1\\\", 10053))\" 2>/dev/null; echo bind=$?'"
+    ));
+    let text = String::from_utf8_lossy(&as_agent.stdout);
+    assert!(
+        text.contains("kill=1"),
+        "the agent signalled the gateway: {text}"
+    );
+    assert!(
+        text.contains("bind=1"),
+        "the agent took the gateway's port: {text}"
+    );
+    assert_eq!(gateway_pid(&sandbox), Some(pid));
+}
+
+/// A stopped gateway answers nothing and nothing else answers (names fail closed, the world's
+/// resolver hears nothing); a killed one is started again by the supervisor.
+#[test]
+fn names_fail_closed_while_the_gateway_is_down_and_it_comes_back() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let first = gateway_pid(&sandbox).expect("a gateway process");
+    let ask = format!("dns:allowed.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &ask).0, "answered");
+
+    // SAFETY: signalling the gateway this test's cordon started.
+    unsafe { libc::kill(first as i32, libc::SIGSTOP) };
+    let queries_before = dns_log(&world).lines().count();
+    assert_eq!(
+        verdict(&world, &ask).0,
+        "timeout",
+        "answered without the gateway"
+    );
+    assert_eq!(
+        verdict(&world, &format!("dns:allowed.test@{OTHER_DNS}")).0,
+        "timeout"
+    );
+    assert_eq!(
+        dns_log(&world).lines().count(),
+        queries_before,
+        "a query reached the world's resolver while the gateway was stopped"
+    );
+
+    // SAFETY: as above.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        match gateway_pid(&sandbox) {
+            Some(pid) if pid != first => break pid,
+            _ => assert!(Instant::now() < deadline, "the gateway was not restarted"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+    assert_eq!(status_field(second, "CapEff").unwrap(), "0000000000001000");
+    assert!(sandbox.log().contains("the DNS gateway was started again"));
+}
+
+/// Behind Docker's embedded DNS (127.0.0.11, DNAT to a port of its own, a forwarder running as
+/// root): the agent's questions reach the gateway, and the forwarder's real port, which any uid
+/// can read from /proc/net/udp, is closed to the agent.
+#[test]
+fn behind_docker_embedded_dns_the_forwarders_own_port_is_closed_to_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        docker_dns: true,
+        ..WorldOpts::default()
+    });
+    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let got = probe(
+        &world,
+        &[
+            "dns:allowed.test@127.0.0.11",
+            &format!("dns:{TUNNEL}.tunnel.test@127.0.0.11"),
+            &format!("dns:{TUNNEL}.real-port.tunnel.test@127.0.0.11:5300"),
+            &format!("dnstcp:{TUNNEL}.real-port.tunnel.test@127.0.0.11:5300"),
+        ],
+    );
+    assert_eq!(got["dns:allowed.test@127.0.0.11"].1, ALLOWED);
+    assert_eq!(
+        got[&format!("dns:{TUNNEL}.tunnel.test@127.0.0.11")],
+        ("error".into(), "REFUSED".into())
+    );
+    for spec in [
+        format!("dns:{TUNNEL}.real-port.tunnel.test@127.0.0.11:5300"),
+        format!("dnstcp:{TUNNEL}.real-port.tunnel.test@127.0.0.11:5300"),
+    ] {
+        let (verdict, _) = &got[&spec];
+        assert!(
+            verdict == "rejected" || verdict == "refused" || verdict == "denied",
+            "{spec}: {verdict}"
+        );
+    }
+    let log = dns_log(&world);
+    assert!(log.contains("allowed.test"), "{log}");
+    assert!(
+        !log.contains("tunnel"),
+        "the tunnel reached the world:\n{log}"
+    );
+}
+
+/// Docker's ordinary networks have no IPv6 at all: the gateway listens on IPv4 only and works.
+#[test]
+fn an_ipv4_only_namespace_gets_the_gateway() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        ipv6_off: true,
+        ..WorldOpts::default()
+    });
+    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let got = probe(
+        &world,
+        &[
+            &format!("dns:allowed.test@{GATEWAY}"),
+            &format!("dns:{TUNNEL}.tunnel.test@{GATEWAY}"),
+        ],
+    );
+    assert_eq!(got[&format!("dns:allowed.test@{GATEWAY}")].1, ALLOWED);
+    assert_eq!(
+        got[&format!("dns:{TUNNEL}.tunnel.test@{GATEWAY}")].1,
+        "REFUSED"
+    );
+    assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:443")).0, "open");
+}
+
+/// Where the gateway cannot serve, the command line says so at once.
+#[test]
+fn the_gateway_is_refused_where_cordon_does_not_stay_and_wildcards_need_it() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let firewall = world.cordon(&["firewall", "--dns", "gateway", "--no-default-profile"]);
+    assert_eq!(firewall.status.code(), Some(64), "{}", stderr(&firewall));
+    assert!(stderr(&firewall).contains("--dns static"));
+    let wildcard = world.cordon(&["firewall", "--no-default-profile", "--allow", "*.wild.test"]);
+    assert_eq!(wildcard.status.code(), Some(65), "{}", stderr(&wildcard));
+    assert!(stderr(&wildcard).contains("--dns gateway"));
+    let exec = world.cordon(&[
+        "--dns",
+        "gateway",
+        "--exec",
+        "--no-harden",
+        "--no-default-profile",
+        "--user",
+        AGENT_UID,
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(exec.status.code(), Some(64), "{}", stderr(&exec));
+}
