@@ -351,6 +351,15 @@ impl Fence {
             own: OwnNetworks {
                 nets: net.addrs.clone(),
                 gateways: net.gateways.clone(),
+                allowed_nets: self
+                    .policy
+                    .entries
+                    .iter()
+                    .filter_map(|entry| match entry.target {
+                        Target::Net(net) => Some(net),
+                        _ => None,
+                    })
+                    .collect(),
             },
         };
         let listeners = service::Listeners::bind(families)?;

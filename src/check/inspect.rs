@@ -13,6 +13,7 @@ use crate::fence::plan::{self, Family, Verdict, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::fence::policy::Proto;
 use crate::fence::record::{self, Loaded};
 use crate::fence::verify::{self, Observed, Probe};
+use crate::gateway::self_test::{self, Elsewhere};
 use crate::sys::caps::{self, Capability};
 use crate::sys::tool;
 
@@ -270,6 +271,7 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         0 => NOBODY,
         uid => uid,
     };
+    probe_dns_elsewhere(uid, status);
     for mut result in verify::run_probes(probes, uid, marked) {
         // An unmarked SYN to a documentation address (routed nowhere) that is refused at once
         // was refused by the fence's reset: without a fence it would leave and go unanswered.
@@ -282,6 +284,27 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         } else {
             status.fail(line);
         }
+    }
+}
+
+/// A question to a server that is not the resolver: the fence rejects it (static mode), or nat
+/// redirects it to the DNS gateway, which refuses it. No answer means the gateway is down (names
+/// fail closed meanwhile).
+fn probe_dns_elsewhere(uid: u32, status: &mut FenceStatus) {
+    let server = SocketAddr::new(verify::DNS_ELSEWHERE.into(), 53);
+    match self_test::ask_elsewhere(server, uid) {
+        Elsewhere::Refused => status.ok(format!(
+            "dns: a question to {server} as uid {uid} reached cordon's DNS gateway, which \
+             refused it"
+        )),
+        Elsewhere::Stopped => status.ok(format!("dns: a question to {server} was blocked")),
+        Elsewhere::NoAnswer => status.fail(format!(
+            "dns: a question to {server} got no answer: the DNS gateway is not answering, so \
+             names fail closed; restart the container (or rerun cordon)"
+        )),
+        Elsewhere::Other(what) => status.fail(format!(
+            "dns: a question to {server} was not stopped: {what}"
+        )),
     }
 }
 

@@ -240,16 +240,23 @@ pub fn answer_for_agent(
     answer.to_vec().ok()
 }
 
-/// Addresses a name must never open in this container.
+/// Addresses a name must not open in this container: its own networks and gateways (besides
+/// special-purpose addresses), unless an address entry of the allowlist opens them already.
 #[derive(Debug, Default, Clone)]
 pub struct OwnNetworks {
     pub nets: Vec<IpNet>,
     pub gateways: Vec<IpAddr>,
+    /// The networks of the allowlist's address entries.
+    pub allowed_nets: Vec<IpNet>,
 }
 
 impl OwnNetworks {
     fn contain(&self, addr: IpAddr) -> bool {
         self.gateways.contains(&addr) || self.nets.iter().any(|net| net.contains(&addr))
+    }
+
+    fn allowed_by_address(&self, addr: IpAddr) -> bool {
+        self.allowed_nets.iter().any(|net| net.contains(&addr))
     }
 }
 
@@ -271,7 +278,7 @@ pub fn judge_answer(
         return verdict;
     }
     for (addr, ttl) in chain_addresses(&question.name, &answer.answers) {
-        if !may_be_opened_by_name(addr) || own.contain(addr) {
+        if (!may_be_opened_by_name(addr) || own.contain(addr)) && !own.allowed_by_address(addr) {
             verdict.refused.push(addr);
             continue;
         }
@@ -439,9 +446,10 @@ mod tests {
             a("edge.cdn.test.", "10.1.2.3", 300),
             a("edge.cdn.test.", "10.9.0.1", 300),
         ];
-        let own = OwnNetworks {
+        let mut own = OwnNetworks {
             nets: vec!["10.1.2.0/24".parse().unwrap()],
             gateways: vec!["10.9.0.1".parse().unwrap()],
+            allowed_nets: Vec::new(),
         };
         let verdict = judge_answer(&question, &answer, &allowed, &own);
         let opened: Vec<(String, u64)> = verdict
@@ -456,6 +464,14 @@ mod tests {
         assert_eq!(verdict.opened[0].ports[0].to_string(), "443");
         let refused: Vec<String> = verdict.refused.iter().map(|a| a.to_string()).collect();
         assert_eq!(refused, ["169.254.169.254", "10.1.2.3", "10.9.0.1"]);
+        // An address entry covering one of them (say `10.1.2.0/28:5432`) lets the name open it.
+        own.allowed_nets = vec!["10.1.2.0/28".parse().unwrap()];
+        let verdict = judge_answer(&question, &answer, &allowed, &own);
+        assert!(verdict
+            .opened
+            .iter()
+            .any(|o| o.addr.to_string() == "10.1.2.3"));
+        assert!(!verdict.refused.iter().any(|a| a.to_string() == "10.1.2.3"));
     }
 
     proptest! {

@@ -48,9 +48,67 @@ pub fn run(resolvers: &[IpAddr], agent_uid: u32, token: &str) -> Vec<String> {
     failures
 }
 
+/// What became of a question for a name no allowlist has, sent to a server that is not the
+/// resolver (`cordon check`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Elsewhere {
+    /// Answered REFUSED: the question reached the DNS gateway (nat redirects it there).
+    Refused,
+    /// The fence stopped it (static mode).
+    Stopped,
+    /// Nothing came back.
+    NoAnswer,
+    /// Anything else: an answer from a server, a socket error.
+    Other(String),
+}
+
+/// Asks `server` for `check.cordon.invalid` (TXT) as `uid`.
+pub fn ask_elsewhere(server: SocketAddr, uid: u32) -> Elsewhere {
+    let outcome = as_owner(uid, || {
+        let local: IpAddr = match server {
+            SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+            SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+        };
+        let socket = UdpSocket::bind((local, 0)).map_err(|e| e.to_string())?;
+        socket.connect(server).map_err(|e| e.to_string())?;
+        let mut query = self_test_query(rand::random::<u16>());
+        rename_to_check(&mut query);
+        // A datagram the fence rejects fails the send itself (EPERM); one that left this
+        // namespace may still be rejected outside it, which says nothing about the fence.
+        match socket.send(&query) {
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
+                return Ok(Elsewhere::Stopped)
+            }
+            Err(error) => return Ok(Elsewhere::Other(error.to_string())),
+            Ok(_) => {}
+        }
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .map_err(|e| e.to_string())?;
+        let mut buffer = [0u8; 512];
+        Ok(match socket.recv(&mut buffer) {
+            Ok(len) if len >= 4 && buffer[3] & 0x0f == 5 => Elsewhere::Refused,
+            Ok(len) => Elsewhere::Other(format!("answered ({len} bytes)")),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Elsewhere::NoAnswer,
+            Err(error) => Elsewhere::Other(format!(
+                "it left this container and was stopped outside it ({error}), not by its fence"
+            )),
+        })
+    });
+    outcome.unwrap_or_else(Elsewhere::Other)
+}
+
+/// `self-test.cordon.invalid` → `check-test.cordon.invalid` (same length): a name the gateway
+/// refuses like any other.
+fn rename_to_check(query: &mut [u8]) {
+    if let Some(at) = query.windows(9).position(|w| w == b"self-test") {
+        query[at..at + 9].copy_from_slice(b"checktest");
+    }
+}
+
 /// Runs `ask` with the file-system uid (which sockets are owned by, and nat's owner match
 /// reads) set to `uid`.
-fn as_owner(uid: u32, ask: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+fn as_owner<T>(uid: u32, ask: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
     let previous = setfsuid(Uid::from_raw(uid));
     let in_effect = setfsuid(Uid::from_raw(u32::MAX));
     let outcome = if in_effect.as_raw() == uid {

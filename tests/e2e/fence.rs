@@ -15,7 +15,30 @@ fn the_real_claude_cli_answers_through_the_fence() {
     if !privileged() {
         return;
     }
+    claude_completes_a_turn(&[]);
+}
+
+/// The same through the DNS gateway: the CLI's names are answered by cordon's gateway, whose
+/// answers open the mock's address (on the container's own network, so the address entry for a
+/// port nothing uses lets the names open it; see tests/e2e/gateway.rs).
+#[test]
+fn the_real_claude_cli_answers_through_the_dns_gateway() {
+    if !privileged() {
+        return;
+    }
+    claude_completes_a_turn(&["CORDON_DNS=gateway"]);
+}
+
+fn claude_completes_a_turn(environment: &[&str]) {
     let world = World::new();
+    let mut environment: Vec<String> = environment.iter().map(|e| e.to_string()).collect();
+    if !environment.is_empty() {
+        environment.push(format!(
+            "CORDON_ALLOW={}:9 [{}]:9",
+            world.a("10"),
+            world.aaaa("ff10")
+        ));
+    }
     let workspace = world.dir.join(format!("ws-{}", world.id));
     std::fs::create_dir_all(&workspace).unwrap();
     let name = world.name("claude");
@@ -28,6 +51,7 @@ fn the_real_claude_cli_answers_through_the_fence() {
             .env("ANTHROPIC_API_KEY", key)
             .args(["--image", &world.s.image, "--name", &name])
             .args(["-e", "ANTHROPIC_BASE_URL=http://api.anthropic.com"])
+            .args(environment.iter().flat_map(|e| ["-e", e.as_str()]))
             .arg(format!("--docker-arg=--network={}", world.net))
             .arg(format!("--docker-arg=--dns={}", world.dns_ip()));
         if dry_run {
@@ -84,6 +108,8 @@ fn the_real_claude_cli_answers_through_the_fence() {
         out.stdout
     );
     assert!(out.stderr.contains("cordon: fence ready"), "{}", out.stderr);
+    let gateway = out.stderr.contains("cordon: DNS gateway");
+    assert_eq!(gateway, !environment.is_empty(), "{}", out.stderr);
     assert!(
         out.stderr
             .contains("cordon: starting claude as node (uid 1000"),

@@ -31,6 +31,7 @@ mod world;
 mod check;
 mod devcontainer;
 mod fence;
+mod gateway;
 mod launcher;
 mod lifecycle;
 mod podman;
