@@ -184,10 +184,10 @@ pub struct FenceArgs {
     #[arg(long)]
     pub verify_connect: bool,
 
-    /// How the agent's names are resolved.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = fence::Dns::Static,
-          env = "CORDON_DNS")]
-    pub dns: fence::Dns,
+    /// How the agent's names are resolved [default: gateway where cordon stays as the
+    /// supervisor; static for `firewall` (init-firewall.sh) and --exec, which exit].
+    #[arg(long, value_enum, value_name = "MODE", env = "CORDON_DNS")]
+    pub dns: Option<fence::Dns>,
 
     /// Upper bound on the whole resolution phase, in seconds.
     #[arg(long, value_name = "SECONDS", value_parser = parse_seconds,
@@ -377,14 +377,14 @@ fn from_cli(cli: Cli) -> Parsed {
     let (invocation, output) = match cli.subcommand {
         Some(Sub::Firewall(args)) => (
             Invocation::Firewall {
-                fence: args.fence.options(),
+                fence: args.fence.options(fence::Dns::Static),
                 user: args.agent.request(),
             },
             args.output,
         ),
         Some(Sub::Plan(args)) => (
             Invocation::Plan {
-                fence: args.fence.options(),
+                fence: args.fence.options(fence::Dns::Gateway),
             },
             args.output,
         ),
@@ -398,7 +398,10 @@ fn from_cli(cli: Cli) -> Parsed {
         Some(Sub::Harden(args)) => (Invocation::Harden, args.output),
         None => (
             Invocation::Run(Start {
-                fence: cli.fence.options(),
+                fence: cli.fence.options(match cli.sandbox.exec {
+                    true => fence::Dns::Static,
+                    false => fence::Dns::Gateway,
+                }),
                 user: cli.agent.request(),
                 harden: cli.sandbox.harden(),
                 env: env::Rules {
@@ -423,7 +426,8 @@ fn from_cli(cli: Cli) -> Parsed {
 }
 
 impl FenceArgs {
-    fn options(self) -> fence::Options {
+    /// The fence's options; `dns` where the command line and CORDON_DNS say nothing.
+    fn options(self, dns: fence::Dns) -> fence::Options {
         fence::Options {
             sources: fence::Sources {
                 allow: self.allow,
@@ -434,7 +438,7 @@ impl FenceArgs {
                 strict: self.strict,
                 config_dir: self.config_dir,
             },
-            dns: self.dns,
+            dns: self.dns.unwrap_or(dns),
             resolve_timeout: self.resolve_timeout.0,
             resolv_conf: self.resolv_conf,
             backend: self.iptables_backend,
@@ -574,6 +578,30 @@ mod tests {
             panic!("expected the firewall subcommand");
         };
         assert_eq!(fence.sources.profiles, ["anthropic-devcontainer"]);
+    }
+
+    #[test]
+    fn the_dns_gateway_is_the_default_where_cordon_stays() {
+        let dns = |args: &[&str]| match parse_strs(args) {
+            Invocation::Run(start) => start.fence.dns,
+            Invocation::Firewall { fence, .. } | Invocation::Plan { fence } => fence.dns,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(dns(&["cordon", "sh"]), fence::Dns::Gateway);
+        assert_eq!(dns(&["cordon", "plan"]), fence::Dns::Gateway);
+        // These exit: nothing would be left to run the gateway.
+        assert_eq!(dns(&["cordon", "--exec", "sh"]), fence::Dns::Static);
+        assert_eq!(dns(&["cordon", "firewall"]), fence::Dns::Static);
+        assert_eq!(dns(&["init-firewall.sh"]), fence::Dns::Static);
+        assert_eq!(
+            dns(&["cordon", "--dns", "static", "sh"]),
+            fence::Dns::Static
+        );
+        assert_eq!(
+            dns(&["cordon", "--exec", "--dns", "gateway", "sh"]),
+            fence::Dns::Gateway,
+            "refused later, with the reason"
+        );
     }
 
     #[test]

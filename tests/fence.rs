@@ -154,6 +154,8 @@ fn applying_twice_gives_the_same_ruleset_and_plan_changes_nothing() {
     let pristine = world.filter_rules("iptables-save");
     let plan = world.cordon(&[
         "plan",
+        "--dns",
+        "static",
         "--no-default-profile",
         "--allow",
         "allowed.test",
@@ -1299,7 +1301,14 @@ fn cname_chains_are_followed() {
         return;
     }
     let world = World::new(WorldOpts::default());
-    let output = world.cordon(&["plan", "--no-default-profile", "--allow", "alias.test"]);
+    let output = world.cordon(&[
+        "plan",
+        "--dns",
+        "static",
+        "--no-default-profile",
+        "--allow",
+        "alias.test",
+    ]);
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
@@ -1333,7 +1342,14 @@ fn names_open_only_what_their_own_answer_says() {
         "nameserver {GATEWAY}\nsearch corp.test\noptions ndots:5\n"
     ));
     let plan = |name: &str| {
-        let output = world.cordon(&["plan", "--no-default-profile", "--allow", name]);
+        let output = world.cordon(&[
+            "plan",
+            "--dns",
+            "static",
+            "--no-default-profile",
+            "--allow",
+            name,
+        ]);
         assert!(output.status.success(), "{}", stderr(&output));
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         let sets: String = text
@@ -1382,7 +1398,14 @@ fn an_answer_too_large_for_udp_is_fetched_over_tcp() {
         records: addresses.iter().map(|a| format!("big.test={a}")).collect(),
         ..WorldOpts::default()
     });
-    let output = world.cordon(&["plan", "--no-default-profile", "--allow", "big.test"]);
+    let output = world.cordon(&[
+        "plan",
+        "--dns",
+        "static",
+        "--no-default-profile",
+        "--allow",
+        "big.test",
+    ]);
     assert!(output.status.success(), "{}", stderr(&output));
     let text = String::from_utf8_lossy(&output.stdout);
     for address in &addresses {

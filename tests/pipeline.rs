@@ -38,7 +38,8 @@ say github_token "${GITHUB_TOKEN-absent}"
 say anthropic_key "${ANTHROPIC_API_KEY-absent}"
 say cordon_user "${CORDON_USER-absent}"
 grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \t' | tr ':' '=' >> "$out"
-/opt/testkit probe --timeout-ms 1500 "tcp:$ALLOWED:443" "tcp:$BLOCKED:443" "tcp:$METADATA:80" "dns:allowed.test@$OTHER_DNS" \
+/opt/testkit probe --timeout-ms 1500 "tcp:$ALLOWED:80" "dns:allowed.test@$RESOLVER" "tcp:$ALLOWED:443" \
+    "tcp:$BLOCKED:443" "tcp:$METADATA:80" "dns:allowed.test@$OTHER_DNS" "dns:c2VjcmV0.tunnel.test@$RESOLVER" \
     | while read -r spec verdict _; do say "$spec" "$verdict"; done
 "#;
 
@@ -199,6 +200,7 @@ fn the_dropped_user_cannot_get_around_the_sandbox() {
             ("BLOCKED", BLOCKED),
             ("METADATA", METADATA),
             ("OTHER_DNS", OTHER_DNS),
+            ("RESOLVER", GATEWAY),
         ])
         .output()
         .unwrap();
@@ -241,10 +243,18 @@ fn the_dropped_user_cannot_get_around_the_sandbox() {
         expect(set, "0000000000000000");
     }
     expect("NoNewPrivs", "1");
+    // The DNS gateway (the default): an allowlisted name's address opens when the agent asks
+    // for it, not before; other servers get the agent's questions nowhere but the gateway,
+    // which refuses unlisted names.
+    expect(&format!("tcp:{ALLOWED}:80"), "refused");
+    expect(&format!("dns:allowed.test@{GATEWAY}"), "answered");
     expect(&format!("tcp:{ALLOWED}:443"), "open");
     expect(&format!("tcp:{BLOCKED}:443"), "refused");
     expect(&format!("tcp:{METADATA}:80"), "refused");
-    expect(&format!("dns:allowed.test@{OTHER_DNS}"), "rejected");
+    expect(&format!("dns:allowed.test@{OTHER_DNS}"), "answered");
+    expect(&format!("dns:c2VjcmV0.tunnel.test@{GATEWAY}"), "error");
+    let queries = std::fs::read_to_string(world.path("dns.log")).unwrap_or_default();
+    assert!(!queries.contains("tunnel"), "{queries}");
 
     // Harden, seen from outside: the root's privileged files are stripped, sudoers emptied, the
     // volume's setuid file untouched.

@@ -13,6 +13,7 @@ use crate::fence::plan::{self, Family, Verdict, CHAIN_OUTPUT, CHAIN_REJECT};
 use crate::fence::policy::Proto;
 use crate::fence::record::{self, Loaded};
 use crate::fence::verify::{self, Observed, Probe};
+use crate::gateway;
 use crate::gateway::self_test::{self, Elsewhere};
 use crate::sys::caps::{self, Capability};
 use crate::sys::tool;
@@ -289,21 +290,33 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
 
 /// A question to a server that is not the resolver: the fence rejects it (static mode), or nat
 /// redirects it to the DNS gateway, which refuses it. No answer means the gateway is down (names
-/// fail closed meanwhile).
+/// fail closed meanwhile). Where that server has no route (an internal network), the gateway's
+/// own port is asked instead.
 fn probe_dns_elsewhere(uid: u32, status: &mut FenceStatus) {
     let server = SocketAddr::new(verify::DNS_ELSEWHERE.into(), 53);
-    match self_test::ask_elsewhere(server, uid) {
+    let gateway = SocketAddr::new(
+        plan::gateway_listen_addr(Family::V4),
+        gateway::service::GATEWAY_PORT,
+    );
+    let (asked, outcome) = match self_test::ask_elsewhere(server, uid) {
+        Elsewhere::NoRoute => (gateway, self_test::ask_elsewhere(gateway, uid)),
+        outcome => (server, outcome),
+    };
+    match outcome {
         Elsewhere::Refused => status.ok(format!(
-            "dns: a question to {server} as uid {uid} reached cordon's DNS gateway, which \
+            "dns: a question to {asked} as uid {uid} reached cordon's DNS gateway, which \
              refused it"
         )),
-        Elsewhere::Stopped => status.ok(format!("dns: a question to {server} was blocked")),
+        Elsewhere::Stopped => status.ok(format!("dns: a question to {asked} was blocked")),
+        Elsewhere::NoRoute | Elsewhere::NotListening => status.ok(format!(
+            "dns: {server} has no route from here, and no DNS gateway runs (--dns static)"
+        )),
         Elsewhere::NoAnswer => status.fail(format!(
-            "dns: a question to {server} got no answer: the DNS gateway is not answering, so \
+            "dns: a question to {asked} got no answer: the DNS gateway is not answering, so \
              names fail closed; restart the container (or rerun cordon)"
         )),
         Elsewhere::Other(what) => status.fail(format!(
-            "dns: a question to {server} was not stopped: {what}"
+            "dns: a question to {asked} was not stopped: {what}"
         )),
     }
 }

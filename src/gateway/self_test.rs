@@ -58,6 +58,10 @@ pub enum Elsewhere {
     Stopped,
     /// Nothing came back.
     NoAnswer,
+    /// No route to the server (a network without a default route): it cannot leave anyway.
+    NoRoute,
+    /// Nothing listens there (a loopback port).
+    NotListening,
     /// Anything else: an answer from a server, a socket error.
     Other(String),
 }
@@ -70,7 +74,13 @@ pub fn ask_elsewhere(server: SocketAddr, uid: u32) -> Elsewhere {
             SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
         };
         let socket = UdpSocket::bind((local, 0)).map_err(|e| e.to_string())?;
-        socket.connect(server).map_err(|e| e.to_string())?;
+        match socket.connect(server) {
+            Err(error) if error.raw_os_error() == Some(libc::ENETUNREACH) => {
+                return Ok(Elsewhere::NoRoute)
+            }
+            Err(error) => return Err(error.to_string()),
+            Ok(()) => {}
+        }
         let mut query = self_test_query(rand::random::<u16>());
         rename_to_check(&mut query);
         // A datagram the fence rejects fails the send itself (EPERM); one that left this
@@ -78,6 +88,9 @@ pub fn ask_elsewhere(server: SocketAddr, uid: u32) -> Elsewhere {
         match socket.send(&query) {
             Err(error) if error.raw_os_error() == Some(libc::EPERM) => {
                 return Ok(Elsewhere::Stopped)
+            }
+            Err(error) if error.raw_os_error() == Some(libc::ENETUNREACH) => {
+                return Ok(Elsewhere::NoRoute)
             }
             Err(error) => return Ok(Elsewhere::Other(error.to_string())),
             Ok(_) => {}
@@ -90,6 +103,12 @@ pub fn ask_elsewhere(server: SocketAddr, uid: u32) -> Elsewhere {
             Ok(len) if len >= 4 && buffer[3] & 0x0f == 5 => Elsewhere::Refused,
             Ok(len) => Elsewhere::Other(format!("answered ({len} bytes)")),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Elsewhere::NoAnswer,
+            Err(error)
+                if server.ip().is_loopback()
+                    && error.raw_os_error() == Some(libc::ECONNREFUSED) =>
+            {
+                Elsewhere::NotListening
+            }
             Err(error) => Elsewhere::Other(format!(
                 "it left this container and was stopped outside it ({error}), not by its fence"
             )),

@@ -295,8 +295,9 @@ fn plant_setuid_id(world: &World, container: &str) {
     world.docker_must(&["cp", file.to_str().unwrap(), &target]);
 }
 
-/// Stops the background harden helper (PID 1's child named cordon) as soon as it exists, so
-/// that a check can see the pass running however fast it would be. Returns its host pid.
+/// Stops the background harden helper (PID 1's child named cordon that stays uid 0; the DNS
+/// gateway is another, of its own uid) as soon as it exists, so that a check can see the pass
+/// running however fast it would be. Returns its host pid.
 fn stop_the_helper(world: &World, container: &str) -> i32 {
     let init: i32 = world.inspect(container, "{{.State.Pid}}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -305,7 +306,10 @@ fn stop_the_helper(world: &World, container: &str) -> i32 {
             .unwrap_or_default();
         for child in children.split_whitespace() {
             let comm = std::fs::read_to_string(format!("/proc/{child}/comm")).unwrap_or_default();
-            if comm.trim() == "cordon" {
+            let status =
+                std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+            let root = status.lines().any(|line| line.starts_with("Uid:\t0\t"));
+            if comm.trim() == "cordon" && root {
                 let pid: i32 = child.parse().unwrap();
                 // SAFETY: a signal to a process of the test's own container.
                 assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);

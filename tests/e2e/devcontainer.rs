@@ -110,11 +110,23 @@ fn devcontainer_cli_form_runs_cordon_as_pid1_and_the_keep_alive_as_node() {
         "{}",
         status.stdout
     );
-    // The `vscode` profile from containerEnv is in the allowlist (its names are the world's
-    // allowed address too, so this shows the profile was read without a separate address).
-    assert!(
-        logs.contains("resolved 6/6 names"),
+    // The `vscode` profile from containerEnv is in the allowlist: the DNS gateway answers its
+    // names (the world's allowed address) and refuses names no profile holds.
+    let got = world.probe(
+        &c,
+        &[
+            "dns:marketplace.visualstudio.com@127.0.0.11".to_string(),
+            "dns:registry.npmjs.org@127.0.0.11".to_string(),
+        ],
+    );
+    assert_eq!(
+        got["dns:marketplace.visualstudio.com@127.0.0.11"],
+        ("answered".to_string(), world.a("10")),
         "claude + vscode profiles: {logs}"
+    );
+    assert_eq!(
+        got["dns:registry.npmjs.org@127.0.0.11"],
+        ("error".to_string(), "REFUSED".to_string())
     );
     let out = world.docker_must(&["stop", c.as_str()]);
     assert!(

@@ -10,35 +10,30 @@ use crate::world::*;
 /// The README's run command (docker/cordon-run) starts the real Claude Code CLI behind the fence:
 /// `claude --dangerously-skip-permissions -p ...` completes against the Messages API mock at
 /// http://api.anthropic.com (resolved by the world, allowed by the default `claude` profile).
+/// With `--dns static` (names resolved at start).
 #[test]
 fn the_real_claude_cli_answers_through_the_fence() {
+    if !privileged() {
+        return;
+    }
+    claude_completes_a_turn(&["CORDON_DNS=static"]);
+}
+
+/// The same with the default DNS gateway: the CLI's names are answered by cordon's gateway,
+/// whose answers open the mock's address (on the container's own network, so the address entry
+/// of `World::own_network_entries` lets the names open it).
+#[test]
+fn the_real_claude_cli_answers_through_the_dns_gateway() {
     if !privileged() {
         return;
     }
     claude_completes_a_turn(&[]);
 }
 
-/// The same through the DNS gateway: the CLI's names are answered by cordon's gateway, whose
-/// answers open the mock's address (on the container's own network, so the address entry for a
-/// port nothing uses lets the names open it; see tests/e2e/gateway.rs).
-#[test]
-fn the_real_claude_cli_answers_through_the_dns_gateway() {
-    if !privileged() {
-        return;
-    }
-    claude_completes_a_turn(&["CORDON_DNS=gateway"]);
-}
-
 fn claude_completes_a_turn(environment: &[&str]) {
     let world = World::new();
     let mut environment: Vec<String> = environment.iter().map(|e| e.to_string()).collect();
-    if !environment.is_empty() {
-        environment.push(format!(
-            "CORDON_ALLOW={}:9 [{}]:9",
-            world.a("10"),
-            world.aaaa("ff10")
-        ));
-    }
+    environment.push(world.own_network_entries());
     let workspace = world.dir.join(format!("ws-{}", world.id));
     std::fs::create_dir_all(&workspace).unwrap();
     let name = world.name("claude");
@@ -109,7 +104,8 @@ fn claude_completes_a_turn(environment: &[&str]) {
     );
     assert!(out.stderr.contains("cordon: fence ready"), "{}", out.stderr);
     let gateway = out.stderr.contains("cordon: DNS gateway");
-    assert_eq!(gateway, !environment.is_empty(), "{}", out.stderr);
+    let static_mode = environment.iter().any(|e| e == "CORDON_DNS=static");
+    assert_eq!(gateway, !static_mode, "{}", out.stderr);
     assert!(
         out.stderr
             .contains("cordon: starting claude as node (uid 1000"),

@@ -140,6 +140,17 @@ impl World {
         format!("{}::{host}", self.p6)
     }
 
+    /// The world's allowed host shares the container's own network (an internal network has
+    /// nothing else), where the DNS gateway lets a name's answer open an address only if an
+    /// address entry covers it: entries for the host on a port nothing uses (as CORDON_ALLOW).
+    pub(crate) fn own_network_entries(&self) -> String {
+        let mut entries = format!("CORDON_ALLOW={}:9", self.a("10"));
+        if self.ipv6 {
+            entries.push_str(&format!(" [{}]:9", self.aaaa("ff10")));
+        }
+        entries
+    }
+
     pub(crate) fn dns_ip(&self) -> String {
         self.a("2")
     }
@@ -213,6 +224,8 @@ impl World {
             self.net.clone(),
             "--dns".into(),
             self.dns_ip(),
+            "-e".into(),
+            self.own_network_entries(),
         ];
         if let Dns::Mounted = dns {
             args.extend([
@@ -366,6 +379,15 @@ impl World {
         };
         let allowed = self.a("10");
         let blocked = self.a("20");
+        // cordon's DNS gateway (the entrypoint's default) answers every question of the agent,
+        // to any server, and refuses names no allowlist holds; `cordon firewall` (the drop-in)
+        // resolves at start and leaves the agent's DNS to the resolver.
+        let gateway = self.logs(container).contains("cordon: DNS gateway");
+        let refused = || ("error", Some("REFUSED".to_string()));
+        let unlisted = match gateway {
+            true => refused(),
+            false => ("answered", Some(blocked.clone())),
+        };
         // A blocked TCP connect is reset at once (see plan.rs); other protocols are rejected
         // with ICMP admin-prohibited.
         let mut expected: Vec<(String, &str, Option<String>)> = vec![
@@ -377,8 +399,8 @@ impl World {
             ),
             (
                 format!("dns:example.com@{resolver}"),
-                "answered",
-                Some(blocked.clone()),
+                unlisted.0,
+                unlisted.1,
             ),
             // Allowlisted names (the default `claude` profile: TCP 80 and 443).
             (tcp(&allowed, 443), "open", None),
@@ -395,16 +417,16 @@ impl World {
             (tcp("169.254.169.254", 80), "refused", None),
             // Names open TCP only.
             (format!("udp:{allowed}:443"), "rejected", None),
-            // DNS to a server that is not the resolver.
+            // DNS to a server that is not the resolver: rejected, or answered by the gateway.
             (
                 format!("dns:example.com@{}", self.a("53")),
-                "rejected",
-                None,
+                if gateway { "error" } else { "rejected" },
+                gateway.then(|| "REFUSED".to_string()),
             ),
             (
                 format!("dns:api.anthropic.com@{}", self.a("53")),
-                "rejected",
-                None,
+                if gateway { "answered" } else { "rejected" },
+                gateway.then(|| allowed.clone()),
             ),
             // Most programs connect on blocking sockets: refused at once too.
             (format!("tcpb:{blocked}:443"), "refused", None),
@@ -432,6 +454,16 @@ impl World {
             }
         }
         match dns {
+            // With the gateway, TCP to any port 53 reaches the gateway.
+            _ if gateway => {
+                let (verdict, detail) = refused();
+                expected.push((
+                    format!("dns:example.com@{}", self.dns_ip()),
+                    verdict,
+                    detail,
+                ));
+                expected.push((tcp(&self.dns_ip(), 53), "open", None));
+            }
             // The world's DNS server is the embedded DNS's upstream, not the agent's resolver.
             Dns::Embedded => {
                 expected.push((
