@@ -37,7 +37,7 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 : > "$work/cordon.times"
 : > "$work/dnsperf.times"
 for _ in $(seq "$runs"); do
-    timed "$bin/cordon" plan -q --no-default-profile --allowlist "$work/names" >> "$work/cordon.times"
+    timed "$bin/cordon" plan -q --dns static --no-default-profile --allowlist "$work/names" >> "$work/cordon.times"
     # Every question in flight at once, as cordon sends them; each exactly once.
     timed dnsperf -s 10.78.0.1 -d "$work/questions" -n 1 -q 2000 -t 5 >> "$work/dnsperf.times"
 done
@@ -51,5 +51,5 @@ report() {
 echo "1,000 names, 2,000 questions (A and AAAA), medians of $runs runs:"
 report "cordon plan (static resolution)" "$work/cordon.times"
 report "dnsperf -q 2000 (same questions)" "$work/dnsperf.times"
-ip netns exec "$sandbox" "$bin/cordon" plan --no-default-profile --allowlist "$work/names" \
+ip netns exec "$sandbox" "$bin/cordon" plan --dns static --no-default-profile --allowlist "$work/names" \
     2>&1 >/dev/null | grep 'resolved'

@@ -3,16 +3,34 @@
 //! record's TTL, renewed by every later answer. An address whose timeout ran out takes no new
 //! connection; established flows go on through conntrack.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use super::filter::Opened;
 use crate::fence::plan::Family;
 use crate::fence::policy::Ports;
-use crate::sys::set_netlink::{self, Member};
+
+use crate::sys::set_netlink::{Adder, Member};
+
+thread_local! {
+    /// Each loop's own netlink socket, opened on first use.
+    static ADDER: RefCell<Option<Adder>> = const { RefCell::new(None) };
+}
 
 /// Adds every opened address to the sets; the first failure is returned after trying all.
 pub fn open(opened: &[Opened]) -> Result<(), String> {
-    let mut first_failure = None;
+    ADDER.with_borrow_mut(|adder| {
+        if adder.is_none() {
+            *adder = Some(Adder::open()?);
+        }
+        let adder = adder.as_mut().expect("opened above");
+        open_with(adder, opened)
+    })
+}
+
+/// One request per set: every member an answer opens there.
+fn open_with(adder: &mut Adder, opened: &[Opened]) -> Result<(), String> {
+    let mut per_set: Vec<(String, Vec<(Member, u32)>)> = Vec::new();
     for found in opened {
         let family = match found.addr {
             IpAddr::V4(_) => Family::V4,
@@ -20,29 +38,36 @@ pub fn open(opened: &[Opened]) -> Result<(), String> {
         };
         let timeout = found.timeout.as_secs().try_into().unwrap_or(u32::MAX);
         for ports in &found.ports {
-            let added = match ports {
-                Ports::Any => set_netlink::add(
-                    &family.answered_hosts_set(),
-                    Member {
+            let (set, members) = match ports {
+                Ports::Any => (
+                    family.answered_hosts_set(),
+                    vec![Member {
                         addr: found.addr,
                         ports: None,
-                    },
-                    timeout,
+                    }],
                 ),
-                Ports::Listed(ranges) => ranges.iter().try_for_each(|range| {
-                    set_netlink::add(
-                        &family.answered_ports_set(),
-                        Member {
+                Ports::Listed(ranges) => (
+                    family.answered_ports_set(),
+                    ranges
+                        .iter()
+                        .map(|range| Member {
                             addr: found.addr,
                             ports: Some((range.proto.number(), range.first, range.last)),
-                        },
-                        timeout,
-                    )
-                }),
+                        })
+                        .collect(),
+                ),
             };
-            if let Err(error) = added {
-                first_failure.get_or_insert(error);
+            let members = members.into_iter().map(|member| (member, timeout));
+            match per_set.iter_mut().find(|(name, _)| *name == set) {
+                Some((_, list)) => list.extend(members),
+                None => per_set.push((set, members.collect())),
             }
+        }
+    }
+    let mut first_failure = None;
+    for (set, members) in &per_set {
+        if let Err(error) = adder.add(set, members) {
+            first_failure.get_or_insert(error);
         }
     }
     first_failure.map_or(Ok(()), Err)
@@ -52,6 +77,7 @@ pub fn open(opened: &[Opened]) -> Result<(), String> {
 mod tests {
     use super::*;
     use crate::fence::policy::{PortRange, Proto};
+    use crate::sys::set_netlink;
     use std::process::Command;
     use std::time::Duration;
 

@@ -20,6 +20,7 @@ const ATTR_PROTOCOL: u16 = 1;
 const ATTR_SETNAME: u16 = 2;
 const ATTR_DATA: u16 = 7;
 const ATTR_ADT: u16 = 8;
+const ATTR_LINENO: u16 = 9;
 // Attributes of one member.
 const ATTR_IP: u16 = 1;
 const ATTR_CIDR: u16 = 3;
@@ -84,35 +85,88 @@ pub struct Member {
     pub ports: Option<(u8, u16, u16)>,
 }
 
-/// Adds `member` to `set` for `timeout` seconds (a set created with `timeout`), renewing the
-/// timeout of a member already there.
-pub fn add(set: &str, member: Member, timeout: u32) -> Result<(), String> {
-    let socket = open()?;
-    let mut data = Vec::new();
-    let mut ip = Vec::new();
-    match member.addr {
-        IpAddr::V4(v4) => attr(&mut ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets()),
-        IpAddr::V6(v6) => attr(&mut ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets()),
+/// A netfilter netlink socket kept open to add members: the DNS gateway adds one per answered
+/// address, and a socket per add would cost more than the add.
+pub struct Adder {
+    socket: OwnedFd,
+}
+
+impl Adder {
+    pub fn open() -> Result<Adder, String> {
+        Ok(Adder { socket: open()? })
     }
-    attr(&mut data, ATTR_IP | NESTED, &ip);
-    if let Some((proto, first, last)) = member.ports {
-        attr(&mut data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
-        if last != first {
-            attr(&mut data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
+
+    /// Adds each member to `set` for its timeout in seconds (a set created with `timeout`),
+    /// renewing the timeout of a member already there, in one request. The kernel handles the
+    /// request within the send, so the members are in the set when this returns; the
+    /// acknowledgement says whether they were.
+    pub fn add(&mut self, set: &str, members: &[(Member, u32)]) -> Result<(), String> {
+        let mut list = Vec::with_capacity(64 * members.len());
+        for (member, timeout) in members {
+            let mut data = Vec::with_capacity(64);
+            let mut ip = Vec::with_capacity(20);
+            match member.addr {
+                IpAddr::V4(v4) => attr(&mut ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets()),
+                IpAddr::V6(v6) => attr(&mut ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets()),
+            }
+            attr(&mut data, ATTR_IP | NESTED, &ip);
+            if let Some((proto, first, last)) = member.ports {
+                attr(&mut data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
+                if last != first {
+                    attr(&mut data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
+                }
+                attr(&mut data, ATTR_PROTO, &[proto]);
+            }
+            attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
+            attr(&mut list, ATTR_DATA | NESTED, &data);
         }
-        attr(&mut data, ATTR_PROTO, &[proto]);
+        // Without NLM_F_EXCL re-adding a member is not an error: its timeout is renewed.
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+        let mut message = request(IPSET_CMD_ADD, flags, set, 1);
+        // A list of members (ADT) comes with a line number, for `ipset restore`'s errors.
+        attr(&mut message, ATTR_LINENO | NET_ORDER, &0u32.to_be_bytes());
+        attr(&mut message, ATTR_ADT | NESTED, &list);
+        let length = message.len() as u32;
+        message[..4].copy_from_slice(&length.to_ne_bytes());
+        send(&self.socket, &message)?;
+        acknowledged(&self.socket).map_err(|errno| {
+            let first = members.first().map(|(m, _)| m.addr.to_string());
+            format!(
+                "adding {} to set {set}: {}",
+                first.unwrap_or_default(),
+                errno.desc()
+            )
+        })
     }
-    attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
-    // Without NLM_F_EXCL re-adding a member is not an error: its timeout is renewed.
-    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
-    let mut message = request(IPSET_CMD_ADD, flags, set, 1);
-    attr(&mut message, ATTR_DATA | NESTED, &data);
-    let length = message.len() as u32;
-    message[..4].copy_from_slice(&length.to_ne_bytes());
-    send(&socket, &message)?;
-    receive(&socket, Answer::Ack)
-        .map(drop)
-        .map_err(|errno| format!("adding {} to set {set}: {}", member.addr, errno.desc()))
+}
+
+/// Reads the acknowledgement of one request (an NLMSG_ERROR, 0 for success).
+fn acknowledged(socket: &OwnedFd) -> Result<(), Errno> {
+    // The error message, the request's header and a few bytes of slack.
+    let mut buffer = [0u8; 256];
+    loop {
+        // SAFETY: the buffer is valid for its length.
+        let got = unsafe {
+            libc::recv(
+                socket.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_TRUNC,
+            )
+        };
+        let got = Errno::result(got)? as usize;
+        let message = &buffer[..got.min(buffer.len())];
+        if message.len() < HEADER + 4 {
+            return Err(Errno::EBADMSG);
+        }
+        if u16::from_ne_bytes([message[4], message[5]]) == NLMSG_ERROR {
+            let code = i32::from_ne_bytes(message[HEADER..HEADER + 4].try_into().unwrap());
+            return match code {
+                0 => Ok(()),
+                code => Err(Errno::from_raw(-code)),
+            };
+        }
+    }
 }
 
 #[derive(PartialEq, Eq, Clone, Copy)]
