@@ -188,6 +188,40 @@ fn only_allowlisted_names_reach_the_resolver_and_their_answers_open_them() {
     );
 }
 
+/// A name whose address changes while the agent runs (a CDN moving) keeps working: the new
+/// answer opens the new address, no restart.
+#[test]
+fn a_name_that_moves_to_a_new_address_keeps_working() {
+    if !privileged() {
+        return;
+    }
+    let records = std::env::temp_dir().join(format!("cordon-moving-{}", std::process::id()));
+    std::fs::write(&records, format!("moving.test={ALLOWED}\n")).unwrap();
+    let world = World::new(WorldOpts {
+        dns_args: vec!["--records-file".into(), records.display().to_string()],
+        ..WorldOpts::default()
+    });
+    let _sandbox = Sandbox::start(&world, &["moving.test"]);
+    let ask = format!("dns:moving.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+    assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:443")).0, "open");
+    let moved_to = format!("tcp:{BLOCKED}:443");
+    assert_eq!(
+        verdict(&world, &moved_to).0,
+        "refused",
+        "not yet its address"
+    );
+
+    std::fs::write(&records, format!("moving.test={BLOCKED}\n")).unwrap();
+    assert_eq!(verdict(&world, &ask), ("answered".into(), BLOCKED.into()));
+    assert_eq!(
+        verdict(&world, &moved_to).0,
+        "open",
+        "the new address opened"
+    );
+    let _ = std::fs::remove_file(&records);
+}
+
 /// The gateway holds CAP_NET_ADMIN alone under its own uid, not dumpable, no_new_privs, and the
 /// agent can neither signal it nor take its port; the supervisor keeps what a restart needs in
 /// its permitted set only.

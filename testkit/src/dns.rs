@@ -15,7 +15,7 @@ use crate::util::{fail, raise_fd_limit, usage_error, write_ready, Args, Log};
 
 const USAGE: &str = "usage: testkit dns --listen IP:PORT [--listen ...] [--record NAME=IP]... \
 [--cname NAME=TARGET]... [--stray NAME=IP]... [--wildcard SUFFIX=CIDR]... [--delay-ms N] [--no-answer] \
-[--query-log FILE] [--ready-file FILE]";
+[--query-log FILE] [--ready-file FILE] [--records-file FILE]";
 
 const TTL: u32 = 60;
 
@@ -37,7 +37,7 @@ impl std::str::FromStr for Cidr {
 }
 
 /// The server's data: names are stored lowercased, without the trailing dot.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Zone {
     records: HashMap<String, Vec<IpAddr>>,
     cnames: HashMap<String, String>,
@@ -124,6 +124,25 @@ impl Zone {
         }
     }
 
+    /// This zone with the records of a NAME=ADDRESS file (unreadable lines are skipped) in place
+    /// of those names' own.
+    fn with_records_from(&self, path: &str) -> Zone {
+        let mut zone = self.clone();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut replaced = std::collections::HashSet::new();
+        for (name, ip) in text.lines().filter_map(|line| line.trim().split_once('=')) {
+            let Ok(ip) = ip.parse::<IpAddr>() else {
+                continue;
+            };
+            let name = norm(name);
+            if replaced.insert(name.clone()) {
+                zone.records.remove(&name);
+            }
+            zone.records.entry(name).or_default().push(ip);
+        }
+        zone
+    }
+
     /// The rcode and answer section for `name` (lowercased) and `qtype`.
     pub fn resolve(&self, name: &str, qtype: u16) -> (u8, Vec<Record>) {
         let rec = |name: &str, data| Record {
@@ -176,6 +195,7 @@ struct Opts {
     no_answer: bool,
     query_log: Option<String>,
     ready_file: Option<String>,
+    records_file: Option<String>,
 }
 
 fn pair<'a>(flag: &str, v: &'a str) -> Result<(String, &'a str), String> {
@@ -195,6 +215,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         no_answer: false,
         query_log: None,
         ready_file: None,
+        records_file: None,
     };
     let mut a = Args::new(args);
     while let Some(flag) = a.next() {
@@ -232,6 +253,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--no-answer" => o.no_answer = true,
             "--query-log" => o.query_log = Some(a.value(flag)?.to_string()),
             "--ready-file" => o.ready_file = Some(a.value(flag)?.to_string()),
+            "--records-file" => o.records_file = Some(a.value(flag)?.to_string()),
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -275,6 +297,9 @@ struct Conn {
 
 struct Server {
     zone: Zone,
+    /// NAME=ADDRESS lines read at every question: they replace those names' records (a test
+    /// changes an answer while the server runs).
+    records_file: Option<String>,
     log: Log,
     delay: Duration,
     no_answer: bool,
@@ -308,6 +333,7 @@ fn serve(o: Opts) -> io::Result<()> {
     write_ready(o.ready_file.as_deref(), &ready)?;
     let mut s = Server {
         zone: o.zone,
+        records_file: o.records_file,
         log,
         delay: o.delay,
         no_answer: o.no_answer,
@@ -445,7 +471,10 @@ impl Server {
                     q.name,
                     dnswire::type_name(q.qtype)
                 ));
-                let (rcode, answers) = self.zone.resolve(&q.name, q.qtype);
+                let (rcode, answers) = match &self.records_file {
+                    Some(path) => self.zone.with_records_from(path).resolve(&q.name, q.qtype),
+                    None => self.zone.resolve(&q.name, q.qtype),
+                };
                 dnswire::encode_response(&q, rcode, &answers, max.max(q.udp_size))
             }
         };

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# `docker run` → the agent's first instruction with the DNS gateway (the default), at 0 and at
+# 1,000 allowlisted names, against the same container without cordon (`--entrypoint date`: the
+# no-firewall baseline) and with `--dns static` at 0 names. Containers run with
+# `--security-opt no-new-privileges` (harden runs beside the agent, so the figures are the fence
+# and the gateway), on an --internal network with Docker's embedded DNS; the gateway resolves
+# nothing at start, so no DNS server is needed.
+#
+#   sudo bench/gateway-startup.sh [RUNS]      (RUNS per cell, default 9; medians are printed)
+#
+# Offline, like the tests: the image is built by tests/docker/build-image.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-9}
+
+eval "$(tests/docker/ensure-docker.sh)" # DOCKER: a client with BuildKit
+eval "$(tests/docker/build-image.sh)"
+docker() { "$DOCKER" "$@"; }
+NET=cordon-bench-gateway
+work=$(mktemp -d /tmp/cordon-bench-gateway.XXXXXX)
+chmod 755 "$work"
+docker network rm "$NET" >/dev/null 2>&1 || true
+docker network create --internal "$NET" >/dev/null
+trap 'docker network rm "$NET" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+
+seq 1 1000 | sed 's/^/name/; s/$/.bench.test/' > "$work/1000"
+chmod 644 "$work/1000"
+COMMON=(--rm --network "$NET" --security-opt no-new-privileges --cap-add NET_ADMIN --cap-add NET_RAW)
+LIST=(-v "$work/1000:/etc/cordon/allowlist.d/bench:ro")
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# docker run ARGS... → ms until the agent's first instruction (`date +%s%N` in the container).
+to_agent() {
+    local t0 t1
+    t0=$(date +%s%N)
+    t1=$(docker run "$@" 2>/dev/null | tail -1)
+    echo $(((t1 - t0) / 1000000))
+}
+
+cell() { # LABEL ARGS...
+    local label=$1 times
+    shift
+    to_agent "$@" >/dev/null # warm-up
+    times=$(for _ in $(seq "$RUNS"); do to_agent "$@"; done)
+    printf '%-44s %6s ms   (runs: %s)\n' "$label" "$(median <<<"$times")" "$(tr '\n' ' ' <<<"$times")"
+}
+
+echo "docker run → agent's first instruction, medians of $RUNS runs:"
+cell "no firewall (--entrypoint date)" "${COMMON[@]}" --entrypoint date "$IMAGE" +%s%N
+cell "cordon --dns static, 0 names" "${COMMON[@]}" "$IMAGE" -q --dns static --no-default-profile \
+    -- date +%s%N
+cell "cordon (DNS gateway), 0 names" "${COMMON[@]}" "$IMAGE" -q --no-default-profile \
+    -- date +%s%N
+cell "cordon (DNS gateway), 1,000 names" "${COMMON[@]}" "${LIST[@]}" "$IMAGE" -q \
+    --no-default-profile -- date +%s%N
+echo "one start with the gateway and 1,000 names, cordon's own report:"
+docker run "${COMMON[@]}" "${LIST[@]}" "$IMAGE" --no-default-profile -- true 2>&1 |
+    grep -E 'fence ready|DNS gateway'
