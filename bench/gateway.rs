@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cordon::gateway::filter::{Opened, OwnNetworks};
+use cordon::gateway::filter::{Event, OwnNetworks};
 use hickory_resolver::proto::op::{Message, OpCode, Query};
 use hickory_resolver::proto::rr::rdata::A;
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
@@ -50,7 +50,7 @@ fn gateway(upstream: SocketAddr) -> SocketAddr {
     std::thread::spawn(move || {
         let names = cordon::fuzz::gateway_names();
         let stop = Arc::new(AtomicBool::new(false));
-        let open = |_: &[Opened]| {};
+        let open = |_: Event| {};
         cordon::gateway::udp::serve(
             &agents,
             &to_upstream,

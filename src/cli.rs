@@ -66,6 +66,18 @@ pub enum Sub {
     /// exit: in a Dockerfile `RUN`, so that the image starts with nothing to strip (and works
     /// with `docker run --read-only`).
     Harden(HardenArgs),
+    /// List what the DNS gateway refused and the fence rejected, with counts, first and last
+    /// time, and the entry that would allow each.
+    Blocked(BlockedArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BlockedArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// Print JSON (one object per block) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -280,6 +292,9 @@ pub enum Invocation {
     },
     Check(check::Options),
     Harden,
+    Blocked {
+        json: bool,
+    },
 }
 
 /// The entrypoint's options, stage by stage.
@@ -396,6 +411,7 @@ fn from_cli(cli: Cli) -> Parsed {
             args.output,
         ),
         Some(Sub::Harden(args)) => (Invocation::Harden, args.output),
+        Some(Sub::Blocked(args)) => (Invocation::Blocked { json: args.json }, args.output),
         None => (
             Invocation::Run(Start {
                 fence: cli.fence.options(match cli.sandbox.exec {

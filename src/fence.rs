@@ -361,6 +361,7 @@ impl Fence {
                     })
                     .collect(),
             },
+            blocked_file: service::open_blocked_file(),
         };
         let listeners = service::Listeners::bind(families)?;
         let mut running = Gateway::start(config, listeners, signals)?;

@@ -53,6 +53,7 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
         Invocation::Firewall { fence, user } => fence::firewall(&fence, &user, signals),
         Invocation::Check(options) => restore().and_then(|()| check::run(&options)),
         Invocation::Harden => restore().and_then(|()| harden_now()),
+        Invocation::Blocked { json } => restore().and_then(|()| gateway::block_log::print(json)),
         Invocation::Run(start) => entrypoint(start, signals),
     }
 }

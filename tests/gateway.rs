@@ -222,6 +222,77 @@ fn a_name_that_moves_to_a_new_address_keeps_working() {
     let _ = std::fs::remove_file(&records);
 }
 
+/// What the gateway refused and the fence rejected is named on cordon's stderr with the entry
+/// that would allow it (a rejected connection to an address a name answered names the name),
+/// once per block, and `cordon blocked` lists them with counts.
+#[test]
+fn each_block_is_named_with_what_would_allow_it() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let got = probe(
+        &world,
+        &[
+            &format!("dns:{TUNNEL}.evil.test@{GATEWAY}"),
+            &format!("tcp:{BLOCKED}:443"),
+            &format!("tcp:{BLOCKED}:443"),
+            &format!("dns:allowed.test@{GATEWAY}"),
+            &format!("tcp:{ALLOWED}:8080"),
+        ],
+    );
+    assert_eq!(got[&format!("tcp:{ALLOWED}:8080")].0, "refused");
+    let expected = [
+        format!("refused name: {TUNNEL}.evil.test (A) — allow with: {TUNNEL}.evil.test"),
+        format!("blocked: tcp {BLOCKED}:443 — allow with: {BLOCKED}:443"),
+        format!("blocked: tcp {ALLOWED}:8080 (allowed.test, answered "),
+        "— allow with: allowed.test:8080".to_string(),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listed = loop {
+        let listed = world
+            .sandbox_command(cordon())
+            .arg("blocked")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+        if expected.iter().all(|line| text.contains(line.as_str())) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cordon blocked:\n{text}\ncordon's log:\n{}",
+            sandbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let log = sandbox.log();
+    for line in &expected {
+        assert_eq!(
+            log.matches(line.as_str()).count(),
+            1,
+            "{line} once in:\n{log}"
+        );
+    }
+    // The same block twice is one row, counted twice.
+    let row = listed
+        .lines()
+        .find(|l| l.contains(&format!("tcp {BLOCKED}:443")))
+        .unwrap();
+    assert!(row.trim_start().starts_with("2 "), "{listed}");
+    let json = world
+        .sandbox_command(cordon())
+        .args(["blocked", "--json"])
+        .output()
+        .unwrap();
+    let json = String::from_utf8_lossy(&json.stdout);
+    assert!(
+        json.contains(&format!("\"allow_with\":\"{BLOCKED}:443\"")),
+        "{json}"
+    );
+}
+
 /// The gateway holds CAP_NET_ADMIN alone under its own uid, not dumpable, no_new_privs, and the
 /// agent can neither signal it nor take its port; the supervisor keeps what a restart needs in
 /// its permitted set only.

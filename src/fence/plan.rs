@@ -531,7 +531,10 @@ impl Ruleset {
         );
         lines.push(output_last_rule());
         lines.extend(allow_chain(family, self.flow_mark));
-        lines.extend(reject_chain(family).map(|rule| format!("-A {CHAIN_REJECT} {rule}")));
+        lines.extend(
+            self.reject_chain(family)
+                .map(|rule| format!("-A {CHAIN_REJECT} {rule}")),
+        );
         lines.push("COMMIT".to_string());
         lines.join("\n") + "\n"
     }
@@ -744,16 +747,26 @@ fn allow_chain(family: Family, flow_mark: u32) -> impl Iterator<Item = String> {
     .chain([allow_accept_rule()])
 }
 
-/// An ICMP error for a SYN arrives while connect() holds the socket and only fails a blocking
-/// connect on the retransmit a second later (both families, measured); a reset fails it at once.
-/// Marked probes keep the ICMP answer so the verifier can tell a rejection from CORDON_ALLOW's
-/// reset.
-fn reject_chain(family: Family) -> impl Iterator<Item = String> {
-    [
-        format!("-p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"),
-        format!("-j REJECT --reject-with {}", family.reject_admin()),
-    ]
-    .into_iter()
+impl Ruleset {
+    /// An ICMP error for a SYN arrives while connect() holds the socket and only fails a
+    /// blocking connect on the retransmit a second later (both families, measured); a reset
+    /// fails it at once. Marked probes keep the ICMP answer so the verifier can tell a rejection
+    /// from CORDON_ALLOW's reset. With the gateway, each rejected packet's headers first go to
+    /// its block log (NFLOG; at most 20 a second, bursts of 100), probes excepted.
+    fn reject_chain(&self, family: Family) -> impl Iterator<Item = String> {
+        let log = match self.agent_dns {
+            AgentDns::Gateway { .. } => Some(format!(
+                "-m mark ! --mark {PROBE_MARK:#x} -m limit --limit 20/sec --limit-burst 100 -j \
+                 NFLOG --nflog-group {} --nflog-size 64",
+                crate::sys::nflog::GROUP
+            )),
+            AgentDns::Resolvers => None,
+        };
+        log.into_iter().chain([
+            format!("-p tcp -m mark ! --mark {PROBE_MARK:#x} -j REJECT --reject-with tcp-reset"),
+            format!("-j REJECT --reject-with {}", family.reject_admin()),
+        ])
+    }
 }
 
 const NEIGHBOUR_DISCOVERY_IN: [&str; 3] = [

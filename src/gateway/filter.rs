@@ -102,6 +102,9 @@ pub enum QueryVerdict {
     Forward(Query),
     /// Answer the agent with these bytes, upstream never sees the question.
     Answer(Vec<u8>),
+    /// A question about a name no entry allows: answer REFUSED with `reply`, upstream never
+    /// sees it (the block log names it).
+    Refused { reply: Vec<u8>, question: Query },
     /// Not even a DNS query header: say nothing.
     Drop,
 }
@@ -129,7 +132,13 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
         }
     }
     if question.query_class != DNSClass::IN || !names.allows(&question.name) {
-        return refuse(&message, ResponseCode::Refused);
+        return match refuse(&message, ResponseCode::Refused) {
+            QueryVerdict::Answer(reply) => QueryVerdict::Refused {
+                reply,
+                question: question.clone(),
+            },
+            other => other,
+        };
     }
     QueryVerdict::Forward(question.clone())
 }
@@ -189,9 +198,18 @@ fn answer(message: Message) -> QueryVerdict {
     }
 }
 
+/// What a forwarding loop hands on besides its answers: what an answer opened (into the sets,
+/// before the answer goes on), and the questions it refused (to the block log).
+pub enum Event<'a> {
+    Opened(&'a [Opened]),
+    Refused(&'a Query),
+}
+
 /// One address an answer opens, with the ports of the entries that allow the name asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
+    /// The name asked, as the allowlist writes names.
+    pub name: String,
     pub addr: IpAddr,
     pub ports: Vec<Ports>,
     /// How long it stays open for new connections (the record's TTL, clamped).
@@ -283,6 +301,7 @@ pub fn judge_answer(
             continue;
         }
         verdict.opened.push(Opened {
+            name: plain(&question.name),
             addr,
             ports: ports.clone(),
             timeout: Duration::from_secs(ttl.into()).clamp(TTL_FLOOR, TTL_CEILING),
@@ -319,7 +338,7 @@ mod tests {
 
     fn code(verdict: QueryVerdict) -> ResponseCode {
         match verdict {
-            QueryVerdict::Answer(bytes) => {
+            QueryVerdict::Answer(bytes) | QueryVerdict::Refused { reply: bytes, .. } => {
                 let reply = Message::from_vec(&bytes).unwrap();
                 assert_eq!(reply.metadata.id, 0x4242);
                 assert_eq!(reply.metadata.message_type, MessageType::Response);

@@ -16,19 +16,23 @@
 //! CAP_NET_ADMIN, as before.
 
 use std::collections::VecDeque;
+use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::AtomicBool;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
-use super::filter::{Names, OwnNetworks};
+use super::block_log::{self, BlockLog};
+use super::filter::{Event, Names, OwnNetworks};
 use super::{sets, tcp, udp};
 use crate::error::{Error, Result};
 use crate::fence::plan::{gateway_listen_addr, AgentDns, Family};
 use crate::sys::caps::{self, Capability};
+use crate::sys::nflog;
 use crate::sys::signals::Signals;
 
 /// The gateway's uid: no account needs to exist for it. Below 65536, so it is mapped in user
@@ -61,6 +65,29 @@ pub struct Config {
     pub upstream: SocketAddr,
     pub names: Names,
     pub own: OwnNetworks,
+    /// The block log's table (`block_log::BLOCKED_FILE`), opened by PID 1.
+    pub blocked_file: Option<File>,
+}
+
+/// Creates the block log's file (root-owned, 0644) and opens it for the gateway.
+pub fn open_blocked_file() -> Option<File> {
+    let path = std::path::Path::new(block_log::BLOCKED_FILE);
+    let opened = crate::sys::run_dir::replace(path, 0o644, "").and_then(|()| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    });
+    match opened {
+        Ok(file) => Some(file),
+        Err(error) => {
+            log::warn!(
+                "cannot create {} ({error}): `cordon blocked` will have nothing to show",
+                block_log::BLOCKED_FILE
+            );
+            None
+        }
+    }
 }
 
 /// The listening sockets, one UDP and one TCP per family.
@@ -90,9 +117,9 @@ impl Listeners {
         Ok(listeners)
     }
 
-    fn descriptors(&self) -> Vec<i32> {
+    fn descriptors(&self) -> impl Iterator<Item = i32> + '_ {
         let udp = self.udp.iter().map(|s| s.as_raw_fd());
-        udp.chain(self.tcp.iter().map(|s| s.as_raw_fd())).collect()
+        udp.chain(self.tcp.iter().map(|s| s.as_raw_fd()))
     }
 }
 
@@ -173,7 +200,12 @@ impl Gateway {
                 Ok(())
             }
             ForkResult::Child => {
-                let code = match confine(signals, &self.listeners.descriptors()) {
+                let keep: Vec<i32> = self
+                    .listeners
+                    .descriptors()
+                    .chain(self.config.blocked_file.iter().map(|f| f.as_raw_fd()))
+                    .collect();
+                let code = match confine(signals, &keep) {
                     Ok(()) => serve(&self.config, &self.listeners),
                     Err(error) => {
                         log::error!("DNS gateway: {error}");
@@ -260,12 +292,22 @@ fn close_other_descriptors(keep: &[i32]) {
     }
 }
 
-/// Serves every listener until one loop fails; returns the gateway's exit status.
+/// Serves every listener until one loop fails; returns the gateway's exit status. Beside the
+/// loops, the block log: the fence's rejections (NFLOG), and its table saved once a second.
 fn serve(config: &Config, listeners: &Listeners) -> i32 {
-    let open = |opened: &[super::filter::Opened]| {
-        if let Err(error) = sets::open(opened) {
-            log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
+    let blocked_file = config
+        .blocked_file
+        .as_ref()
+        .and_then(|f| f.try_clone().ok());
+    let block_log = BlockLog::new(blocked_file, true);
+    let report = |event: Event| match event {
+        Event::Opened(opened) => {
+            if let Err(error) = sets::open(opened) {
+                log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
+            }
+            block_log.answered(opened);
         }
+        Event::Refused(question) => block_log.refused(question),
     };
     let stop = AtomicBool::new(false);
     let upstream = config.upstream;
@@ -273,28 +315,64 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
     let (ended, first_end) = std::sync::mpsc::channel::<String>();
     let failure = std::thread::scope(|scope| {
         for agents in &listeners.udp {
-            let (open, stop, ended) = (&open, &stop, ended.clone());
+            let (report, stop, ended) = (&report, &stop, ended.clone());
             scope.spawn(move || {
                 let outcome = upstream_socket(upstream).and_then(|socket| {
-                    udp::serve(agents, &socket, &config.names, &config.own, open, stop)
+                    udp::serve(agents, &socket, &config.names, &config.own, report, stop)
                 });
                 let _ = ended.send(describe(outcome));
             });
         }
         for agents in &listeners.tcp {
-            let (open, stop, ended) = (&open, &stop, ended.clone());
+            let (report, stop, ended) = (&report, &stop, ended.clone());
             scope.spawn(move || {
-                let outcome = tcp::serve(agents, upstream, &config.names, &config.own, open, stop);
+                let outcome =
+                    tcp::serve(agents, upstream, &config.names, &config.own, report, stop);
                 let _ = ended.send(describe(outcome));
             });
         }
+        let (block_log, stop) = (&block_log, &stop);
+        scope.spawn(move || log_rejections(block_log, stop));
         drop(ended);
         let failure = first_end.recv().unwrap_or_else(|_| "no loop ran".into());
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
         failure
     });
     log::error!("DNS gateway stopped: {failure}");
     1
+}
+
+/// Reads the fence's rejections into the block log and saves its table once a second, until
+/// `stop`. Without NFLOG (a kernel without nfnetlink_log) only refused names are logged.
+fn log_rejections(block_log: &BlockLog, stop: &AtomicBool) {
+    let listener = match nflog::Listener::bind() {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            log::warn!("DNS gateway: {error}: rejected connections will not be logged");
+            None
+        }
+    };
+    while !stop.load(Ordering::Relaxed) {
+        match &listener {
+            Some(listener) => match listener.receive(Duration::from_secs(1)) {
+                Ok(rejected) => {
+                    // TCP and UDP to unicast addresses: what the agent's programs tried. The
+                    // rest is the kernel's own (multicast listener reports, rejected by design).
+                    for (proto, dst) in rejected {
+                        if matches!(proto, 6 | 17) && !dst.ip().is_multicast() {
+                            block_log.rejected(proto, dst);
+                        }
+                    }
+                }
+                Err(error) => {
+                    log::warn!("DNS gateway: {error}");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            },
+            None => std::thread::sleep(Duration::from_secs(1)),
+        }
+        block_log.save();
+    }
 }
 
 /// A UDP socket connected to the resolver: only it can answer on this socket.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use hickory_resolver::proto::op::Message;
 
 use super::filter::{
-    answer_for_agent, judge_answer, judge_query, upstream_query, Names, Opened, OwnNetworks,
+    answer_for_agent, judge_answer, judge_query, upstream_query, Event, Names, OwnNetworks,
     QueryVerdict,
 };
 
@@ -26,7 +26,7 @@ pub fn serve(
     upstream: SocketAddr,
     names: &Names,
     own: &OwnNetworks,
-    open: &(dyn Fn(&[Opened]) + Sync),
+    report: &(dyn Fn(Event) + Sync),
     stop: &AtomicBool,
 ) -> io::Result<()> {
     agents.set_nonblocking(true)?;
@@ -48,7 +48,7 @@ pub fn serve(
             }
             let active = &active;
             scope.spawn(move || {
-                let _ = connection(stream, upstream, names, own, open);
+                let _ = connection(stream, upstream, names, own, report);
                 active.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -80,7 +80,7 @@ fn connection(
     upstream: SocketAddr,
     names: &Names,
     own: &OwnNetworks,
-    open: &(dyn Fn(&[Opened]) + Sync),
+    report: &(dyn Fn(Event) + Sync),
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
     stream.set_read_timeout(Some(IDLE))?;
@@ -90,6 +90,11 @@ fn connection(
             QueryVerdict::Drop => return Ok(()),
             QueryVerdict::Answer(reply) => {
                 write_message(&mut stream, &reply)?;
+                continue;
+            }
+            QueryVerdict::Refused { reply, question } => {
+                write_message(&mut stream, &reply)?;
+                report(Event::Refused(&question));
                 continue;
             }
             QueryVerdict::Forward(question) => question,
@@ -115,7 +120,7 @@ fn connection(
         }
         let verdict = judge_answer(&question, &answer, names, own);
         if !verdict.opened.is_empty() {
-            open(&verdict.opened);
+            report(Event::Opened(&verdict.opened));
         }
         if let Some(reply) = answer_for_agent(&wire, answer, asker_id, &verdict) {
             write_message(&mut stream, &reply)?;
@@ -195,13 +200,17 @@ mod tests {
         let resolver = upstream(Arc::clone(&asked));
         let agents = TcpListener::bind("127.0.0.1:0").unwrap();
         let gateway = agents.local_addr().unwrap();
-        let opened: Arc<Mutex<Vec<Opened>>> = Arc::default();
+        let opened: Arc<Mutex<Vec<super::super::filter::Opened>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
             let (opened, stop) = (Arc::clone(&opened), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let allowed = names(&["*.example.test"]);
-                let open = |found: &[Opened]| opened.lock().unwrap().extend_from_slice(found);
+                let open = |event: Event| {
+                    if let Event::Opened(found) = event {
+                        opened.lock().unwrap().extend_from_slice(found)
+                    }
+                };
                 serve(
                     &agents,
                     resolver,

@@ -1,7 +1,7 @@
 //! The gateway's UDP loop: questions from the agent's side, judged by `filter`; allowlisted ones
 //! go to the upstream resolver under a fresh random id from a socket connected to it (so only
 //! the upstream can answer), and its answer goes back to the asker once what it opens has been
-//! handed to `open` (the sets must hold an address before the agent can try to reach it), with
+//! handed on as `Event::Opened` (the sets must hold an address before the agent can try to reach it), with
 //! only the addresses it opened (no special-purpose address, no record off the question's CNAME
 //! chain).
 //!
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use hickory_resolver::proto::op::{Message, OpCode, Query, ResponseCode};
 
 use super::filter::{
-    answer_for_agent, judge_answer, judge_query, upstream_query, Names, Opened, OwnNetworks,
+    answer_for_agent, judge_answer, judge_query, upstream_query, Event, Names, OwnNetworks,
     QueryVerdict,
 };
 
@@ -45,7 +45,7 @@ pub fn serve(
     upstream: &UdpSocket,
     names: &Names,
     own: &OwnNetworks,
-    open: &dyn Fn(&[Opened]),
+    report: &dyn Fn(Event),
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let mut pending: HashMap<u16, Pending> = HashMap::new();
@@ -61,13 +61,21 @@ pub fn serve(
             let Ok((len, asker)) = agents.recv_from(&mut buffer) else {
                 break;
             };
-            from_agent(&buffer[..len], asker, agents, upstream, names, &mut pending);
+            from_agent(
+                &buffer[..len],
+                asker,
+                agents,
+                upstream,
+                names,
+                report,
+                &mut pending,
+            );
         }
         for _ in 0..BATCH * usize::from(upstream_ready) {
             let Ok(len) = upstream.recv(&mut buffer) else {
                 break;
             };
-            from_upstream(&buffer[..len], agents, names, own, open, &mut pending);
+            from_upstream(&buffer[..len], agents, names, own, report, &mut pending);
         }
         if swept.elapsed() >= Duration::from_millis(100) {
             swept = Instant::now();
@@ -83,12 +91,18 @@ fn from_agent(
     agents: &UdpSocket,
     upstream: &UdpSocket,
     names: &Names,
+    report: &dyn Fn(Event),
     pending: &mut HashMap<u16, Pending>,
 ) {
     let question = match judge_query(wire, names) {
         QueryVerdict::Drop => return,
         QueryVerdict::Answer(reply) => {
             let _ = agents.send_to(&reply, asker);
+            return;
+        }
+        QueryVerdict::Refused { reply, question } => {
+            let _ = agents.send_to(&reply, asker);
+            report(Event::Refused(&question));
             return;
         }
         QueryVerdict::Forward(question) => question,
@@ -129,7 +143,7 @@ fn from_upstream(
     agents: &UdpSocket,
     names: &Names,
     own: &OwnNetworks,
-    open: &dyn Fn(&[Opened]),
+    report: &dyn Fn(Event),
     pending: &mut HashMap<u16, Pending>,
 ) {
     let Ok(answer) = Message::from_vec(wire) else {
@@ -148,7 +162,7 @@ fn from_upstream(
         .expect("checked just above");
     let verdict = judge_answer(&waiting.question, &answer, names, own);
     if !verdict.opened.is_empty() {
-        open(&verdict.opened);
+        report(Event::Opened(&verdict.opened));
     }
     if let Some(bytes) = answer_for_agent(wire, answer, waiting.asker_id, &verdict) {
         let _ = agents.send_to(&bytes, waiting.asker);
@@ -252,13 +266,17 @@ mod tests {
         let gateway = agents.local_addr().unwrap();
         let to_upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
         to_upstream.connect(resolver).unwrap();
-        let opened: Arc<Mutex<Vec<Opened>>> = Arc::default();
+        let opened: Arc<Mutex<Vec<super::super::filter::Opened>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let server = {
             let (opened, stop) = (Arc::clone(&opened), Arc::clone(&stop));
             std::thread::spawn(move || {
                 let allowed = names(&["api.example.test:443"]);
-                let open = |found: &[Opened]| opened.lock().unwrap().extend_from_slice(found);
+                let open = |event: Event| {
+                    if let Event::Opened(found) = event {
+                        opened.lock().unwrap().extend_from_slice(found)
+                    }
+                };
                 serve(
                     &agents,
                     &to_upstream,

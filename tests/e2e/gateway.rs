@@ -119,6 +119,31 @@ fn gateway_problems(world: &World, tag: &str, dns: Dns) -> Vec<String> {
             )),
         }
     }
+    // The block log names both kinds of block on the container's log, with the fix.
+    let blocked_line = format!(
+        "blocked: tcp {}:22 — allow with: {}:22",
+        world.a("3"),
+        world.a("3")
+    );
+    let refused_line = format!("refused name: {SECRET_HEX}.{tag}-a.evil.test (A) — allow with:");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let logs = world.logs(&c);
+        if logs.contains(&blocked_line) && logs.contains(&refused_line) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            problems.push(format!(
+                "no block log lines `{blocked_line}`, `{refused_line}`:\n{logs}"
+            ));
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let listed = world.exec("node", &c, &["cordon", "blocked"]);
+    if !listed.stdout.contains(&blocked_line) {
+        problems.push(format!("cordon blocked as node: {}", listed.both()));
+    }
     let log = std::fs::read_to_string(world.dir.join("dns.log")).unwrap_or_default();
     if log.contains(SECRET_HEX) || log.contains("evil.test") {
         problems.push(format!(
