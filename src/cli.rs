@@ -196,8 +196,8 @@ pub struct FenceArgs {
     #[arg(long)]
     pub verify_connect: bool,
 
-    /// How the agent's names are resolved [default: gateway where cordon stays as the
-    /// supervisor; static for `firewall` (init-firewall.sh) and --exec, which exit].
+    /// How the agent's names are resolved [default: gateway; static with --exec, which leaves
+    /// no process to run it].
     #[arg(long, value_enum, value_name = "MODE", env = "CORDON_DNS")]
     pub dns: Option<fence::Dns>,
 
@@ -392,7 +392,7 @@ fn from_cli(cli: Cli) -> Parsed {
     let (invocation, output) = match cli.subcommand {
         Some(Sub::Firewall(args)) => (
             Invocation::Firewall {
-                fence: args.fence.options(fence::Dns::Static),
+                fence: args.fence.options(fence::Dns::Gateway),
                 user: args.agent.request(),
             },
             args.output,
@@ -605,10 +605,10 @@ mod tests {
         };
         assert_eq!(dns(&["cordon", "sh"]), fence::Dns::Gateway);
         assert_eq!(dns(&["cordon", "plan"]), fence::Dns::Gateway);
-        // These exit: nothing would be left to run the gateway.
+        // The drop-in leaves the gateway running as a daemon; --exec leaves nothing.
         assert_eq!(dns(&["cordon", "--exec", "sh"]), fence::Dns::Static);
-        assert_eq!(dns(&["cordon", "firewall"]), fence::Dns::Static);
-        assert_eq!(dns(&["init-firewall.sh"]), fence::Dns::Static);
+        assert_eq!(dns(&["cordon", "firewall"]), fence::Dns::Gateway);
+        assert_eq!(dns(&["init-firewall.sh"]), fence::Dns::Gateway);
         assert_eq!(
             dns(&["cordon", "--dns", "static", "sh"]),
             fence::Dns::Static

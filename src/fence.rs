@@ -20,7 +20,7 @@ use crate::capabilities;
 use crate::error::{exit, Error, Result};
 use crate::gateway;
 use crate::gateway::filter::{Names, OwnNetworks};
-use crate::gateway::service::{self, Gateway};
+use crate::gateway::service::{self, Gateway, Keeper};
 use crate::sys::caps::{self, Capability};
 use crate::sys::signals::Signals;
 use apply::Tools;
@@ -151,13 +151,6 @@ pub fn plan(opts: &Options) -> Result<i32> {
 /// `cordon firewall` and `init-firewall.sh`: apply, verify, exit. SIGINT, SIGTERM, SIGHUP and
 /// SIGQUIT are held until the namespace is fenced or locked down, then end it with 128+n.
 pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Result<i32> {
-    if opts.dns == Dns::Gateway {
-        return Err(Error::Usage(
-            "--dns gateway needs cordon to stay running (as the container's entrypoint); \
-             `cordon firewall` and init-firewall.sh exit, so use --dns static there"
-                .into(),
-        ));
-    }
     let scope = Scope::enter(opts)?;
     let probe_uid = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
         Ok(account) => account.uid,
@@ -168,7 +161,10 @@ pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Res
     };
     let ready = scope.ready(opts)?;
     capabilities::require(capabilities::FENCE).map_err(|e| ready.refuse(e))?;
-    establish(opts, ready, probe_uid, Some(signals))?.confirm()?;
+    let fence = establish(opts, ready, probe_uid, Some(signals))?;
+    // The gateway outlives this command as a daemon; a later run replaces it.
+    fence.start_gateway(probe_uid, signals, Keeper::Daemon)?;
+    fence.confirm()?;
     if let Some(signal) = signals.pending_stop() {
         log::warn!(
             "{}, after the fence was in place: it holds",
@@ -308,19 +304,29 @@ impl Fence {
 }
 
 impl Fence {
-    /// With the DNS gateway: binds its port, starts it (`gateway::service`) and proves that the
-    /// agent's DNS reaches it (`gateway::self_test`). Call while cordon is single-threaded. Any
-    /// failure leaves egress locked down.
-    pub fn start_gateway(&self, agent_uid: u32, signals: &Signals) -> Result<Option<Gateway>> {
+    /// With the DNS gateway: binds its port, starts it (`gateway::service`, kept by `keeper`)
+    /// and proves that the agent's DNS reaches it (`gateway::self_test`). Call while cordon is
+    /// single-threaded. Any failure leaves egress locked down.
+    pub fn start_gateway(
+        &self,
+        agent_uid: u32,
+        signals: &Signals,
+        keeper: Keeper,
+    ) -> Result<Option<Gateway>> {
         if self.dns != Dns::Gateway {
             return Ok(None);
         }
-        self.try_start_gateway(agent_uid, signals)
+        self.try_start_gateway(agent_uid, signals, keeper)
             .map(Some)
             .map_err(|error| self.ready.refuse(error))
     }
 
-    fn try_start_gateway(&self, agent_uid: u32, signals: &Signals) -> Result<Gateway> {
+    fn try_start_gateway(
+        &self,
+        agent_uid: u32,
+        signals: &Signals,
+        keeper: Keeper,
+    ) -> Result<Gateway> {
         let started = Instant::now();
         let net = &self.ready.scope.net;
         let families = apply::families(net.ipv6 == Ipv6::On);
@@ -363,13 +369,21 @@ impl Fence {
             },
             blocked_file: service::open_blocked_file(),
         };
-        let listeners = service::Listeners::bind(families)?;
-        let mut running = Gateway::start(config, listeners, signals)?;
+        let patience = match keeper {
+            Keeper::Daemon => {
+                service::replace_daemon();
+                Duration::from_secs(2)
+            }
+            Keeper::Supervisor => Duration::ZERO,
+        };
+        let listeners = service::Listeners::bind(families, patience)?;
+        let mut running = Gateway::start(config, listeners, signals, keeper)?;
         let failures = gateway::self_test::run(&usable, agent_uid, &token);
         if !failures.is_empty() {
             running.stop();
             return Err(Error::Verify { failures });
         }
+        running.note_daemon();
         log::info!(
             "DNS gateway (uid {}) answers the agent's DNS, asks {upstream} for allowlisted \
              names only; self-test passed in {:.1} ms",

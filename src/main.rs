@@ -5,6 +5,7 @@ use cordon::agent::{env, launch, user};
 use cordon::capabilities::{self, Need};
 use cordon::cli::{self, Invocation, Start};
 use cordon::error::{exit, Error, Result};
+use cordon::gateway::service::Keeper;
 use cordon::harden::background;
 use cordon::sys::signals::Signals;
 use cordon::{check, fence, gateway, harden, logging, supervise};
@@ -78,7 +79,7 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
         )));
     }
     let fence = fence::establish(&start.fence, ready, account.uid, None)?;
-    let mut gateway = fence.start_gateway(account.uid, signals)?;
+    let mut gateway = fence.start_gateway(account.uid, signals, Keeper::Supervisor)?;
     let beside_the_agent = harden_before_the_agent(&start, no_new_privs_everywhere)?;
     let environment = env::agent_environment(std::env::vars_os(), &account, &start.env);
     environment.log();

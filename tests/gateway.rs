@@ -325,6 +325,11 @@ fn the_gateway_runs_confined_and_out_of_the_agents_reach() {
     assert_eq!(owner, 0, "the gateway is dumpable");
 
     let supervisor = |key: &str| status_field(sandbox.pid(), key).unwrap();
+    // "starting" is logged just before the supervisor's own drop.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while supervisor("CapEff") != "0000000000000020" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // CAP_KILL effective; CAP_SETGID, CAP_SETUID, CAP_NET_ADMIN permitted only.
     assert_eq!(supervisor("CapEff"), "0000000000000020");
     assert_eq!(supervisor("CapPrm"), "00000000000010e0");
@@ -465,17 +470,111 @@ fn an_ipv4_only_namespace_gets_the_gateway() {
     assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:443")).0, "open");
 }
 
-/// Where the gateway cannot serve, the command line says so at once.
+/// The drop-in shape: `cordon firewall` (what init-firewall.sh runs) exits and leaves the
+/// gateway running as a daemon; a rerun replaces it without cutting a live allowed flow (the
+/// answered addresses stay in their sets); when the daemon dies, names fail closed until the
+/// next run, and `cordon check` says so.
 #[test]
-fn the_gateway_is_refused_where_cordon_does_not_stay_and_wildcards_need_it() {
+fn the_drop_in_leaves_the_gateway_as_a_daemon_that_a_rerun_replaces() {
     if !privileged() {
         return;
     }
     let world = World::new(WorldOpts::default());
-    let firewall = world.cordon(&["firewall", "--dns", "gateway", "--no-default-profile"]);
-    assert_eq!(firewall.status.code(), Some(64), "{}", stderr(&firewall));
-    assert!(stderr(&firewall).contains("--dns static"));
-    let wildcard = world.cordon(&["firewall", "--no-default-profile", "--allow", "*.wild.test"]);
+    let _sink = start_sink(&world);
+    let allow = format!("allowed.test:443,{STREAM_PORT}");
+    let firewall = || {
+        let output = world.cordon(&[
+            "firewall",
+            "--no-default-profile",
+            "--allow",
+            &allow,
+            "--user",
+            AGENT_UID,
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(stderr(&output).contains("DNS gateway (uid 65053)"));
+        std::fs::read_to_string(world.path("run-cordon/gateway.pid"))
+            .unwrap()
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    let first = firewall();
+    assert_eq!(
+        status_field(first, "Uid")
+            .unwrap()
+            .split_whitespace()
+            .next(),
+        Some(GATEWAY_UID)
+    );
+    let ask = format!("dns:allowed.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+    let tunnel = format!("dns:{TUNNEL}.dropin.tunnel.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &tunnel).1, "REFUSED");
+
+    let _allowed = stream(&world, ALLOWED);
+    let pause = || std::thread::sleep(Duration::from_millis(400));
+    pause();
+    let before = sunk(&world, "t", ALLOWED);
+    assert!(before > 2, "the allowed stream flows");
+    let second = firewall();
+    assert_ne!(second, first);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{first}")).exists()
+            || status_field(first, "State").is_some_and(|s| s.starts_with('Z')),
+        "the first run's gateway still runs"
+    );
+    let rerun_at = sunk(&world, "t", ALLOWED);
+    pause();
+    assert!(
+        sunk(&world, "t", ALLOWED) >= rerun_at + 4,
+        "the allowed stream was cut by the rerun"
+    );
+    assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+    assert_eq!(verdict(&world, &tunnel).1, "REFUSED");
+    assert!(!dns_log(&world).contains("tunnel"));
+
+    // SAFETY: a signal to the daemon this test's cordon started.
+    unsafe { libc::kill(second as i32, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(100));
+    // Nothing answers (the port is free now: refused at once), and nothing reaches the world.
+    let queries = dns_log(&world).lines().count();
+    let (failed, _) = verdict(&world, &ask);
+    assert!(
+        failed == "refused" || failed == "timeout",
+        "names fail closed: {failed}"
+    );
+    assert_eq!(dns_log(&world).lines().count(), queries);
+    let check = world
+        .sandbox_command(cordon())
+        .arg("check")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("FAIL  fence: dns: questions are redirected to the DNS gateway")
+            && text.contains("which is not running"),
+        "{text}"
+    );
+}
+
+/// Where the gateway cannot serve, the command line says so at once: with --exec (nothing
+/// would be left to run it), and wildcards without it.
+#[test]
+fn the_gateway_is_refused_with_exec_and_wildcards_need_it() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let wildcard = world.cordon(&[
+        "firewall",
+        "--dns",
+        "static",
+        "--no-default-profile",
+        "--allow",
+        "*.wild.test",
+    ]);
     assert_eq!(wildcard.status.code(), Some(65), "{}", stderr(&wildcard));
     assert!(stderr(&wildcard).contains("--dns gateway"));
     let exec = world.cordon(&[

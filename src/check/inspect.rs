@@ -298,8 +298,21 @@ fn probe_dns_elsewhere(uid: u32, status: &mut FenceStatus) {
         plan::gateway_listen_addr(Family::V4),
         gateway::service::GATEWAY_PORT,
     );
+    let mut gateway_down = false;
     let (asked, outcome) = match self_test::ask_elsewhere(server, uid) {
         Elsewhere::NoRoute => (gateway, self_test::ask_elsewhere(gateway, uid)),
+        // Redirected to a gateway port nothing listens on, or refused outside: the gateway's
+        // own port tells which.
+        Elsewhere::PortUnreachable => match self_test::ask_elsewhere(gateway, uid) {
+            Elsewhere::NotListening => {
+                gateway_down = true;
+                (gateway, Elsewhere::NotListening)
+            }
+            _ => (
+                server,
+                Elsewhere::Other("port unreachable, from outside this container".into()),
+            ),
+        },
         outcome => (server, outcome),
     };
     match outcome {
@@ -308,9 +321,14 @@ fn probe_dns_elsewhere(uid: u32, status: &mut FenceStatus) {
              refused it"
         )),
         Elsewhere::Stopped => status.ok(format!("dns: a question to {asked} was blocked")),
-        Elsewhere::NoRoute | Elsewhere::NotListening => status.ok(format!(
-            "dns: {server} has no route from here, and no DNS gateway runs (--dns static)"
+        Elsewhere::NotListening if gateway_down => status.fail(format!(
+            "dns: questions are redirected to the DNS gateway ({gateway}), which is not \
+             running: names fail closed; restart the container (the drop-in: rerun \
+             init-firewall.sh)"
         )),
+        Elsewhere::NoRoute | Elsewhere::NotListening | Elsewhere::PortUnreachable => status.ok(
+            format!("dns: {server} has no route from here, and no DNS gateway runs (--dns static)"),
+        ),
         Elsewhere::NoAnswer => status.fail(format!(
             "dns: a question to {asked} got no answer: the DNS gateway is not answering, so \
              names fail closed; restart the container (or rerun cordon)"

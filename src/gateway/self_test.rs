@@ -62,6 +62,9 @@ pub enum Elsewhere {
     NoRoute,
     /// Nothing listens there (a loopback port).
     NotListening,
+    /// Port unreachable came back: nothing listens where the question went (a gateway that
+    /// does not run, where nat redirects DNS to it), or a server outside refused it.
+    PortUnreachable,
     /// Anything else: an answer from a server, a socket error.
     Other(String),
 }
@@ -103,11 +106,11 @@ pub fn ask_elsewhere(server: SocketAddr, uid: u32) -> Elsewhere {
             Ok(len) if len >= 4 && buffer[3] & 0x0f == 5 => Elsewhere::Refused,
             Ok(len) => Elsewhere::Other(format!("answered ({len} bytes)")),
             Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => Elsewhere::NoAnswer,
-            Err(error)
-                if server.ip().is_loopback()
-                    && error.raw_os_error() == Some(libc::ECONNREFUSED) =>
-            {
-                Elsewhere::NotListening
+            Err(error) if error.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                match server.ip().is_loopback() {
+                    true => Elsewhere::NotListening,
+                    false => Elsewhere::PortUnreachable,
+                }
             }
             Err(error) => Elsewhere::Other(format!(
                 "it left this container and was stopped outside it ({error}), not by its fence"

@@ -98,7 +98,11 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds loopback at `GATEWAY_PORT` for each family (IPv6 only where it is on).
-    pub fn bind(families: &[Family]) -> Result<Listeners> {
+    /// Binds loopback at `GATEWAY_PORT` for each family (IPv6 only where it is on). A port still
+    /// held is tried again for up to `patience`: a gateway just killed releases its sockets only
+    /// once its last thread has exited, which can come after its main thread is a zombie.
+    pub fn bind(families: &[Family], patience: Duration) -> Result<Listeners> {
+        let deadline = Instant::now() + patience;
         let mut listeners = Listeners {
             udp: Vec::new(),
             tcp: Vec::new(),
@@ -111,8 +115,10 @@ impl Listeners {
                      static"
                 ))
             };
-            listeners.udp.push(UdpSocket::bind(at).map_err(failed)?);
-            listeners.tcp.push(TcpListener::bind(at).map_err(failed)?);
+            let udp = retry_in_use(deadline, || UdpSocket::bind(at)).map_err(failed)?;
+            let tcp = retry_in_use(deadline, || TcpListener::bind(at)).map_err(failed)?;
+            listeners.udp.push(udp);
+            listeners.tcp.push(tcp);
         }
         Ok(listeners)
     }
@@ -123,24 +129,63 @@ impl Listeners {
     }
 }
 
-/// The running gateway, kept by PID 1.
+/// `bind()` again while the address is in use, until `deadline`.
+fn retry_in_use<T>(deadline: Instant, bind: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match bind() {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
+/// Who keeps the gateway running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeper {
+    /// cordon as the agent's supervisor (PID 1): the gateway is its child, dies with it and is
+    /// started again when it dies.
+    Supervisor,
+    /// Nobody (`cordon firewall`, init-firewall.sh, which exit): the gateway is a daemon of its
+    /// own session that outlives cordon; the next run replaces it (`replace_daemon`). If it dies,
+    /// names fail closed until that run.
+    Daemon,
+}
+
+/// Where `cordon firewall` notes its daemon's pid (root-owned, 0644).
+pub const DAEMON_PID_FILE: &str = "/run/cordon/gateway.pid";
+
+/// The running gateway.
 pub struct Gateway {
     config: Config,
     listeners: Listeners,
     pid: Option<Pid>,
     starts: VecDeque<Instant>,
+    keeper: Keeper,
 }
 
 impl Gateway {
     /// Forks the gateway. Call while cordon is single-threaded.
-    pub fn start(config: Config, listeners: Listeners, signals: &Signals) -> Result<Gateway> {
+    pub fn start(
+        config: Config,
+        listeners: Listeners,
+        signals: &Signals,
+        keeper: Keeper,
+    ) -> Result<Gateway> {
         let mut gateway = Gateway {
             config,
             listeners,
             pid: None,
             starts: VecDeque::new(),
+            keeper,
         };
-        gateway.fork(signals)?;
+        match keeper {
+            Keeper::Supervisor => gateway.fork(signals)?,
+            Keeper::Daemon => gateway.fork_daemon(signals)?,
+        }
         Ok(gateway)
     }
 
@@ -152,8 +197,62 @@ impl Gateway {
     pub fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-            let _ = nix::sys::wait::waitpid(pid, None);
+            match self.keeper {
+                Keeper::Supervisor => {
+                    let _ = nix::sys::wait::waitpid(pid, None);
+                }
+                Keeper::Daemon => wait_gone(pid, Duration::from_secs(1)),
+            }
         }
+    }
+
+    /// A daemon's pid, noted for the next run (which replaces it) and `cordon check`.
+    pub fn note_daemon(&self) {
+        if let (Keeper::Daemon, Some(pid)) = (self.keeper, self.pid) {
+            let path = std::path::Path::new(DAEMON_PID_FILE);
+            if let Err(error) = crate::sys::run_dir::replace(path, 0o644, &format!("{pid}\n")) {
+                log::warn!("cannot note the DNS gateway's pid in {DAEMON_PID_FILE}: {error}");
+            }
+        }
+    }
+}
+
+/// Stops the daemon an earlier `cordon firewall` left (named by `DAEMON_PID_FILE`, and only if
+/// that process is a gateway: the gateway's uid), so that this run's can take the port. Its
+/// answered addresses stay in the sets, and live flows are untouched.
+pub fn replace_daemon() {
+    let Some(pid) = std::fs::read_to_string(DAEMON_PID_FILE)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let is_gateway = status
+        .lines()
+        .any(|line| line.starts_with(&format!("Uid:\t{GATEWAY_UID}\t")));
+    if !is_gateway {
+        return;
+    }
+    let pid = Pid::from_raw(pid);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid, Duration::from_secs(2));
+    log::info!("replaced the DNS gateway of the previous run (pid {pid})");
+}
+
+/// Waits until `pid` (not a child of ours) is gone, at most `bound`.
+fn wait_gone(pid: Pid, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // A zombie until its parent reaps it: gone enough once it is one.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -190,6 +289,45 @@ impl crate::supervise::Resident for Gateway {
 }
 
 impl Gateway {
+    /// The daemon: a child that starts a session of its own and forks the gateway, which its
+    /// parent then leaves to init; the gateway's pid comes back over a pipe.
+    fn fork_daemon(&mut self, signals: &Signals) -> Result<()> {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::sys("creating a pipe", e))?;
+        // SAFETY: `cordon firewall` is single-threaded here; the child never returns.
+        match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
+            ForkResult::Parent { child } => {
+                drop(write);
+                let _ = nix::sys::wait::waitpid(child, None);
+                let mut bytes = [0u8; 4];
+                let got = nix::unistd::read(&read, &mut bytes).unwrap_or(0);
+                if got != 4 {
+                    return Err(Error::sys("starting the DNS gateway's daemon", Errno::EIO));
+                }
+                self.pid = Some(Pid::from_raw(i32::from_ne_bytes(bytes)));
+                Ok(())
+            }
+            ForkResult::Child => {
+                drop(read);
+                let _ = nix::unistd::setsid();
+                // SAFETY: as above; the session leader only forks and reports.
+                let code = match unsafe { nix::unistd::fork() } {
+                    Ok(ForkResult::Parent { child }) => {
+                        let _ = nix::unistd::write(&write, &child.as_raw().to_ne_bytes());
+                        0
+                    }
+                    Ok(ForkResult::Child) => {
+                        drop(write);
+                        self.run_child(signals, false)
+                    }
+                    Err(_) => 1,
+                };
+                // SAFETY: ending this process without unwinding into cordon's stack.
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+
     fn fork(&mut self, signals: &Signals) -> Result<()> {
         self.starts.push_back(Instant::now());
         // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
@@ -200,18 +338,7 @@ impl Gateway {
                 Ok(())
             }
             ForkResult::Child => {
-                let keep: Vec<i32> = self
-                    .listeners
-                    .descriptors()
-                    .chain(self.config.blocked_file.iter().map(|f| f.as_raw_fd()))
-                    .collect();
-                let code = match confine(signals, &keep) {
-                    Ok(()) => serve(&self.config, &self.listeners),
-                    Err(error) => {
-                        log::error!("DNS gateway: {error}");
-                        1
-                    }
-                };
+                let code = self.run_child(signals, true);
                 // SAFETY: ending the gateway without unwinding into PID 1's stack.
                 unsafe { libc::_exit(code) }
             }
@@ -219,19 +346,63 @@ impl Gateway {
     }
 }
 
+impl Gateway {
+    /// The gateway process itself: confined, then serving; its exit status.
+    fn run_child(&self, signals: &Signals, dies_with_parent: bool) -> i32 {
+        if !dies_with_parent {
+            // A daemon outlives the command that started it: its output goes nowhere (the
+            // block log's table keeps what it would print), and no pipe it held keeps a
+            // caller such as `devcontainer up` waiting.
+            detach_stdio();
+        }
+        let keep: Vec<i32> = self
+            .listeners
+            .descriptors()
+            .chain(self.config.blocked_file.iter().map(|f| f.as_raw_fd()))
+            .collect();
+        match confine(signals, &keep, dies_with_parent) {
+            Ok(()) => serve(&self.config, &self.listeners),
+            Err(error) => {
+                log::error!("DNS gateway: {error}");
+                1
+            }
+        }
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            // SAFETY: duplicating an open descriptor onto the standard ones.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
 /// The gateway's own confinement, before it reads a byte from the agent.
-fn confine(signals: &Signals, keep: &[i32]) -> std::result::Result<(), String> {
+fn confine(
+    signals: &Signals,
+    keep: &[i32],
+    dies_with_parent: bool,
+) -> std::result::Result<(), String> {
     let fail = |what: &'static str| move |errno: Errno| format!("{what}: {}", errno.desc());
-    // SAFETY: plain system call with integer arguments.
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        )
-    };
+    if dies_with_parent {
+        // SAFETY: plain system call with integer arguments.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+    }
     signals.restore().map_err(fail("restoring signals"))?;
     close_other_descriptors(keep);
     let needed: u64 = [

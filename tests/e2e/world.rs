@@ -379,10 +379,18 @@ impl World {
         };
         let allowed = self.a("10");
         let blocked = self.a("20");
-        // cordon's DNS gateway (the entrypoint's default) answers every question of the agent,
-        // to any server, and refuses names no allowlist holds; `cordon firewall` (the drop-in)
-        // resolves at start and leaves the agent's DNS to the resolver.
-        let gateway = self.logs(container).contains("cordon: DNS gateway");
+        // cordon's DNS gateway (the default) answers every question of the agent, to any
+        // server, and refuses names no allowlist holds; with `--dns static` the names were
+        // resolved at start and the agent's DNS goes to the resolver. The entrypoint says which
+        // in the container's log; the drop-in (`cordon firewall`) notes its gateway daemon.
+        let gateway = self.logs(container).contains("cordon: DNS gateway")
+            || self
+                .exec(
+                    "root",
+                    container,
+                    &["test", "-e", "/run/cordon/gateway.pid"],
+                )
+                .ok();
         let refused = || ("error", Some("REFUSED".to_string()));
         let unlisted = match gateway {
             true => refused(),

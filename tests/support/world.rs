@@ -480,11 +480,107 @@ impl Drop for World {
             let _ = child.wait();
         }
         for ns in [&self.sandbox_ns, &self.world_ns] {
+            // What still runs there: e.g. the DNS gateway a `cordon firewall` left as a daemon.
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", ns]).output() {
+                for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: a signal to a process in this test's own namespace.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         let _ = std::fs::remove_dir_all(self.netns_etc());
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The port the stream tests use: a sink in the world that logs every TCP chunk and UDP
+/// datagram it receives (`t ADDR` / `u ADDR` lines in `streams.log`) and echoes each datagram:
+/// a UDP flow with replies is ESTABLISHED to conntrack, as real ones are.
+pub const STREAM_PORT: u16 = 9443;
+
+/// A child process killed when dropped, so that a failing test does not leave it running (and
+/// holding the test harness's output open).
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn start_sink(world: &World) -> Killed {
+    let log = world.path("streams.log");
+    let script = format!(
+        "import socket, threading\n\
+         lock = threading.Lock()\n\
+         def note(line):\n\
+         \twith lock, open('{log}', 'a') as f:\n\t\tf.write(line + '\\n')\n\
+         def sink(c, addr):\n\
+         \twhile c.recv(4096):\n\t\tnote('t ' + addr)\n\
+         def tcp(addr):\n\
+         \ts = socket.socket()\n\ts.bind((addr, {STREAM_PORT}))\n\ts.listen()\n\
+         \twhile True:\n\t\tc, _ = s.accept()\n\
+         \t\tthreading.Thread(target=sink, args=(c, addr), daemon=True).start()\n\
+         def udp(addr):\n\
+         \ts = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\ts.bind((addr, {STREAM_PORT}))\n\
+         \twhile True:\n\t\tdata, peer = s.recvfrom(4096)\n\t\tnote('u ' + addr)\n\
+         \t\ts.sendto(data, peer)\n\
+         for addr in ['{ALLOWED}', '{BLOCKED}']:\n\
+         \tthreading.Thread(target=tcp, args=(addr,), daemon=True).start()\n\
+         \tthreading.Thread(target=udp, args=(addr,), daemon=True).start()\n\
+         open('{log}', 'a').close()\n\
+         threading.Event().wait()\n"
+    );
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &world.world_ns,
+            "/usr/bin/python3",
+            "-c",
+            &script,
+        ])
+        .spawn()
+        .unwrap();
+    let child = Killed(child);
+    wait_for(std::path::Path::new(&log));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child
+}
+
+/// How many TCP chunks (`t`) or UDP datagrams (`u`) from the sandbox reached ADDR's sink.
+pub fn sunk(world: &World, kind: &str, addr: &str) -> usize {
+    std::fs::read_to_string(world.path("streams.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| *l == format!("{kind} {addr}"))
+        .count()
+}
+
+/// A stream started by the agent's uid in the sandbox: python3 sending a byte to ADDR's sink
+/// every 50 ms over TCP and over UDP, ignoring send errors, until killed.
+pub fn stream(world: &World, addr: &str) -> Killed {
+    let script = format!(
+        "import socket, time\n\
+         t = socket.create_connection(('{addr}', {STREAM_PORT}))\n\
+         u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         u.connect(('{addr}', {STREAM_PORT}))\n\
+         while True:\n\
+         \tfor s in (t, u):\n\t\ttry:\n\t\t\ts.send(b'x')\n\t\texcept OSError:\n\t\t\tpass\n\
+         \ttime.sleep(0.05)\n"
+    );
+    Killed(
+        Command::new("ip")
+            .args(["netns", "exec", &world.sandbox_ns, "setpriv"])
+            .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+            .args(["/usr/bin/python3", "-c", &script])
+            .spawn()
+            .unwrap(),
+    )
 }
 
 pub fn parse_probe_lines(text: &str) -> HashMap<String, String> {
