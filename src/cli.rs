@@ -69,6 +69,22 @@ pub enum Sub {
     /// List what the DNS gateway refused and the fence rejected, with counts, first and last
     /// time, and the entry that would allow each.
     Blocked(BlockedArgs),
+    /// As root, while the DNS gateway runs: allow a name or wildcard entry now (no restart).
+    Allow(EntryArgs),
+    /// As root, while the DNS gateway runs: deny a name or wildcard entry now; the addresses
+    /// only it opened close, and established flows to them are cut.
+    Deny(EntryArgs),
+    /// As root, while the DNS gateway runs: its names, counters and answered sets.
+    Status(HardenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EntryArgs {
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// An entry as in an allowlist file: NAME, NAME:PORTS or *.NAME.
+    #[arg(value_name = "ENTRY")]
+    pub entry: String,
 }
 
 #[derive(Debug, Args)]
@@ -295,6 +311,8 @@ pub enum Invocation {
     Blocked {
         json: bool,
     },
+    /// A request to the running gateway (`allow ENTRY`, `deny ENTRY`, `status`).
+    Control(String),
 }
 
 /// The entrypoint's options, stage by stage.
@@ -412,6 +430,15 @@ fn from_cli(cli: Cli) -> Parsed {
         ),
         Some(Sub::Harden(args)) => (Invocation::Harden, args.output),
         Some(Sub::Blocked(args)) => (Invocation::Blocked { json: args.json }, args.output),
+        Some(Sub::Allow(args)) => (
+            Invocation::Control(format!("allow {}", args.entry)),
+            args.output,
+        ),
+        Some(Sub::Deny(args)) => (
+            Invocation::Control(format!("deny {}", args.entry)),
+            args.output,
+        ),
+        Some(Sub::Status(args)) => (Invocation::Control("status".into()), args.output),
         None => (
             Invocation::Run(Start {
                 fence: cli.fence.options(match cli.sandbox.exec {

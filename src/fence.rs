@@ -368,6 +368,7 @@ impl Fence {
                     .collect(),
             },
             blocked_file: service::open_blocked_file(),
+            control: gateway::control::bind(),
         };
         let patience = match keeper {
             Keeper::Daemon => {

@@ -55,6 +55,7 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
         Invocation::Check(options) => restore().and_then(|()| check::run(&options)),
         Invocation::Harden => restore().and_then(|()| harden_now()),
         Invocation::Blocked { json } => restore().and_then(|()| gateway::block_log::print(json)),
+        Invocation::Control(line) => restore().and_then(|()| gateway::control::request(&line)),
         Invocation::Run(start) => entrypoint(start, signals),
     }
 }

@@ -1,10 +1,11 @@
 //! System plumbing the stages share: capabilities and securebits (`caps`), descriptors (`fd`),
 //! signal masks and dispositions (`signals`),
 //! trusted tools run by descriptor (`tool`), ipsets over netlink (`set_netlink`), the fence's
-//! rejections over NFLOG (`nflog`), the file-tree walk (`walk`), the mount table (`mounts`) and
+//! rejections over NFLOG (`nflog`), connection tracking (`conntrack`), the file-tree walk (`walk`), the mount table (`mounts`) and
 //! cordon's directory in /run (`run_dir`).
 
 pub(crate) mod caps;
+pub(crate) mod conntrack;
 pub(crate) mod fd;
 pub(crate) mod mounts;
 pub(crate) mod nflog;

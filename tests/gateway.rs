@@ -293,6 +293,98 @@ fn each_block_is_named_with_what_would_allow_it() {
     );
 }
 
+/// Root changes the running allowlist (`cordon allow`, `cordon deny`, `cordon status`) without a
+/// restart; the agent cannot; a denied name's addresses close and its established flows stop,
+/// while other allowed names and flows go on.
+#[test]
+fn root_changes_the_running_allowlist_and_the_agent_cannot() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![format!("later.test={BLOCKED}")],
+        ..WorldOpts::default()
+    });
+    let _sink = start_sink(&world);
+    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let control = |args: &[&str]| {
+        let output = world.sandbox_command(cordon()).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let later = format!("dns:later.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &later).1, "REFUSED");
+
+    let as_agent = world
+        .sandbox_command("setpriv")
+        .args(["--reuid", AGENT_UID, "--regid", AGENT_UID, "--clear-groups"])
+        .arg(cordon())
+        .args(["allow", "later.test"])
+        .output()
+        .unwrap();
+    assert_eq!(as_agent.status.code(), Some(77), "{as_agent:?}");
+    assert!(String::from_utf8_lossy(&as_agent.stderr).contains("needs root"));
+    assert_eq!(
+        verdict(&world, &later).1,
+        "REFUSED",
+        "the agent changed nothing"
+    );
+
+    let allow = format!("later.test:443,{STREAM_PORT}");
+    let (code, text) = control(&["allow", &allow]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("ok: later.test"), "{text}");
+    assert_eq!(verdict(&world, &later), ("answered".into(), BLOCKED.into()));
+    assert_eq!(verdict(&world, &format!("tcp:{BLOCKED}:443")).0, "open");
+    assert_eq!(
+        verdict(&world, &format!("dns:allowed.test@{GATEWAY}")).0,
+        "answered"
+    );
+    let _later_flow = stream(&world, BLOCKED);
+    let (code, text) = control(&["status"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("names: 2 exact, 0 wildcard(s)"), "{text}");
+    assert!(text.contains("cordon4-answered "), "{text}");
+
+    // ALLOWED is open on 443 only for allowed.test: allow its stream port too, so that both
+    // flows run before the deny.
+    let (code, _) = control(&["allow", &format!("allowed.test:{STREAM_PORT}")]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        verdict(&world, &format!("dns:allowed.test@{GATEWAY}")).0,
+        "answered"
+    );
+    let _allowed_flow = stream(&world, ALLOWED);
+    let pause = || std::thread::sleep(Duration::from_millis(400));
+    pause();
+    assert!(sunk(&world, "t", BLOCKED) > 2 && sunk(&world, "t", ALLOWED) > 2);
+
+    let (code, text) = control(&["deny", "later.test"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("1 address(es) it opened closed"), "{text}");
+    let denied_at = (sunk(&world, "t", BLOCKED), sunk(&world, "t", ALLOWED));
+    pause();
+    assert!(
+        sunk(&world, "t", BLOCKED) <= denied_at.0 + 1,
+        "the denied name's flow went on"
+    );
+    assert!(
+        sunk(&world, "t", ALLOWED) >= denied_at.1 + 4,
+        "the other allowed flow was cut"
+    );
+    assert_eq!(verdict(&world, &later).1, "REFUSED");
+    assert_eq!(verdict(&world, &format!("tcp:{BLOCKED}:443")).0, "refused");
+    let (code, text) = control(&["deny", "later.test"]);
+    assert_eq!(code, Some(1), "{text}");
+    let (code, text) = control(&["allow", "10.9.0.0/16"]);
+    assert_eq!(code, Some(1));
+    assert!(text.contains("address entry"), "{text}");
+}
+
 /// The gateway holds CAP_NET_ADMIN alone under its own uid, not dumpable, no_new_privs, and the
 /// agent can neither signal it nor take its port; the supervisor keeps what a restart needs in
 /// its permitted set only.

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::RwLock;
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -32,29 +33,28 @@ pub const TTL_CEILING: Duration = Duration::from_secs(3600);
 /// resolver (`.invalid` is never delegated, RFC 6761). Never forwarded.
 pub const SELF_TEST_NAME: &str = "self-test.cordon.invalid";
 
-/// The allowlisted names and their ports.
+/// The allowlisted names and their ports. Root may change them while the gateway runs (`cordon
+/// allow` / `cordon deny`, `control`), so they sit behind a lock that every question reads.
 #[derive(Debug, Default)]
 pub struct Names {
-    /// Lower-case name without the trailing dot → the ports of every entry naming it.
-    exact: HashMap<String, Vec<Ports>>,
-    /// The part after `*.` → the ports of every wildcard entry for it.
-    below: HashMap<String, Vec<Ports>>,
+    table: RwLock<NameTable>,
     /// The TXT answer to `SELF_TEST_NAME`; without one, that name is refused like any other.
     self_test_token: Option<String>,
 }
 
+#[derive(Debug, Default)]
+struct NameTable {
+    /// Lower-case name without the trailing dot → the ports of every entry naming it.
+    exact: HashMap<String, Vec<Ports>>,
+    /// The part after `*.` → the ports of every wildcard entry for it.
+    below: HashMap<String, Vec<Ports>>,
+}
+
 impl Names {
     pub fn from_policy(policy: &Policy) -> Names {
-        let mut names = Names::default();
+        let names = Names::default();
         for entry in &policy.entries {
-            let (map, name) = match &entry.target {
-                Target::Name(name) => (&mut names.exact, name),
-                Target::Wildcard(name) => (&mut names.below, name),
-                Target::Net(_) => continue,
-            };
-            map.entry(name.clone())
-                .or_default()
-                .push(entry.ports.clone());
+            names.add(&entry.target, &entry.ports);
         }
         names
     }
@@ -67,15 +67,57 @@ impl Names {
         }
     }
 
+    /// Adds a name or wildcard entry; false for an address entry (not a name).
+    pub fn add(&self, target: &Target, ports: &Ports) -> bool {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        let (map, name) = match target {
+            Target::Name(name) => (&mut table.exact, name),
+            Target::Wildcard(name) => (&mut table.below, name),
+            Target::Net(_) => return false,
+        };
+        let list = map.entry(name.clone()).or_default();
+        if !list.contains(ports) {
+            list.push(ports.clone());
+        }
+        true
+    }
+
+    /// Removes every entry for this name or wildcard; whether there was one.
+    pub fn remove(&self, target: &Target) -> bool {
+        let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        match target {
+            Target::Name(name) => table.exact.remove(name).is_some(),
+            Target::Wildcard(name) => table.below.remove(name).is_some(),
+            Target::Net(_) => false,
+        }
+    }
+
+    /// How many exact names and wildcards there are.
+    pub fn counts(&self) -> (usize, usize) {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        (table.exact.len(), table.below.len())
+    }
+
     /// The ports of every entry that allows `name`; empty when none does.
-    pub fn ports_for(&self, name: &Name) -> Vec<&Ports> {
-        let text = plain(name);
-        let mut found: Vec<&Ports> = self.exact.get(&text).into_iter().flatten().collect();
+    pub fn ports_for(&self, name: &Name) -> Vec<Ports> {
+        self.ports_for_plain(&plain(name))
+    }
+
+    /// `ports_for` of a name as the allowlist writes it.
+    pub fn ports_for_plain(&self, text: &str) -> Vec<Ports> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        let mut found: Vec<Ports> = table
+            .exact
+            .get(text)
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
         // Every proper suffix of the name: `a.b.example.com` → `b.example.com`, `example.com`,
         // `com`.
-        let mut rest = text.as_str();
+        let mut rest = text;
         while let Some((_, parent)) = rest.split_once('.') {
-            found.extend(self.below.get(parent).into_iter().flatten());
+            found.extend(table.below.get(parent).into_iter().flatten().cloned());
             rest = parent;
         }
         found
@@ -286,11 +328,7 @@ pub fn judge_answer(
     names: &Names,
     own: &OwnNetworks,
 ) -> AnswerVerdict {
-    let ports: Vec<Ports> = names
-        .ports_for(&question.name)
-        .into_iter()
-        .cloned()
-        .collect();
+    let ports: Vec<Ports> = names.ports_for(&question.name);
     let mut verdict = AnswerVerdict::default();
     if ports.is_empty() {
         return verdict;

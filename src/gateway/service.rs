@@ -20,6 +20,7 @@ use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,7 @@ use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use super::block_log::{self, BlockLog};
 use super::filter::{Event, Names, OwnNetworks};
-use super::{sets, tcp, udp};
+use super::{control, sets, tcp, udp};
 use crate::error::{Error, Result};
 use crate::fence::plan::{gateway_listen_addr, AgentDns, Family};
 use crate::sys::caps::{self, Capability};
@@ -67,6 +68,8 @@ pub struct Config {
     pub own: OwnNetworks,
     /// The block log's table (`block_log::BLOCKED_FILE`), opened by PID 1.
     pub blocked_file: Option<File>,
+    /// Root's live changes (`control::CONTROL_SOCKET`), bound by PID 1.
+    pub control: Option<UnixListener>,
 }
 
 /// Creates the block log's file (root-owned, 0644) and opens it for the gateway.
@@ -359,6 +362,7 @@ impl Gateway {
             .listeners
             .descriptors()
             .chain(self.config.blocked_file.iter().map(|f| f.as_raw_fd()))
+            .chain(self.config.control.iter().map(|l| l.as_raw_fd()))
             .collect();
         match confine(signals, &keep, dies_with_parent) {
             Ok(()) => serve(&self.config, &self.listeners),
@@ -471,14 +475,19 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
         .as_ref()
         .and_then(|f| f.try_clone().ok());
     let block_log = BlockLog::new(blocked_file, true);
+    let live = control::Live::new(config.upstream.to_string());
     let report = |event: Event| match event {
         Event::Opened(opened) => {
             if let Err(error) = sets::open(opened) {
                 log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
             }
             block_log.answered(opened);
+            live.opened(opened);
         }
-        Event::Refused(question) => block_log.refused(question),
+        Event::Refused(question) => {
+            live.refused.fetch_add(1, Ordering::Relaxed);
+            block_log.refused(question);
+        }
     };
     let stop = AtomicBool::new(false);
     let upstream = config.upstream;
@@ -502,8 +511,11 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
                 let _ = ended.send(describe(outcome));
             });
         }
-        let (block_log, stop) = (&block_log, &stop);
+        let (block_log, live, stop) = (&block_log, &live, &stop);
         scope.spawn(move || log_rejections(block_log, stop));
+        if let Some(listener) = &config.control {
+            scope.spawn(move || control::serve(listener, &config.names, live, stop));
+        }
         drop(ended);
         let failure = first_end.recv().unwrap_or_else(|_| "no loop ran".into());
         stop.store(true, Ordering::Relaxed);

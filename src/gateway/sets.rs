@@ -28,45 +28,72 @@ pub fn open(opened: &[Opened]) -> Result<(), String> {
     })
 }
 
+/// The (set, member) pairs an opened address goes into: the `answered` set with each port
+/// range of the entry, or `answered-any` for an entry without ports.
+pub fn members_of(found: &Opened) -> Vec<(String, Member)> {
+    let family = match found.addr {
+        IpAddr::V4(_) => Family::V4,
+        IpAddr::V6(_) => Family::V6,
+    };
+    let mut members = Vec::new();
+    for ports in &found.ports {
+        match ports {
+            Ports::Any => members.push((
+                family.answered_hosts_set(),
+                Member {
+                    addr: found.addr,
+                    ports: None,
+                },
+            )),
+            Ports::Listed(ranges) => members.extend(ranges.iter().map(|range| {
+                (
+                    family.answered_ports_set(),
+                    Member {
+                        addr: found.addr,
+                        ports: Some((range.proto.number(), range.first, range.last)),
+                    },
+                )
+            })),
+        }
+    }
+    members
+}
+
 /// One request per set: every member an answer opens there.
 fn open_with(adder: &mut Adder, opened: &[Opened]) -> Result<(), String> {
     let mut per_set: Vec<(String, Vec<(Member, u32)>)> = Vec::new();
     for found in opened {
-        let family = match found.addr {
-            IpAddr::V4(_) => Family::V4,
-            IpAddr::V6(_) => Family::V6,
-        };
         let timeout = found.timeout.as_secs().try_into().unwrap_or(u32::MAX);
-        for ports in &found.ports {
-            let (set, members) = match ports {
-                Ports::Any => (
-                    family.answered_hosts_set(),
-                    vec![Member {
-                        addr: found.addr,
-                        ports: None,
-                    }],
-                ),
-                Ports::Listed(ranges) => (
-                    family.answered_ports_set(),
-                    ranges
-                        .iter()
-                        .map(|range| Member {
-                            addr: found.addr,
-                            ports: Some((range.proto.number(), range.first, range.last)),
-                        })
-                        .collect(),
-                ),
-            };
-            let members = members.into_iter().map(|member| (member, timeout));
+        for (set, member) in members_of(found) {
             match per_set.iter_mut().find(|(name, _)| *name == set) {
-                Some((_, list)) => list.extend(members),
-                None => per_set.push((set, members.collect())),
+                Some((_, list)) => list.push((member, timeout)),
+                None => per_set.push((set, vec![(member, timeout)])),
             }
         }
     }
     let mut first_failure = None;
     for (set, members) in &per_set {
         if let Err(error) = adder.add(set, members) {
+            first_failure.get_or_insert(error);
+        }
+    }
+    first_failure.map_or(Ok(()), Err)
+}
+
+/// Deletes these members from their sets (`cordon deny`).
+pub fn close(members: &[(String, Member)]) -> Result<(), String> {
+    let mut adder = Adder::open()?;
+    let mut first_failure = None;
+    let mut sets: Vec<&String> = members.iter().map(|(set, _)| set).collect();
+    sets.sort();
+    sets.dedup();
+    for set in sets {
+        let in_set: Vec<Member> = members
+            .iter()
+            .filter(|(name, _)| name == set)
+            .map(|(_, member)| *member)
+            .collect();
+        if let Err(error) = adder.delete(set, &in_set) {
             first_failure.get_or_insert(error);
         }
     }

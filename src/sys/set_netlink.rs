@@ -14,6 +14,7 @@ const NFNL_SUBSYS_IPSET: u16 = 6;
 const IPSET_CMD_FLUSH: u16 = 4;
 const IPSET_CMD_LIST: u16 = 7;
 const IPSET_CMD_ADD: u16 = 9;
+const IPSET_CMD_DEL: u16 = 10;
 const IPSET_PROTOCOL: u8 = 7;
 // Attributes at command level.
 const ATTR_PROTOCOL: u16 = 1;
@@ -101,6 +102,21 @@ impl Adder {
     /// request within the send, so the members are in the set when this returns; the
     /// acknowledgement says whether they were.
     pub fn add(&mut self, set: &str, members: &[(Member, u32)]) -> Result<(), String> {
+        self.change(IPSET_CMD_ADD, set, members)
+            .map_err(|error| format!("adding {error}"))
+    }
+
+    /// Deletes each member from `set` (the timeouts are not used); members already gone are
+    /// not an error.
+    pub fn delete(&mut self, set: &str, members: &[Member]) -> Result<(), String> {
+        let members: Vec<(Member, u32)> = members.iter().map(|m| (*m, 0)).collect();
+        match self.change(IPSET_CMD_DEL, set, &members) {
+            Ok(()) => Ok(()),
+            Err(error) => Err(format!("deleting {error}")),
+        }
+    }
+
+    fn change(&mut self, command: u16, set: &str, members: &[(Member, u32)]) -> Result<(), String> {
         let mut list = Vec::with_capacity(64 * members.len());
         for (member, timeout) in members {
             let mut data = Vec::with_capacity(64);
@@ -117,12 +133,15 @@ impl Adder {
                 }
                 attr(&mut data, ATTR_PROTO, &[proto]);
             }
-            attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
+            if command == IPSET_CMD_ADD {
+                attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
+            }
             attr(&mut list, ATTR_DATA | NESTED, &data);
         }
-        // Without NLM_F_EXCL re-adding a member is not an error: its timeout is renewed.
+        // Without NLM_F_EXCL re-adding a member (or deleting one not there) is not an error;
+        // an added member's timeout is renewed.
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
-        let mut message = request(IPSET_CMD_ADD, flags, set, 1);
+        let mut message = request(command, flags, set, 1);
         // A list of members (ADT) comes with a line number, for `ipset restore`'s errors.
         attr(&mut message, ATTR_LINENO | NET_ORDER, &0u32.to_be_bytes());
         attr(&mut message, ATTR_ADT | NESTED, &list);
@@ -132,7 +151,7 @@ impl Adder {
         acknowledged(&self.socket).map_err(|errno| {
             let first = members.first().map(|(m, _)| m.addr.to_string());
             format!(
-                "adding {} to set {set}: {}",
+                "{} in set {set}: {}",
                 first.unwrap_or_default(),
                 errno.desc()
             )
