@@ -1,6 +1,7 @@
 //! A mutation fuzzer for every parser that reads what the agent controls: the DNS gateway's
-//! handling of the agent's queries and of upstream answers, allowlist entries, resolv.conf, and
-//! /etc/passwd and /etc/group. Starts from valid inputs, mutates them (bit flips, random bytes,
+//! handling of the agent's queries and of upstream answers, allowlist entries, resolv.conf,
+//! /etc/passwd and /etc/group, the headers of rejected packets the block log reads (NFLOG), and
+//! the block log's table. Starts from valid inputs, mutates them (bit flips, random bytes,
 //! insertions, deletions, truncation, splices), and calls `cordon::fuzz`; a panic is reported
 //! with its input and counted.
 //!
@@ -114,7 +115,7 @@ fn dns_corpus() -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
     (queries, answers)
 }
 
-fn text_corpus() -> [Vec<Vec<u8>>; 3] {
+fn text_corpus() -> [Vec<Vec<u8>>; 4] {
     let entries = [
         "api.example.com",
         "api.example.com:443,8443",
@@ -133,8 +134,32 @@ fn text_corpus() -> [Vec<Vec<u8>>; 3] {
         "root:x:0:0:root:/root:/bin/bash\nnode:x:1000:1000::/home/node:/bin/bash\n",
         "docker:x:999:node,other\nnode:x:1000:\n",
     ];
+    let blocked = [
+        "3\t100\t160\tname evil.example (A)\tevil.example\t\n",
+        "1\t90\t90\ttcp 203.0.113.5:22\tgithub.com:22\tgithub.com, answered 2 s ago\n",
+    ];
     let bytes = |list: &[&str]| list.iter().map(|t| t.as_bytes().to_vec()).collect();
-    [bytes(&entries), bytes(&resolv), bytes(&passwd)]
+    [
+        bytes(&entries),
+        bytes(&resolv),
+        bytes(&passwd),
+        bytes(&blocked),
+    ]
+}
+
+/// Packets as the reject chain logs them: IPv4 TCP and UDP, IPv6 UDP.
+fn packet_corpus() -> Vec<Vec<u8>> {
+    let mut v4 = vec![
+        0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0, 10, 0, 0, 2, 203, 0, 113, 5,
+    ];
+    v4.extend_from_slice(&[0x9c, 0x40, 0, 22]);
+    let mut udp = v4.clone();
+    udp[9] = 17;
+    let mut v6 = vec![0x60, 0, 0, 0, 0, 8, 17, 64];
+    v6.extend_from_slice(&[0; 16]);
+    v6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    v6.extend_from_slice(&[0x9c, 0x40, 0, 53]);
+    vec![v4, udp, v6]
 }
 
 fn main() {
@@ -157,20 +182,23 @@ fn main() {
     let mut rng = Rng(seed);
     let names = fuzz::gateway_names();
     let (queries, answers) = dns_corpus();
-    let [entries, resolv, passwd] = text_corpus();
-    let corpora: [(&str, &Vec<Vec<u8>>); 5] = [
+    let [entries, resolv, passwd, blocked] = text_corpus();
+    let packets = packet_corpus();
+    let corpora: [(&str, &Vec<Vec<u8>>); 7] = [
         ("gateway query", &queries),
         ("gateway answer", &answers),
         ("allowlist entry", &entries),
         ("resolv.conf", &resolv),
         ("passwd/group", &passwd),
+        ("rejected packet", &packets),
+        ("blocked table", &blocked),
     ];
     panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let mut crashes = 0u64;
-    let mut per_target = [0u64; 5];
+    let mut per_target = [0u64; 7];
     for run in 0..executions {
-        let target = (run % 5) as usize;
+        let target = (run % 7) as usize;
         let (label, corpus) = corpora[target];
         let input = &corpus[rng.below(corpus.len())];
         let other = &corpus[rng.below(corpus.len())];
@@ -181,7 +209,9 @@ fn main() {
             1 => fuzz::gateway_answer(&mutated, &names),
             2 => fuzz::allowlist_entry(&text),
             3 => fuzz::resolv_conf(&text),
-            _ => fuzz::passwd(&text),
+            4 => fuzz::passwd(&text),
+            5 => fuzz::rejected_packet(&mutated),
+            _ => fuzz::blocked_table(&text),
         }));
         per_target[target] += 1;
         if outcome.is_err() {
@@ -194,7 +224,7 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "fuzz: {executions} executions in {elapsed:.1} s ({:.0}/s): {} per target \
-         (query, answer, entry, resolv.conf, passwd); {crashes} crashes",
+         (query, answer, entry, resolv.conf, passwd, packet, blocked table); {crashes} crashes",
         executions as f64 / elapsed,
         per_target[0]
     );

@@ -56,3 +56,16 @@ pub fn passwd(text: &str) {
     let _ = user::parse_passwd(text, "fuzz");
     let _ = user::parse_group(text, "fuzz");
 }
+
+/// A rejected packet's headers as NFLOG hands them to the gateway (the agent chose the packet).
+pub fn rejected_packet(bytes: &[u8]) {
+    if let Some((_, dst)) = crate::sys::nflog::destination(bytes) {
+        let log = crate::gateway::block_log::BlockLog::new(None, false);
+        log.rejected(bytes.first().copied().unwrap_or(6), dst);
+    }
+}
+
+/// The block log's table as `cordon blocked` reads it back.
+pub fn blocked_table(text: &str) {
+    let _ = crate::gateway::block_log::parse_table(text);
+}

@@ -685,6 +685,8 @@ fn changed_during_verification(fault: &str, tamper: &[&str], named: &str) {
         .sandbox_command(cordon())
         .args([
             "firewall",
+            "--dns",
+            "static",
             "--no-default-profile",
             "--user",
             AGENT_UID,
@@ -757,7 +759,8 @@ fn signals_during_firewall_set_up() {
             });
             let started = Instant::now();
             let child = in_sandbox(&world)
-                .args(["firewall", "--no-default-profile", "--user", AGENT_UID])
+                .args(["firewall", "--dns", "static", "--no-default-profile"])
+                .args(["--user", AGENT_UID])
                 .args(ALLOW)
                 .args([
                     "--resolv-conf",

@@ -397,6 +397,7 @@ fn the_gateway_runs_confined_and_out_of_the_agents_reach() {
     let sandbox = Sandbox::start(&world, &["allowed.test"]);
     let pid = gateway_pid(&sandbox).expect("a gateway process");
     let field = |key: &str| status_field(pid, key).unwrap();
+    assert_eq!(field("Name"), "cordon-dns");
     assert!(field("Uid")
         .split_whitespace()
         .all(|uid| uid == GATEWAY_UID));

@@ -314,7 +314,7 @@ impl Gateway {
                 drop(read);
                 let _ = nix::unistd::setsid();
                 // SAFETY: as above; the session leader only forks and reports.
-                let code = match unsafe { nix::unistd::fork() } {
+                let code = match named(GATEWAY_NAME, || unsafe { nix::unistd::fork() }) {
                     Ok(ForkResult::Parent { child }) => {
                         let _ = nix::unistd::write(&write, &child.as_raw().to_ne_bytes());
                         0
@@ -335,7 +335,8 @@ impl Gateway {
         self.starts.push_back(Instant::now());
         // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
         // from the supervisor's loop), so the child may allocate; it never returns.
-        match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
+        let forked = named(GATEWAY_NAME, || unsafe { nix::unistd::fork() });
+        match forked.map_err(|e| Error::sys("fork", e))? {
             ForkResult::Parent { child } => {
                 self.pid = Some(child);
                 Ok(())
@@ -372,6 +373,28 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The gateway's process name (`ps`, /proc/PID/comm), which it has from the fork on.
+pub const GATEWAY_NAME: &str = "cordon-dns";
+
+/// Forks with this thread named `name`, so that the child has that name from its first
+/// instruction; the parent gets its own name back.
+fn named(name: &str, fork: impl FnOnce() -> nix::Result<ForkResult>) -> nix::Result<ForkResult> {
+    let mut own = [0u8; 16];
+    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
+    unsafe { libc::prctl(libc::PR_GET_NAME, own.as_mut_ptr(), 0, 0, 0) };
+    let mut wanted = [0u8; 16];
+    let len = name.len().min(15);
+    wanted[..len].copy_from_slice(&name.as_bytes()[..len]);
+    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, wanted.as_ptr(), 0, 0, 0) };
+    let forked = fork();
+    if !matches!(forked, Ok(ForkResult::Child)) {
+        // SAFETY: as above.
+        unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) };
+    }
+    forked
 }
 
 /// Points stdin, stdout and stderr at /dev/null.
