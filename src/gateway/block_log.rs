@@ -104,6 +104,10 @@ impl BlockLog {
         if name.ends_with('.') {
             name.pop();
         }
+        // `cordon check`'s own question (the HEALTHCHECK asks it every 30 s): not the agent's.
+        if name.ends_with(".cordon.invalid") {
+            return;
+        }
         self.record(Blocked::Name {
             name,
             kind: question.query_type.to_string(),
@@ -399,6 +403,11 @@ mod tests {
         log.rejected(6, "[2001:db8::1]:443".parse().unwrap());
         let question = Query::query(Name::from_str("Evil.Example.").unwrap(), RecordType::TXT);
         log.refused(&question);
+        let check = Query::query(
+            Name::from_str("checktest.cordon.invalid.").unwrap(),
+            RecordType::TXT,
+        );
+        log.refused(&check);
         let lines: Vec<String> = rows(&log).iter().map(line).collect();
         assert_eq!(
             lines,
