@@ -61,7 +61,7 @@ pub fn passwd(text: &str) {
 pub fn rejected_packet(bytes: &[u8]) {
     if let Some((_, dst)) = crate::sys::nflog::destination(bytes) {
         let log = crate::gateway::block_log::BlockLog::new(None, false);
-        log.rejected(bytes.first().copied().unwrap_or(6), dst);
+        log.rejected(bytes.first().copied().unwrap_or(6), dst, None);
     }
 }
 

@@ -21,15 +21,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::proto::op::Query;
 
-use super::filter::Opened;
-
 /// Where the gateway keeps the table (created by PID 1, root-owned 0644: the agent may read
 /// what it was refused).
 pub const BLOCKED_FILE: &str = "/run/cordon/blocked";
 /// Distinct blocks kept; the least recently seen goes first.
 pub const MAX_ENTRIES: usize = 1000;
-/// Answered addresses remembered, to name a blocked connection's name.
-const MAX_ANSWERED: usize = 10_000;
 const LINES_PER_WINDOW: usize = 20;
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -59,7 +55,6 @@ pub struct Entry {
 #[derive(Default)]
 struct Table {
     entries: HashMap<String, (Entry, Instant)>,
-    answered: HashMap<IpAddr, (String, Instant)>,
     printed: Vec<Instant>,
     suppressed: u64,
     changed: bool,
@@ -82,23 +77,6 @@ impl BlockLog {
         }
     }
 
-    /// Remembers which name each address was answered for.
-    pub fn answered(&self, opened: &[Opened]) {
-        let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        for found in opened {
-            if table.answered.len() >= MAX_ANSWERED {
-                // The newer half stays: a flood of names costs one sort per MAX_ANSWERED / 2.
-                let mut ages: Vec<Instant> = table.answered.values().map(|(_, at)| *at).collect();
-                let middle = ages.len() / 2;
-                let (_, cut, _) = ages.select_nth_unstable(middle);
-                let cut = *cut;
-                table.answered.retain(|_, (_, at)| *at > cut);
-            }
-            table.answered.insert(found.addr, (found.name.clone(), now));
-        }
-    }
-
     pub fn refused(&self, question: &Query) {
         let mut name = question.name.to_ascii().to_ascii_lowercase();
         if name.ends_with('.') {
@@ -108,23 +86,28 @@ impl BlockLog {
         if name.ends_with(".cordon.invalid") {
             return;
         }
-        self.record(Blocked::Name {
-            name,
-            kind: question.query_type.to_string(),
-        });
+        self.record(
+            Blocked::Name {
+                name,
+                kind: question.query_type.to_string(),
+            },
+            None,
+        );
     }
 
-    pub fn rejected(&self, proto: u8, dst: SocketAddr) {
-        self.record(Blocked::Connection { proto, dst });
+    /// A rejected connection; `answered`: the name an answer for its address was for, and how
+    /// long ago (`control::Live` remembers them).
+    pub fn rejected(&self, proto: u8, dst: SocketAddr, answered: Option<(String, Duration)>) {
+        self.record(Blocked::Connection { proto, dst }, answered);
     }
 
-    fn record(&self, blocked: Blocked) {
+    fn record(&self, blocked: Blocked, answered: Option<(String, Duration)>) {
         let mut table = self.table.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let entry = describe(&blocked, &table.answered, now);
+        let entry = describe(&blocked, answered);
         let key = entry.what.clone();
         if let Some((known, seen)) = table.entries.get_mut(&key) {
             known.count += 1;
@@ -134,14 +117,12 @@ impl BlockLog {
             return;
         }
         if table.entries.len() >= MAX_ENTRIES {
-            let oldest = table
-                .entries
-                .iter()
-                .min_by_key(|(_, (_, seen))| *seen)
-                .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                table.entries.remove(&oldest);
-            }
+            // The more recently seen half stays: a flood of distinct blocks costs one selection
+            // per MAX_ENTRIES / 2 of them, not a scan each.
+            let mut seen: Vec<Instant> = table.entries.values().map(|(_, at)| *at).collect();
+            let middle = seen.len() / 2;
+            let cut = *seen.select_nth_unstable(middle).1;
+            table.entries.retain(|_, (_, at)| *at > cut);
         }
         let line = line(&entry);
         table.entries.insert(
@@ -192,11 +173,7 @@ impl BlockLog {
 }
 
 /// What a block is, what allows it, and the name behind its address.
-fn describe(
-    blocked: &Blocked,
-    answered: &HashMap<IpAddr, (String, Instant)>,
-    now: Instant,
-) -> Entry {
+fn describe(blocked: &Blocked, answered: Option<(String, Duration)>) -> Entry {
     let (what, allow_with, context) = match blocked {
         Blocked::Name { name, kind } => {
             (format!("name {name} ({kind})"), name.clone(), String::new())
@@ -215,13 +192,13 @@ fn describe(
                 6 | 17 => format!("{proto_name} {dst}"),
                 other => format!("protocol {other} to {}", dst.ip()),
             };
-            match answered.get(&dst.ip()) {
-                Some((name, at)) => {
+            match answered {
+                Some((name, ago)) => {
                     let allow = match port.is_empty() {
                         true => name.clone(),
                         false => format!("{name}:{port}"),
                     };
-                    let ago = now.duration_since(*at).as_secs();
+                    let ago = ago.as_secs();
                     (what, allow, format!("{name}, answered {ago} s ago"))
                 }
                 None => {
@@ -391,16 +368,11 @@ mod tests {
     #[test]
     fn each_block_says_what_would_allow_it() {
         let log = BlockLog::new(None, false);
-        log.answered(&[Opened {
-            name: "github.com".into(),
-            addr: "203.0.113.5".parse().unwrap(),
-            ports: Vec::new(),
-            timeout: Duration::from_secs(60),
-        }]);
-        log.rejected(6, "203.0.113.5:22".parse().unwrap());
-        log.rejected(6, "203.0.113.5:22".parse().unwrap());
-        log.rejected(17, "198.51.100.7:53".parse().unwrap());
-        log.rejected(6, "[2001:db8::1]:443".parse().unwrap());
+        let github = || Some(("github.com".to_string(), Duration::from_millis(300)));
+        log.rejected(6, "203.0.113.5:22".parse().unwrap(), github());
+        log.rejected(6, "203.0.113.5:22".parse().unwrap(), github());
+        log.rejected(17, "198.51.100.7:53".parse().unwrap(), None);
+        log.rejected(6, "[2001:db8::1]:443".parse().unwrap(), None);
         let question = Query::query(Name::from_str("Evil.Example.").unwrap(), RecordType::TXT);
         log.refused(&question);
         let check = Query::query(
@@ -453,10 +425,19 @@ mod tests {
     fn the_table_is_bounded_and_reads_back() {
         let log = BlockLog::new(None, false);
         for port in 0..(MAX_ENTRIES as u16 + 50) {
-            log.rejected(6, SocketAddr::from(([192, 0, 2, 1], port)));
+            log.rejected(6, SocketAddr::from(([192, 0, 2, 1], port)), None);
         }
         let kept = rows(&log);
-        assert_eq!(kept.len(), MAX_ENTRIES);
+        assert!(
+            kept.len() <= MAX_ENTRIES && kept.len() > 50,
+            "{}",
+            kept.len()
+        );
+        let last = format!("tcp 192.0.2.1:{}", MAX_ENTRIES + 49);
+        assert!(
+            kept.iter().any(|e| e.what == last),
+            "the latest block is kept"
+        );
         let refs: Vec<&Entry> = kept.iter().collect();
         assert_eq!(parse_table(&format_table(&refs)), kept);
         assert!(parse_table("garbage\n1\tx\n").is_empty());

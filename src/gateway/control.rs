@@ -73,8 +73,10 @@ pub struct Live {
 
 #[derive(Default)]
 struct Owner {
-    names: BTreeSet<String>,
-    members: Vec<(String, Member)>,
+    /// The names it was answered for (one, mostly), the last answer's time.
+    names: Vec<String>,
+    members: Vec<Member>,
+    answered: Option<Instant>,
 }
 
 impl Live {
@@ -97,8 +99,11 @@ impl Live {
                 continue;
             }
             let owner = owners.entry(found.addr).or_default();
-            owner.names.insert(found.name.clone());
-            for member in sets::members_of(found) {
+            owner.answered = Some(Instant::now());
+            if !owner.names.contains(&found.name) {
+                owner.names.push(found.name.clone());
+            }
+            for (_, member) in sets::members_of(found) {
                 if !owner.members.contains(&member) {
                     owner.members.push(member);
                 }
@@ -106,8 +111,15 @@ impl Live {
         }
     }
 
+    /// The name an answer for `addr` was last for, and how long ago (the block log's context).
+    pub fn answered(&self, addr: IpAddr) -> Option<(String, Duration)> {
+        let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = owners.get(&addr)?;
+        Some((owner.names.last()?.clone(), owner.answered?.elapsed()))
+    }
+
     /// The members of every address no name `names` still allows had opened; forgotten here.
-    fn no_longer_allowed(&self, names: &Names) -> Vec<(String, Member)> {
+    fn no_longer_allowed(&self, names: &Names) -> Vec<Member> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = Vec::new();
         owners.retain(|_, owner| {
@@ -185,7 +197,7 @@ fn handle(line: &str, names: &Names, live: &Live) -> String {
                 return format!("error: no entry {target} to deny\n");
             }
             let closed = live.no_longer_allowed(names);
-            let addresses: BTreeSet<IpAddr> = closed.iter().map(|(_, m)| m.addr).collect();
+            let addresses: BTreeSet<IpAddr> = closed.iter().map(|m| m.addr).collect();
             let mut problems = Vec::new();
             if let Err(error) = sets::close(&closed) {
                 problems.push(error);
@@ -310,9 +322,9 @@ mod tests {
         // 192.0.2.2 was opened by api.example.test too: only 192.0.2.1 closes.
         allowed.remove(&Target::Wildcard("cdn.test".into()));
         let closed = live.no_longer_allowed(&allowed);
-        let addresses: BTreeSet<String> = closed.iter().map(|(_, m)| m.addr.to_string()).collect();
+        let addresses: BTreeSet<String> = closed.iter().map(|m| m.addr.to_string()).collect();
         assert_eq!(addresses, BTreeSet::from(["192.0.2.1".to_string()]));
-        assert_eq!(closed[0].0, "cordon4-answered");
+        assert_eq!(sets::set_of(&closed[0]), "cordon4-answered");
         assert!(!allowed.allows(&Name::from_str("a.cdn.test.").unwrap()));
         assert!(handle("bogus", &allowed, &live).starts_with("error: unknown request"));
     }

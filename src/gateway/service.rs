@@ -504,7 +504,6 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
             if let Err(error) = sets::open(opened) {
                 log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
             }
-            block_log.answered(opened);
             live.opened(opened);
         }
         Event::Refused(question) => {
@@ -535,7 +534,7 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
             });
         }
         let (block_log, live, stop) = (&block_log, &live, &stop);
-        scope.spawn(move || log_rejections(block_log, stop));
+        scope.spawn(move || log_rejections(block_log, live, stop));
         if let Some(listener) = &config.control {
             scope.spawn(move || control::serve(listener, &config.names, live, stop));
         }
@@ -550,7 +549,7 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
 
 /// Reads the fence's rejections into the block log and saves its table once a second, until
 /// `stop`. Without NFLOG (a kernel without nfnetlink_log) only refused names are logged.
-fn log_rejections(block_log: &BlockLog, stop: &AtomicBool) {
+fn log_rejections(block_log: &BlockLog, live: &control::Live, stop: &AtomicBool) {
     let listener = match nflog::Listener::bind() {
         Ok(listener) => Some(listener),
         Err(error) => {
@@ -566,7 +565,7 @@ fn log_rejections(block_log: &BlockLog, stop: &AtomicBool) {
                     // rest is the kernel's own (multicast listener reports, rejected by design).
                     for (proto, dst) in rejected {
                         if matches!(proto, 6 | 17) && !dst.ip().is_multicast() {
-                            block_log.rejected(proto, dst);
+                            block_log.rejected(proto, dst, live.answered(dst.ip()));
                         }
                     }
                 }

@@ -80,18 +80,27 @@ fn open_with(adder: &mut Adder, opened: &[Opened]) -> Result<(), String> {
     first_failure.map_or(Ok(()), Err)
 }
 
+/// The `answered` set a member belongs in: by family, and whether it has ports.
+pub fn set_of(member: &Member) -> String {
+    let family = Family::of(&member.addr);
+    match member.ports {
+        Some(_) => family.answered_ports_set(),
+        None => family.answered_hosts_set(),
+    }
+}
+
 /// Deletes these members from their sets (`cordon deny`).
-pub fn close(members: &[(String, Member)]) -> Result<(), String> {
+pub fn close(members: &[Member]) -> Result<(), String> {
     let mut adder = Adder::open()?;
     let mut first_failure = None;
-    let mut sets: Vec<&String> = members.iter().map(|(set, _)| set).collect();
+    let mut sets: Vec<String> = members.iter().map(set_of).collect();
     sets.sort();
     sets.dedup();
-    for set in sets {
+    for set in &sets {
         let in_set: Vec<Member> = members
             .iter()
-            .filter(|(name, _)| name == set)
-            .map(|(_, member)| *member)
+            .filter(|member| set_of(member) == *set)
+            .copied()
             .collect();
         if let Err(error) = adder.delete(set, &in_set) {
             first_failure.get_or_insert(error);
