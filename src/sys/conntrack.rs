@@ -3,9 +3,11 @@
 //! (nf_conntrack_tcp_loose, on by default) and goes on; one to an address no entry opens any
 //! more meets the reject rules.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
+
+use super::nfnetlink;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
@@ -13,19 +15,7 @@ const HEADER: usize = 16;
 
 /// Deletes every tracked connection of both families.
 pub fn flush() -> Result<(), String> {
-    // SAFETY: a plain socket(2); the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("ctnetlink: {}", Errno::last().desc()));
-    }
-    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let socket = nfnetlink::socket()?;
     for family in [libc::AF_INET, libc::AF_INET6] {
         let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
         let mut message = Vec::with_capacity(HEADER + 4);
@@ -38,22 +28,7 @@ pub fn flush() -> Result<(), String> {
         message.extend_from_slice(&0u32.to_ne_bytes());
         // nfgenmsg: the family, version 0, resource id 0; no attributes: the whole table.
         message.extend_from_slice(&[family as u8, 0, 0, 0]);
-        // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl is the kernel.
-        let sent = unsafe {
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                socket.as_raw_fd(),
-                message.as_ptr().cast(),
-                message.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(format!("ctnetlink flush: {}", Errno::last().desc()));
-        }
+        nfnetlink::send(&socket, &message).map_err(|e| format!("ctnetlink flush: {e}"))?;
         let mut reply = [0u8; 256];
         // SAFETY: the buffer is valid for its length.
         let got = unsafe {

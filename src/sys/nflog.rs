@@ -4,7 +4,7 @@
 //! and the gateway reads them here. Messages are built and parsed with netlink-packet-netfilter.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::Duration;
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
@@ -13,6 +13,8 @@ use netlink_packet_netfilter::nflog::{
 };
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use nix::errno::Errno;
+
+use super::nfnetlink;
 
 /// The NFLOG group of cordon's reject rules.
 pub const GROUP: u16 = 10053;
@@ -27,19 +29,7 @@ pub struct Listener {
 impl Listener {
     pub fn bind() -> Result<Listener, String> {
         let fail = |what: &str| format!("NFLOG {what}: {}", Errno::last().desc());
-        // SAFETY: a plain socket(2); the descriptor is owned right below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_NETFILTER,
-            )
-        };
-        if fd < 0 {
-            return Err(fail("socket"));
-        }
-        // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let socket = nfnetlink::socket()?;
         // SAFETY: a zeroed sockaddr_nl lets the kernel choose the port id.
         let bound = unsafe {
             let mut local: libc::sockaddr_nl = std::mem::zeroed();
@@ -66,23 +56,7 @@ impl Listener {
         let request = config_request(NetfilterProtoFamily::Unspec, GROUP, settings);
         let mut bytes = vec![0; request.header.length as usize];
         request.serialize(&mut bytes);
-        // SAFETY: the buffer is valid for its length; the socket is connected to nothing, so
-        // the message goes to the kernel (port 0).
-        let sent = unsafe {
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as u16;
-            libc::sendto(
-                self.socket.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
-            )
-        };
-        if sent < 0 {
-            return Err(format!("NFLOG config: {}", Errno::last().desc()));
-        }
+        nfnetlink::send(&self.socket, &bytes).map_err(|e| format!("NFLOG config: {e}"))?;
         let mut buffer = [0u8; 1024];
         // SAFETY: the buffer is valid for its length.
         let got = unsafe {

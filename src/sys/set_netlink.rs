@@ -6,9 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
+
+use super::nfnetlink;
 
 const NFNL_SUBSYS_IPSET: u16 = 6;
 const IPSET_CMD_FLUSH: u16 = 4;
@@ -42,11 +44,11 @@ const HEADER: usize = 16;
 
 /// Each named set's members; a set that does not exist is absent.
 pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
-    let socket = open()?;
+    let socket = nfnetlink::socket()?;
     let mut found = BTreeMap::new();
     for (seq, set) in sets.iter().enumerate() {
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_DUMP;
-        send(
+        nfnetlink::send(
             &socket,
             &request(IPSET_CMD_LIST, flags, set, seq as u32 + 1),
         )?;
@@ -63,10 +65,10 @@ pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, St
 
 /// Empties each named set; a set that does not exist is not an error.
 pub fn flush(sets: &[String]) -> Result<(), String> {
-    let socket = open()?;
+    let socket = nfnetlink::socket()?;
     for (seq, set) in sets.iter().enumerate() {
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
-        send(
+        nfnetlink::send(
             &socket,
             &request(IPSET_CMD_FLUSH, flags, set, seq as u32 + 1),
         )?;
@@ -94,7 +96,9 @@ pub struct Adder {
 
 impl Adder {
     pub fn open() -> Result<Adder, String> {
-        Ok(Adder { socket: open()? })
+        Ok(Adder {
+            socket: nfnetlink::socket()?,
+        })
     }
 
     /// Adds each member to `set` for its timeout in seconds (a set created with `timeout`),
@@ -147,7 +151,7 @@ impl Adder {
         attr(&mut message, ATTR_ADT | NESTED, &list);
         let length = message.len() as u32;
         message[..4].copy_from_slice(&length.to_ne_bytes());
-        send(&self.socket, &message)?;
+        nfnetlink::send(&self.socket, &message)?;
         acknowledged(&self.socket).map_err(|errno| {
             let first = members.first().map(|(m, _)| m.addr.to_string());
             format!(
@@ -196,22 +200,6 @@ enum Answer {
     Ack,
 }
 
-fn open() -> Result<OwnedFd, String> {
-    // SAFETY: a plain socket(2); the descriptor is owned right below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_NETFILTER,
-        )
-    };
-    if fd < 0 {
-        return Err(format!("netfilter netlink: {}", Errno::last().desc()));
-    }
-    // SAFETY: fd was just returned by socket(2) and is not owned elsewhere.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn request(command: u16, flags: i32, set: &str, seq: u32) -> Vec<u8> {
     let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, version, res_id
     attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
@@ -233,26 +221,6 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(payload);
     out.resize(out.len().next_multiple_of(4), 0);
-}
-
-fn send(socket: &OwnedFd, message: &[u8]) -> Result<(), String> {
-    // SAFETY: the buffer is valid for its length; a zeroed sockaddr_nl addresses the kernel.
-    let sent = unsafe {
-        let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-        kernel.nl_family = libc::AF_NETLINK as u16;
-        libc::sendto(
-            socket.as_raw_fd(),
-            message.as_ptr().cast(),
-            message.len(),
-            0,
-            (&kernel as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    match sent {
-        n if n == message.len() as isize => Ok(()),
-        _ => Err(format!("netfilter netlink: {}", Errno::last().desc())),
-    }
 }
 
 /// Reads one answer to its end: every member of the set for a dump (`Answer::Dump`), nothing
