@@ -192,10 +192,6 @@ impl Gateway {
         Ok(gateway)
     }
 
-    pub fn pid(&self) -> Option<Pid> {
-        self.pid
-    }
-
     /// Kills the gateway and reaps it (the start failed).
     pub fn stop(&mut self) {
         if let Some(pid) = self.pid.take() {
