@@ -52,7 +52,7 @@ pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, St
             &socket,
             &request(IPSET_CMD_LIST, flags, set, seq as u32 + 1),
         )?;
-        match receive(&socket, Answer::Dump) {
+        match receive(&socket) {
             Ok(members) => {
                 found.insert(set.clone(), members);
             }
@@ -72,7 +72,7 @@ pub fn flush(sets: &[String]) -> Result<(), String> {
             &socket,
             &request(IPSET_CMD_FLUSH, flags, set, seq as u32 + 1),
         )?;
-        match receive(&socket, Answer::Ack) {
+        match acknowledged(&socket) {
             Ok(_) | Err(Errno::ENOENT) => {}
             Err(errno) => return Err(format!("flushing set {set}: {}", errno.desc())),
         }
@@ -192,14 +192,6 @@ fn acknowledged(socket: &OwnedFd) -> Result<(), Errno> {
     }
 }
 
-#[derive(PartialEq, Eq, Clone, Copy)]
-enum Answer {
-    /// Messages up to NLMSG_DONE.
-    Dump,
-    /// One NLMSG_ERROR, 0 for success.
-    Ack,
-}
-
 fn request(command: u16, flags: i32, set: &str, seq: u32) -> Vec<u8> {
     let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, version, res_id
     attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
@@ -223,9 +215,8 @@ fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.resize(out.len().next_multiple_of(4), 0);
 }
 
-/// Reads one answer to its end: every member of the set for a dump (`Answer::Dump`), nothing
-/// for a request that asked for an acknowledgement.
-fn receive(socket: &OwnedFd, answer: Answer) -> Result<BTreeSet<String>, Errno> {
+/// Reads a dump to its end: every member of the set.
+fn receive(socket: &OwnedFd) -> Result<BTreeSet<String>, Errno> {
     let mut members = BTreeSet::new();
     let mut buffer = vec![0u8; 1 << 16];
     loop {
@@ -253,9 +244,6 @@ fn receive(socket: &OwnedFd, answer: Answer) -> Result<BTreeSet<String>, Errno> 
                     let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap());
                     if code != 0 {
                         return Err(Errno::from_raw(-code));
-                    }
-                    if answer == Answer::Ack {
-                        return Ok(members);
                     }
                 }
                 _ => collect_members(&payload[4.min(payload.len())..], &mut members),
