@@ -18,7 +18,6 @@ use nix::sys::socket::{
     connect, getsockopt, send, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag,
     SockType, SockaddrStorage,
 };
-use nix::unistd::{setfsuid, Uid};
 
 use crate::fence::netinfo::NetInfo;
 use crate::fence::plan::{AgentDns, Family, Forwarder, Ruleset, Verdict, PROBE_MARK};
@@ -401,21 +400,16 @@ fn open_probe(probe: &Probe, agent_uid: u32, marked: bool) -> Result<Sent, Obser
         Proto::Udp => SockType::Datagram,
     };
     let owner = if probe.as_root { 0 } else { agent_uid };
-    // The owner match reads the credentials the socket was created with. setfsuid fails
-    // silently without CAP_SETUID; asking again with an invalid uid returns the one in effect.
-    let previous = setfsuid(Uid::from_raw(owner));
-    let in_effect = setfsuid(Uid::from_raw(u32::MAX));
-    let created = (in_effect.as_raw() == owner)
-        .then(|| {
-            socket(
-                family,
-                kind,
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-        })
-        .ok_or(Observed::NotAsOwner);
-    setfsuid(previous);
+    // The owner match reads the credentials the socket was created with.
+    let created = crate::sys::caps::with_fsuid(owner, || {
+        socket(
+            family,
+            kind,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+    })
+    .ok_or(Observed::NotAsOwner);
     let fd = created?.map_err(|e| Observed::Unexpected(e.desc()))?;
     if marked {
         setsockopt(&fd, sockopt::Mark, &PROBE_MARK).map_err(|e| Observed::Unexpected(e.desc()))?;

@@ -8,8 +8,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{setfsuid, Uid};
-
 use super::filter::{self_test_query, self_test_token_in};
 
 /// How long each question may take (the gateway has just been forked).
@@ -131,15 +129,8 @@ fn rename_to_check(query: &mut [u8]) {
 /// Runs `ask` with the file-system uid (which sockets are owned by, and nat's owner match
 /// reads) set to `uid`.
 fn as_owner<T>(uid: u32, ask: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    let previous = setfsuid(Uid::from_raw(uid));
-    let in_effect = setfsuid(Uid::from_raw(u32::MAX));
-    let outcome = if in_effect.as_raw() == uid {
-        ask()
-    } else {
-        Err("cannot act as that uid (CAP_SETUID missing)".into())
-    };
-    setfsuid(previous);
-    outcome
+    crate::sys::caps::with_fsuid(uid, ask)
+        .unwrap_or_else(|| Err("cannot act as that uid (CAP_SETUID missing)".into()))
 }
 
 fn over_udp(server: SocketAddr, token: &str) -> Result<(), String> {

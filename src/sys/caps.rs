@@ -19,6 +19,18 @@ pub const SECBIT_KEEP_CAPS_LOCKED: libc::c_ulong = 1 << 5;
 pub const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
 pub const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
 
+/// Runs `f` with the file-system uid set to `uid`: sockets created meanwhile are owned by it, as
+/// the firewall's owner match sees them. None if the uid could not be taken (setfsuid fails
+/// silently without CAP_SETUID; asking again with an invalid uid returns the one in effect).
+pub fn with_fsuid<T>(uid: u32, f: impl FnOnce() -> T) -> Option<T> {
+    use nix::unistd::{setfsuid, Uid};
+    let previous = setfsuid(Uid::from_raw(uid));
+    let in_effect = setfsuid(Uid::from_raw(u32::MAX));
+    let outcome = (in_effect.as_raw() == uid).then(f);
+    setfsuid(previous);
+    outcome
+}
+
 /// Whether this process holds `cap` in its effective set (cordon runs as root: what it holds is
 /// its effective set).
 pub fn holds(cap: Capability) -> bool {
