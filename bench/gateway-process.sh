@@ -2,14 +2,17 @@
 # The DNS gateway as the agent meets it: cordon as the entrypoint (default --dns gateway) in a
 # network namespace, dnsperf as the agent's uid (its questions to the resolver are redirected to
 # the gateway) against dnsperf as root (exempt from the redirect: straight to the bench's DNS
-# server). Query mixes: 10,000 distinct allowlisted names (each forwarded, its answer put into
-# the sets), the same names again, and 10,000 distinct names no entry allows (refused by the
-# gateway itself). Then the gateway's memory (VmRSS, VmHWM) after those floods.
+# server). Query mixes of 10,000 questions: allowlisted names the gateway has not seen before
+# (fresh names every run: each forwarded, its answer put into the sets), 1,000 of those names
+# asked ten times each (answered from the gateway's cache but for the first), and names no entry
+# allows (refused by the gateway itself). Each run measures direct and
+# through-the-gateway back to back, so a slower moment of the machine hits both. Then the
+# gateway's memory (VmRSS, VmHWM) after those floods.
 #
 #   sudo bench/gateway-process.sh [RUNS]    (needs: dnsperf, iproute2, iptables, ipset)
 #
-# Medians of RUNS runs (default 5) of each mix. Everything runs in two network namespaces created
-# here; nothing leaves them.
+# Medians of RUNS runs (default 5) of each mix, and the median of each run's gateway/direct
+# ratio. Everything runs in two network namespaces created here; nothing leaves them.
 set -euo pipefail
 
 runs=${1:-5}
@@ -24,9 +27,12 @@ source "$root/bench/netns-world.sh"
 start_world --wildcard bench.test=10.200.0.0/16
 resolver=10.$net.0.1
 
-seq 1 10000 | sed 's/^/name/; s/$/.bench.test A/' > "$work/allowed"
+for run in $(seq "$runs"); do
+    seq 1 10000 | sed "s/^/name/; s/\$/.run$run.bench.test A/" > "$work/allowed$run"
+    for _ in $(seq 10); do head -1000 "$work/allowed$run"; done > "$work/again$run"
+done
 seq 1 10000 | sed 's/^/name/; s/$/.refused.test A/' > "$work/refused"
-chmod 755 "$work" && chmod 644 "$work/allowed" "$work/refused" # dnsperf reads them as uid 1000
+chmod 755 "$work" && chmod 644 "$work"/allowed* "$work"/again* "$work/refused" # dnsperf reads them as uid 1000
 
 ip netns exec "$sandbox" "$bin/cordon" --no-harden --no-default-profile --allow '*.bench.test' \
     --user 1000 -- /bin/sleep 3600 2> "$work/cordon.log" &
@@ -38,7 +44,7 @@ gateway_pid() {
         if grep -q $'^Uid:\t65053' "/proc/$child/status" 2>/dev/null; then echo "$child"; fi
     done
 }
-trap 'kill "$cordon_pid" 2>/dev/null; wait "$cordon_pid" 2>/dev/null; cleanup' EXIT
+trap 'kill "$cordon_pid" 2>/dev/null; wait "$cordon_pid" 2>/dev/null || true; cleanup' EXIT
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
@@ -52,21 +58,40 @@ perf() { # USER FILE
              /Average Latency/ {lat=$4 * 1000} END {printf "%.0f %.3f %s\n", qps, lat, lost}'
 }
 
-row() { # LABEL USER FILE
-    local label=$1 results
-    results=$(for _ in $(seq "$runs"); do perf "$2" "$3"; done)
-    printf '%-46s %9s q/s   avg %7s ms   lost %s\n' "$label" \
-        "$(awk '{print $1}' <<<"$results" | median)" \
-        "$(awk '{print $2}' <<<"$results" | median)" \
-        "$(awk '{print $3}' <<<"$results" | median)"
+memory() {
+    grep -E '^(VmRSS|VmHWM):' "/proc/$(gateway_pid)/status" | tr -s ' \t' ' ' | tr '\n' ' '
 }
 
-echo "10,000 distinct names per run, 100 in flight, medians of $runs runs:"
-row "direct (root, not redirected): allowed names" root "$work/allowed"
-row "through the gateway: allowed names" 1000 "$work/allowed"
-row "direct (root): names no entry allows" root "$work/refused"
-row "through the gateway: names no entry allows" 1000 "$work/refused"
-pid=$(gateway_pid)
-grep -E '^(VmRSS|VmHWM):' "/proc/$pid/status" | tr -s ' \t' ' ' | sed 's/^/gateway /'
+# Per run and mix: direct, then through the gateway; one line "mix direct_qps gateway_qps
+# direct_ms gateway_ms lost".
+for run in $(seq "$runs"); do
+    direct_allowed=$(perf root "$work/allowed$run")
+    first=$(perf 1000 "$work/allowed$run")
+    again=$(perf 1000 "$work/again$run")
+    direct_again=$(perf root "$work/again$run")
+    direct_refused=$(perf root "$work/refused")
+    refused=$(perf 1000 "$work/refused")
+    [ "$run" = 1 ] && memory > "$work/memory1"
+    for mix in "first $direct_allowed $first" "again $direct_again $again" \
+        "refused $direct_refused $refused"; do
+        read -r label dq dl dlost gq gl glost <<<"$mix"
+        echo "$label $dq $gq $dl $gl $((dlost + glost))"
+    done
+done > "$work/results"
+echo "10,000 questions per mix and run, 100 in flight, medians of $runs runs:"
+printf '%-44s %9s %9s %7s %9s %9s %5s\n' mix "direct" "gateway" ratio "direct" "gateway" lost
+for mix in first again refused; do
+    col() { awk -v m="$mix" -v c="$1" '$1 == m {print $c}' "$work/results" | median; }
+    ratio=$(awk -v m="$mix" '$1 == m {printf "%.2f\n", $3 / $2}' "$work/results" | median)
+    case $mix in
+    first) label="allowed names, first time (forwarded)" ;;
+    again) label="1,000 of them, 10 times each (cached)" ;;
+    refused) label="names no entry allows (refused)" ;;
+    esac
+    printf '%-44s %5s q/s %5s q/s %7s %6s ms %6s ms %5s\n' "$label" "$(col 2)" "$(col 3)" \
+        "$ratio" "$(col 4)" "$(col 5)" "$(col 6)"
+done
+printf 'gateway memory after the first run (10,000 distinct names): %s\n' "$(cat "$work/memory1")"
+printf 'gateway memory after all runs (%s distinct names): %s\n' "$((runs * 10000))" "$(memory)"
 printf 'answered set members now: %s\n' \
     "$(ip netns exec "$sandbox" ipset list -t cordon4-answered | awk '/entries/ {print $4}')"

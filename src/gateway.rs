@@ -6,6 +6,7 @@
 //! PID 1 runs and restarts; `self_test` proves at start that the agent's DNS reaches it.
 
 pub mod block_log;
+pub mod cache;
 pub mod control;
 pub mod filter;
 pub mod self_test;

@@ -1,11 +1,13 @@
 //! System plumbing the stages share: capabilities and securebits (`caps`), descriptors (`fd`),
-//! signal masks and dispositions (`signals`), trusted tools run by descriptor (`tool`), the
+//! signal masks and dispositions (`signals`),
+//! UDP bursts in one call (`datagrams`), trusted tools run by descriptor (`tool`), the
 //! netfilter netlink socket (`nfnetlink`) with ipsets (`set_netlink`), the fence's rejections
 //! (`nflog`) and connection tracking (`conntrack`) over it, the file-tree walk (`walk`), the
 //! mount table (`mounts`) and cordon's directory in /run (`run_dir`).
 
 pub(crate) mod caps;
 pub(crate) mod conntrack;
+pub(crate) mod datagrams;
 pub(crate) mod fd;
 pub(crate) mod mounts;
 pub(crate) mod nflog;

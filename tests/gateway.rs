@@ -188,8 +188,8 @@ fn only_allowlisted_names_reach_the_resolver_and_their_answers_open_them() {
     );
 }
 
-/// A name whose address changes while the agent runs (a CDN moving) keeps working: the new
-/// answer opens the new address, no restart.
+/// A name whose address changes while the agent runs (a CDN moving, with the short TTL CDNs
+/// give) keeps working: the new answer opens the new address, no restart.
 #[test]
 fn a_name_that_moves_to_a_new_address_keeps_working() {
     if !privileged() {
@@ -198,7 +198,12 @@ fn a_name_that_moves_to_a_new_address_keeps_working() {
     let records = std::env::temp_dir().join(format!("cordon-moving-{}", std::process::id()));
     std::fs::write(&records, format!("moving.test={ALLOWED}\n")).unwrap();
     let world = World::new(WorldOpts {
-        dns_args: vec!["--records-file".into(), records.display().to_string()],
+        dns_args: vec![
+            "--records-file".into(),
+            records.display().to_string(),
+            "--ttl".into(),
+            "1".into(),
+        ],
         ..WorldOpts::default()
     });
     let _sandbox = Sandbox::start(&world, &["moving.test"]);
@@ -220,6 +225,47 @@ fn a_name_that_moves_to_a_new_address_keeps_working() {
         "the new address opened"
     );
     let _ = std::fs::remove_file(&records);
+}
+
+/// A name asked again within its TTL is answered by the gateway's cache: the world's server
+/// hears it once and the address stays open (the TTL's count-down: `gateway::cache`'s tests).
+#[test]
+fn a_name_asked_again_within_its_ttl_is_answered_from_the_cache() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        dns_args: vec!["--ttl".into(), "30".into()],
+        ..WorldOpts::default()
+    });
+    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let ask = format!("dns:allowed.test@{GATEWAY}");
+    let heard = || {
+        dns_log(&world)
+            .lines()
+            .filter(|line| line.contains("allowed.test"))
+            .count()
+    };
+    assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+    let first = heard();
+    assert!(first >= 1, "the first question went upstream");
+    for _ in 0..3 {
+        assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+    }
+    assert_eq!(heard(), first, "asked again: answered by the gateway alone");
+    assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:443")).0, "open");
+    let status = world
+        .sandbox_command(cordon())
+        .arg("status")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let cached: u64 = status
+        .split_once(" forwarded, ")
+        .and_then(|(_, rest)| rest.split_once(" from the cache"))
+        .and_then(|(count, _)| count.parse().ok())
+        .unwrap_or_else(|| panic!("no cache count in:\n{status}"));
+    assert!(cached >= 3, "{status}");
 }
 
 /// What the gateway refused and the fence rejected is named on cordon's stderr with the entry

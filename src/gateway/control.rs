@@ -30,7 +30,9 @@ use crate::sys::set_netlink::{self, Member};
 pub const CONTROL_SOCKET: &str = "/run/cordon/control";
 /// Addresses whose names the gateway remembers for `deny`; past that, an address closes only
 /// when its timeout runs out.
-const MAX_TRACKED: usize = 1 << 16;
+const MAX_TRACKED: usize = 1 << 14;
+/// Names remembered per address (the latest ones): a CDN address serves many names.
+const MAX_NAMES_PER_ADDRESS: usize = 8;
 
 /// Binds the control socket (root-owned, 0600). None, with a warning, where it cannot be made.
 pub fn bind() -> Option<UnixListener> {
@@ -65,6 +67,7 @@ pub fn bind() -> Option<UnixListener> {
 /// What the gateway counts, and which names opened which addresses (for `deny`).
 pub struct Live {
     pub forwarded: AtomicU64,
+    pub cached: AtomicU64,
     pub refused: AtomicU64,
     started: Instant,
     upstream: String,
@@ -79,10 +82,21 @@ struct Owner {
     answered: Option<Instant>,
 }
 
+/// Makes room among the tracked addresses: forgets the half answered longest ago (those close
+/// when their timeout runs out, not on `deny`). Once per `MAX_TRACKED / 2` new addresses.
+fn forget_older_half(owners: &mut HashMap<IpAddr, Owner>) {
+    let mut times: Vec<Option<Instant>> = owners.values().map(|owner| owner.answered).collect();
+    let middle = times.len() / 2;
+    let (_, cut, _) = times.select_nth_unstable(middle);
+    let cut = *cut;
+    owners.retain(|_, owner| owner.answered > cut);
+}
+
 impl Live {
     pub fn new(upstream: String) -> Live {
         Live {
             forwarded: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             started: Instant::now(),
             upstream,
@@ -92,15 +106,17 @@ impl Live {
 
     /// Notes which name opened each address, and into which set members.
     pub fn opened(&self, opened: &[Opened]) {
-        self.forwarded.fetch_add(1, Ordering::Relaxed);
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         for found in opened {
             if owners.len() >= MAX_TRACKED && !owners.contains_key(&found.addr) {
-                continue;
+                forget_older_half(&mut owners);
             }
             let owner = owners.entry(found.addr).or_default();
             owner.answered = Some(Instant::now());
             if !owner.names.contains(&found.name) {
+                if owner.names.len() >= MAX_NAMES_PER_ADDRESS {
+                    owner.names.remove(0);
+                }
                 owner.names.push(found.name.clone());
             }
             for (_, member) in sets::members_of(found) {
@@ -235,12 +251,13 @@ fn status(names: &Names, live: &Live) -> String {
     format!(
         "DNS gateway: running for {} s as uid {}, asking {}\n\
          names: {exact} exact, {wildcards} wildcard(s)\n\
-         answers: {} forwarded, {} refused\n\
+         answers: {} forwarded, {} from the cache, {} refused\n\
          sets: {sizes}\n",
         live.started.elapsed().as_secs(),
         super::service::GATEWAY_UID,
         live.upstream,
         live.forwarded.load(Ordering::Relaxed),
+        live.cached.load(Ordering::Relaxed),
         live.refused.load(Ordering::Relaxed),
     )
 }
@@ -292,6 +309,25 @@ mod tests {
     use crate::gateway::filter::names;
     use hickory_resolver::proto::rr::Name;
     use std::str::FromStr;
+
+    #[test]
+    fn tracked_addresses_stay_bounded_and_the_latest_are_kept() {
+        let live = Live::new("10.0.0.2:53".into());
+        let addr = |i: u32| IpAddr::from((0x0a00_0000u32 + i).to_be_bytes());
+        let last = MAX_TRACKED as u32 * 3 / 2 - 1;
+        for i in 0..=last {
+            live.opened(&[Opened {
+                name: format!("n{i}.cdn.test"),
+                addr: addr(i),
+                ports: vec![crate::fence::policy::Ports::Any],
+                timeout: Duration::from_secs(60),
+            }]);
+        }
+        let owners = live.owners.lock().unwrap();
+        assert!(owners.len() <= MAX_TRACKED, "{}", owners.len());
+        assert!(owners.contains_key(&addr(last)), "the latest is kept");
+        assert!(!owners.contains_key(&addr(0)), "the oldest made room");
+    }
 
     #[test]
     fn allow_and_deny_change_the_names_and_what_stays_open() {

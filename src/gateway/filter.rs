@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::RwLock;
 use std::time::Duration;
 
@@ -38,6 +39,8 @@ pub const SELF_TEST_NAME: &str = "self-test.cordon.invalid";
 #[derive(Debug, Default)]
 pub struct Names {
     table: RwLock<NameTable>,
+    /// Changes since start: answers judged before a change are not answered from a cache.
+    changes: AtomicU64,
     /// The TXT answer to `SELF_TEST_NAME`; without one, that name is refused like any other.
     self_test_token: Option<String>,
 }
@@ -79,17 +82,24 @@ impl Names {
         if !list.contains(ports) {
             list.push(ports.clone());
         }
+        self.changes.fetch_add(1, Ordering::SeqCst);
         true
     }
 
     /// Removes every entry for this name or wildcard; whether there was one.
     pub fn remove(&self, target: &Target) -> bool {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+        self.changes.fetch_add(1, Ordering::SeqCst);
         match target {
             Target::Name(name) => table.exact.remove(name).is_some(),
             Target::Wildcard(name) => table.below.remove(name).is_some(),
             Target::Net(_) => false,
         }
+    }
+
+    /// How many times the names changed: read before judging an answer, compared after.
+    pub fn generation(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
     }
 
     /// How many exact names and wildcards there are.
@@ -243,6 +253,10 @@ fn answer(message: Message) -> QueryVerdict {
 /// What a forwarding loop hands on besides its answers: what an answer opened (into the sets,
 /// before the answer goes on), and the questions it refused (to the block log).
 pub enum Event<'a> {
+    /// This many upstream answers went on to askers (reported once per burst).
+    Answered(usize),
+    /// This many questions were answered from the cache.
+    Cached(usize),
     Opened(&'a [Opened]),
     Refused(&'a Query),
 }

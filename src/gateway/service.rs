@@ -496,6 +496,12 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
     let block_log = BlockLog::new(blocked_file, true);
     let live = control::Live::new(config.upstream.to_string());
     let report = |event: Event| match event {
+        Event::Answered(count) => {
+            live.forwarded.fetch_add(count as u64, Ordering::Relaxed);
+        }
+        Event::Cached(count) => {
+            live.cached.fetch_add(count as u64, Ordering::Relaxed);
+        }
         Event::Opened(opened) => {
             if let Err(error) = sets::open(opened) {
                 log::warn!("DNS gateway: adding answered addresses to the fence: {error}");

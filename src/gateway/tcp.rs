@@ -122,6 +122,7 @@ fn connection(
         if !verdict.opened.is_empty() {
             report(Event::Opened(&verdict.opened));
         }
+        report(Event::Answered(1));
         if let Some(reply) = answer_for_agent(&wire, answer, asker_id, &verdict) {
             write_message(&mut stream, &reply)?;
         }

@@ -11,22 +11,25 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, OpCode, Query, ResponseCode};
 
+use super::cache::{self, AnswerCache};
 use super::filter::{
-    answer_for_agent, judge_answer, judge_query, upstream_query, Event, Names, OwnNetworks,
+    answer_for_agent, judge_answer, judge_query, upstream_query, Event, Names, Opened, OwnNetworks,
     QueryVerdict,
 };
+use crate::sys::datagrams::{Inbox, Outbox};
 
 /// Questions waiting for upstream at most.
 pub const MAX_PENDING: usize = 4096;
 /// How long a question waits for upstream; then the asker hears nothing (its stub retries).
 pub const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
-/// Messages read from one socket per wake-up at most.
-const BATCH: usize = 64;
+/// Datagrams read from one socket per wake-up at most.
+const BATCH: usize = 32;
 /// Largest DNS message over UDP with EDNS.
 const BUFFER: usize = 4096;
 
@@ -39,7 +42,9 @@ struct Pending {
 }
 
 /// Serves until `stop` is set (checked every 100 ms). `agents` receives the agent's questions;
-/// `upstream` is connected to the resolver.
+/// `upstream` is connected to the resolver. Each wake-up reads a burst from each socket in one
+/// call, answers what it can from the cache, puts everything the burst opens into the sets in
+/// one request per set, and only then sends every reply, in one call.
 pub fn serve(
     agents: &UdpSocket,
     upstream: &UdpSocket,
@@ -49,34 +54,78 @@ pub fn serve(
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let mut pending: HashMap<u16, Pending> = HashMap::new();
-    let mut buffer = vec![0u8; BUFFER];
-    agents.set_nonblocking(true)?;
-    upstream.set_nonblocking(true)?;
+    let mut cache = AnswerCache::default();
+    let mut inbox = Inbox::new(BATCH, BUFFER);
+    let (mut replies, mut forwards) = (Outbox::default(), Outbox::default());
+    let mut opened: Vec<Opened> = Vec::new();
     let mut swept = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let (agent_ready, upstream_ready) = wait_readable(agents, upstream, 100)?;
-        // Up to a batch from each socket per wake-up: fewer system calls, and a flood on one
-        // side cannot starve the other.
-        for _ in 0..BATCH * usize::from(agent_ready) {
-            let Ok((len, asker)) = agents.recv_from(&mut buffer) else {
-                break;
-            };
-            from_agent(
-                &buffer[..len],
-                asker,
-                agents,
-                upstream,
-                names,
-                report,
-                &mut pending,
-            );
+        let (generation, now) = (names.generation(), Instant::now());
+        let (mut cached, mut answered) = (0, 0);
+        // A burst from each socket per wake-up: a flood on one side cannot starve the other.
+        if agent_ready {
+            inbox.receive(agents.as_fd())?;
+            for datagram in inbox.iter() {
+                let Some(asker) = datagram.sender.filter(|_| !datagram.truncated) else {
+                    continue;
+                };
+                let question = match judge_query(datagram.bytes, names) {
+                    QueryVerdict::Drop => continue,
+                    QueryVerdict::Answer(reply) => {
+                        replies.push(reply, Some(asker));
+                        continue;
+                    }
+                    QueryVerdict::Refused { reply, question } => {
+                        replies.push(reply, Some(asker));
+                        report(Event::Refused(&question));
+                        continue;
+                    }
+                    QueryVerdict::Forward(question) => question,
+                };
+                let asker_id = u16::from_be_bytes([datagram.bytes[0], datagram.bytes[1]]);
+                if let Some(hit) = cache.lookup(&question, asker_id, generation, now) {
+                    opened.extend(hit.reopen);
+                    replies.push(hit.reply, Some(asker));
+                    cached += 1;
+                    continue;
+                }
+                match forward(question, asker, asker_id, &mut pending) {
+                    Ok(query) => forwards.push(query, None),
+                    Err(Some(reply)) => replies.push(reply, Some(asker)),
+                    Err(None) => {}
+                }
+            }
+            forwards.send(upstream.as_fd());
         }
-        for _ in 0..BATCH * usize::from(upstream_ready) {
-            let Ok(len) = upstream.recv(&mut buffer) else {
-                break;
-            };
-            from_upstream(&buffer[..len], agents, names, own, report, &mut pending);
+        if upstream_ready {
+            inbox.receive(upstream.as_fd())?;
+            for datagram in inbox.iter().filter(|datagram| !datagram.truncated) {
+                let answer = Answer {
+                    wire: datagram.bytes,
+                    generation,
+                    now,
+                };
+                if let Some((reply, asker)) =
+                    answer.judge(names, own, &mut pending, &mut cache, &mut opened)
+                {
+                    replies.push(reply, Some(asker));
+                    answered += 1;
+                }
+            }
         }
+        // The sets hold every address before any asker hears of it.
+        if !opened.is_empty() {
+            report(Event::Opened(&opened));
+            opened.clear();
+        }
+        if answered > 0 {
+            report(Event::Answered(answered));
+        }
+        if cached > 0 {
+            report(Event::Cached(cached));
+        }
+        replies.send(agents.as_fd());
         if swept.elapsed() >= Duration::from_millis(100) {
             swept = Instant::now();
             pending.retain(|_, waiting| swept.duration_since(waiting.sent) < UPSTREAM_WAIT);
@@ -85,36 +134,18 @@ pub fn serve(
     Ok(())
 }
 
-fn from_agent(
-    wire: &[u8],
+/// The upstream query for an allowlisted question, now pending under a fresh id; or the reply
+/// the asker gets instead (SERVFAIL when `MAX_PENDING` questions wait already).
+fn forward(
+    question: Query,
     asker: SocketAddr,
-    agents: &UdpSocket,
-    upstream: &UdpSocket,
-    names: &Names,
-    report: &dyn Fn(Event),
+    asker_id: u16,
     pending: &mut HashMap<u16, Pending>,
-) {
-    let question = match judge_query(wire, names) {
-        QueryVerdict::Drop => return,
-        QueryVerdict::Answer(reply) => {
-            let _ = agents.send_to(&reply, asker);
-            return;
-        }
-        QueryVerdict::Refused { reply, question } => {
-            let _ = agents.send_to(&reply, asker);
-            report(Event::Refused(&question));
-            return;
-        }
-        QueryVerdict::Forward(question) => question,
-    };
-    let asker_id = u16::from_be_bytes([wire[0], wire[1]]);
+) -> Result<Vec<u8>, Option<Vec<u8>>> {
     if pending.len() >= MAX_PENDING {
         let mut reply = Message::error_msg(asker_id, OpCode::Query, ResponseCode::ServFail);
         reply.add_query(question);
-        if let Ok(bytes) = reply.to_vec() {
-            let _ = agents.send_to(&bytes, asker);
-        }
-        return;
+        return Err(reply.to_vec().ok());
     }
     let id = loop {
         let id = rand::random::<u16>();
@@ -122,50 +153,61 @@ fn from_agent(
             break id;
         }
     };
-    let Some(bytes) = upstream_query(&question, id) else {
-        return;
-    };
-    if upstream.send(&bytes).is_ok() {
-        pending.insert(
-            id,
-            Pending {
-                asker,
-                asker_id,
-                question,
-                sent: Instant::now(),
-            },
-        );
-    }
+    let query = upstream_query(&question, id).ok_or(None)?;
+    pending.insert(
+        id,
+        Pending {
+            asker,
+            asker_id,
+            question,
+            sent: Instant::now(),
+        },
+    );
+    Ok(query)
 }
 
-fn from_upstream(
-    wire: &[u8],
-    agents: &UdpSocket,
-    names: &Names,
-    own: &OwnNetworks,
-    report: &dyn Fn(Event),
-    pending: &mut HashMap<u16, Pending>,
-) {
-    let Ok(answer) = Message::from_vec(wire) else {
-        return;
-    };
-    // Only the answer to the question sent under this id counts (the socket is connected, so
-    // only the upstream's address gets here; the random id and the question guard the rest).
-    let matches = pending
-        .get(&answer.metadata.id)
-        .is_some_and(|waiting| answer.queries.first() == Some(&waiting.question));
-    if !matches {
-        return;
-    }
-    let waiting = pending
-        .remove(&answer.metadata.id)
-        .expect("checked just above");
-    let verdict = judge_answer(&waiting.question, &answer, names, own);
-    if !verdict.opened.is_empty() {
-        report(Event::Opened(&verdict.opened));
-    }
-    if let Some(bytes) = answer_for_agent(wire, answer, waiting.asker_id, &verdict) {
-        let _ = agents.send_to(&bytes, waiting.asker);
+/// An upstream answer as it arrived, with the allowlist's change count and the time read
+/// before the burst.
+struct Answer<'a> {
+    wire: &'a [u8],
+    generation: u64,
+    now: Instant,
+}
+
+impl Answer<'_> {
+    /// The reply to the asker waiting for this answer, with what it opens appended to
+    /// `opened`; kept in the cache if it may be. None for an answer to no pending question.
+    fn judge(
+        &self,
+        names: &Names,
+        own: &OwnNetworks,
+        pending: &mut HashMap<u16, Pending>,
+        cache: &mut AnswerCache,
+        opened: &mut Vec<Opened>,
+    ) -> Option<(Vec<u8>, SocketAddr)> {
+        let answer = Message::from_vec(self.wire).ok()?;
+        // Only the answer to the question sent under this id counts (the socket is connected,
+        // so only the upstream's address gets here; the random id and the question guard the
+        // rest).
+        let matches = pending
+            .get(&answer.metadata.id)
+            .is_some_and(|waiting| answer.queries.first() == Some(&waiting.question));
+        if !matches {
+            return None;
+        }
+        let waiting = pending
+            .remove(&answer.metadata.id)
+            .expect("checked just above");
+        let verdict = judge_answer(&waiting.question, &answer, names, own);
+        let lifetime = cache::lifetime(&answer);
+        let bytes = answer_for_agent(self.wire, answer, waiting.asker_id, &verdict)?;
+        if let Some(lifetime) = lifetime {
+            let (question, opened) = (&waiting.question, &verdict.opened);
+            let (generation, now) = (self.generation, self.now);
+            cache.store(question, &bytes, lifetime, opened, generation, now);
+        }
+        opened.extend(verdict.opened);
+        Some((bytes, waiting.asker))
     }
 }
 

@@ -15,9 +15,10 @@ use crate::util::{fail, raise_fd_limit, usage_error, write_ready, Args, Log};
 
 const USAGE: &str = "usage: testkit dns --listen IP:PORT [--listen ...] [--record NAME=IP]... \
 [--cname NAME=TARGET]... [--stray NAME=IP]... [--wildcard SUFFIX=CIDR]... [--delay-ms N] [--no-answer] \
-[--query-log FILE] [--ready-file FILE] [--records-file FILE]";
+[--query-log FILE] [--ready-file FILE] [--records-file FILE] [--ttl SECONDS]";
 
-const TTL: u32 = 60;
+/// The TTL of every record unless `--ttl` says otherwise.
+const DEFAULT_TTL: u32 = 60;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Cidr {
@@ -37,14 +38,27 @@ impl std::str::FromStr for Cidr {
 }
 
 /// The server's data: names are stored lowercased, without the trailing dot.
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct Zone {
+    ttl: u32,
     records: HashMap<String, Vec<IpAddr>>,
     cnames: HashMap<String, String>,
     wildcards: Vec<(String, Cidr)>,
     /// Extra A/AAAA records, owned by `stray.test` (a name outside any question's chain), added
     /// to every answer for the question named.
     strays: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Default for Zone {
+    fn default() -> Zone {
+        Zone {
+            ttl: DEFAULT_TTL,
+            records: HashMap::new(),
+            cnames: HashMap::new(),
+            wildcards: Vec::new(),
+            strays: HashMap::new(),
+        }
+    }
 }
 
 fn norm(name: &str) -> String {
@@ -147,7 +161,7 @@ impl Zone {
     pub fn resolve(&self, name: &str, qtype: u16) -> (u8, Vec<Record>) {
         let rec = |name: &str, data| Record {
             name: name.to_string(),
-            ttl: TTL,
+            ttl: self.ttl,
             data,
         };
         let mut answers = Vec::new();
@@ -249,6 +263,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
                     .map_err(|_| format!("{flag}: bad CIDR {cidr:?}"))?;
                 o.zone.wildcards.push((suffix, cidr));
             }
+            "--ttl" => o.zone.ttl = a.parse(flag)?,
             "--delay-ms" => o.delay = Duration::from_millis(a.parse(flag)?),
             "--no-answer" => o.no_answer = true,
             "--query-log" => o.query_log = Some(a.value(flag)?.to_string()),
