@@ -6,7 +6,7 @@
 # and the gateway), on an --internal network with Docker's embedded DNS; the gateway resolves
 # nothing at start, so no DNS server is needed.
 #
-#   sudo bench/gateway-startup.sh [RUNS]      (RUNS per cell, default 9; medians are printed)
+#   sudo bench/gateway-startup.sh [RUNS]      (RUNS rounds, default 9; medians are printed)
 #
 # Offline, like the tests: the image is built by tests/docker/build-image.sh.
 set -euo pipefail
@@ -39,22 +39,32 @@ to_agent() {
     echo $(((t1 - t0) / 1000000))
 }
 
-cell() { # LABEL ARGS...
-    local label=$1 times
-    shift
-    to_agent "$@" >/dev/null # warm-up
-    times=$(for _ in $(seq "$RUNS"); do to_agent "$@"; done)
-    printf '%-44s %6s ms   (runs: %s)\n' "$label" "$(median <<<"$times")" "$(tr '\n' ' ' <<<"$times")"
+# The cells, run in rounds (each round runs every cell once, so a slower moment of the machine
+# hits all of them); per cell the median and the median of its per-round difference from the
+# baseline.
+labels=("no firewall (--entrypoint date)" "cordon --dns static, 0 names"
+    "cordon (DNS gateway), 0 names" "cordon (DNS gateway), 1,000 names")
+run_cell() { # INDEX
+    case $1 in
+    0) to_agent "${COMMON[@]}" --entrypoint date "$IMAGE" +%s%N ;;
+    1) to_agent "${COMMON[@]}" "$IMAGE" -q --dns static --no-default-profile -- date +%s%N ;;
+    2) to_agent "${COMMON[@]}" "$IMAGE" -q --no-default-profile -- date +%s%N ;;
+    3) to_agent "${COMMON[@]}" "$IMAGE" -q --no-default-profile --allowlist /opt/bench/1000 \
+        -- date +%s%N ;;
+    esac
 }
+for cell in 0 1 2 3; do run_cell "$cell" >/dev/null; done # warm-up
+for round in $(seq "$RUNS"); do
+    for cell in 0 1 2 3; do echo "$round $cell $(run_cell "$cell")"; done
+done > "$work/times"
 
-echo "docker run → agent's first instruction, medians of $RUNS runs:"
-cell "no firewall (--entrypoint date)" "${COMMON[@]}" --entrypoint date "$IMAGE" +%s%N
-cell "cordon --dns static, 0 names" "${COMMON[@]}" "$IMAGE" -q --dns static --no-default-profile \
-    -- date +%s%N
-cell "cordon (DNS gateway), 0 names" "${COMMON[@]}" "$IMAGE" -q --no-default-profile \
-    -- date +%s%N
-cell "cordon (DNS gateway), 1,000 names" "${COMMON[@]}" "$IMAGE" -q \
-    --no-default-profile --allowlist /opt/bench/1000 -- date +%s%N
+echo "docker run → agent's first instruction, medians of $RUNS rounds:"
+for cell in 0 1 2 3; do
+    times=$(awk -v c="$cell" '$2 == c {print $3}' "$work/times")
+    over=$(awk -v c="$cell" '$2 == 0 {base[$1] = $3} $2 == c {print $3 - base[$1]}' "$work/times")
+    printf '%-36s %5s ms  %+5s ms over the baseline   (runs: %s)\n' "${labels[$cell]}" \
+        "$(median <<<"$times")" "$(median <<<"$over")" "$(tr '\n' ' ' <<<"$times")"
+done
 echo "one start with the gateway and 1,000 names, cordon's own report:"
 docker run "${COMMON[@]}" "$IMAGE" --no-default-profile --allowlist /opt/bench/1000 -- true 2>&1 |
     grep -E 'fence ready|DNS gateway'

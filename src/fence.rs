@@ -281,7 +281,7 @@ impl Fence {
     /// loading. Called immediately before the agent starts; any change fails closed. When it
     /// holds, the record is left for `cordon check` (`record::RECORD_FILE`).
     pub fn confirm(&self) -> Result<()> {
-        let now = record::read_all(&self.ready.tools, self.ready.scope.families())
+        let now = record::read_again(&self.ready.tools, self.ready.scope.families(), &self.record)
             .map_err(|detail| self.ready.refuse(failed_read(detail)))?;
         let mut changes = now.changes_since(&self.record);
         changes.extend(now.set_differences_from_plan(&self.planned_sets));
@@ -442,25 +442,43 @@ fn build(
     let (tools, net) = (&ready.tools, &ready.scope.net);
     let (policy, conf) = read_inputs(opts)?;
     timings.mark("policy");
-    // The rules do not depend on any address (addresses live in the sets), so they load while
-    // the names resolve; the sets are filled and swapped in once the addresses are known.
     let rules_only = planned(opts, &policy, &Resolution::default(), &conf)?;
-    let (loaded, resolution) = std::thread::scope(|scope| {
-        let resolving = scope.spawn(|| match opts.dns {
-            Dns::Static => resolve_names(opts, &policy, &conf, net),
-            // The gateway opens each name's addresses as the agent asks for it.
-            Dns::Gateway => Ok(Resolution::default()),
-        });
-        let loaded = apply::load_rules(tools, &rules_only, net.ipv6);
-        (loaded, resolving.join().expect("resolution panicked"))
-    });
-    loaded?;
-    let resolution = resolution?;
-    interrupted()?;
-    timings.mark("resolve+rules");
-    let ruleset = planned(opts, &policy, &resolution, &conf)?;
-    apply::load_sets(tools, &ruleset)?;
-    timings.mark("sets");
+    let nat_reads = apply::NatReads::start(tools, net.ipv6, opts.dns == Dns::Gateway);
+    let (ruleset, resolution) = match opts.dns {
+        // The gateway opens each name's addresses as the agent asks for it: nothing to resolve,
+        // every set member is known now.
+        Dns::Gateway => {
+            apply::load_rules(
+                tools,
+                &rules_only,
+                net.ipv6,
+                nat_reads,
+                apply::Sets::FillNow,
+            )?;
+            interrupted()?;
+            timings.mark("rules+sets");
+            (rules_only, Resolution::default())
+        }
+        // The rules do not depend on any address (addresses live in the sets), so they load
+        // while the names resolve; the sets are filled and swapped in once the addresses are
+        // known.
+        Dns::Static => {
+            let (loaded, resolution) = std::thread::scope(|scope| {
+                let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
+                let loaded =
+                    apply::load_rules(tools, &rules_only, net.ipv6, nat_reads, apply::Sets::Later);
+                (loaded, resolving.join().expect("resolution panicked"))
+            });
+            loaded?;
+            let resolution = resolution?;
+            interrupted()?;
+            timings.mark("resolve+rules");
+            let ruleset = planned(opts, &policy, &resolution, &conf)?;
+            apply::load_sets(tools, &ruleset)?;
+            timings.mark("sets");
+            (ruleset, resolution)
+        }
+    };
     let record = record::read_rules(tools, ready.scope.families()).map_err(failed_read)?;
     // Where IPv6 is off, a failed IPv6 load was only a warning: its table is not held to the plan.
     let planned_families = apply::families(net.ipv6 == Ipv6::On);

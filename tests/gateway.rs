@@ -672,6 +672,27 @@ fn the_drop_in_leaves_the_gateway_as_a_daemon_that_a_rerun_replaces() {
     assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
     assert_eq!(verdict(&world, &tunnel).1, "REFUSED");
     assert!(!dns_log(&world).contains("tunnel"));
+    // The rerun found its chain hooked already (the first run, with no CORDON_DNS chain yet,
+    // did not read the nat table): still one jump, first, in each family.
+    for save in ["iptables-save", "ip6tables-save"] {
+        let nat = world
+            .sandbox_command(save)
+            .args(["-t", "nat"])
+            .output()
+            .unwrap();
+        let nat = String::from_utf8_lossy(&nat.stdout);
+        let output: Vec<&str> = nat
+            .lines()
+            .filter(|l| l.starts_with("-A OUTPUT "))
+            .collect();
+        assert_eq!(
+            output.first(),
+            Some(&"-A OUTPUT -j CORDON_DNS"),
+            "{save}:\n{nat}"
+        );
+        let jumps = output.iter().filter(|l| l.contains("CORDON_DNS")).count();
+        assert_eq!(jumps, 1, "{save}:\n{nat}");
+    }
 
     // SAFETY: a signal to the daemon this test's cordon started.
     unsafe { libc::kill(second as i32, libc::SIGKILL) };

@@ -14,7 +14,8 @@ use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::fence::netinfo::Ipv6;
-use crate::fence::plan::{self, AgentDns, Family, NatHook, Ruleset};
+use crate::fence::plan::{self, Family, NatHook, Ruleset};
+use crate::sys::nftables;
 use crate::sys::set_netlink;
 use crate::sys::tool::{self, Tool};
 
@@ -181,37 +182,81 @@ pub fn legacy_lock_writable() -> Result<()> {
         })
 }
 
-/// Loads the rules: creates the sets they refer to (an existing set keeps its contents), then
-/// both families' tables in parallel, each in one transaction. Nothing here depends on resolved
-/// addresses, so this runs while names resolve. Where IPv6 is off, its table is still loaded, but
-/// a failure there is only a warning: nothing can be sent over IPv6 in this namespace anyway.
-pub fn load_rules(tools: &Tools, ruleset: &Ruleset, ipv6: Ipv6) -> Result<()> {
+/// Where cordon's chain stands in each family's nat OUTPUT chain, with the gateway: that decides
+/// how the load hooks it in. Read with the save tool, unless nftables says at once that there is
+/// no `CORDON_DNS` chain (a fresh container: nothing of cordon's can be hooked).
+pub struct NatReads(Vec<NatRead>);
+
+enum NatRead {
+    Known(NatHook),
+    Reading(Result<tool::Running, String>),
+}
+
+impl NatReads {
+    pub fn start(tools: &Tools, ipv6: Ipv6, gateway: bool) -> NatReads {
+        let read = |family: Family| {
+            let nft_family = match family {
+                Family::V4 => nftables::IPV4,
+                Family::V6 => nftables::IPV6,
+            };
+            if !gateway
+                || (tools.variant == "nft"
+                    && nftables::chain_exists(nft_family, "nat", plan::CHAIN_DNS) == Ok(false))
+            {
+                return NatRead::Known(NatHook::Misplaced { count: 0 });
+            }
+            NatRead::Reading(tools.save_tool(family).start(&["-t", "nat"], String::new()))
+        };
+        NatReads(
+            families(ipv6.in_kernel())
+                .iter()
+                .map(|f| read(*f))
+                .collect(),
+        )
+    }
+}
+
+/// What the first `ipset restore` does besides creating the sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sets {
+    /// Their members come later (`load_sets`), once the names are resolved.
+    Later,
+    /// Their members are known now (nothing to resolve): filled and swapped in at once.
+    FillNow,
+}
+
+/// Loads the rules: creates the sets they refer to (an existing set keeps its contents; with
+/// `Sets::FillNow` they are filled too), then both families' tables in parallel, each in one
+/// transaction. Nothing here depends on resolved addresses, so this runs while names resolve.
+/// Where IPv6 is off, its table is still loaded, but a failure there is only a warning: nothing
+/// can be sent over IPv6 in this namespace anyway.
+pub fn load_rules(
+    tools: &Tools,
+    ruleset: &Ruleset,
+    ipv6: Ipv6,
+    nat_reads: NatReads,
+    sets: Sets,
+) -> Result<()> {
     let deadline = Instant::now() + tool::BOUND;
-    // With the gateway, where each family's nat OUTPUT chain stands decides how cordon's chain
-    // is hooked into it: read meanwhile.
-    let nat_reads: Vec<Option<Result<tool::Running, String>>> = families(ipv6.in_kernel())
-        .iter()
-        .map(|family| {
-            (ruleset.agent_dns != AgentDns::Resolvers).then(|| {
-                tools
-                    .save_tool(*family)
-                    .start(&["-t", "nat"], String::new())
-            })
-        })
-        .collect();
+    let mut ipset_input = ruleset.ipset_create();
+    if sets == Sets::FillNow {
+        ipset_input += &ruleset.ipset_restore();
+    }
     tools
         .ipset
-        .run(&["-exist", "restore"], &ruleset.ipset_create(), tool::BOUND)
+        .run(&["-exist", "restore"], &ipset_input, tool::BOUND)
         .map_err(|detail| failed("ipset restore", detail))?;
     let hooks: Vec<NatHook> = nat_reads
+        .0
         .into_iter()
-        .map(
-            |read| match read.map(|r| r.and_then(|running| running.finish(deadline))) {
-                Some(Ok(saved)) => NatHook::read(&saved),
+        .map(|read| match read {
+            NatRead::Known(hook) => hook,
+            NatRead::Reading(reading) => match reading.and_then(|r| r.finish(deadline)) {
+                Ok(saved) => NatHook::read(&saved),
                 // Unreadable (no nat table for the family yet): the load adds the hook, or fails.
-                _ => NatHook::Misplaced { count: 0 },
+                Err(_) => NatHook::Misplaced { count: 0 },
             },
-        )
+        })
         .collect();
     let loads: Vec<(Family, Result<tool::Running, String>)> = families(ipv6.in_kernel())
         .iter()

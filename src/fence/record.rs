@@ -14,7 +14,7 @@ use crate::fence::apply::Tools;
 use crate::fence::plan::{
     Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
-use crate::sys::{run_dir, set_netlink, tool};
+use crate::sys::{nftables, run_dir, set_netlink, tool};
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
 /// sets.
@@ -25,6 +25,8 @@ pub struct Loaded {
     /// cordon's live sets (those the rules match), name → members as ipset prints them; empty
     /// when they were not read.
     sets: BTreeMap<String, BTreeSet<String>>,
+    /// nftables' generation just before the tables were read (iptables-nft only).
+    generation: Option<u32>,
 }
 
 /// Reads the rules of `families` back from the kernel.
@@ -37,8 +39,30 @@ pub fn read_all(tools: &Tools, families: &[Family]) -> Result<Loaded, String> {
     read(tools, families, true)
 }
 
+/// Reads the rules of `families` and cordon's sets back from the kernel, to compare with
+/// `earlier`. With iptables-nft, when nftables' generation is still the one `earlier` was read
+/// at, nothing was committed since: the tables are `earlier`'s, and only the sets are read.
+pub fn read_again(tools: &Tools, families: &[Family], earlier: &Loaded) -> Result<Loaded, String> {
+    let unchanged = earlier
+        .generation
+        .is_some_and(|then| nftables::generation() == Ok(then));
+    if !unchanged {
+        return read(tools, families, true);
+    }
+    Ok(Loaded {
+        tables: earlier.tables.clone(),
+        sets: set_netlink::members(&live_sets())?,
+        generation: earlier.generation,
+    })
+}
+
 /// The tables with the save tools, in parallel; the sets over netlink (`set_netlink`) meanwhile.
 fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, String> {
+    // Before the tables: a commit while they are read changes it, and the next reading reads.
+    let generation = match tools.variant {
+        "nft" => nftables::generation().ok(),
+        _ => None,
+    };
     let (saved, sets) = std::thread::scope(|scope| {
         let tables: Vec<_> = families
             .iter()
@@ -67,6 +91,7 @@ fn read(tools: &Tools, families: &[Family], with_sets: bool) -> Result<Loaded, S
         .zip(saved.iter().map(String::as_str));
     let mut loaded = Loaded::parse(tables, "");
     loaded.sets = sets?;
+    loaded.generation = generation;
     Ok(loaded)
 }
 
@@ -113,7 +138,11 @@ impl Loaded {
                 }
             }
         }
-        Loaded { tables, sets }
+        Loaded {
+            tables,
+            sets,
+            generation: None,
+        }
     }
 
     /// How these rules differ from what `ruleset` says was loaded, for the families whose
@@ -212,6 +241,7 @@ impl Loaded {
         Loaded {
             tables: self.tables.clone(),
             sets: planned.iter().cloned().collect(),
+            generation: self.generation,
         }
     }
 

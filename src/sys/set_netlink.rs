@@ -37,7 +37,6 @@ const NET_ORDER: u16 = 0x4000;
 const ATTR_IPADDR_IPV4: u16 = 1;
 const ATTR_IPADDR_IPV6: u16 = 2;
 /// The flag bits of an attribute's type (nested, network byte order).
-const ATTR_TYPE_MASK: u16 = 0x3fff;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const HEADER: usize = 16;
@@ -126,29 +125,33 @@ impl Adder {
             let mut data = Vec::with_capacity(64);
             let mut ip = Vec::with_capacity(20);
             match member.addr {
-                IpAddr::V4(v4) => attr(&mut ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets()),
-                IpAddr::V6(v6) => attr(&mut ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets()),
-            }
-            attr(&mut data, ATTR_IP | NESTED, &ip);
-            if let Some((proto, first, last)) = member.ports {
-                attr(&mut data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
-                if last != first {
-                    attr(&mut data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
+                IpAddr::V4(v4) => {
+                    nfnetlink::attr(&mut ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets())
                 }
-                attr(&mut data, ATTR_PROTO, &[proto]);
+                IpAddr::V6(v6) => {
+                    nfnetlink::attr(&mut ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets())
+                }
+            }
+            nfnetlink::attr(&mut data, ATTR_IP | NESTED, &ip);
+            if let Some((proto, first, last)) = member.ports {
+                nfnetlink::attr(&mut data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
+                if last != first {
+                    nfnetlink::attr(&mut data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
+                }
+                nfnetlink::attr(&mut data, ATTR_PROTO, &[proto]);
             }
             if command == IPSET_CMD_ADD {
-                attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
+                nfnetlink::attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
             }
-            attr(&mut list, ATTR_DATA | NESTED, &data);
+            nfnetlink::attr(&mut list, ATTR_DATA | NESTED, &data);
         }
         // Without NLM_F_EXCL re-adding a member (or deleting one not there) is not an error;
         // an added member's timeout is renewed.
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
         let mut message = request(command, flags, set, 1);
         // A list of members (ADT) comes with a line number, for `ipset restore`'s errors.
-        attr(&mut message, ATTR_LINENO | NET_ORDER, &0u32.to_be_bytes());
-        attr(&mut message, ATTR_ADT | NESTED, &list);
+        nfnetlink::attr(&mut message, ATTR_LINENO | NET_ORDER, &0u32.to_be_bytes());
+        nfnetlink::attr(&mut message, ATTR_ADT | NESTED, &list);
         let length = message.len() as u32;
         message[..4].copy_from_slice(&length.to_ne_bytes());
         nfnetlink::send(&self.socket, &message)?;
@@ -194,10 +197,10 @@ fn acknowledged(socket: &OwnedFd) -> Result<(), Errno> {
 
 fn request(command: u16, flags: i32, set: &str, seq: u32) -> Vec<u8> {
     let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, version, res_id
-    attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+    nfnetlink::attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
     let mut name = set.as_bytes().to_vec();
     name.push(0);
-    attr(&mut body, ATTR_SETNAME, &name);
+    nfnetlink::attr(&mut body, ATTR_SETNAME, &name);
     let mut message = Vec::with_capacity(HEADER + body.len());
     message.extend_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
     message.extend_from_slice(&((NFNL_SUBSYS_IPSET << 8) | command).to_ne_bytes());
@@ -206,13 +209,6 @@ fn request(command: u16, flags: i32, set: &str, seq: u32) -> Vec<u8> {
     message.extend_from_slice(&0u32.to_ne_bytes());
     message.extend_from_slice(&body);
     message
-}
-
-fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
-    out.resize(out.len().next_multiple_of(4), 0);
 }
 
 /// Reads a dump to its end: every member of the set.
@@ -253,29 +249,12 @@ fn receive(socket: &OwnedFd) -> Result<BTreeSet<String>, Errno> {
     }
 }
 
-/// Netlink attributes: (type without flags, payload).
-fn attributes(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if data.len() < 4 {
-            return None;
-        }
-        let length = u16::from_ne_bytes([data[0], data[1]]) as usize;
-        let kind = u16::from_ne_bytes([data[2], data[3]]) & ATTR_TYPE_MASK;
-        if length < 4 || length > data.len() {
-            return None;
-        }
-        let payload = &data[4..length];
-        data = &data[length.next_multiple_of(4).min(data.len())..];
-        Some((kind, payload))
-    })
-}
-
 fn collect_members(message: &[u8], members: &mut BTreeSet<String>) {
-    for (kind, adt) in attributes(message) {
+    for (kind, adt) in nfnetlink::attrs(message) {
         if kind != ATTR_ADT {
             continue;
         }
-        for (kind, data) in attributes(adt) {
+        for (kind, data) in nfnetlink::attrs(adt) {
             if kind == ATTR_DATA {
                 if let Some(member) = member(data) {
                     members.insert(member);
@@ -288,10 +267,10 @@ fn collect_members(message: &[u8], members: &mut BTreeSet<String>) {
 /// One member as `ipset save` prints it: `ADDR`, `NET/LEN`, or either with `,PROTO:PORT`.
 fn member(data: &[u8]) -> Option<String> {
     let (mut addr, mut width, mut cidr, mut port, mut proto) = (None, 32, None, None, None);
-    for (kind, payload) in attributes(data) {
+    for (kind, payload) in nfnetlink::attrs(data) {
         match kind {
             ATTR_IP => {
-                for (family, bytes) in attributes(payload) {
+                for (family, bytes) in nfnetlink::attrs(payload) {
                     match (family, bytes.len()) {
                         (ATTR_IPADDR_IPV4, 4) => {
                             let octets: [u8; 4] = bytes.try_into().ok()?;
@@ -335,28 +314,28 @@ mod tests {
 
     fn nested(kind: u16, inner: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        attr(&mut out, kind | 0x8000, inner);
+        nfnetlink::attr(&mut out, kind | 0x8000, inner);
         out
     }
 
     #[test]
     fn members_print_as_ipset_save_prints_them() {
         let mut ip = Vec::new();
-        attr(&mut ip, ATTR_IPADDR_IPV4 | 0x4000, &[10, 0, 0, 0]);
+        nfnetlink::attr(&mut ip, ATTR_IPADDR_IPV4 | 0x4000, &[10, 0, 0, 0]);
         let mut data = nested(ATTR_IP, &ip);
-        attr(&mut data, ATTR_CIDR, &[24]);
-        attr(&mut data, ATTR_PORT | 0x4000, &443u16.to_be_bytes());
-        attr(&mut data, ATTR_PROTO, &[6]);
+        nfnetlink::attr(&mut data, ATTR_CIDR, &[24]);
+        nfnetlink::attr(&mut data, ATTR_PORT | 0x4000, &443u16.to_be_bytes());
+        nfnetlink::attr(&mut data, ATTR_PROTO, &[6]);
         assert_eq!(member(&data).as_deref(), Some("10.0.0.0/24,tcp:443"));
 
         let mut ip = Vec::new();
-        attr(
+        nfnetlink::attr(
             &mut ip,
             ATTR_IPADDR_IPV6 | 0x4000,
             &"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets(),
         );
         let mut host = nested(ATTR_IP, &ip);
-        attr(&mut host, ATTR_CIDR, &[128]);
+        nfnetlink::attr(&mut host, ATTR_CIDR, &[128]);
         assert_eq!(member(&host).as_deref(), Some("2001:db8::1"));
     }
 }

@@ -98,6 +98,7 @@ impl Tool {
         let stderr = collect(child.stderr.take().expect("stderr is piped"));
         Ok(Running {
             tool: self.to_string(),
+            args: args.join(" "),
             started: Instant::now(),
             child,
             writer,
@@ -191,6 +192,7 @@ fn untrusted_because(file: &OwnedFd) -> Option<String> {
 /// block on a full pipe while cordon waits for it with a deadline.
 pub struct Running {
     tool: String,
+    args: String,
     started: Instant,
     child: std::process::Child,
     writer: std::thread::JoinHandle<std::io::Result<()>>,
@@ -227,6 +229,11 @@ impl Running {
             });
         }
         written.map_err(|e| format!("writing to {tool}: {e}"))?;
+        log::debug!(
+            "{tool} {}: {:.1} ms",
+            self.args,
+            self.started.elapsed().as_secs_f64() * 1e3
+        );
         Ok(String::from_utf8_lossy(&stdout).into_owned())
     }
 }
