@@ -62,6 +62,8 @@ memory() {
     grep -E '^(VmRSS|VmHWM):' "/proc/$(gateway_pid)/status" | tr -s ' \t' ' ' | tr '\n' ' '
 }
 
+memory > "$work/memory0"
+
 # Per run and mix: direct, then through the gateway; one line "mix direct_qps gateway_qps
 # direct_ms gateway_ms lost".
 for run in $(seq "$runs"); do
@@ -91,6 +93,7 @@ for mix in first again refused; do
     printf '%-44s %5s q/s %5s q/s %7s %6s ms %6s ms %5s\n' "$label" "$(col 2)" "$(col 3)" \
         "$ratio" "$(col 4)" "$(col 5)" "$(col 6)"
 done
+printf 'gateway memory at start: %s\n' "$(cat "$work/memory0")"
 printf 'gateway memory after the first run (10,000 distinct names): %s\n' "$(cat "$work/memory1")"
 printf 'gateway memory after all runs (%s distinct names): %s\n' "$((runs * 10000))" "$(memory)"
 printf 'answered set members now: %s\n' \

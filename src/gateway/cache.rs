@@ -21,7 +21,7 @@ use hickory_resolver::proto::rr::{Name, RecordType};
 use super::filter::{Opened, TTL_CEILING, TTL_FLOOR};
 
 /// Answers kept at most (per loop); past that, the older half goes.
-pub const MAX_ENTRIES: usize = 2048;
+pub const MAX_ENTRIES: usize = 1024;
 /// An answer is served from here only while this much of its lifetime remains.
 const MARGIN: Duration = Duration::from_secs(2);
 /// Answers that live shorter than this are not kept.

@@ -30,7 +30,7 @@ use crate::sys::set_netlink::{self, Member};
 pub const CONTROL_SOCKET: &str = "/run/cordon/control";
 /// Addresses whose names the gateway remembers for `deny`; past that, an address closes only
 /// when its timeout runs out.
-const MAX_TRACKED: usize = 1 << 14;
+const MAX_TRACKED: usize = 1 << 13;
 /// Names remembered per address (the latest ones): a CDN address serves many names.
 const MAX_NAMES_PER_ADDRESS: usize = 8;
 
