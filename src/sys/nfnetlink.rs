@@ -67,3 +67,39 @@ pub fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
         Some((kind, payload))
     })
 }
+
+/// Length of a netlink message header.
+const HEADER: usize = 16;
+
+/// Receives one datagram into `buffer`: its netlink messages, (type, payload).
+pub fn receive<'a>(socket: &OwnedFd, buffer: &'a mut [u8]) -> Result<Vec<(u16, &'a [u8])>, Errno> {
+    // SAFETY: the buffer is valid for its length.
+    let got = unsafe {
+        libc::recv(
+            socket.as_raw_fd(),
+            buffer.as_mut_ptr().cast(),
+            buffer.len(),
+            0,
+        )
+    };
+    let mut rest = &buffer[..Errno::result(got)? as usize];
+    let mut messages = Vec::new();
+    while rest.len() >= HEADER {
+        let length = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        if length < HEADER || length > rest.len() {
+            return Err(Errno::EBADMSG);
+        }
+        messages.push((kind, &rest[HEADER..length]));
+        rest = &rest[length.next_multiple_of(4).min(rest.len())..];
+    }
+    Ok(messages)
+}
+
+/// The error code of an NLMSG_ERROR payload (0: an acknowledgement).
+pub fn error_code(payload: &[u8]) -> Result<i32, Errno> {
+    payload
+        .get(..4)
+        .map(|code| i32::from_ne_bytes(code.try_into().unwrap()))
+        .ok_or(Errno::EBADMSG)
+}

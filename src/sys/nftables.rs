@@ -2,8 +2,6 @@
 //! to ask them: does a chain exist, and which generation the ruleset is at (every commit, by
 //! any process, starts a new one).
 
-use std::os::fd::AsRawFd;
-
 use nix::errno::Errno;
 
 use super::nfnetlink;
@@ -77,35 +75,14 @@ fn ask(command: u16, family: u8, attributes: &[u8]) -> Result<Vec<(u16, Vec<u8>)
     let mut replies = Vec::new();
     let mut buffer = vec![0u8; 8192];
     loop {
-        // SAFETY: the buffer is valid for its length.
-        let got = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        let mut rest = &buffer[..Errno::result(got)? as usize];
-        while rest.len() >= HEADER {
-            let length = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
-            if length < HEADER || length > rest.len() {
-                return Err(Errno::EBADMSG);
-            }
-            let payload = &rest[HEADER..length];
+        for (kind, payload) in nfnetlink::receive(&socket, &mut buffer)? {
             if kind == NLMSG_ERROR {
-                let code = payload
-                    .get(..4)
-                    .map(|b| i32::from_ne_bytes(b.try_into().unwrap()))
-                    .ok_or(Errno::EBADMSG)?;
-                return match code {
+                return match nfnetlink::error_code(payload)? {
                     0 => Ok(replies),
                     code => Err(Errno::from_raw(-code)),
                 };
             }
             replies.push((kind, payload.to_vec()));
-            rest = &rest[length.next_multiple_of(4).min(rest.len())..];
         }
     }
 }

@@ -216,35 +216,15 @@ fn receive(socket: &OwnedFd) -> Result<BTreeSet<String>, Errno> {
     let mut members = BTreeSet::new();
     let mut buffer = vec![0u8; 1 << 16];
     loop {
-        // SAFETY: the buffer is valid for its length.
-        let got = unsafe {
-            libc::recv(
-                socket.as_raw_fd(),
-                buffer.as_mut_ptr().cast(),
-                buffer.len(),
-                0,
-            )
-        };
-        let got = Errno::result(got)? as usize;
-        let mut rest = &buffer[..got];
-        while rest.len() >= HEADER {
-            let length = u32::from_ne_bytes(rest[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(rest[4..6].try_into().unwrap());
-            if length < HEADER || length > rest.len() {
-                return Err(Errno::EBADMSG);
-            }
-            let payload = &rest[HEADER..length];
+        for (kind, payload) in nfnetlink::receive(socket, &mut buffer)? {
             match kind {
                 NLMSG_DONE => return Ok(members),
-                NLMSG_ERROR => {
-                    let code = i32::from_ne_bytes(payload[0..4].try_into().unwrap());
-                    if code != 0 {
-                        return Err(Errno::from_raw(-code));
-                    }
-                }
+                NLMSG_ERROR => match nfnetlink::error_code(payload)? {
+                    0 => {}
+                    code => return Err(Errno::from_raw(-code)),
+                },
                 _ => collect_members(&payload[4.min(payload.len())..], &mut members),
             }
-            rest = &rest[length.next_multiple_of(4).min(rest.len())..];
         }
     }
 }
