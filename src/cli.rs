@@ -69,10 +69,11 @@ pub enum Sub {
     /// List what the DNS gateway refused and the fence rejected, with counts, first and last
     /// time, and the entry that would allow each.
     Blocked(BlockedArgs),
-    /// As root, while the DNS gateway runs: allow a name or wildcard entry now (no restart).
+    /// As root, while the DNS gateway runs: allow an entry (name, wildcard or address) now, no
+    /// restart.
     Allow(EntryArgs),
-    /// As root, while the DNS gateway runs: deny a name or wildcard entry now; the addresses
-    /// only it opened close, and established flows to them are cut.
+    /// As root, while the DNS gateway runs: deny an entry now; the addresses only it opened
+    /// close, and established flows to them are cut.
     Deny(EntryArgs),
     /// As root, while the DNS gateway runs: its names, counters and answered sets.
     Status(HardenArgs),

@@ -357,15 +357,6 @@ impl Fence {
             own: OwnNetworks {
                 nets: net.addrs.clone(),
                 gateways: net.gateways.clone(),
-                allowed_nets: self
-                    .policy
-                    .entries
-                    .iter()
-                    .filter_map(|entry| match entry.target {
-                        Target::Net(net) => Some(net),
-                        _ => None,
-                    })
-                    .collect(),
             },
             blocked_file: service::open_blocked_file(),
             control: gateway::control::bind(),

@@ -348,11 +348,14 @@ fn root_changes_the_running_allowlist_and_the_agent_cannot() {
         return;
     }
     let world = World::new(WorldOpts {
-        records: vec![format!("later.test={BLOCKED}")],
+        records: vec![
+            format!("later.test={BLOCKED}"),
+            format!("kept.test={ALLOWED}"),
+        ],
         ..WorldOpts::default()
     });
     let _sink = start_sink(&world);
-    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let sandbox = Sandbox::start(&world, &["allowed.test"]);
     let control = |args: &[&str]| {
         let output = world.sandbox_command(cordon()).args(args).output().unwrap();
         let text = format!(
@@ -426,9 +429,102 @@ fn root_changes_the_running_allowlist_and_the_agent_cannot() {
     assert_eq!(verdict(&world, &format!("tcp:{BLOCKED}:443")).0, "refused");
     let (code, text) = control(&["deny", "later.test"]);
     assert_eq!(code, Some(1), "{text}");
-    let (code, text) = control(&["allow", "10.9.0.0/16"]);
-    assert_eq!(code, Some(1));
-    assert!(text.contains("address entry"), "{text}");
+
+    // A gateway the supervisor starts again keeps root's changes: later.test stays denied,
+    // kept.test allowed.
+    let kept = format!("dns:kept.test@{GATEWAY}");
+    assert_eq!(control(&["allow", "kept.test"]).0, Some(0));
+    assert_eq!(verdict(&world, &kept).0, "answered");
+    let first = gateway_pid(&sandbox).expect("a gateway process");
+    // SAFETY: signalling the gateway this test's cordon started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gateway_pid(&sandbox).is_none_or(|pid| pid == first) {
+        assert!(Instant::now() < deadline, "the gateway was not restarted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(verdict(&world, &later).1, "REFUSED", "the deny was lost");
+    assert_eq!(verdict(&world, &kept), ("answered".into(), ALLOWED.into()));
+    let (_, text) = control(&["status"]);
+    assert!(text.contains("names: 2 exact, 0 wildcard(s)"), "{text}");
+}
+
+/// Address entries change while the agent runs too: `cordon allow ADDRESS:PORT` opens it at
+/// once (the sets and the fence's record change together, so `cordon check` still finds the
+/// fence as loaded), `cordon deny` closes it and cuts its established flows, and a name may
+/// open an address of the container's own network only while an address entry covers it.
+#[test]
+fn root_allows_and_denies_address_entries_while_the_agent_runs() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![format!("peer.test={LAN_PEER}")],
+        ..WorldOpts::default()
+    });
+    let _sink = start_sink(&world);
+    let _sandbox = Sandbox::start(&world, &["allowed.test", "peer.test"]);
+    let control = |args: &[&str]| {
+        let output = world.sandbox_command(cordon()).args(args).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code(), text)
+    };
+    let fence_finding = || {
+        let (_, text) = control(&["check"]);
+        text.lines()
+            .find(|line| line.contains(" fence: the fence"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let blocked = format!("tcp:{BLOCKED}:443");
+    assert_eq!(verdict(&world, &blocked).0, "refused");
+
+    let entry = format!("{BLOCKED}:443,{STREAM_PORT}");
+    let (code, text) = control(&["allow", &entry]);
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        verdict(&world, &blocked).0,
+        "open",
+        "the address entry opened it"
+    );
+    assert_eq!(verdict(&world, &format!("tcp:{BLOCKED}:80")).0, "refused");
+    assert!(
+        fence_finding().starts_with("ok    fence: the fence is as loaded"),
+        "{}",
+        fence_finding()
+    );
+    let (_, status) = control(&["status"]);
+    assert!(status.contains("address entries: 1"), "{status}");
+
+    // peer.test points into the container's own network: refused until an entry covers it.
+    let peer = format!("dns:peer.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &peer), ("answered".into(), "-".into()));
+    assert_eq!(control(&["allow", &format!("{LAN_PEER}/32:22")]).0, Some(0));
+    assert_eq!(verdict(&world, &peer), ("answered".into(), LAN_PEER.into()));
+
+    let _flow = stream(&world, BLOCKED);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(sunk(&world, "t", BLOCKED) > 2, "the stream flows");
+    let (code, text) = control(&["deny", &entry]);
+    assert_eq!(code, Some(0), "{text}");
+    let denied_at = sunk(&world, "t", BLOCKED);
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(
+        sunk(&world, "t", BLOCKED) <= denied_at + 1,
+        "the denied entry's flow went on"
+    );
+    assert_eq!(verdict(&world, &blocked).0, "refused");
+    assert!(
+        fence_finding().starts_with("ok    fence: the fence is as loaded"),
+        "{}",
+        fence_finding()
+    );
+    let (code, _) = control(&["deny", &entry]);
+    assert_eq!(code, Some(1), "denied twice");
 }
 
 /// The gateway holds CAP_NET_ADMIN alone under its own uid, not dumpable, no_new_privs, and the

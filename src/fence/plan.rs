@@ -473,18 +473,12 @@ impl Ruleset {
             let ports = rules
                 .ports
                 .iter()
-                .flat_map(|(net, range)| {
-                    set_nets(*net).into_iter().flat_map(move |net| {
-                        (range.first..=range.last).map(move |port| {
-                            format!("{},{}:{port}", set_net(net), range.proto.as_str())
-                        })
-                    })
-                })
+                .flat_map(|(net, range)| port_members(*net, *range))
                 .collect();
             let hosts = rules
                 .hosts
                 .iter()
-                .flat_map(|net| set_nets(*net).into_iter().map(set_net))
+                .flat_map(|net| host_members(*net))
                 .collect();
             sets.push((rules.family.ports_set(), ports));
             sets.push((rules.family.hosts_set(), hosts));
@@ -852,6 +846,35 @@ fn write_set(out: &mut String, name: &str, kind: &str, family: Family, elements:
 }
 
 /// ipset's hash:net types cannot hold a /0: split it into its two halves.
+/// The members, as ipset lists them, of the ports set for `net` on `range`: one per port.
+fn port_members(net: IpNet, range: PortRange) -> impl Iterator<Item = String> {
+    set_nets(net).into_iter().flat_map(move |net| {
+        (range.first..=range.last)
+            .map(move |port| format!("{},{}:{port}", set_net(net), range.proto.as_str()))
+    })
+}
+
+/// The members, as ipset lists them, of the any-port set for `net`.
+fn host_members(net: IpNet) -> impl Iterator<Item = String> {
+    set_nets(net).into_iter().map(set_net)
+}
+
+/// The (set, member) pairs an address entry puts into the fence's sets: what `cordon allow` adds
+/// and `cordon deny` removes while the agent runs.
+pub fn address_entry_members(net: IpNet, ports: &Ports) -> Vec<(String, String)> {
+    let family = Family::of(&net.addr());
+    match ports {
+        Ports::Any => host_members(net)
+            .map(|member| (family.hosts_set(), member))
+            .collect(),
+        Ports::Listed(ranges) => ranges
+            .iter()
+            .flat_map(|range| port_members(net, *range))
+            .map(|member| (family.ports_set(), member))
+            .collect(),
+    }
+}
+
 fn set_nets(net: IpNet) -> Vec<IpNet> {
     if net.prefix_len() == 0 {
         net.subnets(1)
@@ -903,6 +926,47 @@ mod tests {
             inbound: inbound.to_vec(),
             ..Policy::of(entries, "test")
         }
+    }
+
+    #[test]
+    fn an_address_entry_changes_the_members_the_plan_would_have_given_it() {
+        let members = |entry: &str| {
+            let (target, ports) = crate::fence::policy::parse_entry(entry).unwrap();
+            let Target::Net(net) = target else {
+                panic!("{entry} is not an address entry")
+            };
+            address_entry_members(net, &ports)
+        };
+        let pair = |set: &str, member: &str| (set.to_string(), member.to_string());
+        assert_eq!(
+            members("10.1.0.0/16:5432,6000-6001"),
+            [
+                pair("cordon4-ports", "10.1.0.0/16,tcp:5432"),
+                pair("cordon4-ports", "10.1.0.0/16,tcp:6000"),
+                pair("cordon4-ports", "10.1.0.0/16,tcp:6001"),
+            ]
+        );
+        assert_eq!(
+            members("::/0"),
+            [
+                pair("cordon6-hosts", "::/1"),
+                pair("cordon6-hosts", "8000::/1")
+            ]
+        );
+        // The same strings the whole plan gives the entry.
+        let planned = plan(
+            &policy(&["10.1.0.0/16:5432,6000-6001"], &[]),
+            &Resolution::default(),
+            &resolv_conf::parse("nameserver 10.0.0.2\n", "test").unwrap(),
+        )
+        .unwrap()
+        .set_members();
+        let ports: Vec<(String, String)> = planned
+            .iter()
+            .filter(|(set, _)| set == "cordon4-ports")
+            .flat_map(|(set, found)| found.iter().map(|m| pair(set, m)))
+            .collect();
+        assert_eq!(ports, members("10.1.0.0/16:5432,6000-6001"));
     }
 
     fn resolved(names: &[(&str, &[&str])]) -> Resolution {

@@ -12,8 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::fence::apply::Tools;
 use crate::fence::plan::{
-    Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
+    self, Family, Ruleset, SetMembers, CHAIN_ALLOW, CHAIN_INPUT, CHAIN_OUTPUT, CHAIN_REJECT,
 };
+use crate::fence::policy::Ports;
 use crate::sys::{nftables, run_dir, set_netlink, tool};
 
 /// The loaded fence: each family's filter table and, when read, the members of cordon's live
@@ -100,6 +101,37 @@ fn live_sets() -> Vec<String> {
         .iter()
         .flat_map(|family| family.sets())
         .collect()
+}
+
+/// Changes cordon's sets for an address entry while the agent runs (`cordon allow` adds,
+/// `cordon deny` removes), and the record with them, so that `cordon check` holds the live fence
+/// to the changed policy. How many members changed.
+pub fn change_address_entry(net: ipnet::IpNet, ports: &Ports, add: bool) -> Result<usize, String> {
+    let members = plan::address_entry_members(net, ports);
+    let ipset = tool::Tool::find("ipset").ok_or("ipset is not installed")?;
+    let verb = if add { "add" } else { "del" };
+    let input: String = members
+        .iter()
+        .map(|(set, member)| format!("{verb} {set} {member}\n"))
+        .collect();
+    ipset.run(&["-exist", "restore"], &input, tool::BOUND)?;
+    let text = match std::fs::read_to_string(RECORD_FILE) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(members.len()),
+        Err(error) => return Err(format!("reading {RECORD_FILE}: {error}")),
+    };
+    let (mut loaded, variant) = Loaded::load(&text)?;
+    for (set, member) in &members {
+        let live = loaded.sets.entry(set.clone()).or_default();
+        match add {
+            true => live.insert(member.clone()),
+            false => live.remove(member),
+        };
+    }
+    loaded
+        .save(&variant)
+        .map_err(|error| format!("writing {RECORD_FILE}: {error}"))?;
+    Ok(members.len())
 }
 
 /// The chains whose rules cordon loads, in each family's filter table.

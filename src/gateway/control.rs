@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -24,10 +24,16 @@ use super::filter::{Names, Opened};
 use super::sets;
 use crate::error::{exit, Error, Result};
 use crate::fence::plan::Family;
-use crate::fence::policy::{parse_entry, Target};
+use crate::fence::policy::{parse_entry, Ports, Target};
+use crate::fence::record;
 use crate::sys::set_netlink::{self, Member};
 
 pub const CONTROL_SOCKET: &str = "/run/cordon/control";
+/// Root's changes so far, one `allow ENTRY` / `deny ENTRY` line each (root-only): a gateway PID 1
+/// restarts replays them, so a name root denied stays denied.
+pub const CHANGES_FILE: &str = "/run/cordon/live-changes";
+/// The most of `CHANGES_FILE` a restarted gateway reads.
+const MAX_CHANGES: u64 = 1 << 20;
 /// Addresses whose names the gateway remembers for `deny`; past that, an address closes only
 /// when its timeout runs out.
 const MAX_TRACKED: usize = 1 << 13;
@@ -35,7 +41,70 @@ const MAX_TRACKED: usize = 1 << 13;
 const MAX_NAMES_PER_ADDRESS: usize = 8;
 
 /// Binds the control socket (root-owned, 0600). None, with a warning, where it cannot be made.
-pub fn bind() -> Option<UnixListener> {
+pub fn bind() -> Option<Control> {
+    let listener = bind_socket()?;
+    let path = std::path::Path::new(CHANGES_FILE);
+    let journal = crate::sys::run_dir::replace(path, 0o600, "").and_then(|()| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    });
+    match journal {
+        Ok(journal) => Some(Control { listener, journal }),
+        Err(error) => {
+            log::warn!(
+                "cannot create {CHANGES_FILE} ({error}): `cordon allow/deny/status` will not work"
+            );
+            None
+        }
+    }
+}
+
+/// Root's channel to the running gateway: the socket, and the record of what root changed.
+pub struct Control {
+    pub listener: UnixListener,
+    pub journal: std::fs::File,
+}
+
+impl Control {
+    /// Applies root's earlier changes (a gateway PID 1 restarted starts from the allowlist).
+    pub fn replay(&self, names: &Names) {
+        use std::os::unix::fs::FileExt;
+        let mut bytes = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while (bytes.len() as u64) < MAX_CHANGES {
+            match self.journal.read_at(&mut chunk, bytes.len() as u64) {
+                Ok(0) | Err(_) => break,
+                Ok(got) => bytes.extend_from_slice(&chunk[..got]),
+            }
+        }
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let (command, argument) = line.split_once(' ').unwrap_or((line, ""));
+            let Ok((target, ports)) = parse_entry(argument) else {
+                continue;
+            };
+            match command {
+                "allow" => {
+                    names.add(&target, &ports);
+                }
+                "deny" => {
+                    names.remove(&target);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn note(&self, line: &str) {
+        if let Err(error) = (&self.journal).write_all(format!("{line}\n").as_bytes()) {
+            log::warn!("DNS gateway: noting `{line}` in {CHANGES_FILE}: {error}");
+        }
+    }
+}
+
+fn bind_socket() -> Option<UnixListener> {
     let path = std::path::Path::new(CONTROL_SOCKET);
     let bound = crate::sys::run_dir::ensure(path.parent().expect("a directory"))
         .and_then(|()| match std::fs::remove_file(path) {
@@ -154,13 +223,14 @@ impl Live {
 }
 
 /// Serves root's requests until `stop`.
-pub fn serve(listener: &UnixListener, names: &Names, live: &Live, stop: &AtomicBool) {
+pub fn serve(control: &Control, names: &Names, live: &Live, stop: &AtomicBool) {
+    let listener = &control.listener;
     let _ = listener.set_nonblocking(true);
     while !stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
                 let _ = stream.set_nonblocking(false);
-                let _ = answer(stream, names, live);
+                let _ = answer(stream, control, names, live);
             }
             Err(_) => {
                 let mut poll = libc::pollfd {
@@ -175,7 +245,12 @@ pub fn serve(listener: &UnixListener, names: &Names, live: &Live, stop: &AtomicB
     }
 }
 
-fn answer(mut stream: UnixStream, names: &Names, live: &Live) -> std::io::Result<()> {
+fn answer(
+    mut stream: UnixStream,
+    control: &Control,
+    names: &Names,
+    live: &Live,
+) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;
     let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
     if peer.map(|creds| creds.uid()) != Ok(0) {
@@ -183,12 +258,13 @@ fn answer(mut stream: UnixStream, names: &Names, live: &Live) -> std::io::Result
     }
     let mut line = String::new();
     BufReader::new((&stream).take(4096)).read_line(&mut line)?;
-    let reply = handle(line.trim(), names, live);
+    let reply = handle(line.trim(), names, live, &|change| control.note(change));
     stream.write_all(reply.as_bytes())
 }
 
 /// The reply to one request line.
-fn handle(line: &str, names: &Names, live: &Live) -> String {
+/// The reply to one request line; `note` hears of each change to the names.
+fn handle(line: &str, names: &Names, live: &Live, note: &dyn Fn(&str)) -> String {
     let (command, argument) = line.split_once(' ').unwrap_or((line, ""));
     match command {
         "status" => status(names, live),
@@ -197,14 +273,26 @@ fn handle(line: &str, names: &Names, live: &Live) -> String {
                 Ok(parsed) => parsed,
                 Err(reason) => return format!("error: `{argument}`: {reason}\n"),
             };
+            // An address entry's set members are changed by the root client (`request`), which
+            // can also keep the fence's record; here, names learn that they may open addresses
+            // of the container's own networks inside it.
             if let Target::Net(_) = target {
-                return format!(
-                    "error: `{argument}` is an address entry: those are rules of the fence; add \
-                     it to the allowlist and restart the container\n"
-                );
+                let changed = match command {
+                    "allow" => {
+                        names.add(&target, &ports);
+                        true
+                    }
+                    _ => names.remove(&target),
+                };
+                if !changed {
+                    return format!("error: no entry {target} to deny\n");
+                }
+                note(&format!("{command} {}", argument.trim()));
+                return format!("ok: {} {command}ed\n", argument.trim());
             }
             if command == "allow" {
                 names.add(&target, &ports);
+                note(&format!("allow {}", argument.trim()));
                 return format!(
                     "ok: {target} allowed; its addresses open when the agent next asks for it\n"
                 );
@@ -212,6 +300,7 @@ fn handle(line: &str, names: &Names, live: &Live) -> String {
             if !names.remove(&target) {
                 return format!("error: no entry {target} to deny\n");
             }
+            note(&format!("deny {}", argument.trim()));
             let closed = live.no_longer_allowed(names);
             let addresses: BTreeSet<IpAddr> = closed.iter().map(|m| m.addr).collect();
             let mut problems = Vec::new();
@@ -235,7 +324,7 @@ fn handle(line: &str, names: &Names, live: &Live) -> String {
 }
 
 fn status(names: &Names, live: &Live) -> String {
-    let (exact, wildcards) = names.counts();
+    let (exact, wildcards, nets) = names.counts();
     let sets: Vec<String> = [Family::V4, Family::V6]
         .iter()
         .flat_map(|family| [family.answered_ports_set(), family.answered_hosts_set()])
@@ -250,7 +339,7 @@ fn status(names: &Names, live: &Live) -> String {
     };
     format!(
         "DNS gateway: running for {} s as uid {}, asking {}\n\
-         names: {exact} exact, {wildcards} wildcard(s)\n\
+         names: {exact} exact, {wildcards} wildcard(s); address entries: {nets}\n\
          answers: {} forwarded, {} from the cache, {} refused\n\
          sets: {sizes}\n",
         live.started.elapsed().as_secs(),
@@ -280,6 +369,15 @@ pub fn request(line: &str) -> Result<i32> {
         }
         Err(error) => return Err(Error::io(CONTROL_SOCKET, error)),
     };
+    // An address entry: its set members are opened before the gateway hears of it, and closed
+    // after (then established flows are judged again).
+    let address = address_entry(line);
+    if let Some((true, net, ports)) = &address {
+        record::change_address_entry(*net, ports, true).map_err(|detail| Error::Apply {
+            step: format!("adding {net} to the fence's sets"),
+            detail,
+        })?;
+    }
     stream
         .write_all(format!("{line}\n").as_bytes())
         .map_err(|e| Error::io(CONTROL_SOCKET, e))?;
@@ -291,15 +389,35 @@ pub fn request(line: &str) -> Result<i32> {
     stream
         .read_to_string(&mut reply)
         .map_err(|e| Error::io(CONTROL_SOCKET, e))?;
-    match reply.strip_prefix("error: ") {
-        Some(problem) => {
-            eprintln!("cordon: error: {}", problem.trim_end());
-            Ok(exit::CHECK_FAILED)
-        }
-        None => {
-            print!("{reply}");
-            Ok(exit::OK)
-        }
+    if let Some(problem) = reply.strip_prefix("error: ") {
+        eprintln!("cordon: error: {}", problem.trim_end());
+        return Ok(exit::CHECK_FAILED);
+    }
+    print!("{reply}");
+    if let Some((false, net, ports)) = address {
+        let step = format!("removing {net} from the fence's sets");
+        let closed = record::change_address_entry(net, &ports, false)
+            .map_err(|detail| Error::Apply { step, detail })?;
+        crate::sys::conntrack::flush().map_err(|detail| Error::Apply {
+            step: "flushing connection tracking".into(),
+            detail,
+        })?;
+        println!("{closed} set member(s) removed; established flows judged again");
+    }
+    Ok(exit::OK)
+}
+
+/// `allow NET...` (true) or `deny NET...` (false): an address entry.
+fn address_entry(line: &str) -> Option<(bool, ipnet::IpNet, Ports)> {
+    let (command, argument) = line.split_once(' ')?;
+    let add = match command {
+        "allow" => true,
+        "deny" => false,
+        _ => return None,
+    };
+    match parse_entry(argument.trim()) {
+        Ok((Target::Net(net), ports)) => Some((add, net, ports)),
+        _ => None,
     }
 }
 
@@ -330,6 +448,49 @@ mod tests {
     }
 
     #[test]
+    fn root_s_changes_are_noted_and_a_restarted_gateway_replays_them() {
+        let dir = std::env::temp_dir().join(format!("cordon-control-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join("control"));
+        std::fs::write(dir.join("changes"), "").unwrap();
+        let control = Control {
+            listener: UnixListener::bind(dir.join("control")).unwrap(),
+            journal: std::fs::OpenOptions::new()
+                .read(true)
+                .append(true)
+                .open(dir.join("changes"))
+                .unwrap(),
+        };
+        let allowed = names(&["api.example.test", "*.cdn.test:443"]);
+        let live = Live::new("10.0.0.2:53".into());
+        let noted = std::cell::RefCell::new(Vec::new());
+        let note = |change: &str| {
+            noted.borrow_mut().push(change.to_string());
+            control.note(change);
+        };
+        assert!(handle("allow new.example.test:22", &allowed, &live, &note).starts_with("ok: "));
+        assert!(handle("deny gone.test", &allowed, &live, &note).starts_with("error: "));
+        assert!(handle("allow 10.0.0.0/8:5432", &allowed, &live, &note).starts_with("ok: "));
+        assert!(handle("deny 10.9.0.0/16", &allowed, &live, &note).starts_with("error: "));
+        assert_eq!(
+            *noted.borrow(),
+            ["allow new.example.test:22", "allow 10.0.0.0/8:5432"]
+        );
+        // (A deny that succeeds flushes conntrack: tested in a namespace, tests/gateway.rs.)
+        control.note("deny api.example.test");
+        control.note("nonsense");
+
+        let restarted = names(&["api.example.test", "*.cdn.test:443"]);
+        control.replay(&restarted);
+        let name = |text: &str| Name::from_str(text).unwrap();
+        assert!(restarted.allows(&name("new.example.test.")));
+        assert!(!restarted.allows(&name("api.example.test.")));
+        assert!(restarted.allows(&name("a.cdn.test.")));
+        assert!(restarted.covers_address("10.1.2.3".parse().unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn allow_and_deny_change_the_names_and_what_stays_open() {
         let allowed = names(&["api.example.test", "*.cdn.test:443"]);
         let live = Live::new("10.0.0.2:53".into());
@@ -345,15 +506,15 @@ mod tests {
         ]);
         live.opened(&[opened("api.example.test", "192.0.2.2")]);
 
-        assert!(handle("allow new.example.test:22", &allowed, &live).starts_with("ok: "));
+        assert!(handle("allow new.example.test:22", &allowed, &live, &|_| {}).starts_with("ok: "));
         assert!(allowed.allows(&Name::from_str("new.example.test.").unwrap()));
-        let refused = handle("allow 10.0.0.0/8", &allowed, &live);
-        assert!(
-            refused.starts_with("error: `10.0.0.0/8` is an address entry"),
-            "{refused}"
-        );
-        assert!(handle("allow ::bad::", &allowed, &live).starts_with("error: "));
-        assert!(handle("deny gone.test", &allowed, &live).starts_with("error: no entry"));
+        assert!(!allowed.covers_address("10.1.2.3".parse().unwrap()));
+        assert!(handle("allow 10.0.0.0/8", &allowed, &live, &|_| {}).starts_with("ok: "));
+        assert!(allowed.covers_address("10.1.2.3".parse().unwrap()));
+        assert!(handle("deny 10.0.0.0/8", &allowed, &live, &|_| {}).starts_with("ok: "));
+        assert!(!allowed.covers_address("10.1.2.3".parse().unwrap()));
+        assert!(handle("allow ::bad::", &allowed, &live, &|_| {}).starts_with("error: "));
+        assert!(handle("deny gone.test", &allowed, &live, &|_| {}).starts_with("error: no entry"));
 
         // 192.0.2.2 was opened by api.example.test too: only 192.0.2.1 closes.
         allowed.remove(&Target::Wildcard("cdn.test".into()));
@@ -362,6 +523,6 @@ mod tests {
         assert_eq!(addresses, BTreeSet::from(["192.0.2.1".to_string()]));
         assert_eq!(sets::set_of(&closed[0]), "cordon4-answered");
         assert!(!allowed.allows(&Name::from_str("a.cdn.test.").unwrap()));
-        assert!(handle("bogus", &allowed, &live).starts_with("error: unknown request"));
+        assert!(handle("bogus", &allowed, &live, &|_| {}).starts_with("error: unknown request"));
     }
 }

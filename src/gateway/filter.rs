@@ -34,8 +34,10 @@ pub const TTL_CEILING: Duration = Duration::from_secs(3600);
 /// resolver (`.invalid` is never delegated, RFC 6761). Never forwarded.
 pub const SELF_TEST_NAME: &str = "self-test.cordon.invalid";
 
-/// The allowlisted names and their ports. Root may change them while the gateway runs (`cordon
-/// allow` / `cordon deny`, `control`), so they sit behind a lock that every question reads.
+/// The allowlist as the gateway uses it: names and their ports, and the networks of address
+/// entries (a name may open an address of the container's own networks only inside one). Root
+/// may change it while the gateway runs (`cordon allow` / `cordon deny`, `control`), so it sits
+/// behind a lock that every question reads.
 #[derive(Debug, Default)]
 pub struct Names {
     table: RwLock<NameTable>,
@@ -51,6 +53,8 @@ struct NameTable {
     exact: HashMap<String, Vec<Ports>>,
     /// The part after `*.` → the ports of every wildcard entry for it.
     below: HashMap<String, Vec<Ports>>,
+    /// The networks of address entries, once each.
+    nets: Vec<IpNet>,
 }
 
 impl Names {
@@ -70,31 +74,46 @@ impl Names {
         }
     }
 
-    /// Adds a name or wildcard entry; false for an address entry (not a name).
-    pub fn add(&self, target: &Target, ports: &Ports) -> bool {
+    /// Adds an entry.
+    pub fn add(&self, target: &Target, ports: &Ports) {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         let (map, name) = match target {
             Target::Name(name) => (&mut table.exact, name),
             Target::Wildcard(name) => (&mut table.below, name),
-            Target::Net(_) => return false,
+            Target::Net(net) => {
+                if !table.nets.contains(net) {
+                    table.nets.push(*net);
+                }
+                self.changes.fetch_add(1, Ordering::SeqCst);
+                return;
+            }
         };
         let list = map.entry(name.clone()).or_default();
         if !list.contains(ports) {
             list.push(ports.clone());
         }
         self.changes.fetch_add(1, Ordering::SeqCst);
-        true
     }
 
-    /// Removes every entry for this name or wildcard; whether there was one.
+    /// Removes every entry for this name, wildcard or network; whether there was one.
     pub fn remove(&self, target: &Target) -> bool {
         let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
         self.changes.fetch_add(1, Ordering::SeqCst);
         match target {
             Target::Name(name) => table.exact.remove(name).is_some(),
             Target::Wildcard(name) => table.below.remove(name).is_some(),
-            Target::Net(_) => false,
+            Target::Net(net) => {
+                let before = table.nets.len();
+                table.nets.retain(|kept| kept != net);
+                table.nets.len() != before
+            }
         }
+    }
+
+    /// Whether an address entry covers `addr`.
+    pub fn covers_address(&self, addr: IpAddr) -> bool {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.nets.iter().any(|net| net.contains(&addr))
     }
 
     /// How many times the names changed: read before judging an answer, compared after.
@@ -102,10 +121,10 @@ impl Names {
         self.changes.load(Ordering::SeqCst)
     }
 
-    /// How many exact names and wildcards there are.
-    pub fn counts(&self) -> (usize, usize) {
+    /// How many exact names, wildcards and address entries' networks there are.
+    pub fn counts(&self) -> (usize, usize, usize) {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        (table.exact.len(), table.below.len())
+        (table.exact.len(), table.below.len(), table.nets.len())
     }
 
     /// The ports of every entry that allows `name`; empty when none does.
@@ -315,22 +334,17 @@ pub fn answer_for_agent(
 }
 
 /// Addresses a name must not open in this container: its own networks and gateways (besides
-/// special-purpose addresses), unless an address entry of the allowlist opens them already.
+/// special-purpose addresses), unless an address entry of the allowlist opens them already
+/// (`Names::covers_address`).
 #[derive(Debug, Default, Clone)]
 pub struct OwnNetworks {
     pub nets: Vec<IpNet>,
     pub gateways: Vec<IpAddr>,
-    /// The networks of the allowlist's address entries.
-    pub allowed_nets: Vec<IpNet>,
 }
 
 impl OwnNetworks {
     fn contain(&self, addr: IpAddr) -> bool {
         self.gateways.contains(&addr) || self.nets.iter().any(|net| net.contains(&addr))
-    }
-
-    fn allowed_by_address(&self, addr: IpAddr) -> bool {
-        self.allowed_nets.iter().any(|net| net.contains(&addr))
     }
 }
 
@@ -348,7 +362,7 @@ pub fn judge_answer(
         return verdict;
     }
     for (addr, ttl) in chain_addresses(&question.name, &answer.answers) {
-        if (!may_be_opened_by_name(addr) || own.contain(addr)) && !own.allowed_by_address(addr) {
+        if (!may_be_opened_by_name(addr) || own.contain(addr)) && !names.covers_address(addr) {
             verdict.refused.push(addr);
             continue;
         }
@@ -517,10 +531,9 @@ mod tests {
             a("edge.cdn.test.", "10.1.2.3", 300),
             a("edge.cdn.test.", "10.9.0.1", 300),
         ];
-        let mut own = OwnNetworks {
+        let own = OwnNetworks {
             nets: vec!["10.1.2.0/24".parse().unwrap()],
             gateways: vec!["10.9.0.1".parse().unwrap()],
-            allowed_nets: Vec::new(),
         };
         let verdict = judge_answer(&question, &answer, &allowed, &own);
         let opened: Vec<(String, u64)> = verdict
@@ -536,7 +549,7 @@ mod tests {
         let refused: Vec<String> = verdict.refused.iter().map(|a| a.to_string()).collect();
         assert_eq!(refused, ["169.254.169.254", "10.1.2.3", "10.9.0.1"]);
         // An address entry covering one of them (say `10.1.2.0/28:5432`) lets the name open it.
-        own.allowed_nets = vec!["10.1.2.0/28".parse().unwrap()];
+        allowed.add(&Target::Net("10.1.2.0/28".parse().unwrap()), &Ports::Any);
         let verdict = judge_answer(&question, &answer, &allowed, &own);
         assert!(verdict
             .opened

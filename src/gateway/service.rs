@@ -20,7 +20,6 @@ use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -68,8 +67,9 @@ pub struct Config {
     pub own: OwnNetworks,
     /// The block log's table (`block_log::BLOCKED_FILE`), opened by PID 1.
     pub blocked_file: Option<File>,
-    /// Root's live changes (`control::CONTROL_SOCKET`), bound by PID 1.
-    pub control: Option<UnixListener>,
+    /// Root's live changes (`control::CONTROL_SOCKET`, `control::CHANGES_FILE`), opened by
+    /// PID 1.
+    pub control: Option<control::Control>,
 }
 
 /// Creates the block log's file (root-owned, 0644) and opens it for the gateway.
@@ -355,12 +355,14 @@ impl Gateway {
             // caller such as `devcontainer up` waiting.
             detach_stdio();
         }
-        let keep: Vec<i32> = self
-            .listeners
-            .descriptors()
-            .chain(self.config.blocked_file.iter().map(|f| f.as_raw_fd()))
-            .chain(self.config.control.iter().map(|l| l.as_raw_fd()))
-            .collect();
+        let keep: Vec<i32> =
+            self.listeners
+                .descriptors()
+                .chain(self.config.blocked_file.iter().map(|f| f.as_raw_fd()))
+                .chain(self.config.control.iter().flat_map(|control| {
+                    [control.listener.as_raw_fd(), control.journal.as_raw_fd()]
+                }))
+                .collect();
         match confine(signals, &keep, dies_with_parent) {
             Ok(()) => serve(&self.config, &self.listeners),
             Err(error) => {
@@ -494,6 +496,10 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
         .as_ref()
         .and_then(|f| f.try_clone().ok());
     let block_log = BlockLog::new(blocked_file, true);
+    // Root's changes before this start (a restart by PID 1), before the first question.
+    if let Some(control) = &config.control {
+        control.replay(&config.names);
+    }
     let live = control::Live::new(config.upstream.to_string());
     let report = |event: Event| match event {
         Event::Answered(count) => {
@@ -537,8 +543,8 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
         }
         let (block_log, live, stop) = (&block_log, &live, &stop);
         scope.spawn(move || log_rejections(block_log, live, stop));
-        if let Some(listener) = &config.control {
-            scope.spawn(move || control::serve(listener, &config.names, live, stop));
+        if let Some(control) = &config.control {
+            scope.spawn(move || control::serve(control, &config.names, live, stop));
         }
         drop(ended);
         let failure = first_end.recv().unwrap_or_else(|_| "no loop ran".into());
