@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Time from start to verified fence (`cordon firewall`, first apply on a clean namespace) for
+# Time from start to verified fence (`cordon firewall --dns static`: names resolved at start;
+# first apply on a clean namespace) for
 # N = 10, 100 and 1,000 allowlisted names, against the bench's own DNS server (no upstream) that
 # answers every query 20 ms late, in two shapes of namespace: IPv4 only (Docker's default:
 # cordon asks for A records only) and dual-stack (A and AAAA). Prints hyperfine medians; also
@@ -42,9 +43,9 @@ measure() {
     hyperfine --style basic --runs "$runs" --warmup 2 --export-json "$work/result.json" \
         --prepare "ip netns exec $sandbox $work/reset" \
         -n "ip netns exec (baseline)" "ip netns exec $sandbox /bin/true" \
-        -n "N=10" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/10.list" \
-        -n "N=100" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/100.list" \
-        -n "N=1000" "ip netns exec $sandbox $cordon firewall -q --no-default-profile --user 1000 --allowlist $work/1000.list" \
+        -n "N=10" "ip netns exec $sandbox $cordon firewall -q --dns static --no-default-profile --user 1000 --allowlist $work/10.list" \
+        -n "N=100" "ip netns exec $sandbox $cordon firewall -q --dns static --no-default-profile --user 1000 --allowlist $work/100.list" \
+        -n "N=1000" "ip netns exec $sandbox $cordon firewall -q --dns static --no-default-profile --user 1000 --allowlist $work/1000.list" \
         >/dev/null
     python3 - "$work/result.json" <<'EOF'
 import json, sys
@@ -57,7 +58,7 @@ EOF
     for n in 10 100 1000; do
         ip netns exec "$sandbox" "$work/reset"
         printf 'N=%-5s ' "$n"
-        ip netns exec "$sandbox" "$cordon" firewall --no-default-profile --user 1000 \
+        ip netns exec "$sandbox" "$cordon" firewall --dns static --no-default-profile --user 1000 \
             --allowlist "$work/$n.list" 2>&1 | grep 'fence ready'
     done
 }
