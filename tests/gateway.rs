@@ -801,6 +801,42 @@ fn the_drop_in_leaves_the_gateway_as_a_daemon_that_a_rerun_replaces() {
         "names fail closed: {failed}"
     );
     assert_eq!(dns_log(&world).lines().count(), queries);
+    // The port is free now, but a server the agent binds there cannot answer: the redirected
+    // question reaches it, its answer is rejected (EPERM) and never arrives.
+    let script = world.path("fake-gateway.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"import socket
+server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+server.bind(("127.0.0.1", 10053))
+client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+client.settimeout(1)
+client.sendto(b"question", ("{GATEWAY}", 53))
+data, asker = server.recvfrom(100)
+print("heard", data.decode())
+try:
+    server.sendto(b"answer", asker)
+    print("answered")
+except OSError as error:
+    print("rejected", error.errno)
+try:
+    print("got", client.recv(100))
+except OSError:
+    print("nothing came")
+"#
+        ),
+    )
+    .unwrap();
+    let fake = world.sandbox_sh(&format!(
+        "setpriv --reuid {AGENT_UID} --regid {AGENT_UID} --clear-groups /usr/bin/python3 {script}"
+    ));
+    let text = String::from_utf8_lossy(&fake.stdout);
+    assert!(
+        text.contains("heard question") && text.contains("nothing came"),
+        "{text}{}",
+        String::from_utf8_lossy(&fake.stderr)
+    );
     let check = world
         .sandbox_command(cordon())
         .arg("check")

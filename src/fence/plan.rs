@@ -626,6 +626,20 @@ impl Ruleset {
                 ));
             }
         }
+        if let AgentDns::Gateway { port, .. } = self.agent_dns {
+            // Answers from the gateway's port come from the gateway only (its sockets are
+            // root's, bound before it starts; or its own uid's). Where its port is free (the
+            // drop-in's daemon died), a server the agent binds there gets the redirected
+            // questions, but its answers (over TCP: its SYN-ACK) go nowhere. Other TCP packets
+            // are left alone: a closed connection's last ACK has no socket to own it.
+            for (proto, only) in [("udp", ""), ("tcp", " --tcp-flags SYN,ACK SYN,ACK")] {
+                let from = format!("-o lo -p {proto} -m {proto} --sport {port}{only}");
+                for owner in &resolver_owners {
+                    chain.push(format!("{from}{owner} -j {CHAIN_ALLOW}"));
+                }
+                chain.push(format!("{from} -j {CHAIN_REJECT}"));
+            }
+        }
         chain.extend([
             format!("-o lo -j {CHAIN_ALLOW}"),
             // Only flows this policy accepted take this shortcut (see `flow_mark`). Probes never
