@@ -112,11 +112,29 @@ fn resolve_names(
     Ok(resolution)
 }
 
+/// With the gateway nothing is resolved at start, but names the hosts file answers never reach
+/// it: those open their addresses now.
+fn names_in_hosts_file(policy: &Policy) -> Resolution {
+    let found = resolve::from_hosts_file(Path::new(resolve::HOSTS_FILE), &policy.names());
+    for name in &found.names {
+        let addrs: Vec<String> = name.addrs.iter().map(|a| a.to_string()).collect();
+        if !addrs.is_empty() {
+            log::info!(
+                "{} is in {}: {} opened at start",
+                name.name,
+                resolve::HOSTS_FILE,
+                addrs.join(" ")
+            );
+        }
+    }
+    found
+}
+
 fn prepare(opts: &Options) -> Result<Prepared> {
     let (policy, conf) = read_inputs(opts)?;
     let resolution = match opts.dns {
         Dns::Static => resolve_names(opts, &policy, &conf, &NetInfo::read())?,
-        Dns::Gateway => Resolution::default(),
+        Dns::Gateway => names_in_hosts_file(&policy),
     };
     let ruleset = planned(opts, &policy, &resolution, &conf)?;
     Ok(Prepared {
@@ -433,27 +451,23 @@ fn build(
     let (tools, net) = (&ready.tools, &ready.scope.net);
     let (policy, conf) = read_inputs(opts)?;
     timings.mark("policy");
-    let rules_only = planned(opts, &policy, &Resolution::default(), &conf)?;
     let nat_reads = apply::NatReads::start(tools, net.ipv6, opts.dns == Dns::Gateway);
     let (ruleset, resolution) = match opts.dns {
-        // The gateway opens each name's addresses as the agent asks for it: nothing to resolve,
-        // every set member is known now.
+        // The gateway opens each name's addresses as the agent asks for it: nothing to resolve
+        // (but the hosts file), every set member is known now.
         Dns::Gateway => {
-            apply::load_rules(
-                tools,
-                &rules_only,
-                net.ipv6,
-                nat_reads,
-                apply::Sets::FillNow,
-            )?;
+            let resolution = names_in_hosts_file(&policy);
+            let ruleset = planned(opts, &policy, &resolution, &conf)?;
+            apply::load_rules(tools, &ruleset, net.ipv6, nat_reads, apply::Sets::FillNow)?;
             interrupted()?;
             timings.mark("rules+sets");
-            (rules_only, Resolution::default())
+            (ruleset, resolution)
         }
         // The rules do not depend on any address (addresses live in the sets), so they load
         // while the names resolve; the sets are filled and swapped in once the addresses are
         // known.
         Dns::Static => {
+            let rules_only = planned(opts, &policy, &Resolution::default(), &conf)?;
             let (loaded, resolution) = std::thread::scope(|scope| {
                 let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
                 let loaded =

@@ -268,6 +268,30 @@ fn a_name_asked_again_within_its_ttl_is_answered_from_the_cache() {
     assert!(cached >= 3, "{status}");
 }
 
+/// Names the hosts file answers (Docker's `--add-host`) never reach the gateway: an allowlisted
+/// one opens its address at start; one nobody allowed opens nothing.
+#[test]
+fn allowlisted_names_in_the_hosts_file_open_at_start() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    world.set_hosts(&format!(
+        "127.0.0.1 localhost\n{ALLOWED} hosted.test\n{BLOCKED} unlisted.test\n"
+    ));
+    let sandbox = Sandbox::start(&world, &["hosted.test:443"]);
+    assert!(
+        sandbox.log().contains(&format!(
+            "hosted.test is in /etc/hosts: {ALLOWED} opened at start"
+        )),
+        "{}",
+        sandbox.log()
+    );
+    assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:443")).0, "open");
+    assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:80")).0, "refused");
+    assert_eq!(verdict(&world, &format!("tcp:{BLOCKED}:443")).0, "refused");
+}
+
 /// What the gateway refused and the fence rejected is named on cordon's stderr with the entry
 /// that would allow it (a rejected connection to an address a name answered names the name),
 /// once per block, and `cordon blocked` lists them with counts.

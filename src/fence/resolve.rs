@@ -266,6 +266,57 @@ async fn lookup(resolver: &MuxResolver, name: String) -> NameAddrs {
     result
 }
 
+/// Where the agent's resolver finds names before asking DNS.
+pub const HOSTS_FILE: &str = "/etc/hosts";
+
+/// The addresses the hosts file gives allowlisted names (exact names; Docker's `--add-host`,
+/// Compose's `extra_hosts`). With the DNS gateway the agent's resolver answers these from the
+/// file, so no question would open them: they are opened at start, as static mode resolves.
+/// An unreadable file gives nothing.
+pub fn from_hosts_file(path: &std::path::Path, names: &[&str]) -> Resolution {
+    use hickory_resolver::proto::op::Query;
+    use hickory_resolver::proto::rr::RecordType;
+    let mut hosts = hickory_resolver::Hosts::default();
+    let read = std::fs::File::open(path).and_then(|file| hosts.read_hosts_conf(file));
+    if read.is_err() {
+        return Resolution::default();
+    }
+    let mut found = Vec::new();
+    for name in names {
+        let Ok(mut fqdn) = Name::from_ascii(name) else {
+            continue;
+        };
+        fqdn.set_fqdn(true);
+        let mut result = NameAddrs {
+            name: name.to_string(),
+            addrs: Vec::new(),
+            outcome: Outcome::Resolved,
+            refused: Vec::new(),
+        };
+        for kind in [RecordType::A, RecordType::AAAA] {
+            let Some(lookup) = hosts.lookup_static_host(&Query::query(fqdn.clone(), kind)) else {
+                continue;
+            };
+            for addr in lookup.answers().iter().filter_map(|r| r.data.ip_addr()) {
+                let list = match may_be_opened_by_name(addr) {
+                    true => &mut result.addrs,
+                    false => &mut result.refused,
+                };
+                if !list.contains(&addr) {
+                    list.push(addr);
+                }
+            }
+        }
+        if !result.addrs.is_empty() || !result.refused.is_empty() {
+            found.push(result);
+        }
+    }
+    Resolution {
+        names: found,
+        elapsed: Duration::ZERO,
+    }
+}
+
 /// The addresses (with TTLs) of the records on `question`'s CNAME chain: the name asked, and
 /// each name a CNAME on the chain points to. Records for any other name in the answer are
 /// ignored. Also the DNS gateway's rule.
@@ -361,6 +412,47 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowlisted_names_of_the_hosts_file_open_their_addresses_and_nothing_special() {
+        let path = std::env::temp_dir().join(format!("cordon-hosts-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "127.0.0.1 localhost\n\
+             10.1.2.3 db.test cache.test # Compose's extra_hosts\n\
+             fd00::3 db.test\n\
+             169.254.169.254 metadata.test\n\
+             192.0.2.9 other.test\n",
+        )
+        .unwrap();
+        let found = from_hosts_file(&path, &["db.test", "metadata.test", "absent.test"]);
+        let _ = std::fs::remove_file(&path);
+        let summary: Vec<(String, Vec<String>, Vec<String>)> = found
+            .names
+            .iter()
+            .map(|n| {
+                let text = |list: &[IpAddr]| list.iter().map(|a| a.to_string()).collect();
+                (n.name.clone(), text(&n.addrs), text(&n.refused))
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    "db.test".into(),
+                    vec!["10.1.2.3".into(), "fd00::3".into()],
+                    vec![]
+                ),
+                (
+                    "metadata.test".into(),
+                    vec![],
+                    vec!["169.254.169.254".into()]
+                ),
+            ]
+        );
+        let missing = std::path::Path::new("/nonexistent/hosts");
+        assert!(from_hosts_file(missing, &["db.test"]).names.is_empty());
+    }
 
     #[test]
     fn names_never_open_link_local_or_loopback() {

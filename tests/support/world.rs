@@ -248,6 +248,11 @@ impl World {
         std::fs::write(self.netns_etc().join("resolv.conf"), text).unwrap();
     }
 
+    /// The sandbox's /etc/hosts (`ip netns exec` mounts it over the host's).
+    pub fn set_hosts(&self, text: &str) {
+        std::fs::write(self.netns_etc().join("hosts"), text).unwrap();
+    }
+
     /// Runs a command in the sandbox namespace, panicking if it fails; returns stdout.
     pub fn sandbox(&self, args: &[&str]) -> String {
         let mut full = vec!["netns", "exec", &self.sandbox_ns];
