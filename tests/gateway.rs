@@ -68,6 +68,17 @@ impl Drop for Sandbox {
     }
 }
 
+/// `cordon ARGS` as root in the sandbox: its status and everything it printed.
+fn cordon_as_root(world: &World, args: &[&str]) -> (Option<i32>, String) {
+    let output = world.sandbox_command(cordon()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.code(), text)
+}
+
 fn dns_log(world: &World) -> String {
     std::fs::read_to_string(world.path("dns.log")).unwrap_or_default()
 }
@@ -380,15 +391,7 @@ fn root_changes_the_running_allowlist_and_the_agent_cannot() {
     });
     let _sink = start_sink(&world);
     let sandbox = Sandbox::start(&world, &["allowed.test"]);
-    let control = |args: &[&str]| {
-        let output = world.sandbox_command(cordon()).args(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.code(), text)
-    };
+    let control = |args: &[&str]| cordon_as_root(&world, args);
     let later = format!("dns:later.test@{GATEWAY}");
     assert_eq!(verdict(&world, &later).1, "REFUSED");
 
@@ -488,15 +491,7 @@ fn root_allows_and_denies_address_entries_while_the_agent_runs() {
     });
     let _sink = start_sink(&world);
     let _sandbox = Sandbox::start(&world, &["allowed.test", "peer.test"]);
-    let control = |args: &[&str]| {
-        let output = world.sandbox_command(cordon()).args(args).output().unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.code(), text)
-    };
+    let control = |args: &[&str]| cordon_as_root(&world, args);
     let fence_finding = || {
         let (_, text) = control(&["check"]);
         text.lines()
