@@ -288,7 +288,12 @@ fn handle(line: &str, names: &Names, live: &Live, note: &dyn Fn(&str)) -> String
                     return format!("error: no entry {target} to deny\n");
                 }
                 note(&format!("{command} {}", argument.trim()));
-                return format!("ok: {} {command}ed\n", argument.trim());
+                let done = if command == "allow" {
+                    "allowed"
+                } else {
+                    "denied"
+                };
+                return format!("ok: {} {done}\n", argument.trim());
             }
             if command == "allow" {
                 names.add(&target, &ports);
