@@ -11,23 +11,20 @@ use super::nfnetlink;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
 const IPCTNL_MSG_CT_DELETE: u16 = 2;
-const HEADER: usize = 16;
 
 /// Deletes every tracked connection of both families.
 pub fn flush() -> Result<(), String> {
     let socket = nfnetlink::socket()?;
     for family in [libc::AF_INET, libc::AF_INET6] {
-        let flags = (libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16;
-        let mut message = Vec::with_capacity(HEADER + 4);
-        message.extend_from_slice(&((HEADER + 4) as u32).to_ne_bytes());
-        message.extend_from_slice(
-            &((NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE).to_ne_bytes(),
+        let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+        // No attributes: the whole table.
+        let message = nfnetlink::message(
+            (NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_DELETE),
+            flags,
+            1,
+            family as u8,
+            &[],
         );
-        message.extend_from_slice(&flags.to_ne_bytes());
-        message.extend_from_slice(&1u32.to_ne_bytes());
-        message.extend_from_slice(&0u32.to_ne_bytes());
-        // nfgenmsg: the family, version 0, resource id 0; no attributes: the whole table.
-        message.extend_from_slice(&[family as u8, 0, 0, 0]);
         nfnetlink::send(&socket, &message).map_err(|e| format!("ctnetlink flush: {e}"))?;
         let mut reply = [0u8; 256];
         // SAFETY: the buffer is valid for its length.
@@ -40,8 +37,9 @@ pub fn flush() -> Result<(), String> {
             )
         };
         let got = Errno::result(got).map_err(|e| format!("ctnetlink flush: {}", e.desc()))?;
-        if got as usize >= HEADER + 4 {
-            let code = i32::from_ne_bytes(reply[HEADER..HEADER + 4].try_into().unwrap());
+        if got as usize >= nfnetlink::HEADER + 4 {
+            let code = nfnetlink::error_code(&reply[nfnetlink::HEADER..got as usize])
+                .expect("four bytes checked");
             // ENOENT: nothing tracked in that family.
             if code != 0 && code != -libc::ENOENT {
                 return Err(format!(

@@ -69,7 +69,31 @@ pub fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
 }
 
 /// Length of a netlink message header.
-const HEADER: usize = 16;
+pub const HEADER: usize = 16;
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+
+/// A netfilter request: the netlink header for `subsystem`'s `command`, the nfgenmsg for
+/// `family`, then `attributes`.
+pub fn message(
+    (subsystem, command): (u16, u16),
+    flags: i32,
+    seq: u32,
+    family: u8,
+    attributes: &[u8],
+) -> Vec<u8> {
+    let length = HEADER + 4 + attributes.len();
+    let mut message = Vec::with_capacity(length);
+    message.extend_from_slice(&(length as u32).to_ne_bytes());
+    message.extend_from_slice(&((subsystem << 8) | command).to_ne_bytes());
+    message.extend_from_slice(&(flags as u16).to_ne_bytes());
+    message.extend_from_slice(&seq.to_ne_bytes());
+    message.extend_from_slice(&0u32.to_ne_bytes());
+    // nfgenmsg: family, version 0, resource id 0.
+    message.extend_from_slice(&[family, 0, 0, 0]);
+    message.extend_from_slice(attributes);
+    message
+}
 
 /// Receives one datagram into `buffer`: its netlink messages, (type, payload).
 pub fn receive<'a>(socket: &OwnedFd, buffer: &'a mut [u8]) -> Result<Vec<(u16, &'a [u8])>, Errno> {

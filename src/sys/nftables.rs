@@ -13,8 +13,6 @@ const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_GEN_ID: u16 = 1;
-const NLMSG_ERROR: u16 = 2;
-const HEADER: usize = 16;
 /// nfgenmsg: family, version, resource id.
 const NFGENMSG: usize = 4;
 
@@ -62,21 +60,20 @@ fn nul_terminated(text: &str) -> Vec<u8> {
 /// acknowledgement (type, payload), or the error it carried.
 fn ask(command: u16, family: u8, attributes: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, Errno> {
     let socket = nfnetlink::socket().map_err(|_| Errno::last())?;
-    let length = HEADER + NFGENMSG + attributes.len();
-    let mut message = Vec::with_capacity(length);
-    message.extend_from_slice(&(length as u32).to_ne_bytes());
-    message.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | command).to_ne_bytes());
-    message.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
-    message.extend_from_slice(&1u32.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
-    message.extend_from_slice(&[family, 0, 0, 0]);
-    message.extend_from_slice(attributes);
+    let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
+    let message = nfnetlink::message(
+        (NFNL_SUBSYS_NFTABLES, command),
+        flags,
+        1,
+        family,
+        attributes,
+    );
     nfnetlink::send(&socket, &message).map_err(|_| Errno::last())?;
     let mut replies = Vec::new();
     let mut buffer = vec![0u8; 8192];
     loop {
         for (kind, payload) in nfnetlink::receive(&socket, &mut buffer)? {
-            if kind == NLMSG_ERROR {
+            if kind == nfnetlink::NLMSG_ERROR {
                 return match nfnetlink::error_code(payload)? {
                     0 => Ok(replies),
                     code => Err(Errno::from_raw(-code)),

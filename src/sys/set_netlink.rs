@@ -37,9 +37,7 @@ const NET_ORDER: u16 = 0x4000;
 const ATTR_IPADDR_IPV4: u16 = 1;
 const ATTR_IPADDR_IPV6: u16 = 2;
 /// The flag bits of an attribute's type (nested, network byte order).
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const HEADER: usize = 16;
+use nfnetlink::{HEADER, NLMSG_DONE, NLMSG_ERROR};
 
 /// Each named set's members; a set that does not exist is absent.
 pub fn members(sets: &[String]) -> Result<BTreeMap<String, BTreeSet<String>>, String> {
@@ -196,19 +194,19 @@ fn acknowledged(socket: &OwnedFd) -> Result<(), Errno> {
 }
 
 fn request(command: u16, flags: i32, set: &str, seq: u32) -> Vec<u8> {
-    let mut body = vec![libc::AF_INET as u8, 0, 0, 0]; // nfgenmsg: family, version, res_id
-    nfnetlink::attr(&mut body, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+    let mut attributes = Vec::new();
+    nfnetlink::attr(&mut attributes, ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
     let mut name = set.as_bytes().to_vec();
     name.push(0);
-    nfnetlink::attr(&mut body, ATTR_SETNAME, &name);
-    let mut message = Vec::with_capacity(HEADER + body.len());
-    message.extend_from_slice(&((HEADER + body.len()) as u32).to_ne_bytes());
-    message.extend_from_slice(&((NFNL_SUBSYS_IPSET << 8) | command).to_ne_bytes());
-    message.extend_from_slice(&(flags as u16).to_ne_bytes());
-    message.extend_from_slice(&seq.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
-    message.extend_from_slice(&body);
-    message
+    nfnetlink::attr(&mut attributes, ATTR_SETNAME, &name);
+    let family = libc::AF_INET as u8;
+    nfnetlink::message(
+        (NFNL_SUBSYS_IPSET, command),
+        flags,
+        seq,
+        family,
+        &attributes,
+    )
 }
 
 /// Reads a dump to its end: every member of the set.
