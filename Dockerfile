@@ -37,7 +37,10 @@ ARG CLAUDE_CODE_VERSION=2.1.330
 
 # ---- cordon from source: a static musl binary --------------------------------------------------
 FROM ${RUST_IMAGE} AS cordon-build
-RUN rustup target add x86_64-unknown-linux-musl
+# musl-gcc: ring (TLS for the credential gateway) has C and assembly parts.
+RUN apt-get update && apt-get install -y --no-install-recommends musl-tools \
+    && rm -rf /var/lib/apt/lists/* \
+    && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::agent::{env, user};
 use crate::fence::{self, Backend};
-use crate::{check, harden, supervise};
+use crate::{check, credential, harden, supervise};
 
 /// The name under which Anthropic's reference devcontainer runs its firewall script.
 pub const INIT_FIREWALL_NAME: &str = "init-firewall.sh";
@@ -283,6 +283,16 @@ pub struct SandboxArgs {
     /// Replace cordon with the agent instead of supervising it (no PID 1 duties).
     #[arg(long)]
     pub exec: bool,
+
+    /// Keep the Anthropic credential from the agent: a gateway on 127.0.0.1:10080 adds it to
+    /// the agent's API requests [default: on when a credential is provided, as a secret file in
+    /// /run/secrets or ANTHROPIC_API_KEY, CLAUDE_CODE_OAUTH_TOKEN, ANTHROPIC_AUTH_TOKEN].
+    #[arg(long, conflicts_with = "no_credential_gateway")]
+    pub credential_gateway: bool,
+
+    /// Pass the credential variables to the agent as they are (it can read the credential).
+    #[arg(long)]
+    pub no_credential_gateway: bool,
 }
 
 fn parse_seconds(text: &str) -> Result<Seconds, String> {
@@ -326,6 +336,7 @@ pub struct Start {
     pub supervise: supervise::Options,
     /// Replace cordon with the agent instead of supervising it.
     pub exec: bool,
+    pub credential: credential::Mode,
     pub command: Vec<OsString>,
 }
 
@@ -457,6 +468,14 @@ fn from_cli(cli: Cli) -> Parsed {
                     grace: cli.sandbox.grace.0,
                 },
                 exec: cli.sandbox.exec,
+                credential: match (
+                    cli.sandbox.credential_gateway,
+                    cli.sandbox.no_credential_gateway,
+                ) {
+                    (true, _) => credential::Mode::On,
+                    (_, true) => credential::Mode::Off,
+                    _ => credential::Mode::Auto,
+                },
                 command: cli.command,
             }),
             cli.output,
@@ -488,6 +507,7 @@ impl FenceArgs {
             backend: self.iptables_backend,
             allow_host_network: self.allow_host_network,
             verify_connect: self.verify_connect,
+            credential_upstream: None,
         }
     }
 }

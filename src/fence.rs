@@ -25,7 +25,7 @@ use crate::sys::caps::{self, Capability};
 use crate::sys::signals::Signals;
 use apply::Tools;
 use netinfo::{Ipv6, NetInfo};
-use plan::{Family, NatHook, Ruleset, SetMembers};
+use plan::{CredentialUpstream, Family, NatHook, Ruleset, SetMembers};
 use policy::{Policy, Ports, Target};
 use resolv_conf::ResolvConf;
 use resolve::{Outcome, Resolution};
@@ -53,6 +53,8 @@ pub struct Options {
     pub allow_host_network: bool,
     /// After the self-test, also open a real TCP connection to each allowed name.
     pub verify_connect: bool,
+    /// The credential gateway's upstream (host, port), reachable for its uid alone.
+    pub credential_upstream: Option<(String, u16)>,
 }
 
 pub const DEFAULT_RESOLVE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -68,6 +70,7 @@ impl Default for Options {
             backend: Backend::Auto,
             allow_host_network: false,
             verify_connect: false,
+            credential_upstream: None,
         }
     }
 }
@@ -76,18 +79,100 @@ impl Default for Options {
 struct Prepared {
     policy: Policy,
     conf: ResolvConf,
+    upstream: Option<CredentialUpstream>,
     resolution: Resolution,
     ruleset: Ruleset,
 }
 
-fn read_inputs(opts: &Options) -> Result<(Policy, ResolvConf)> {
+/// The policy and the resolvers, and the credential gateway's upstream resolved now (its rules
+/// name its addresses).
+fn read_inputs(opts: &Options) -> Result<(Policy, ResolvConf, Option<CredentialUpstream>)> {
     let cordon_allow = std::env::var("CORDON_ALLOW").ok();
-    let policy = policy::load(&opts.sources, cordon_allow.as_deref())?;
+    let mut policy = policy::load(&opts.sources, cordon_allow.as_deref())?;
     if opts.dns == Dns::Static {
         policy.refuse_wildcards()?;
     }
     let conf = resolv_conf::read(&opts.resolv_conf)?;
-    Ok((policy, conf))
+    let upstream = match &opts.credential_upstream {
+        Some((host, port)) => {
+            leave_the_api_to_the_credential_gateway(&mut policy, host);
+            Some(resolve_credential_upstream(opts, host, *port, &conf)?)
+        }
+        None => None,
+    };
+    Ok((policy, conf, upstream))
+}
+
+/// The Anthropic hosts the default profile gives the agent, none of which it needs when its
+/// requests go through the credential gateway (which holds the credential: no login).
+const CLAUDE_PROFILE_HOSTS: [&str; 3] = ["api.anthropic.com", "claude.ai", "platform.claude.com"];
+
+/// With the credential gateway the agent keeps no way to the API of its own: the default
+/// profile's Anthropic hosts go, and an entry that still opens the upstream is named.
+fn leave_the_api_to_the_credential_gateway(policy: &mut Policy, upstream: &str) {
+    let from_default_profile = format!("profile {}", policy::DEFAULT_PROFILE);
+    policy.entries.retain(|entry| {
+        !(entry.origin.source == from_default_profile
+            && matches!(&entry.target, Target::Name(name) if CLAUDE_PROFILE_HOSTS.contains(&name.as_str())))
+    });
+    for entry in &policy.entries {
+        let opens = match &entry.target {
+            Target::Name(name) => name == upstream,
+            Target::Wildcard(parent) => upstream.ends_with(&format!(".{parent}")),
+            Target::Net(_) => false,
+        };
+        if opens {
+            log::warn!(
+                "{}: {} lets the agent reach the credential gateway's upstream itself, which \
+                 reopens the channel the gateway closes (a key of its own, an account of its \
+                 own); remove it unless that is what you want",
+                entry.origin,
+                entry.target
+            );
+        }
+    }
+}
+
+/// The credential gateway's upstream addresses: an address as it is, else the hosts file, else
+/// the resolvers. None is an error: the agent would have no API.
+fn resolve_credential_upstream(
+    opts: &Options,
+    host: &str,
+    port: u16,
+    conf: &ResolvConf,
+) -> Result<CredentialUpstream> {
+    let mut addrs: Vec<std::net::IpAddr> = match host.parse() {
+        Ok(addr) => vec![addr],
+        Err(_) => resolve::from_hosts_file(Path::new(resolve::HOSTS_FILE), &[host])
+            .names
+            .into_iter()
+            .flat_map(|name| name.addrs)
+            .collect(),
+    };
+    if addrs.is_empty() {
+        let options = resolve::Options {
+            bound: opts.resolve_timeout,
+            ipv6: NetInfo::read().has_ipv6_address(),
+        };
+        let resolution = resolve::resolve(&[host], conf, options)?;
+        addrs = resolution
+            .names
+            .into_iter()
+            .flat_map(|name| name.addrs)
+            .collect();
+    }
+    if addrs.is_empty() {
+        return Err(Error::Resolve(format!(
+            "the credential gateway's upstream {host} did not resolve: the agent would have no \
+             API (check the name, or the resolver in {})",
+            conf.source
+        )));
+    }
+    Ok(CredentialUpstream {
+        uid: crate::credential::CREDENTIAL_UID,
+        port,
+        addrs,
+    })
 }
 
 fn resolve_names(
@@ -131,32 +216,38 @@ fn names_in_hosts_file(policy: &Policy) -> Resolution {
 }
 
 fn prepare(opts: &Options) -> Result<Prepared> {
-    let (policy, conf) = read_inputs(opts)?;
+    let (policy, conf, upstream) = read_inputs(opts)?;
     let resolution = match opts.dns {
         Dns::Static => resolve_names(opts, &policy, &conf, &NetInfo::read())?,
         Dns::Gateway => names_in_hosts_file(&policy),
     };
-    let ruleset = planned(opts, &policy, &resolution, &conf)?;
+    let ruleset = planned(opts, &policy, &resolution, &conf, &upstream)?;
     Ok(Prepared {
         policy,
         conf,
+        upstream,
         resolution,
         ruleset,
     })
 }
 
-/// The ruleset for these inputs, with the agent's DNS where `opts.dns` sends it.
+/// The ruleset for these inputs, with the agent's DNS where `opts.dns` sends it and the
+/// credential gateway's upstream.
 fn planned(
     opts: &Options,
     policy: &Policy,
     resolution: &Resolution,
     conf: &ResolvConf,
+    upstream: &Option<CredentialUpstream>,
 ) -> Result<Ruleset> {
-    let ruleset = plan::plan(policy, resolution, conf)?;
-    Ok(match opts.dns {
-        Dns::Static => ruleset,
-        Dns::Gateway => ruleset.with_agent_dns(gateway::service::AGENT_DNS),
-    })
+    let mut ruleset = plan::plan(policy, resolution, conf)?;
+    if let Dns::Gateway = opts.dns {
+        ruleset = ruleset.with_agent_dns(gateway::service::AGENT_DNS);
+    }
+    if let Some(upstream) = upstream {
+        ruleset = ruleset.with_credential_upstream(upstream.clone());
+    }
+    Ok(ruleset)
 }
 
 /// `cordon plan`: print what would be loaded; change nothing.
@@ -292,9 +383,22 @@ pub struct Fence {
     dns: Dns,
     policy: Policy,
     conf: ResolvConf,
+    upstream: Option<CredentialUpstream>,
 }
 
 impl Fence {
+    /// `error`, after locking egress down.
+    pub fn refuse(&self, error: Error) -> Error {
+        self.ready.refuse(error)
+    }
+
+    /// The credential gateway's upstream addresses (none without it).
+    pub fn credential_upstream_addrs(&self) -> Vec<std::net::IpAddr> {
+        self.upstream
+            .as_ref()
+            .map_or_else(Vec::new, |upstream| upstream.addrs.clone())
+    }
+
     /// Verified means now: reads the fence back and compares it with the record taken after
     /// loading. Called immediately before the agent starts; any change fails closed. When it
     /// holds, the record is left for `cordon check` (`record::RECORD_FILE`).
@@ -435,6 +539,7 @@ pub fn establish(
                 dns: opts.dns,
                 policy: prepared.policy,
                 conf: prepared.conf,
+                upstream: prepared.upstream,
             })
         }
         Err(cause) => Err(ready.refuse(cause)),
@@ -449,7 +554,7 @@ fn build(
     interrupted: &dyn Fn() -> Result<()>,
 ) -> Result<(record::Loaded, Prepared)> {
     let (tools, net) = (&ready.tools, &ready.scope.net);
-    let (policy, conf) = read_inputs(opts)?;
+    let (policy, conf, upstream) = read_inputs(opts)?;
     timings.mark("policy");
     let nat_reads = apply::NatReads::start(tools, net.ipv6, opts.dns == Dns::Gateway);
     let (ruleset, resolution) = match opts.dns {
@@ -457,7 +562,7 @@ fn build(
         // (but the hosts file), every set member is known now.
         Dns::Gateway => {
             let resolution = names_in_hosts_file(&policy);
-            let ruleset = planned(opts, &policy, &resolution, &conf)?;
+            let ruleset = planned(opts, &policy, &resolution, &conf, &upstream)?;
             apply::load_rules(tools, &ruleset, net.ipv6, nat_reads, apply::Sets::FillNow)?;
             interrupted()?;
             timings.mark("rules+sets");
@@ -467,7 +572,7 @@ fn build(
         // while the names resolve; the sets are filled and swapped in once the addresses are
         // known.
         Dns::Static => {
-            let rules_only = planned(opts, &policy, &Resolution::default(), &conf)?;
+            let rules_only = planned(opts, &policy, &Resolution::default(), &conf, &upstream)?;
             let (loaded, resolution) = std::thread::scope(|scope| {
                 let resolving = scope.spawn(|| resolve_names(opts, &policy, &conf, net));
                 let loaded =
@@ -478,7 +583,7 @@ fn build(
             let resolution = resolution?;
             interrupted()?;
             timings.mark("resolve+rules");
-            let ruleset = planned(opts, &policy, &resolution, &conf)?;
+            let ruleset = planned(opts, &policy, &resolution, &conf, &upstream)?;
             apply::load_sets(tools, &ruleset)?;
             timings.mark("sets");
             (ruleset, resolution)
@@ -512,6 +617,7 @@ fn build(
     let prepared = Prepared {
         policy,
         conf,
+        upstream,
         resolution,
         ruleset,
     };

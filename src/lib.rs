@@ -9,6 +9,7 @@ pub mod agent;
 pub mod capabilities;
 pub mod check;
 pub mod cli;
+pub mod credential;
 pub mod error;
 pub mod fence;
 #[doc(hidden)]

@@ -1,14 +1,18 @@
-use std::path::Path;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use cordon::agent::{env, launch, user};
 use cordon::capabilities::{self, Need};
 use cordon::cli::{self, Invocation, Start};
+use cordon::credential::{self, service::CredentialGateway};
 use cordon::error::{exit, Error, Result};
 use cordon::gateway::service::Keeper;
 use cordon::harden::background;
 use cordon::sys::signals::Signals;
 use cordon::{check, fence, gateway, harden, logging, supervise};
+use rustls::pki_types::CertificateDer;
 
 fn main() -> ExitCode {
     // Before anything else: a stop signal during set-up is held until cordon can act on it
@@ -62,7 +66,7 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
 
 /// The whole pipeline: fence → harden → launch → supervise. Nothing of the agent runs unless
 /// every earlier stage succeeded.
-fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
+fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
     // Before cordon sets no_new_privs on anything: did the container start with it?
     let no_new_privs_everywhere = background::started_with_no_new_privs();
     // From here on, every refusal leaves egress denied (the drop-in's container keeps running).
@@ -79,14 +83,42 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
                 .into(),
         )));
     }
+    // The credential, read as root before anything of the agent runs.
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    let intake = take_credential(&mut start, &account, &vars).map_err(|e| ready.refuse(e))?;
     let fence = fence::establish(&start.fence, ready, account.uid, None)?;
     let mut gateway = fence.start_gateway(account.uid, signals, Keeper::Supervisor)?;
+    let mut credential_gateway = match intake {
+        Some((found, roots)) => {
+            vars = credential::agent_variables(vars);
+            let config = credential::service::Config {
+                addrs: fence
+                    .credential_upstream_addrs()
+                    .into_iter()
+                    .map(|addr| SocketAddr::new(addr, found.upstream.port))
+                    .collect(),
+                credential: found.credential,
+                upstream: found.upstream,
+                roots,
+            };
+            let started = CredentialGateway::start(config, signals).map_err(|e| fence.refuse(e))?;
+            Some(started)
+        }
+        None => None,
+    };
     let beside_the_agent = harden_before_the_agent(&start, no_new_privs_everywhere)?;
-    let environment = env::agent_environment(std::env::vars_os(), &account, &start.env);
+    let environment = env::agent_environment(vars, &account, &start.env);
     environment.log();
     let mut launch = launch::Launch::new(start.command, environment.vars, account)?;
+    let mut kept = Vec::new();
     if gateway.is_some() {
-        launch = launch.supervisor_keeps(&gateway::service::RESTART_CAPABILITIES);
+        kept.extend_from_slice(&gateway::service::RESTART_CAPABILITIES);
+    }
+    if credential_gateway.is_some() {
+        kept.extend_from_slice(&credential::service::RESTART_CAPABILITIES);
+    }
+    if !kept.is_empty() {
+        launch = launch.supervisor_keeps(&kept);
     }
     fence.confirm()?;
     if start.exec {
@@ -105,10 +137,63 @@ fn entrypoint(start: Start, signals: &Signals) -> Result<i32> {
         }
     }
     let child = launch.spawn(signals)?;
-    let resident = gateway
-        .as_mut()
-        .map(|gateway| gateway as &mut dyn supervise::Resident);
-    Ok(supervise::run(child, signals, &start.supervise, resident))
+    let mut residents: Vec<&mut dyn supervise::Resident> = Vec::new();
+    if let Some(gateway) = gateway.as_mut() {
+        residents.push(gateway);
+    }
+    if let Some(gateway) = credential_gateway.as_mut() {
+        residents.push(gateway);
+    }
+    Ok(supervise::run(
+        child,
+        signals,
+        &start.supervise,
+        &mut residents,
+    ))
+}
+
+/// The credential gateway's intake (`credential::intake`): the credential and its upstream,
+/// the CA store to verify the upstream with; the fence is told to open the upstream to the
+/// gateway alone, and the credential's values are wiped from cordon's own environment.
+fn take_credential(
+    start: &mut Start,
+    account: &user::Account,
+    vars: &[(OsString, OsString)],
+) -> Result<Option<(credential::Intake, Vec<CertificateDer<'static>>)>> {
+    let secrets = Path::new(credential::SECRETS_DIR);
+    let Some(found) = credential::intake(start.credential, vars, secrets, account)? else {
+        return Ok(None);
+    };
+    if start.exec {
+        return Err(Error::Usage(
+            "the credential gateway needs cordon to stay as the supervisor, which --exec gives \
+             up: use --no-credential-gateway with --exec (the agent then holds the credential)"
+                .into(),
+        ));
+    }
+    let ssl_cert_file = vars
+        .iter()
+        .find(|(name, _)| name == "SSL_CERT_FILE")
+        .map(|(_, value)| PathBuf::from(value));
+    let (bundle, roots) = credential::service::load_roots(ssl_cert_file)?;
+    credential::wipe_from_own_environment();
+    log::info!(
+        "credential gateway: the agent gets ANTHROPIC_BASE_URL={} and a placeholder {}; the \
+         credential from {} ({}) stays with the gateway (CA certificates: {}, {} of them){}",
+        credential::agent_base_url(),
+        credential::AGENT_VARIABLE,
+        found.credential.source,
+        found.credential.kind.variable(),
+        bundle.display(),
+        roots.len(),
+        if found.ignored.is_empty() {
+            String::new()
+        } else {
+            format!("; also found and not used: {}", found.ignored.join(", "))
+        }
+    );
+    start.fence.credential_upstream = Some((found.upstream.host.clone(), found.upstream.port));
+    Ok(Some((found, roots)))
 }
 
 /// The harden stage: what must happen before the agent starts, and what may run beside it

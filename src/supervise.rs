@@ -39,7 +39,8 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How long SIGKILLed processes get to disappear before cordon exits regardless.
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
-/// A process PID 1 keeps running beside the agent until the agent exits (the DNS gateway).
+/// A process PID 1 keeps running beside the agent until the agent exits (the DNS gateway, the
+/// credential gateway).
 pub trait Resident {
     /// After each round of reaping, with every other child that ended and its status: start it
     /// again if it was among them (or is still down).
@@ -52,7 +53,7 @@ pub fn run(
     child: Pid,
     signals: &Signals,
     opts: &Options,
-    mut resident: Option<&mut dyn Resident>,
+    residents: &mut [&mut dyn Resident],
 ) -> i32 {
     let _ = signals.block_again();
     release_startup_code();
@@ -61,7 +62,7 @@ pub fn run(
         if let Some(status) = reaped.main_status {
             break status;
         }
-        if let Some(resident) = resident.as_deref_mut() {
+        for resident in residents.iter_mut() {
             resident.tend(&reaped.others, signals);
         }
         if reaped.none_left {

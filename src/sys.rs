@@ -13,6 +13,7 @@ pub(crate) mod mounts;
 pub(crate) mod nflog;
 pub(crate) mod nfnetlink;
 pub(crate) mod nftables;
+pub(crate) mod resident;
 pub(crate) mod run_dir;
 pub(crate) mod set_netlink;
 pub mod signals;

@@ -36,10 +36,12 @@ say uid "$(id -u)"
 say groups "$(id -G)"
 say github_token "${GITHUB_TOKEN-absent}"
 say anthropic_key "${ANTHROPIC_API_KEY-absent}"
+say anthropic_base_url "${ANTHROPIC_BASE_URL-absent}"
+say anthropic_auth_token "${ANTHROPIC_AUTH_TOKEN-absent}"
 say cordon_user "${CORDON_USER-absent}"
 grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/self/status | tr -d ' \t' | tr ':' '=' >> "$out"
 /opt/testkit probe --timeout-ms 1500 "tcp:$ALLOWED:80" "dns:allowed.test@$RESOLVER" "tcp:$ALLOWED:443" \
-    "tcp:$BLOCKED:443" "tcp:$METADATA:80" "dns:allowed.test@$OTHER_DNS" "dns:c2VjcmV0.tunnel.test@$RESOLVER" \
+    "tcp:$BLOCKED:443" "tcp:$METADATA:80" "tcp:$SERVICE:443" "dns:allowed.test@$OTHER_DNS" "dns:c2VjcmV0.tunnel.test@$RESOLVER" \
     | while read -r spec verdict _; do say "$spec" "$verdict"; done
 "#;
 
@@ -117,6 +119,12 @@ fn build_root() -> Scratch {
         0o644,
     );
     root.file("etc/cordon/allowlist", b"allowed.test\n", 0o644);
+    // The system CA store the credential gateway verifies the API with.
+    root.file(
+        "etc/ssl/certs/ca-certificates.crt",
+        &std::fs::read("/etc/ssl/certs/ca-certificates.crt").unwrap(),
+        0o644,
+    );
     root.file(
         "etc/sudoers",
         b"root ALL=(ALL:ALL) ALL\nagent ALL=(ALL) NOPASSWD: ALL\n",
@@ -154,7 +162,12 @@ fn the_dropped_user_cannot_get_around_the_sandbox() {
     if !privileged() {
         return;
     }
-    let world = World::new(WorldOpts::default());
+    // The credential gateway's upstream resolves (nothing listens there: the agent's requests
+    // are not what this test is about, its reach is).
+    let world = World::new(WorldOpts {
+        records: vec![format!("api.anthropic.com={SERVICE}")],
+        ..WorldOpts::default()
+    });
     let root = build_root();
 
     // Control: as root, the same tools work inside this root, so a refusal below means something.
@@ -200,6 +213,7 @@ fn the_dropped_user_cannot_get_around_the_sandbox() {
             ("BLOCKED", BLOCKED),
             ("METADATA", METADATA),
             ("OTHER_DNS", OTHER_DNS),
+            ("SERVICE", SERVICE),
             ("RESOLVER", GATEWAY),
         ])
         .output()
@@ -237,7 +251,16 @@ fn the_dropped_user_cannot_get_around_the_sandbox() {
     expect("uid", "1000");
     expect("groups", "1000");
     expect("github_token", "absent");
-    expect("anthropic_key", "sk-test");
+    // The credential gateway (on: a credential was provided) holds the key.
+    expect("anthropic_key", "absent");
+    expect(
+        "anthropic_auth_token",
+        "cordon-credential-gateway-placeholder",
+    );
+    expect("anthropic_base_url", "http://127.0.0.1:10080");
+    assert!(log.contains("credential gateway (uid 65054)"), "{log}");
+    assert!(!log.contains("sk-test"), "{log}");
+    expect(&format!("tcp:{SERVICE}:443"), "refused");
     expect("cordon_user", "absent");
     for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
         expect(set, "0000000000000000");

@@ -175,6 +175,17 @@ pub struct Ruleset {
     /// The connection mark of flows this policy accepted (see `flow_mark`).
     pub flow_mark: u32,
     pub agent_dns: AgentDns,
+    pub credential_upstream: Option<CredentialUpstream>,
+}
+
+/// The credential gateway's way out: its `uid` reaches `addrs` on TCP `port` and nothing else
+/// beyond loopback; no other uid is given these addresses by this rule (the agent reaches them
+/// only if its own allowlist names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialUpstream {
+    pub uid: u32,
+    pub port: u16,
+    pub addrs: Vec<IpAddr>,
 }
 
 /// Where the DNS of every uid but root goes.
@@ -233,6 +244,7 @@ pub fn plan(policy: &Policy, resolution: &Resolution, conf: &ResolvConf) -> Resu
         v6,
         inbound: policy.inbound.clone(),
         agent_dns: AgentDns::Resolvers,
+        credential_upstream: None,
     };
     let resolved = resolution.index();
     for entry in &policy.entries {
@@ -290,11 +302,14 @@ fn flow_mark(policy: &Policy, v4: &FamilyRules, v6: &FamilyRules) -> u32 {
         .map(|entry| (&entry.target, &entry.ports))
         .collect();
     let text = format!("{entries:?}{:?}{v4:?}{v6:?}", policy.inbound);
-    // FNV-1a: stable across builds and platforms (std's hashers are not).
-    let hash = text.bytes().fold(0x811c_9dc5_u32, |h, b| {
+    fnv1a(&text).max(1)
+}
+
+/// FNV-1a: stable across builds and platforms (std's hashers are not).
+fn fnv1a(text: &str) -> u32 {
+    text.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash.max(1)
+    })
 }
 
 impl FamilyRules {
@@ -402,6 +417,17 @@ impl Ruleset {
     pub fn verdict(&self, as_root: bool, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
         self.family(Family::of(&dst))
             .verdict(self.agent_dns, as_root, dst, proto, port)
+    }
+
+    /// This ruleset with the credential gateway's upstream (its flows are marked as this
+    /// policy's only if the same upstream is planned again).
+    pub fn with_credential_upstream(self, upstream: CredentialUpstream) -> Ruleset {
+        let flow_mark = fnv1a(&format!("{:x}{upstream:?}", self.flow_mark)).max(1);
+        Ruleset {
+            flow_mark,
+            credential_upstream: Some(upstream),
+            ..self
+        }
     }
 
     /// This ruleset with the agent's DNS going to the gateway.
@@ -665,6 +691,17 @@ impl Ruleset {
                     .iter()
                     .map(|kind| neighbour_discovery(kind)),
             );
+        }
+        if let Some(upstream) = &self.credential_upstream {
+            let owner = format!("-m owner --uid-owner {}", upstream.uid);
+            for addr in upstream.addrs.iter().filter(|a| Family::of(a) == family) {
+                chain.push(format!(
+                    "-d {} -p tcp -m tcp --dport {} {owner} -j {CHAIN_ALLOW}",
+                    host_net(*addr),
+                    upstream.port
+                ));
+            }
+            chain.push(format!("{owner} -j {CHAIN_REJECT}"));
         }
         for resolver in &rules.resolvers {
             for proto in ["udp", "tcp"] {
@@ -1026,6 +1063,48 @@ mod tests {
         let error = plan(&policy(&entries, &[]), &Resolution::default(), &nameserver).unwrap_err();
         assert_eq!(error.exit_code(), crate::error::exit::BAD_INPUT, "{error}");
         assert!(error.to_string().starts_with("allowlist: "), "{error}");
+    }
+
+    /// Only the credential gateway's uid reaches its upstream, and that uid reaches nothing
+    /// else; the agent's rules are those of the same plan without it.
+    #[test]
+    fn credential_upstream_for_its_uid_only() {
+        let without = plan(
+            &policy(&["api.example.test"], &[]),
+            &resolved(&[("api.example.test", &["192.0.2.10"])]),
+            &conf("nameserver 10.0.0.2\n"),
+        )
+        .unwrap()
+        .with_agent_dns(AgentDns::Gateway {
+            uid: 65053,
+            port: 10053,
+        });
+        let ruleset = without
+            .clone()
+            .with_credential_upstream(CredentialUpstream {
+                uid: 65054,
+                port: 443,
+                addrs: vec![
+                    "203.0.113.7".parse().unwrap(),
+                    "2001:db8::7".parse().unwrap(),
+                ],
+            });
+        assert_ne!(ruleset.flow_mark, without.flow_mark);
+        let agent =
+            |r: &Ruleset, dst: &str, port| r.verdict(false, dst.parse().unwrap(), Proto::Tcp, port);
+        for dst in ["203.0.113.7", "2001:db8::7", "192.0.2.10"] {
+            assert_eq!(
+                agent(&ruleset, dst, 443),
+                agent(&without, dst, 443),
+                "{dst}"
+            );
+        }
+        assert_eq!(agent(&ruleset, "203.0.113.7", 443), Verdict::Reject);
+        insta::assert_snapshot!(format!(
+            "{}\n{}",
+            ruleset.iptables_restore(Family::V4),
+            ruleset.iptables_restore(Family::V6)
+        ));
     }
 
     #[test]

@@ -15,7 +15,6 @@
 //! signal it, and PID 1 reads nothing the agent writes; the gateway, which does, holds only
 //! CAP_NET_ADMIN, as before.
 
-use std::collections::VecDeque;
 use std::fs::File;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -24,16 +23,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::unistd::{ForkResult, Gid, Pid, Uid};
+use nix::unistd::{ForkResult, Pid};
 
 use super::block_log::{self, BlockLog};
 use super::filter::{Event, Names, OwnNetworks};
 use super::{control, sets, tcp, udp};
 use crate::error::{Error, Result};
 use crate::fence::plan::{gateway_listen_addr, AgentDns, Family};
-use crate::sys::caps::{self, Capability};
-use crate::sys::nflog;
+use crate::sys::caps::Capability;
 use crate::sys::signals::Signals;
+use crate::sys::{nflog, resident};
 
 /// The gateway's uid: no account needs to exist for it. Below 65536, so it is mapped in user
 /// namespaces (rootless Docker and Podman map 65,536 uids).
@@ -54,10 +53,6 @@ pub const RESTART_CAPABILITIES: [Capability; 3] = [
     Capability::CAP_SETUID,
     Capability::CAP_SETGID,
 ];
-
-/// Starts within this window beyond which PID 1 waits before the next one.
-const RESTART_BURST: usize = 5;
-const RESTART_WINDOW: Duration = Duration::from_secs(10);
 
 /// What the gateway serves.
 pub struct Config {
@@ -166,7 +161,7 @@ pub struct Gateway {
     config: Config,
     listeners: Listeners,
     pid: Option<Pid>,
-    starts: VecDeque<Instant>,
+    restarts: resident::Restarts,
     keeper: Keeper,
 }
 
@@ -182,11 +177,14 @@ impl Gateway {
             config,
             listeners,
             pid: None,
-            starts: VecDeque::new(),
+            restarts: resident::Restarts::default(),
             keeper,
         };
         match keeper {
-            Keeper::Supervisor => gateway.fork(signals)?,
+            Keeper::Supervisor => {
+                gateway.restarts.allow();
+                gateway.fork(signals)?
+            }
             Keeper::Daemon => gateway.fork_daemon(signals)?,
         }
         Ok(gateway)
@@ -256,8 +254,8 @@ fn wait_gone(pid: Pid, bound: Duration) {
 }
 
 impl crate::supervise::Resident for Gateway {
-    /// Starts the gateway again if it exited or is still down, unless it started
-    /// `RESTART_BURST` times within `RESTART_WINDOW` (then on a later round: the supervisor
+    /// Starts the gateway again if it exited or is still down, within the restart budget
+    /// (`resident::Restarts`; else on a later round: the supervisor
     /// wakes at least once a second).
     fn tend(&mut self, exited: &[(Pid, i32)], signals: &Signals) {
         if let Some((_, status)) = exited.iter().find(|(pid, _)| Some(*pid) == self.pid) {
@@ -269,15 +267,7 @@ impl crate::supervise::Resident for Gateway {
         if self.pid.is_some() {
             return;
         }
-        let now = Instant::now();
-        while self
-            .starts
-            .front()
-            .is_some_and(|at| now.duration_since(*at) > RESTART_WINDOW)
-        {
-            self.starts.pop_front();
-        }
-        if self.starts.len() >= RESTART_BURST {
+        if !self.restarts.allow() {
             return;
         }
         match self.fork(signals) {
@@ -310,17 +300,18 @@ impl Gateway {
                 drop(read);
                 let _ = nix::unistd::setsid();
                 // SAFETY: as above; the session leader only forks and reports.
-                let code = match named(GATEWAY_NAME, || unsafe { nix::unistd::fork() }) {
-                    Ok(ForkResult::Parent { child }) => {
-                        let _ = nix::unistd::write(&write, &child.as_raw().to_ne_bytes());
-                        0
-                    }
-                    Ok(ForkResult::Child) => {
-                        drop(write);
-                        self.run_child(signals, false)
-                    }
-                    Err(_) => 1,
-                };
+                let code =
+                    match resident::fork_named(GATEWAY_NAME, || unsafe { nix::unistd::fork() }) {
+                        Ok(ForkResult::Parent { child }) => {
+                            let _ = nix::unistd::write(&write, &child.as_raw().to_ne_bytes());
+                            0
+                        }
+                        Ok(ForkResult::Child) => {
+                            drop(write);
+                            self.run_child(signals, false)
+                        }
+                        Err(_) => 1,
+                    };
                 // SAFETY: ending this process without unwinding into cordon's stack.
                 unsafe { libc::_exit(code) }
             }
@@ -328,10 +319,9 @@ impl Gateway {
     }
 
     fn fork(&mut self, signals: &Signals) -> Result<()> {
-        self.starts.push_back(Instant::now());
         // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
         // from the supervisor's loop), so the child may allocate; it never returns.
-        let forked = named(GATEWAY_NAME, || unsafe { nix::unistd::fork() });
+        let forked = resident::fork_named(GATEWAY_NAME, || unsafe { nix::unistd::fork() });
         match forked.map_err(|e| Error::sys("fork", e))? {
             ForkResult::Parent { child } => {
                 self.pid = Some(child);
@@ -353,7 +343,7 @@ impl Gateway {
             // A daemon outlives the command that started it: its output goes nowhere (the
             // block log's table keeps what it would print), and no pipe it held keeps a
             // caller such as `devcontainer up` waiting.
-            detach_stdio();
+            resident::detach_stdio();
         }
         let keep: Vec<i32> =
             self.listeners
@@ -363,7 +353,12 @@ impl Gateway {
                     [control.listener.as_raw_fd(), control.journal.as_raw_fd()]
                 }))
                 .collect();
-        match confine(signals, &keep, dies_with_parent) {
+        let confinement = resident::Confinement {
+            uid: GATEWAY_UID,
+            keep: &[Capability::CAP_NET_ADMIN],
+            dies_with_parent,
+        };
+        match resident::confine(signals, &keep, &confinement) {
             Ok(()) => serve(&self.config, &self.listeners),
             Err(error) => {
                 log::error!("DNS gateway: {error}");
@@ -375,118 +370,6 @@ impl Gateway {
 
 /// The gateway's process name (`ps`, /proc/PID/comm), which it has from the fork on.
 pub const GATEWAY_NAME: &str = "cordon-dns";
-
-/// Forks with this thread named `name`, so that the child has that name from its first
-/// instruction; the parent gets its own name back.
-fn named(name: &str, fork: impl FnOnce() -> nix::Result<ForkResult>) -> nix::Result<ForkResult> {
-    let mut own = [0u8; 16];
-    // SAFETY: PR_GET_NAME writes at most 16 bytes into the buffer.
-    unsafe { libc::prctl(libc::PR_GET_NAME, own.as_mut_ptr(), 0, 0, 0) };
-    let mut wanted = [0u8; 16];
-    let len = name.len().min(15);
-    wanted[..len].copy_from_slice(&name.as_bytes()[..len]);
-    // SAFETY: PR_SET_NAME reads a NUL-terminated name of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, wanted.as_ptr(), 0, 0, 0) };
-    let forked = fork();
-    if !matches!(forked, Ok(ForkResult::Child)) {
-        // SAFETY: as above.
-        unsafe { libc::prctl(libc::PR_SET_NAME, own.as_ptr(), 0, 0, 0) };
-    }
-    forked
-}
-
-/// Points stdin, stdout and stderr at /dev/null.
-fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-    {
-        for fd in 0..3 {
-            // SAFETY: duplicating an open descriptor onto the standard ones.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-}
-
-/// The gateway's own confinement, before it reads a byte from the agent.
-fn confine(
-    signals: &Signals,
-    keep: &[i32],
-    dies_with_parent: bool,
-) -> std::result::Result<(), String> {
-    let fail = |what: &'static str| move |errno: Errno| format!("{what}: {}", errno.desc());
-    if dies_with_parent {
-        // SAFETY: plain system call with integer arguments.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-    }
-    signals.restore().map_err(fail("restoring signals"))?;
-    close_other_descriptors(keep);
-    let needed: u64 = [
-        Capability::CAP_SETUID,
-        Capability::CAP_SETGID,
-        Capability::CAP_SETPCAP,
-        Capability::CAP_NET_ADMIN,
-    ]
-    .iter()
-    .fold(0, |bits, cap| bits | 1 << cap.index());
-    raise_effective(needed).map_err(fail("raising capabilities"))?;
-    caps::clear_ambient_set().map_err(fail("emptying the ambient set"))?;
-    caps::clear_bounding_set().map_err(fail("emptying the bounding set"))?;
-    let (uid, gid) = (Uid::from_raw(GATEWAY_UID), Gid::from_raw(GATEWAY_UID));
-    nix::unistd::setgroups(&[]).map_err(fail("clearing groups"))?;
-    nix::unistd::setresgid(gid, gid, gid).map_err(fail("setting the gateway's gid"))?;
-    // SAFETY: plain system call: the permitted set survives the change of uid.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })
-        .map_err(fail("keeping capabilities across setuid"))?;
-    nix::unistd::setresuid(uid, uid, uid).map_err(fail("setting the gateway's uid"))?;
-    let net_admin = caps::CapData {
-        effective: 1 << Capability::CAP_NET_ADMIN.index(),
-        permitted: 1 << Capability::CAP_NET_ADMIN.index(),
-        inheritable: 0,
-    };
-    caps::capset([net_admin, caps::CapData::default()])
-        .map_err(fail("dropping to CAP_NET_ADMIN"))?;
-    // SAFETY: plain system call.
-    Errno::result(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) })
-        .map_err(fail("clearing keep-caps"))?;
-    nix::sys::prctl::set_no_new_privs().map_err(fail("setting no_new_privs"))?;
-    nix::sys::prctl::set_dumpable(false).map_err(fail("clearing dumpable"))
-}
-
-/// Makes every capability of `bits` that is permitted effective too.
-fn raise_effective(bits: u64) -> nix::Result<()> {
-    let [mut low, mut high] = caps::capget()?;
-    low.effective |= low.permitted & bits as u32;
-    high.effective |= high.permitted & (bits >> 32) as u32;
-    caps::capset([low, high])
-}
-
-/// Closes every descriptor PID 1 had open but stdin, stdout, stderr and `keep`.
-fn close_other_descriptors(keep: &[i32]) {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let open: Vec<i32> = entries
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in open {
-        if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: closing a descriptor this process no longer uses (the directory's own
-            // descriptor is already closed and fails harmlessly).
-            unsafe { libc::close(fd) };
-        }
-    }
-}
 
 /// Serves every listener until one loop fails; returns the gateway's exit status. Beside the
 /// loops, the block log: the fence's rejections (NFLOG), and its table saved once a second.

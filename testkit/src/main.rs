@@ -8,10 +8,11 @@ mod listen;
 mod mockapi;
 mod net;
 mod pid1;
+mod pki;
 mod probe;
 mod util;
 
-const USAGE: &str = "usage: testkit <dns|forward|listen|probe|mock-api> [ARGS...]";
+const USAGE: &str = "usage: testkit <dns|forward|listen|probe|mock-api|pki> [ARGS...]";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,6 +26,7 @@ fn main() {
         "listen" => listen::main(rest),
         "probe" => probe::main(rest),
         "mock-api" => mockapi::main(rest),
+        "pki" => pki::main(rest),
         cmd if pid1::COMMANDS.contains(&cmd) => pid1::main(cmd, rest),
         _ => {
             eprintln!("{USAGE}");

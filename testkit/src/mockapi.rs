@@ -1,8 +1,14 @@
-//! `testkit mock-api`: a plain-HTTP/1.1 mock of the Anthropic Messages API, enough for the real
-//! Claude Code CLI (`ANTHROPIC_BASE_URL=http://HOST:PORT`). Thread per connection, keep-alive.
+//! `testkit mock-api`: an HTTP/1.1 mock of the Anthropic Messages API, enough for the real
+//! Claude Code CLI (`ANTHROPIC_BASE_URL=http://HOST:PORT`, or https with `--tls-cert/--tls-key`).
+//! Thread per connection, keep-alive. Each request's log line names its `anthropic-beta` list and
+//! the credential it carried (`cred=x-api-key:VALUE` / `cred=bearer:VALUE` / `cred=none`); with `--expect-credential-file`
+//! (credentials one per line in a file, not on a command line everyone can read) any other
+//! gets 401, as from the real API. For the gateway's tests and bench: `GET
+//! /testkit/sse?events=N&interval_ms=M` (N events, M ms apart, each with the send time),
+//! `GET /testkit/download?bytes=N`, `POST /testkit/upload` (answers the body's length).
 
 use std::io::{self, BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -10,18 +16,21 @@ use std::thread;
 use crate::net;
 use crate::util::{fail, usage_error, write_ready, Args, Log};
 
-const USAGE: &str =
-    "usage: testkit mock-api --listen IP:PORT [--log FILE] [--reply TEXT] [--ready-file FILE]";
+const USAGE: &str = "usage: testkit mock-api --listen IP:PORT [--log FILE] [--reply TEXT] \
+[--ready-file FILE] [--tls-cert PEM --tls-key PEM] [--expect-credential-file FILE]";
 
 struct Opts {
     listen: SocketAddr,
     log: Option<String>,
     reply: String,
     ready_file: Option<String>,
+    tls: Option<(String, String)>,
+    expect_credentials: Option<Vec<String>>,
 }
 
 fn parse(args: &[String]) -> Result<Opts, String> {
     let (mut listen, mut log, mut reply, mut ready_file) = (None, None, "pong".to_string(), None);
+    let (mut cert, mut key, mut expect_credentials) = (None, None, None);
     let mut a = Args::new(args);
     while let Some(flag) = a.next() {
         match flag {
@@ -29,14 +38,28 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--log" => log = Some(a.value(flag)?.to_string()),
             "--reply" => reply = a.value(flag)?.to_string(),
             "--ready-file" => ready_file = Some(a.value(flag)?.to_string()),
+            "--tls-cert" => cert = Some(a.value(flag)?.to_string()),
+            "--tls-key" => key = Some(a.value(flag)?.to_string()),
+            "--expect-credential-file" => {
+                let path = a.value(flag)?;
+                let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+                expect_credentials = Some(text.split_whitespace().map(String::from).collect());
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => return Err("--tls-cert and --tls-key go together".into()),
+    };
     Ok(Opts {
         listen: listen.ok_or("--listen is needed")?,
         log,
         reply,
         ready_file,
+        tls,
+        expect_credentials,
     })
 }
 
@@ -51,23 +74,56 @@ struct State {
     log: Log,
     reply: String,
     next_id: AtomicU64,
+    expect_credentials: Option<Vec<String>>,
+}
+
+fn tls_config(cert: &str, key: &str) -> io::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let other = |e: &dyn std::fmt::Display| io::Error::other(e.to_string());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| other(&e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| other(&e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| other(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| other(&e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| other(&e))?;
+    Ok(Arc::new(config))
 }
 
 fn serve(o: Opts) -> io::Result<()> {
     let listener = net::bind_tcp(&o.listen)?;
+    let tls = match &o.tls {
+        Some((cert, key)) => Some(tls_config(cert, key)?),
+        None => None,
+    };
     let st = Arc::new(State {
         log: Log::open_or(o.log.as_deref(), Log::none)?,
         reply: o.reply,
         next_id: 0.into(),
+        expect_credentials: o.expect_credentials,
     });
     write_ready(
         o.ready_file.as_deref(),
         &[format!("tcp {}", listener.local_addr()?)],
     )?;
     for s in listener.incoming().flatten() {
-        let st = st.clone();
+        let (st, tls) = (st.clone(), tls.clone());
         thread::spawn(move || {
-            let _ = connection(s, &st);
+            let _ = match tls {
+                Some(config) => rustls::ServerConnection::new(config)
+                    .map_err(io::Error::other)
+                    .and_then(|conn| {
+                        let stream = rustls::StreamOwned::new(conn, s);
+                        connection(Shared::new(stream), &st)
+                    }),
+                None => connection(Shared::new(s), &st),
+            };
         });
     }
     Ok(())
@@ -171,8 +227,39 @@ fn read_request(r: &mut impl BufRead, w: &mut impl Write) -> io::Result<Option<R
     Ok(Some(req))
 }
 
-fn connection(s: TcpStream, st: &State) -> io::Result<()> {
-    let mut r = BufReader::new(s.try_clone()?);
+/// One stream read through a buffer and written directly (a TLS stream cannot be cloned).
+/// Read and written by one thread in turn (request, then response), so the lock never waits.
+struct Shared<S>(Arc<std::sync::Mutex<S>>);
+
+impl<S> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared(self.0.clone())
+    }
+}
+
+impl<S> Shared<S> {
+    fn new(stream: S) -> Self {
+        Shared(Arc::new(std::sync::Mutex::new(stream)))
+    }
+}
+
+impl<S: io::Read> io::Read for Shared<S> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).read(buf)
+    }
+}
+
+impl<S: Write> Write for Shared<S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).flush()
+    }
+}
+
+fn connection<S: io::Read + Write>(s: Shared<S>, st: &State) -> io::Result<()> {
+    let mut r = BufReader::new(s.clone());
     let mut w = s;
     while let Some(req) = read_request(&mut r, &mut w)? {
         respond(&req, &mut w, st)?;
@@ -266,22 +353,101 @@ fn message_json(id: &str, model: &str, reply: &str) -> String {
     )
 }
 
+/// The credential a request carries, as the log names it.
+fn credential(req: &Request) -> String {
+    if let Some(key) = req.header("x-api-key") {
+        return format!("x-api-key:{key}");
+    }
+    match req.header("authorization") {
+        Some(value) => match value.strip_prefix("Bearer ") {
+            Some(token) => format!("bearer:{token}"),
+            None => format!("authorization:{value}"),
+        },
+        None => "none".into(),
+    }
+}
+
+/// A query parameter's number, or `default`.
+fn query_number(target: &str, name: &str, default: u64) -> u64 {
+    let query = target.split_once('?').map_or("", |(_, q)| q);
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn unix_micros() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros())
+}
+
 fn respond(req: &Request, w: &mut impl Write, st: &State) -> io::Result<()> {
     let path = req.target.split('?').next().unwrap_or("");
-    match (req.method.as_str(), path) {
-        ("HEAD" | "GET", _) => {
-            st.log.line(&format!("{} {}", req.method, req.target));
-            send(w, req, "200 OK", "{}")
+    let cred = credential(req);
+    let beta = req
+        .header("anthropic-beta")
+        .map_or(String::new(), |b| format!(" beta={b}"));
+    st.log
+        .line(&format!("{} {}{beta} cred={cred}", req.method, req.target));
+    if let Some(expected) = &st.expect_credentials {
+        let carried = cred.split_once(':').map_or("", |(_, v)| v);
+        if !expected.iter().any(|e| e == carried) {
+            let body = r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#;
+            return send(w, req, "401 Unauthorized", body);
         }
+    }
+    match (req.method.as_str(), path) {
+        ("GET", "/testkit/sse") => {
+            let events = query_number(&req.target, "events", 3);
+            let interval =
+                std::time::Duration::from_millis(query_number(&req.target, "interval_ms", 100));
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )?;
+            w.flush()?;
+            for n in 0..events {
+                if n > 0 {
+                    thread::sleep(interval);
+                }
+                let chunk = format!("event: tick\ndata: {n} {}\n\n", unix_micros());
+                write!(w, "{:x}\r\n{chunk}\r\n", chunk.len())?;
+                w.flush()?;
+            }
+            w.write_all(b"0\r\n\r\n")?;
+            w.flush()
+        }
+        ("GET", "/testkit/download") => {
+            let bytes = query_number(&req.target, "bytes", 0) as usize;
+            write!(
+                w,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {bytes}\r\n\r\n"
+            )?;
+            let block = [b'x'; 16384];
+            let mut left = bytes;
+            while left > 0 {
+                let n = left.min(block.len());
+                w.write_all(&block[..n])?;
+                left -= n;
+            }
+            w.flush()
+        }
+        ("POST", "/testkit/upload") => send(
+            w,
+            req,
+            "200 OK",
+            &format!(r#"{{"bytes":{}}}"#, req.body.len()),
+        ),
+        ("HEAD" | "GET", _) => send(w, req, "200 OK", "{}"),
         ("POST", "/v1/messages") => {
             let body = String::from_utf8_lossy(&req.body);
             // The model's text is echoed as found: still valid JSON string content.
             let model = json_string_field(&body, "model").unwrap_or("claude-mock");
             let stream = json_value(&body, "stream").is_some_and(|v| v.starts_with("true"));
-            st.log.line(&format!(
-                "POST {} model={model} stream={stream}",
-                req.target
-            ));
+            st.log.line(&format!("  model={model} stream={stream}"));
             let id = format!(
                 "msg_testkit{:012}",
                 st.next_id.fetch_add(1, Ordering::Relaxed)
@@ -307,13 +473,10 @@ request-id: req_testkit\r\nTransfer-Encoding: chunked\r\nConnection: {conn}\r\n\
             w.write_all(b"0\r\n\r\n")?;
             w.flush()
         }
-        ("POST", "/v1/messages/count_tokens") => {
-            st.log.line(&format!("POST {}", req.target));
-            send(w, req, "200 OK", r#"{"input_tokens":1}"#)
-        }
+        ("POST", "/v1/messages/count_tokens") => send(w, req, "200 OK", r#"{"input_tokens":1}"#),
         _ => {
             st.log
-                .line(&format!("{} {} -> 404", req.method, req.target));
+                .line(&format!("  -> 404 {} {}", req.method, req.target));
             let msg = json_str(&format!("Not found: {} {path}", req.method));
             send(
                 w,

@@ -133,7 +133,7 @@ fn init(args: &[String]) -> i32 {
     } else {
         launch
             .spawn(&signals)
-            .map(|child| supervise::run(child, &signals, &opts, None))
+            .map(|child| supervise::run(child, &signals, &opts, &mut []))
     };
     started.unwrap_or_else(|error| fail_init(&error))
 }

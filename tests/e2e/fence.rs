@@ -7,30 +7,60 @@ use crate::run::*;
 use crate::support::{privileged, workspace_root};
 use crate::world::*;
 
+/// How the CLI's credential travels in a turn.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Credential {
+    /// ANTHROPIC_API_KEY, held by cordon's credential gateway (the default).
+    ApiKeyThroughTheGateway,
+    /// CLAUDE_CODE_OAUTH_TOKEN (from `claude setup-token`), held by the gateway.
+    OAuthTokenThroughTheGateway,
+    /// `--no-credential-gateway`: the agent holds the key and talks to the API itself (here the
+    /// plain-HTTP mock at http://api.anthropic.com).
+    HeldByTheAgent,
+}
+
 /// The README's run command (docker/cordon-run) starts the real Claude Code CLI behind the fence:
-/// `claude --dangerously-skip-permissions -p ...` completes against the Messages API mock at
-/// http://api.anthropic.com (resolved by the world, allowed by the default `claude` profile).
-/// With `--dns static` (names resolved at start).
+/// `claude --dangerously-skip-permissions -p ...` completes against the Messages API mock.
+/// With `--dns static` (names resolved at start), the credential held by the agent.
 #[test]
 fn the_real_claude_cli_answers_through_the_fence() {
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&["CORDON_DNS=static"]);
+    claude_completes_a_turn(&["CORDON_DNS=static"], Credential::HeldByTheAgent, false);
 }
 
-/// The same with the default DNS gateway: the CLI's names are answered by cordon's gateway,
-/// whose answers open the mock's address (on the container's own network, so the address entry
-/// of `World::own_network_entries` lets the names open it).
+/// The defaults: the DNS gateway answers the CLI's names, the credential gateway holds the API
+/// key (a secret file cordon-run copies in) and adds it to the CLI's requests, which reach the
+/// API mock over TLS with the real key and never the placeholder.
 #[test]
-fn the_real_claude_cli_answers_through_the_dns_gateway() {
+fn the_real_claude_cli_answers_through_the_dns_and_credential_gateways() {
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&[]);
+    claude_completes_a_turn(&[], Credential::ApiKeyThroughTheGateway, false);
 }
 
-fn claude_completes_a_turn(environment: &[&str]) {
+/// The same with an OAuth token (`claude setup-token`): it goes as a bearer token.
+#[test]
+fn the_real_claude_cli_answers_with_an_oauth_token_through_the_credential_gateway() {
+    if !privileged() {
+        return;
+    }
+    claude_completes_a_turn(&[], Credential::OAuthTokenThroughTheGateway, false);
+}
+
+/// An interactive start, at a terminal (tests/e2e/pty-turn.py answers the first-run dialogs,
+/// types the prompt and waits for the reply), through the credential gateway.
+#[test]
+fn the_real_claude_cli_answers_interactively_through_the_credential_gateway() {
+    if !privileged() {
+        return;
+    }
+    claude_completes_a_turn(&[], Credential::ApiKeyThroughTheGateway, true);
+}
+
+fn claude_completes_a_turn(environment: &[&str], credential: Credential, interactive: bool) {
     let world = World::new();
     let mut environment: Vec<String> = environment.iter().map(|e| e.to_string()).collect();
     environment.push(world.own_network_entries());
@@ -38,34 +68,64 @@ fn claude_completes_a_turn(environment: &[&str]) {
     std::fs::create_dir_all(&workspace).unwrap();
     let name = world.name("claude");
     let base = format!("ws-{}", world.id);
-    let key = "sk-ant-e2e-dummy-key";
+    let (variable, secret) = match credential {
+        Credential::ApiKeyThroughTheGateway => ("ANTHROPIC_API_KEY", E2E_API_KEY),
+        Credential::OAuthTokenThroughTheGateway => ("CLAUDE_CODE_OAUTH_TOKEN", E2E_OAUTH_TOKEN),
+        Credential::HeldByTheAgent => ("ANTHROPIC_API_KEY", "sk-ant-e2e-agent-held-key"),
+    };
+    let cordon_run = workspace_root().join("docker/cordon-run");
     let launcher = |dry_run: bool| {
-        let mut cmd = Command::new(workspace_root().join("docker/cordon-run"));
+        let mut cmd = if interactive && !dry_run {
+            let mut at_a_terminal = Command::new("python3");
+            at_a_terminal
+                .arg(workspace_root().join("tests/e2e/pty-turn.py"))
+                .args(["cordon-e2e-reply", "Say hello", "--"])
+                .arg(&cordon_run);
+            at_a_terminal
+        } else {
+            Command::new(&cordon_run)
+        };
         cmd.current_dir(&workspace)
             .env("DOCKER", &world.s.docker)
-            .env("ANTHROPIC_API_KEY", key)
+            .env_remove("ANTHROPIC_API_KEY")
+            .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
+            .env(variable, secret)
             .args(["--image", &world.s.image, "--name", &name])
-            .args(["-e", "ANTHROPIC_BASE_URL=http://api.anthropic.com"])
             .args(environment.iter().flat_map(|e| ["-e", e.as_str()]))
             .arg(format!("--docker-arg=--network={}", world.net))
             .arg(format!("--docker-arg=--dns={}", world.dns_ip()));
+        match credential {
+            Credential::HeldByTheAgent => {
+                cmd.args(["-e", "ANTHROPIC_BASE_URL=http://api.anthropic.com"])
+                    .arg("--no-credential-gateway");
+            }
+            _ => {
+                for arg in world.credential_upstream_args() {
+                    cmd.arg(format!("--docker-arg={arg}"));
+                }
+            }
+        }
         if dry_run {
             cmd.arg("--dry-run");
         }
-        cmd.args([
-            "claude",
-            "--dangerously-skip-permissions",
-            "-p",
-            "Say hello",
-        ]);
+        cmd.args(["claude", "--dangerously-skip-permissions"]);
+        if !interactive {
+            cmd.args(["-p", "Say hello"]);
+        }
         cmd
     };
-    // The key goes by name only, never on the docker command line.
+    // The credential never appears on a docker command line; by default it goes in as a file.
     let dry = must(launcher(true), MINUTE).stdout;
-    assert!(
-        dry.contains(" -e ANTHROPIC_API_KEY ") && !dry.contains(key),
-        "{dry}"
-    );
+    assert!(!dry.contains(secret), "{dry}");
+    match credential {
+        Credential::HeldByTheAgent => {
+            assert!(dry.contains(&format!(" -e {variable} ")), "{dry}")
+        }
+        _ => assert!(
+            dry.contains(" create ") && dry.contains("/run/secrets/") && dry.contains(" start -a"),
+            "{dry}"
+        ),
+    }
     eprintln!("cordon-run → {dry}");
 
     let out = run_for(launcher(false), 3 * MINUTE);
@@ -97,12 +157,66 @@ fn claude_completes_a_turn(environment: &[&str]) {
         out.stdout,
         out.stderr
     );
+    if interactive {
+        // Everything the container printed went to the terminal; the driver saw the reply.
+        assert!(out.stdout.contains("reply seen"), "{}", out.stdout);
+    } else {
+        assert_printed_turn(&out, &environment, credential, secret);
+    }
+    let (plain, tls) = (world.mock_log(), world.tls_mock_log());
+    eprintln!("API mock (http):\n{plain}\nAPI mock (TLS, the gateway's upstream):\n{tls}");
+    match credential {
+        Credential::HeldByTheAgent => {
+            assert!(plain.contains("POST /v1/messages"), "no request:\n{plain}");
+            assert!(
+                plain.contains(&format!("cred=x-api-key:{secret}")),
+                "{plain}"
+            );
+        }
+        _ => {
+            let kind = match credential {
+                Credential::ApiKeyThroughTheGateway => "x-api-key",
+                _ => "bearer",
+            };
+            let messages: Vec<&str> = tls
+                .lines()
+                .filter(|l| l.starts_with("POST /v1/messages"))
+                .collect();
+            assert!(
+                !messages.is_empty(),
+                "no request through the gateway:\n{tls}"
+            );
+            for line in tls.lines().filter(|l| l.contains(" cred=")) {
+                assert!(
+                    line.ends_with(&format!("cred={kind}:{secret}")),
+                    "the API got another credential: {line}"
+                );
+            }
+            assert!(!tls.contains("placeholder"), "{tls}");
+            if credential == Credential::OAuthTokenThroughTheGateway {
+                assert!(
+                    messages.iter().all(|l| l.contains("oauth-2025-04-20")),
+                    "the OAuth beta: {tls}"
+                );
+            }
+            assert!(
+                !plain.contains("POST"),
+                "the CLI reached the API another way:\n{plain}"
+            );
+        }
+    }
+    assert_eq!(world.volumes.lock().unwrap().len(), 1, "one HOME volume");
+}
+
+/// What a `-p` turn printed: the reply, and cordon's start-up lines for this shape.
+fn assert_printed_turn(out: &Out, environment: &[String], credential: Credential, secret: &str) {
     assert!(
         out.stdout.contains("cordon-e2e-reply"),
         "the mock's reply: {}",
         out.stdout
     );
     assert!(out.stderr.contains("cordon: fence ready"), "{}", out.stderr);
+    assert!(!out.stderr.contains(secret), "{}", out.stderr);
     let gateway = out.stderr.contains("cordon: DNS gateway");
     let static_mode = environment.iter().any(|e| e == "CORDON_DNS=static");
     assert_eq!(gateway, !static_mode, "{}", out.stderr);
@@ -112,12 +226,17 @@ fn claude_completes_a_turn(environment: &[&str]) {
         "{}",
         out.stderr
     );
-    let mock = world.mock_log();
-    assert!(
-        mock.contains("POST /v1/messages"),
-        "the mock saw no request:\n{mock}"
-    );
-    assert_eq!(world.volumes.lock().unwrap().len(), 1, "one HOME volume");
+    if credential != Credential::HeldByTheAgent {
+        assert!(
+            out.stderr
+                .contains("cordon: credential gateway (uid 65054)"),
+            "{}",
+            out.stderr
+        );
+        // The CLI needs no Anthropic host of its own (measured: it asks the DNS gateway
+        // for none of them): the default profile's are dropped in this mode.
+        assert!(!out.stderr.contains("refused name"), "{}", out.stderr);
+    }
 }
 
 #[test]

@@ -42,6 +42,10 @@ pub(crate) struct World {
 
 pub(crate) type Verdicts = HashMap<String, (String, String)>;
 
+/// The real credentials the e2e tests give cordon (the TLS mock takes only these).
+pub(crate) const E2E_API_KEY: &str = "sk-ant-api03-e2e-real-key-0123456789";
+pub(crate) const E2E_OAUTH_TOKEN: &str = "sk-ant-oat01-e2e-real-token-0123456789";
+
 impl World {
     /// A world on a dual-stack network.
     pub(crate) fn new() -> World {
@@ -109,6 +113,12 @@ impl World {
         std::fs::set_permissions(
             world.dir.join("mark"),
             std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        // What the TLS mock of the API accepts: the real credentials the tests give cordon.
+        std::fs::write(
+            world.dir.join("credentials"),
+            format!("{E2E_API_KEY}\n{E2E_OAUTH_TOKEN}\n"),
         )
         .unwrap();
         std::fs::write(
@@ -195,7 +205,7 @@ impl World {
         .args(["/opt/e2e/world.sh", "/out", &self.p4, p6]);
         must(cmd, MINUTE);
         let deadline = Instant::now() + Duration::from_secs(20);
-        let mut ready_files = vec!["dns.ready", "listen.ready", "mock4.ready"];
+        let mut ready_files = vec!["dns.ready", "listen.ready", "mock4.ready", "mock-tls.ready"];
         if self.ipv6 {
             ready_files.push("mock6.ready");
         }
@@ -342,6 +352,27 @@ impl World {
 
     pub(crate) fn mock_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mock.log")).unwrap_or_default()
+    }
+
+    /// What the TLS mock of the API (the credential gateway's upstream) logged.
+    pub(crate) fn tls_mock_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mock-tls.log")).unwrap_or_default()
+    }
+
+    /// `docker run` arguments that make the TLS mock the credential gateway's upstream:
+    /// api.anthropic.com in /etc/hosts (cordon looks there first; the agent's DNS is not
+    /// involved) and the test CA as the store the gateway verifies it with.
+    pub(crate) fn credential_upstream_args(&self) -> Vec<String> {
+        vec![
+            format!("--add-host=api.anthropic.com:{}", self.a("11")),
+            "-v".into(),
+            format!(
+                "{}:/opt/e2e/ca.pem:ro",
+                self.dir.join("pki/ca.pem").display()
+            ),
+            "-e".into(),
+            "SSL_CERT_FILE=/opt/e2e/ca.pem".into(),
+        ]
     }
 
     /// Probes every verdict class as node in `container` and asserts the fence holds: the

@@ -12,6 +12,10 @@
 #   P4.20 P6::ff20  "blocked": example.com and *.test names no allowlist names (tcp 80, 443;
 #                   udp 443 echo on P4.20)
 #   P4.53           a second DNS server, not the sandboxes' resolver
+#   P4.11           the Messages API mock over TLS on :443 (certificate for api.anthropic.com
+#                   from a test CA: OUT/pki/ca.pem), taking only the credentials listed in
+#                   OUT/credentials (one per line): the credential gateway's upstream, for
+#                   sandboxes given `--add-host api.anthropic.com:P4.11`
 #   P4.2:8080 [P6::2]:8080  listeners on addresses no name resolves to (raw-address probes)
 # Logs (OUT/dns.log, listen.log, mock.log) and ready files (OUT/*.ready) land in OUT, a bind mount.
 set -eu
@@ -20,7 +24,7 @@ k=/opt/testkit/testkit
 
 ipv6=true
 [ "$p6" = - ] && ipv6=false
-for a in 3 10 20 53; do ip addr add "$p4.$a/24" dev eth0; done
+for a in 3 10 11 20 53; do ip addr add "$p4.$a/24" dev eth0; done
 if $ipv6; then
     for a in ff10 ff20; do ip -6 addr add "$p6::$a/64" dev eth0 nodad; done
 fi
@@ -62,6 +66,13 @@ if $ipv6; then
         --log "$out/mock.log" --ready-file "$out/mock6.ready" &
     pids="$pids $!"
 fi
+
+"$k" pki --dir "$out/pki" api.anthropic.com
+"$k" mock-api --listen "$p4.11:443" --reply "cordon-e2e-reply" \
+    --tls-cert "$out/pki/server.pem" --tls-key "$out/pki/server-key.pem" \
+    --expect-credential-file "$out/credentials" \
+    --log "$out/mock-tls.log" --ready-file "$out/mock-tls.ready" &
+pids="$pids $!"
 
 # PID 1 of the world: end the services on SIGTERM (docker stop / rm -f).
 trap 'kill $pids 2>/dev/null; exit 0' TERM INT

@@ -23,6 +23,8 @@ pub const LAN_PEER: &str = "10.77.0.3";
 pub const ALLOWED: &str = "10.77.1.10";
 pub const BLOCKED: &str = "10.77.1.20";
 pub const OTHER_DNS: &str = "10.77.1.53";
+/// Free for a test's own service (the credential gateway's upstream).
+pub const SERVICE: &str = "10.77.1.30";
 pub const METADATA: &str = "169.254.169.254";
 pub const GATEWAY6: &str = "fd77::1";
 pub const ALLOWED6: &str = "fd77:1::10";
@@ -125,7 +127,7 @@ impl World {
             &vw,
             "nodad",
         ]);
-        for addr in [ALLOWED, BLOCKED, OTHER_DNS, METADATA] {
+        for addr in [ALLOWED, BLOCKED, OTHER_DNS, METADATA, SERVICE] {
             ip(&["-n", w, "addr", "add", &format!("{addr}/32"), "dev", "lo"]);
         }
         for addr in [ALLOWED6, BLOCKED6] {
@@ -220,6 +222,13 @@ impl World {
             ];
             self.spawn_ready(&self.sandbox_ns.clone(), kit, args, "forward.ready");
         }
+    }
+
+    /// Starts `testkit ARGS` in the world namespace and waits until it is ready; it runs as long
+    /// as the world.
+    pub fn spawn_in_world(&mut self, args: Vec<String>, ready: &str) {
+        let kit = testkit();
+        self.spawn_ready(&self.world_ns.clone(), kit.to_str().unwrap(), args, ready);
     }
 
     fn spawn_ready(&mut self, ns: &str, program: &str, mut args: Vec<String>, ready: &str) {

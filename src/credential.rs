@@ -1,0 +1,509 @@
+//! The credential gateway: the agent never holds the Anthropic credential.
+//!
+//! cordon reads the real credential as root before anything of the agent exists — from a secret
+//! file (`/run/secrets/anthropic_api_key`, `.../claude_code_oauth_token`,
+//! `.../anthropic_auth_token`, or the file a `*_FILE` variable names) or from the variables the
+//! CLI reads — and gives the agent `ANTHROPIC_BASE_URL=http://127.0.0.1:CREDENTIAL_PORT` and
+//! `ANTHROPIC_AUTH_TOKEN=PLACEHOLDER` instead, the shape Claude Code takes for an LLM gateway.
+//! The gateway (`service`, a process of its own uid) replaces whatever credential a request
+//! carries with the real one, in the form its kind needs, and forwards it over TLS (`proxy`);
+//! the fence lets only the gateway's uid reach the upstream.
+//!
+//! Why the placeholder is always an auth token, whatever the real credential's kind: with
+//! `ANTHROPIC_API_KEY` or `CLAUDE_CODE_OAUTH_TOKEN` set, the CLI's first interactive start runs
+//! a connectivity check against api.anthropic.com and platform.claude.com that ignores
+//! `ANTHROPIC_BASE_URL` and ends the CLI when they cannot be reached, which is the point of the
+//! gateway (measured with Claude Code 2.1.330; with `ANTHROPIC_AUTH_TOKEN` it makes no such
+//! check). What the OAuth kind changes in a request, the gateway adds itself (`proxy`).
+
+pub mod proxy;
+pub mod service;
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::agent::user::Account;
+use crate::error::{Error, Location, Result};
+
+/// The loopback port the agent's API requests go to (plain HTTP, on loopback only).
+pub const CREDENTIAL_PORT: u16 = 10080;
+/// The uid the gateway runs as: neither the agent's nor the DNS gateway's (which may send DNS
+/// to the resolvers and add to the fence's sets: nothing this process should be able to do).
+pub const CREDENTIAL_UID: u32 = 65054;
+/// Where the API is when the user names none.
+pub const DEFAULT_UPSTREAM: &str = "https://api.anthropic.com";
+/// What the agent holds instead of the credential. Any request it sends with it, or with a key
+/// of its own, goes out with the user's credential.
+pub const PLACEHOLDER: &str = "cordon-credential-gateway-placeholder";
+/// The variable the agent's placeholder is in (see the module's documentation).
+pub const AGENT_VARIABLE: &str = "ANTHROPIC_AUTH_TOKEN";
+/// Where Docker and Compose mount secrets.
+pub const SECRETS_DIR: &str = "/run/secrets";
+/// Longest credential accepted from a file.
+const MAX_SECRET_LEN: u64 = 64 * 1024;
+
+/// Whether the gateway runs (`--credential-gateway`, `--no-credential-gateway`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// On when a credential is provided to cordon.
+    #[default]
+    Auto,
+    /// On; no credential is an error.
+    On,
+    /// Off: the credential variables reach the agent as they are.
+    Off,
+}
+
+/// The kinds of credential the CLI takes, and how each travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `ANTHROPIC_API_KEY`, sent as `x-api-key`.
+    ApiKey,
+    /// `CLAUDE_CODE_OAUTH_TOKEN` (from `claude setup-token`), sent as `Authorization: Bearer`.
+    OAuthToken,
+    /// `ANTHROPIC_AUTH_TOKEN` (an LLM gateway's token), sent as `Authorization: Bearer`.
+    AuthToken,
+}
+
+impl Kind {
+    const ALL: [Kind; 3] = [Kind::ApiKey, Kind::OAuthToken, Kind::AuthToken];
+
+    /// The variable the CLI reads it from.
+    pub fn variable(self) -> &'static str {
+        match self {
+            Kind::ApiKey => "ANTHROPIC_API_KEY",
+            Kind::OAuthToken => "CLAUDE_CODE_OAUTH_TOKEN",
+            Kind::AuthToken => "ANTHROPIC_AUTH_TOKEN",
+        }
+    }
+
+    /// The variable that may name a file holding it (the `_FILE` convention of official images).
+    fn file_variable(self) -> String {
+        format!("{}_FILE", self.variable())
+    }
+
+    /// The secret file looked for when no variable names one.
+    fn default_file(self, secrets_dir: &Path) -> PathBuf {
+        secrets_dir.join(self.variable().to_ascii_lowercase())
+    }
+}
+
+/// The real credential. Its value is never printed (`Debug` hides it).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub kind: Kind,
+    secret: String,
+    /// Where it came from, for the log (a path or a variable's name).
+    pub source: String,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credential({:?} from {})", self.kind, self.source)
+    }
+}
+
+impl Credential {
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
+/// Where requests go: scheme https, a host, a port, and a path prefix (an LLM gateway's base
+/// URL may have one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    /// Empty, or starts with `/` and has no trailing `/`.
+    pub path_prefix: String,
+}
+
+impl Upstream {
+    /// Parses a base URL; only https (the credential never travels in clear).
+    pub fn parse(url: &str, from: &str) -> Result<Upstream> {
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "{from}={url}: {why}; the credential gateway sends the credential only over TLS \
+                 to an https:// URL (or start with --no-credential-gateway)"
+            ))
+        };
+        let uri: hyper::Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(bad("not https://"));
+        }
+        let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("a user or password in the URL"));
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        Ok(Upstream {
+            host: host.to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(443),
+            path_prefix: uri.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// `host` or `host:port` as a Host header says it.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        match self.port {
+            443 => host,
+            port => format!("{host}:{port}"),
+        }
+    }
+}
+
+/// The URL the agent is given.
+pub fn agent_base_url() -> String {
+    format!("http://127.0.0.1:{CREDENTIAL_PORT}")
+}
+
+/// What intake found.
+#[derive(Debug)]
+pub struct Intake {
+    pub credential: Credential,
+    pub upstream: Upstream,
+    /// Other credentials found and not used (names only).
+    pub ignored: Vec<String>,
+}
+
+/// Finds the credential for `mode`: secret files first (a `*_FILE` variable's, else
+/// `SECRETS_DIR`'s), then the variables; API key, OAuth token, auth token in that order. A
+/// secret file the agent (`account`) could read is refused. `None` when the gateway is off, or
+/// on `Auto` with nothing found.
+pub fn intake(
+    mode: Mode,
+    vars: &[(OsString, OsString)],
+    secrets_dir: &Path,
+    account: &Account,
+) -> Result<Option<Intake>> {
+    if mode == Mode::Off {
+        return Ok(None);
+    }
+    let var = |name: &str| {
+        vars.iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .filter(|v| !v.is_empty())
+    };
+    let mut found: Vec<Credential> = Vec::new();
+    for kind in Kind::ALL {
+        let named = var(&kind.file_variable()).map(PathBuf::from);
+        let path = match named {
+            Some(path) => Some(path),
+            None => Some(kind.default_file(secrets_dir)).filter(|p| p.exists()),
+        };
+        if let Some(path) = path {
+            found.push(read_secret_file(kind, &path, account)?);
+        }
+    }
+    for kind in Kind::ALL {
+        if let Some(value) = var(kind.variable()) {
+            let secret = value.to_str().map(str::trim).unwrap_or_default();
+            if secret.is_empty() || secret == PLACEHOLDER {
+                continue;
+            }
+            found.push(Credential {
+                kind,
+                secret: secret.to_string(),
+                source: kind.variable().to_string(),
+            });
+        }
+    }
+    if found.is_empty() {
+        return match mode {
+            Mode::On => Err(Error::Usage(format!(
+                "--credential-gateway: no credential found: mount a secret file at {} (or name \
+                 one with ANTHROPIC_API_KEY_FILE), or set ANTHROPIC_API_KEY or \
+                 CLAUDE_CODE_OAUTH_TOKEN",
+                Kind::ApiKey.default_file(secrets_dir).display()
+            ))),
+            _ => Ok(None),
+        };
+    }
+    let credential = found.remove(0);
+    let ignored = found.into_iter().map(|c| c.source).collect();
+    let upstream = match var("ANTHROPIC_BASE_URL") {
+        Some(url) if url != OsStr::new(&agent_base_url()) => {
+            Upstream::parse(&url.to_string_lossy(), "ANTHROPIC_BASE_URL")?
+        }
+        _ => Upstream::parse(DEFAULT_UPSTREAM, "the default upstream")?,
+    };
+    Ok(Some(Intake {
+        credential,
+        upstream,
+        ignored,
+    }))
+}
+
+/// Reads a secret file after checking that the agent could not read it itself.
+fn read_secret_file(kind: Kind, path: &Path, account: &Account) -> Result<Credential> {
+    let at = || Location::new(path.display().to_string(), None);
+    let real = std::fs::canonicalize(path)
+        .map_err(|e| Error::bad_input(at(), format!("cannot open the secret file: {e}")))?;
+    if let Some(why) = readable_by(&real, account) {
+        return Err(Error::bad_input(
+            at(),
+            format!(
+                "the agent ({}, uid {}) could read this secret file: {why}. Make it readable by \
+                 root only: a Compose file secret is a bind mount that keeps the host file's \
+                 owner and mode (on the host: chown root:root FILE && chmod 600 FILE); a Swarm \
+                 secret needs `uid: \"0\"` and `mode: 0400`",
+                account.name, account.uid
+            ),
+        ));
+    }
+    let meta = std::fs::metadata(&real)
+        .map_err(|e| Error::bad_input(at(), format!("cannot open the secret file: {e}")))?;
+    if !meta.is_file() || meta.len() > MAX_SECRET_LEN {
+        return Err(Error::bad_input(
+            at(),
+            "not a regular file of at most 64 KiB: a secret file holds the credential alone",
+        ));
+    }
+    let text = std::fs::read(&real)
+        .map_err(|e| Error::bad_input(at(), format!("cannot read the secret file: {e}")))?;
+    let secret = String::from_utf8(text)
+        .map_err(|_| Error::bad_input(at(), "the secret file is not UTF-8 text"))?;
+    let secret = secret.trim();
+    if secret.is_empty() || secret.contains(char::is_whitespace) {
+        return Err(Error::bad_input(
+            at(),
+            "the secret file must hold the credential alone, on one line",
+        ));
+    }
+    Ok(Credential {
+        kind,
+        secret: secret.to_string(),
+        source: path.display().to_string(),
+    })
+}
+
+/// Why `account` could read the file at `real` (a path without symlinks), or `None`: it can when
+/// it may search every directory from `/` down and read the file. Owner, group and other bits
+/// as the kernel applies them (ACLs are not read).
+fn readable_by(real: &Path, account: &Account) -> Option<String> {
+    let allows = |meta: &std::fs::Metadata, bit: u32| {
+        let mode = meta.mode();
+        if meta.uid() == account.uid {
+            mode & (bit << 6) != 0
+        } else if account.groups.contains(&meta.gid()) || meta.gid() == account.gid {
+            mode & (bit << 3) != 0
+        } else {
+            mode & bit != 0
+        }
+    };
+    for dir in real.ancestors().skip(1) {
+        match std::fs::metadata(dir) {
+            Ok(meta) if allows(&meta, 0o1) => {}
+            // A directory it cannot pass (or one that cannot be read: then nothing can).
+            _ => return None,
+        }
+    }
+    let meta = std::fs::metadata(real).ok()?;
+    allows(&meta, 0o4).then(|| {
+        format!(
+            "it is owned by uid {} gid {} with mode {:04o}",
+            meta.uid(),
+            meta.gid(),
+            meta.mode() & 0o7777
+        )
+    })
+}
+
+/// The agent's variables with the gateway on: every credential variable (and `*_FILE`,
+/// `ANTHROPIC_BASE_URL`) removed, the gateway's URL and the placeholder token added.
+pub fn agent_variables(
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    let replaced = |name: &OsStr| {
+        let name = name.as_bytes();
+        name == b"ANTHROPIC_BASE_URL"
+            || Kind::ALL
+                .iter()
+                .any(|k| name == k.variable().as_bytes() || name == k.file_variable().as_bytes())
+    };
+    let mut kept: Vec<(OsString, OsString)> =
+        vars.into_iter().filter(|(n, _)| !replaced(n)).collect();
+    kept.push(("ANTHROPIC_BASE_URL".into(), agent_base_url().into()));
+    kept.push((AGENT_VARIABLE.into(), PLACEHOLDER.into()));
+    kept
+}
+
+/// Overwrites, in this process's own environment block (what /proc/1/environ shows), the
+/// values of the credential variables, so that no copy of the credential stays there or in the
+/// children forked from it. Call while single-threaded, after the values were read.
+pub fn wipe_from_own_environment() {
+    extern "C" {
+        static mut environ: *mut *mut libc::c_char;
+    }
+    let names: Vec<String> = Kind::ALL.iter().map(|k| k.variable().to_string()).collect();
+    // SAFETY: single-threaded; each entry is a NUL-terminated "NAME=value" string the process
+    // owns, overwritten in place within its own length.
+    unsafe {
+        let mut entry = environ;
+        while !entry.is_null() && !(*entry).is_null() {
+            let text = std::ffi::CStr::from_ptr(*entry).to_bytes();
+            if let Some(eq) = text.iter().position(|b| *b == b'=') {
+                if names.iter().any(|n| n.as_bytes() == &text[..eq]) {
+                    let value = (*entry).add(eq + 1);
+                    std::ptr::write_bytes(value, b'x', text.len() - eq - 1);
+                }
+            }
+            entry = entry.add(1);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn account() -> Account {
+        Account {
+            name: "agent".into(),
+            uid: 4242,
+            gid: 4242,
+            groups: vec![4242],
+            home: "/home/agent".into(),
+            shell: "/bin/sh".into(),
+        }
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        pairs
+            .iter()
+            .map(|(n, v)| ((*n).into(), (*v).into()))
+            .collect()
+    }
+
+    #[test]
+    fn upstreams_are_https_only() {
+        let up = Upstream::parse("https://gw.example.test:8443/anthropic/", "X").unwrap();
+        assert_eq!(up.host, "gw.example.test");
+        assert_eq!(up.port, 8443);
+        assert_eq!(up.path_prefix, "/anthropic");
+        assert_eq!(up.authority(), "gw.example.test:8443");
+        let default = Upstream::parse(DEFAULT_UPSTREAM, "X").unwrap();
+        assert_eq!(
+            (default.authority(), default.path_prefix),
+            ("api.anthropic.com".into(), String::new())
+        );
+        for bad in [
+            "http://api.anthropic.com",
+            "https://u:p@x.test",
+            "not a url",
+            "ftp://x",
+        ] {
+            let err = Upstream::parse(bad, "ANTHROPIC_BASE_URL")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("only over TLS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn variables_are_found_in_order_and_the_rest_named() {
+        let dir = std::env::temp_dir().join(format!("cordon-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let env = vars(&[
+            ("CLAUDE_CODE_OAUTH_TOKEN", "oauth-secret"),
+            ("ANTHROPIC_API_KEY", "sk-ant-real"),
+        ]);
+        let found = intake(Mode::Auto, &env, &dir, &account()).unwrap().unwrap();
+        assert_eq!(found.credential.kind, Kind::ApiKey);
+        assert_eq!(found.credential.secret(), "sk-ant-real");
+        assert_eq!(found.ignored, ["CLAUDE_CODE_OAUTH_TOKEN"]);
+        assert_eq!(found.upstream.host, "api.anthropic.com");
+        assert!(!format!("{found:?}").contains("sk-ant-real"));
+        assert!(intake(Mode::Off, &env, &dir, &account()).unwrap().is_none());
+        assert!(intake(Mode::Auto, &[], &dir, &account()).unwrap().is_none());
+        let none = intake(Mode::On, &[], &dir, &account())
+            .unwrap_err()
+            .to_string();
+        assert!(none.contains("no credential found"), "{none}");
+        // The agent's own gateway URL (a devcontainer's containerEnv) is not an upstream.
+        let env = vars(&[
+            ("ANTHROPIC_API_KEY", "k"),
+            ("ANTHROPIC_BASE_URL", &agent_base_url()),
+        ]);
+        let found = intake(Mode::Auto, &env, &dir, &account()).unwrap().unwrap();
+        assert_eq!(found.upstream.host, "api.anthropic.com");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_secret_file_the_agent_could_read_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cordon-secrets-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = dir.join("anthropic_api_key");
+        std::fs::write(&file, "sk-ant-from-file\n").unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let mut agent = account();
+        // Another uid: the "other" bits decide (the test may run as root or not).
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = intake(Mode::Auto, &[], &dir, &agent)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("could read this secret file") && err.contains("chmod 600"),
+            "{err}"
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let found = intake(Mode::Auto, &[], &dir, &agent).unwrap().unwrap();
+        assert_eq!(found.credential.secret(), "sk-ant-from-file");
+        assert_eq!(found.credential.source, file.display().to_string());
+        // The agent as the file's owner reads it whatever the other bits say.
+        agent.uid = me;
+        assert!(intake(Mode::Auto, &[], &dir, &agent).is_err());
+        // A directory on the path it cannot search keeps it out.
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        agent.uid = 4242;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(intake(Mode::Auto, &[], &dir, &agent).unwrap().is_some());
+        // A variable naming the file takes precedence over the default path, and wins over
+        // the variables.
+        let other = dir.join("elsewhere");
+        std::fs::write(&other, "oauth-from-file").unwrap();
+        let env = vars(&[
+            ("CLAUDE_CODE_OAUTH_TOKEN_FILE", other.to_str().unwrap()),
+            ("ANTHROPIC_API_KEY", "sk-var"),
+        ]);
+        std::fs::remove_file(&file).unwrap();
+        let found = intake(Mode::Auto, &env, &dir, &agent).unwrap().unwrap();
+        assert_eq!(found.credential.kind, Kind::OAuthToken);
+        assert_eq!(found.ignored, ["ANTHROPIC_API_KEY"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_agent_gets_the_gateway_and_a_placeholder() {
+        let env = vars(&[
+            ("PATH", "/bin"),
+            ("ANTHROPIC_API_KEY", "sk-real"),
+            ("ANTHROPIC_API_KEY_FILE", "/run/secrets/x"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "tok"),
+            ("ANTHROPIC_BASE_URL", "https://gw.test"),
+        ]);
+        let out = agent_variables(env);
+        let text = format!("{out:?}");
+        assert!(!text.contains("sk-real") && !text.contains("tok\"") && !text.contains("gw.test"));
+        assert!(out.contains(&("ANTHROPIC_AUTH_TOKEN".into(), PLACEHOLDER.into())));
+        assert!(out.contains(&("ANTHROPIC_BASE_URL".into(), agent_base_url().into())));
+        assert!(out.contains(&("PATH".into(), "/bin".into())));
+        assert_eq!(out.len(), 3);
+    }
+}

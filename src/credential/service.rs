@@ -1,0 +1,193 @@
+//! The credential gateway as a process of its own, beside the agent.
+//!
+//! PID 1 binds 127.0.0.1:`CREDENTIAL_PORT` as root before anything of the agent runs and holds
+//! the socket for the container's life, so the agent can never take the port. The gateway is a
+//! forked child that serves it as `CREDENTIAL_UID` with no capabilities at all, no_new_privs and
+//! not dumpable: the agent (another uid) can neither signal nor trace it nor read its memory or
+//! /proc/PID/environ. It reaches nothing but the upstream on its port (the fence allows its uid
+//! that alone, and the agent's uid not even that). If it dies, requests wait in the socket's
+//! backlog or are refused, never sent another way, until PID 1 starts it again.
+
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::unistd::{ForkResult, Pid};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use super::{proxy, Credential, Upstream, CREDENTIAL_PORT, CREDENTIAL_UID};
+use crate::error::{Error, Result};
+use crate::sys::caps::Capability;
+use crate::sys::resident;
+use crate::sys::signals::Signals;
+
+/// The gateway's process name (`ps`, /proc/PID/comm).
+pub const CREDENTIAL_NAME: &str = "cordon-cred";
+
+/// The capabilities PID 1 keeps permitted to start the gateway again.
+pub const RESTART_CAPABILITIES: [Capability; 2] = [Capability::CAP_SETUID, Capability::CAP_SETGID];
+
+/// The system CA stores looked for, in order, when `SSL_CERT_FILE` names none.
+const CA_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// What the gateway serves.
+pub struct Config {
+    pub credential: Credential,
+    pub upstream: Upstream,
+    /// The upstream's addresses, resolved by the fence at start.
+    pub addrs: Vec<SocketAddr>,
+    /// The CA certificates the upstream's certificate is verified against.
+    pub roots: Vec<CertificateDer<'static>>,
+}
+
+/// Reads the CA store: `SSL_CERT_FILE` if set, else the first system bundle found.
+pub fn load_roots(
+    ssl_cert_file: Option<PathBuf>,
+) -> Result<(PathBuf, Vec<CertificateDer<'static>>)> {
+    let candidates: Vec<PathBuf> = match ssl_cert_file {
+        Some(path) => vec![path],
+        None => CA_BUNDLES.iter().map(PathBuf::from).collect(),
+    };
+    for path in candidates {
+        if !path.exists() {
+            continue;
+        }
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
+            .map_err(|e| Error::Io {
+                context: format!("reading the CA certificates in {}", path.display()),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .filter_map(|cert| cert.ok())
+            .collect();
+        if !certs.is_empty() {
+            return Ok((path, certs));
+        }
+    }
+    Err(Error::MissingTool {
+        tool: "the system's CA certificates (the credential gateway verifies the API's)".into(),
+        package: "ca-certificates",
+    })
+}
+
+/// The running gateway.
+pub struct CredentialGateway {
+    config: Config,
+    listener: TcpListener,
+    pid: Option<Pid>,
+    restarts: resident::Restarts,
+}
+
+impl CredentialGateway {
+    /// Binds the port and forks the gateway. Call while cordon is single-threaded.
+    pub fn start(config: Config, signals: &Signals) -> Result<CredentialGateway> {
+        let at = SocketAddr::from(([127, 0, 0, 1], CREDENTIAL_PORT));
+        let listener = TcpListener::bind(at).map_err(|error| {
+            Error::CannotFence(format!(
+                "binding the credential gateway's port {at}: {error}; free it, or start with \
+                 --no-credential-gateway"
+            ))
+        })?;
+        let mut gateway = CredentialGateway {
+            config,
+            listener,
+            pid: None,
+            restarts: resident::Restarts::default(),
+        };
+        gateway.restarts.allow();
+        gateway.fork(signals)?;
+        log::info!(
+            "credential gateway (uid {CREDENTIAL_UID}) on http://{at} sends the agent's API \
+             requests to https://{}{} with the credential from {}",
+            gateway.config.upstream.authority(),
+            gateway.config.upstream.path_prefix,
+            gateway.config.credential.source
+        );
+        Ok(gateway)
+    }
+
+    fn fork(&mut self, signals: &Signals) -> Result<()> {
+        // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
+        // from the supervisor's loop), so the child may allocate; it never returns.
+        let forked = resident::fork_named(CREDENTIAL_NAME, || unsafe { nix::unistd::fork() });
+        match forked.map_err(|e| Error::sys("fork", e))? {
+            ForkResult::Parent { child } => {
+                self.pid = Some(child);
+                Ok(())
+            }
+            ForkResult::Child => {
+                let code = self.run_child(signals);
+                // SAFETY: ending the gateway without unwinding into PID 1's stack.
+                unsafe { libc::_exit(code) }
+            }
+        }
+    }
+
+    fn run_child(&self, signals: &Signals) -> i32 {
+        let confinement = resident::Confinement {
+            uid: CREDENTIAL_UID,
+            keep: &[],
+            dies_with_parent: true,
+        };
+        if let Err(error) = resident::confine(signals, &[self.listener.as_raw_fd()], &confinement) {
+            log::error!("credential gateway: {error}");
+            return 1;
+        }
+        match serve(&self.config, &self.listener) {
+            Ok(()) => 0,
+            Err(error) => {
+                log::error!("credential gateway stopped: {error}");
+                1
+            }
+        }
+    }
+}
+
+impl crate::supervise::Resident for CredentialGateway {
+    fn tend(&mut self, exited: &[(Pid, i32)], signals: &Signals) {
+        if let Some((_, status)) = exited.iter().find(|(pid, _)| Some(*pid) == self.pid) {
+            log::warn!(
+                "the credential gateway exited (status {status}): API requests fail until it is \
+                 back"
+            );
+            self.pid = None;
+        }
+        if self.pid.is_some() || !self.restarts.allow() {
+            return;
+        }
+        match self.fork(signals) {
+            Ok(()) => log::warn!("the credential gateway was started again"),
+            Err(error) => log::error!("{error}"),
+        }
+    }
+}
+
+/// Accepts the agent's connections until the listener fails.
+fn serve(config: &Config, listener: &TcpListener) -> std::io::Result<()> {
+    let tls = proxy::tls_connector(config.roots.clone()).map_err(std::io::Error::other)?;
+    let shared = Arc::new(proxy::Shared {
+        credential: config.credential.clone(),
+        upstream: config.upstream.clone(),
+        addrs: config.addrs.clone(),
+        tls,
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()?;
+    let listener = listener.try_clone()?;
+    listener.set_nonblocking(true)?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(proxy::serve_connection(stream, shared.clone()));
+        }
+    })
+}

@@ -1,0 +1,451 @@
+//! The credential gateway, as root, in network namespaces: the agent's API requests go out with
+//! the user's credential whatever they carry, the agent holds only a placeholder and cannot
+//! reach the upstream itself, responses stream through as they are sent, the upstream's
+//! certificate is verified, a secret file the agent could read is refused, and a killed gateway
+//! comes back.
+
+mod support;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use support::world::*;
+use support::{cordon, privileged, testkit};
+
+const CREDENTIAL_UID: &str = "65054";
+const REAL_KEY: &str = "sk-ant-api03-REAL-user-key-0123456789";
+const PLACEHOLDER: &str = "cordon-credential-gateway-placeholder";
+const AGENTS_OWN_KEY: &str = "sk-ant-api03-attackers-own-key";
+
+/// A world whose DNS answers api.anthropic.com with `SERVICE`, where a TLS mock of the API
+/// (certificate from a test CA) takes only `expect` as credential.
+fn api_world(expect: &str) -> World {
+    let mut world = World::new(WorldOpts {
+        records: vec![format!("api.anthropic.com={SERVICE}")],
+        ..WorldOpts::default()
+    });
+    let pki = world.path("pki");
+    // In a file only root reads: this host's processes share one PID namespace, and the agent
+    // may read every command line.
+    let expected = world.path("expected-credential");
+    std::fs::write(&expected, expect).unwrap();
+    std::fs::set_permissions(
+        &expected,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    support::run(testkit(), &["pki", "--dir", &pki, "api.anthropic.com"]);
+    let args = [
+        "mock-api",
+        "--listen",
+        &format!("{SERVICE}:443"),
+        "--tls-cert",
+        &format!("{pki}/server.pem"),
+        "--tls-key",
+        &format!("{pki}/server-key.pem"),
+        "--expect-credential-file",
+        &expected,
+        "--log",
+        &world.path("api.log"),
+    ]
+    .map(String::from)
+    .to_vec();
+    world.spawn_in_world(args, "api.ready");
+    std::fs::write(world.path("agent_http.py"), HTTP_CLIENT).unwrap();
+    world
+}
+
+/// Requests as the agent would send them, from inside the sandbox: `req METHOD PATH [BYTES]
+/// [HEADER: VALUE]...` prints the status and the body; `sse PATH` prints, per event, the
+/// microseconds between the mock sending it and its arrival here.
+const HTTP_CLIENT: &str = r#"
+import http.client, sys, time
+mode, path = sys.argv[1], sys.argv[2]
+conn = http.client.HTTPConnection("127.0.0.1", 10080, timeout=20)
+if mode == "req":
+    method, size, headers = path, int(sys.argv[4]), {}
+    for h in sys.argv[5:]:
+        k, v = h.split(": ", 1)
+        headers[k] = v
+    conn.request(method, sys.argv[3], body=b"y" * size if size else None, headers=headers)
+    r = conn.getresponse()
+    print(r.status, r.read().decode())
+    # Keep-alive: a second request on the same connection.
+    conn.request("GET", "/v1/models", headers=headers)
+    r = conn.getresponse()
+    print("again", r.status, r.read().decode())
+else:
+    conn.request("GET", path)
+    r = conn.getresponse()
+    print("status", r.status, flush=True)
+    while True:
+        line = r.readline()
+        if not line:
+            break
+        if line.startswith(b"data: "):
+            n, sent = line[6:].split()
+            print(n.decode(), int(time.time() * 1e6) - int(sent), flush=True)
+"#;
+
+/// cordon with the credential in `env`, `/bin/sleep` as the agent.
+struct Sandbox {
+    child: Child,
+    log: String,
+}
+
+impl Sandbox {
+    fn start(world: &World, env: &[(&str, String)]) -> Sandbox {
+        let log = world.path("cordon.log");
+        let mut command = world.sandbox_command(cordon());
+        command
+            .args([
+                "--no-harden",
+                "--no-default-profile",
+                "--allow",
+                "allowed.test",
+            ])
+            .args(["--user", AGENT_UID, "--", "/bin/sleep", "300"])
+            .env("SSL_CERT_FILE", world.path("pki/ca.pem"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = command.spawn().expect("start cordon");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("starting /bin/sleep") {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("cordon exited ({status}) before the agent started:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "cordon did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sandbox { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn children(&self) -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    }
+
+    /// The child of this uid.
+    fn child_of_uid(&self, uid: &str) -> Option<u32> {
+        self.children().into_iter().find(|pid| {
+            status_field(*pid, "Uid").is_some_and(|u| u.split_whitespace().all(|u| u == uid))
+        })
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // SAFETY: signalling the cordon process this test started; the agent exits on it.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        eprintln!("cordon's log:\n{}", self.log());
+    }
+}
+
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+/// Runs `line` in the sandbox as the agent's uid; its stdout (its stderr goes to the test's).
+fn as_agent(world: &World, line: &str) -> String {
+    let output = world.sandbox_sh(&format!(
+        "setpriv --reuid {AGENT_UID} --regid {AGENT_UID} --clear-groups {line}"
+    ));
+    eprint!("{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The agent's HTTP client (`HTTP_CLIENT`) with these arguments.
+fn http(world: &World, args: &str) -> String {
+    as_agent(
+        world,
+        &format!("/usr/bin/python3 {} {args}", world.path("agent_http.py")),
+    )
+}
+
+fn api_log(world: &World) -> String {
+    std::fs::read_to_string(world.path("api.log")).unwrap_or_default()
+}
+
+/// The whole promise with an API key in the environment: the agent gets the gateway's URL and
+/// a placeholder, its requests (with the placeholder, a key of its own, or none; a 1 MB body;
+/// two on one connection) reach the API with the user's key and nothing else, it cannot reach
+/// the API itself, and no process it can read holds the key.
+#[test]
+fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
+    if !privileged() {
+        return;
+    }
+    let world = api_world(REAL_KEY);
+    let sandbox = Sandbox::start(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
+    let log = sandbox.log();
+    assert!(log.contains("credential gateway (uid 65054)"), "{log}");
+    assert!(!log.contains(REAL_KEY), "the key in cordon's log");
+
+    let agent = sandbox.child_of_uid(AGENT_UID).expect("the agent");
+    let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    assert!(
+        environ.contains(&format!("ANTHROPIC_AUTH_TOKEN={PLACEHOLDER}")),
+        "{environ}"
+    );
+    assert!(!environ.contains("ANTHROPIC_API_KEY="), "{environ}");
+    assert!(
+        environ.contains("ANTHROPIC_BASE_URL=http://127.0.0.1:10080"),
+        "{environ}"
+    );
+    // cordon's own environment block no longer holds it either (wiped after reading), nor
+    // that of the gateway forked from it.
+    for pid in [
+        sandbox.child.id(),
+        sandbox.child_of_uid(CREDENTIAL_UID).unwrap(),
+    ] {
+        let own = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&own).contains(REAL_KEY),
+            "pid {pid}'s environment holds the key"
+        );
+    }
+    // Nothing the agent's uid can read holds it: every process's environment and command line,
+    // and the files under /proc it may open.
+    let needle = world.path("needle");
+    std::fs::write(&needle, REAL_KEY).unwrap();
+    let search = as_agent(
+        &world,
+        &format!(
+            "sh -c 'grep -l -a -F -f {needle} /proc/[0-9]*/environ /proc/[0-9]*/cmdline \
+             2>/dev/null; echo searched'"
+        ),
+    );
+    assert_eq!(search.trim(), "searched", "readable by the agent: {search}");
+
+    let own_key = format!("x-api-key: {AGENTS_OWN_KEY}");
+    let placeholder = format!("x-api-key: {PLACEHOLDER}");
+    for headers in [
+        placeholder.as_str(),
+        own_key.as_str(),
+        "anthropic-version: 2023-06-01",
+    ] {
+        let out = http(
+            &world,
+            &format!("req POST /v1/messages/count_tokens 0 '{headers}'"),
+        );
+        assert!(
+            out.starts_with("200 {\"input_tokens\":1}"),
+            "{headers}: {out}"
+        );
+        assert!(out.contains("again 200"), "keep-alive: {out}");
+    }
+    let out = http(&world, "req POST /testkit/upload 1048576");
+    assert!(out.starts_with("200 {\"bytes\":1048576}"), "{out}");
+    let seen = api_log(&world);
+    assert!(seen.lines().count() >= 8, "{seen}");
+    for line in seen.lines().filter(|l| l.contains(" cred=")) {
+        assert!(
+            line.ends_with(&format!("cred=x-api-key:{REAL_KEY}")),
+            "the API got another credential: {line}"
+        );
+    }
+    assert!(
+        !seen.contains(PLACEHOLDER) && !seen.contains(AGENTS_OWN_KEY),
+        "{seen}"
+    );
+
+    // The agent cannot reach the API itself, with any key: the fence resets its connection
+    // (the mock listens there, and took the gateway's).
+    let direct = world.probe(&[&format!("tcp:{SERVICE}:443")]);
+    assert_eq!(
+        direct[&format!("tcp:{SERVICE}:443")],
+        "refused",
+        "{direct:?}"
+    );
+}
+
+/// An OAuth token from a secret file named by CLAUDE_CODE_OAUTH_TOKEN_FILE travels as a bearer
+/// token with the OAuth beta; the agent's own Authorization header is replaced.
+#[test]
+fn an_oauth_token_from_a_secret_file_goes_as_a_bearer_token() {
+    if !privileged() {
+        return;
+    }
+    let token = "sk-ant-oat01-REAL-oauth-token";
+    let world = api_world(token);
+    let file = world.path("oauth_token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let sandbox = Sandbox::start(&world, &[("CLAUDE_CODE_OAUTH_TOKEN_FILE", file)]);
+    let agent = sandbox.child_of_uid(AGENT_UID).expect("the agent");
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{agent}/environ")).unwrap())
+            .into_owned();
+    assert!(
+        environ.contains(&format!("ANTHROPIC_AUTH_TOKEN={PLACEHOLDER}")),
+        "{environ}"
+    );
+    assert!(
+        !environ.contains("CLAUDE_CODE_OAUTH_TOKEN_FILE"),
+        "{environ}"
+    );
+    let out = http(
+        &world,
+        &format!(
+            "req POST /v1/messages/count_tokens 0 'authorization: Bearer {PLACEHOLDER}' \
+             'anthropic-beta: claude-code-20250219'"
+        ),
+    );
+    assert!(out.starts_with("200 "), "{out}");
+    let seen = api_log(&world);
+    // The OAuth beta the API wants with such a token, added by the gateway.
+    assert!(
+        seen.contains(&format!(
+            "beta=claude-code-20250219,oauth-2025-04-20 cred=bearer:{token}"
+        )),
+        "{seen}"
+    );
+    assert!(!seen.contains(PLACEHOLDER), "{seen}");
+}
+
+/// Server-sent events arrive one by one as the API sends them: nothing is held back.
+#[test]
+fn a_stream_arrives_event_by_event() {
+    if !privileged() {
+        return;
+    }
+    let world = api_world(REAL_KEY);
+    let _sandbox = Sandbox::start(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
+    let out = http(&world, "sse '/testkit/sse?events=6&interval_ms=300'");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("status 200"), "{out}");
+    let delays: Vec<i64> = lines
+        .map(|line| line.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(delays.len(), 6, "{out}");
+    // Each event arrives within 50 ms of being sent (they are 300 ms apart).
+    assert!(
+        delays.iter().all(|us| *us < 50_000),
+        "delays in µs: {delays:?}"
+    );
+}
+
+/// The upstream's certificate is verified: a server whose certificate no trusted CA signed gets
+/// nothing, and the agent an error that says why.
+#[test]
+fn an_upstream_with_an_untrusted_certificate_gets_nothing() {
+    if !privileged() {
+        return;
+    }
+    let world = api_world(REAL_KEY);
+    let other_ca = world.path("other");
+    support::run(testkit(), &["pki", "--dir", &other_ca, "api.anthropic.com"]);
+    let log = world.path("cordon.log");
+    let mut command = world.sandbox_command(cordon());
+    let child = command
+        .args(["--no-harden", "--no-default-profile", "--user", AGENT_UID])
+        .args(["--", "/bin/sleep", "300"])
+        .env("SSL_CERT_FILE", format!("{other_ca}/ca.pem"))
+        .env("ANTHROPIC_API_KEY", REAL_KEY)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sandbox = Sandbox { child, log };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !sandbox.log().contains("starting /bin/sleep") {
+        assert!(Instant::now() < deadline, "{}", sandbox.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = http(&world, "req POST /v1/messages 0");
+    assert!(out.starts_with("502 "), "{out}");
+    assert!(out.contains("TLS"), "{out}");
+    assert!(!api_log(&world).contains("cred="), "{}", api_log(&world));
+}
+
+/// A secret file the agent's uid could read is refused, with the fix, and nothing starts.
+#[test]
+fn a_secret_file_the_agent_could_read_is_refused() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let file = world.path("api_key");
+    std::fs::write(&file, REAL_KEY).unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let output = world.cordon_with(
+        &cordon(),
+        &["--no-harden", "--user", AGENT_UID, "--", "/bin/true"],
+        &[("ANTHROPIC_API_KEY_FILE", &file)],
+    );
+    assert_eq!(output.status.code(), Some(65));
+    let text = stderr(&output);
+    assert!(text.contains("could read this secret file"), "{text}");
+    assert!(text.contains("chmod 600"), "{text}");
+    assert!(!text.contains(REAL_KEY), "{text}");
+}
+
+/// The gateway runs as its own uid with no capabilities, no_new_privs, not dumpable; the agent
+/// cannot signal it or take its port; killed, it is started again and requests go through.
+#[test]
+fn the_gateway_runs_confined_and_comes_back() {
+    if !privileged() {
+        return;
+    }
+    let world = api_world(REAL_KEY);
+    let sandbox = Sandbox::start(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
+    let pid = sandbox.child_of_uid(CREDENTIAL_UID).expect("the gateway");
+    let field = |key: &str| status_field(pid, key).unwrap();
+    assert_eq!(field("Name"), "cordon-cred");
+    assert!(field("Gid").split_whitespace().all(|g| g == CREDENTIAL_UID));
+    assert_eq!(field("Groups"), "");
+    for set in ["CapEff", "CapPrm", "CapInh", "CapBnd", "CapAmb"] {
+        assert_eq!(field(set), "0000000000000000", "{set}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    let owner = std::os::unix::fs::MetadataExt::uid(
+        &std::fs::metadata(format!("/proc/{pid}/environ")).unwrap(),
+    );
+    assert_eq!(owner, 0, "the gateway is dumpable");
+    let out = as_agent(
+        &world,
+        &format!(
+            "sh -c 'kill -9 {pid}; echo kill=$?; /usr/bin/python3 -c \"import socket; \
+             socket.socket().bind((\\\"127.0.0.1\\\", 10080))\" 2>/dev/null; echo bind=$?'"
+        ),
+    );
+    assert!(out.contains("kill=1") && out.contains("bind=1"), "{out}");
+
+    // SAFETY: killing the gateway this test's cordon started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sandbox
+        .child_of_uid(CREDENTIAL_UID)
+        .is_none_or(|p| p == pid)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not started again: {}",
+            sandbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(sandbox
+        .log()
+        .contains("the credential gateway was started again"));
+    let out = http(&world, "req POST /v1/messages/count_tokens 0");
+    assert!(out.starts_with("200 "), "{out}");
+}
