@@ -234,17 +234,42 @@ pub fn intake(
     }
     let credential = found.remove(0);
     let ignored = found.into_iter().map(|c| c.source).collect();
-    let upstream = match var("ANTHROPIC_BASE_URL") {
-        Some(url) if url != OsStr::new(&agent_base_url()) => {
-            Upstream::parse(&url.to_string_lossy(), "ANTHROPIC_BASE_URL")?
-        }
-        _ => Upstream::parse(DEFAULT_UPSTREAM, "the default upstream")?,
-    };
     Ok(Some(Intake {
         credential,
-        upstream,
+        upstream: upstream(vars)?,
         ignored,
     }))
+}
+
+/// The user's `ANTHROPIC_BASE_URL`, else `DEFAULT_UPSTREAM`. The gateway's own URL (an editor's
+/// settings may hand it to cordon too) is not an upstream.
+fn upstream(vars: &[(OsString, OsString)]) -> Result<Upstream> {
+    match vars.iter().rev().find(|(n, _)| n == "ANTHROPIC_BASE_URL") {
+        Some((_, url)) if !url.is_empty() && url != OsStr::new(&agent_base_url()) => {
+            Upstream::parse(&url.to_string_lossy(), "ANTHROPIC_BASE_URL")
+        }
+        _ => Upstream::parse(DEFAULT_UPSTREAM, "the default upstream"),
+    }
+}
+
+/// The upstream the entrypoint's credential gateway would use here (a credential is present, as
+/// a secret file or a variable), without reading the credential: for `cordon plan`.
+pub fn upstream_if_present(
+    vars: &[(OsString, OsString)],
+    secrets_dir: &Path,
+) -> Result<Option<Upstream>> {
+    let set = |name: &str| vars.iter().any(|(n, v)| n == name && !v.is_empty());
+    let present = Kind::ALL.iter().any(|kind| {
+        set(&kind.file_variable())
+            || kind.default_file(secrets_dir).exists()
+            || vars
+                .iter()
+                .any(|(n, v)| n == kind.variable() && !v.is_empty() && v != PLACEHOLDER)
+    });
+    if !present {
+        return Ok(None);
+    }
+    upstream(vars).map(Some)
 }
 
 /// Reads a secret file after checking that the agent could not read it itself.
@@ -486,6 +511,29 @@ mod tests {
         let found = intake(Mode::Auto, &env, &dir, &agent).unwrap().unwrap();
         assert_eq!(found.credential.kind, Kind::OAuthToken);
         assert_eq!(found.ignored, ["ANTHROPIC_API_KEY"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cordon_plan_sees_a_credential_without_reading_it() {
+        let dir = std::env::temp_dir().join(format!("cordon-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(upstream_if_present(&[], &dir).unwrap(), None);
+        let placeholder = vars(&[("ANTHROPIC_AUTH_TOKEN", PLACEHOLDER)]);
+        assert_eq!(upstream_if_present(&placeholder, &dir).unwrap(), None);
+        let key = vars(&[
+            ("ANTHROPIC_API_KEY", "k"),
+            ("ANTHROPIC_BASE_URL", "https://gw.test/x"),
+        ]);
+        let up = upstream_if_present(&key, &dir).unwrap().unwrap();
+        assert_eq!(
+            (up.host.as_str(), up.path_prefix.as_str()),
+            ("gw.test", "/x")
+        );
+        // A secret file that is there, whatever its mode (nothing is read).
+        std::fs::write(dir.join("claude_code_oauth_token"), "t").unwrap();
+        let up = upstream_if_present(&[], &dir).unwrap().unwrap();
+        assert_eq!(up.host, "api.anthropic.com");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -54,7 +54,14 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
             .map_err(|errno| Error::sys("restoring the signal state", errno))
     };
     match invocation {
-        Invocation::Plan { fence } => restore().and_then(|()| fence::plan(&fence)),
+        Invocation::Plan { mut fence } => restore().and_then(|()| {
+            // As the entrypoint would load it here: with a credential, its gateway's upstream.
+            let vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+            let secrets = Path::new(credential::SECRETS_DIR);
+            fence.credential_upstream = credential::upstream_if_present(&vars, secrets)?
+                .map(|upstream| (upstream.host, upstream.port));
+            fence::plan(&fence)
+        }),
         Invocation::Firewall { fence, user } => fence::firewall(&fence, &user, signals),
         Invocation::Check(options) => restore().and_then(|()| check::run(&options)),
         Invocation::Harden => restore().and_then(|()| harden_now()),

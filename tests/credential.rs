@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::world::*;
@@ -88,78 +87,19 @@ else:
 "#;
 
 /// cordon with the credential in `env`, `/bin/sleep` as the agent.
-struct Sandbox {
-    child: Child,
-    log: String,
-}
-
-impl Sandbox {
-    fn start(world: &World, env: &[(&str, String)]) -> Sandbox {
-        let log = world.path("cordon.log");
-        let mut command = world.sandbox_command(cordon());
-        command
-            .args([
-                "--no-harden",
-                "--no-default-profile",
-                "--allow",
-                "allowed.test",
-            ])
-            .args(["--user", AGENT_UID, "--", "/bin/sleep", "300"])
-            .env("SSL_CERT_FILE", world.path("pki/ca.pem"))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = command.spawn().expect("start cordon");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("starting /bin/sleep") {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("cordon exited ({status}) before the agent started:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "cordon did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Sandbox { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn children(&self) -> Vec<u32> {
-        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.child.id()))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|pid| pid.parse().ok())
-            .collect()
-    }
-
-    /// The child of this uid.
-    fn child_of_uid(&self, uid: &str) -> Option<u32> {
-        self.children().into_iter().find(|pid| {
-            status_field(*pid, "Uid").is_some_and(|u| u.split_whitespace().all(|u| u == uid))
-        })
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // SAFETY: signalling the cordon process this test started; the agent exits on it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        eprintln!("cordon's log:\n{}", self.log());
-    }
-}
-
-fn status_field(pid: u32, key: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        (k == key).then(|| v.trim().to_string())
-    })
+fn start_sandbox(world: &World, env: &[(&str, String)]) -> SleepingAgent {
+    let mut command = world.sandbox_command(cordon());
+    command
+        .args([
+            "--no-harden",
+            "--no-default-profile",
+            "--allow",
+            "allowed.test",
+        ])
+        .args(["--user", AGENT_UID, "--", "/bin/sleep", "300"])
+        .env("SSL_CERT_FILE", world.path("pki/ca.pem"))
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    SleepingAgent::start(command, world.path("cordon.log"))
 }
 
 /// Runs `line` in the sandbox as the agent's uid; its stdout (its stderr goes to the test's).
@@ -193,7 +133,7 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
         return;
     }
     let world = api_world(REAL_KEY);
-    let sandbox = Sandbox::start(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
+    let sandbox = start_sandbox(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
     let log = sandbox.log();
     assert!(log.contains("credential gateway (uid 65054)"), "{log}");
     assert!(!log.contains(REAL_KEY), "the key in cordon's log");
@@ -212,10 +152,7 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
     );
     // cordon's own environment block no longer holds it either (wiped after reading), nor
     // that of the gateway forked from it.
-    for pid in [
-        sandbox.child.id(),
-        sandbox.child_of_uid(CREDENTIAL_UID).unwrap(),
-    ] {
+    for pid in [sandbox.pid(), sandbox.child_of_uid(CREDENTIAL_UID).unwrap()] {
         let own = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(
             !String::from_utf8_lossy(&own).contains(REAL_KEY),
@@ -289,7 +226,7 @@ fn an_oauth_token_from_a_secret_file_goes_as_a_bearer_token() {
     let file = world.path("oauth_token");
     std::fs::write(&file, format!("{token}\n")).unwrap();
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let sandbox = Sandbox::start(&world, &[("CLAUDE_CODE_OAUTH_TOKEN_FILE", file)]);
+    let sandbox = start_sandbox(&world, &[("CLAUDE_CODE_OAUTH_TOKEN_FILE", file)]);
     let agent = sandbox.child_of_uid(AGENT_UID).expect("the agent");
     let environ =
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{agent}/environ")).unwrap())
@@ -328,7 +265,7 @@ fn a_stream_arrives_event_by_event() {
         return;
     }
     let world = api_world(REAL_KEY);
-    let _sandbox = Sandbox::start(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
+    let _sandbox = start_sandbox(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
     let out = http(&world, "sse '/testkit/sse?events=6&interval_ms=300'");
     let mut lines = out.lines();
     assert_eq!(lines.next(), Some("status 200"), "{out}");
@@ -353,23 +290,14 @@ fn an_upstream_with_an_untrusted_certificate_gets_nothing() {
     let world = api_world(REAL_KEY);
     let other_ca = world.path("other");
     support::run(testkit(), &["pki", "--dir", &other_ca, "api.anthropic.com"]);
-    let log = world.path("cordon.log");
-    let mut command = world.sandbox_command(cordon());
-    let child = command
-        .args(["--no-harden", "--no-default-profile", "--user", AGENT_UID])
-        .args(["--", "/bin/sleep", "300"])
-        .env("SSL_CERT_FILE", format!("{other_ca}/ca.pem"))
-        .env("ANTHROPIC_API_KEY", REAL_KEY)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let sandbox = Sandbox { child, log };
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !sandbox.log().contains("starting /bin/sleep") {
-        assert!(Instant::now() < deadline, "{}", sandbox.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // The other CA's bundle is the store the gateway trusts (last SSL_CERT_FILE wins).
+    let _sandbox = start_sandbox(
+        &world,
+        &[
+            ("ANTHROPIC_API_KEY", REAL_KEY.into()),
+            ("SSL_CERT_FILE", format!("{other_ca}/ca.pem")),
+        ],
+    );
     let out = http(&world, "req POST /v1/messages 0");
     assert!(out.starts_with("502 "), "{out}");
     assert!(out.contains("TLS"), "{out}");
@@ -406,7 +334,7 @@ fn the_gateway_runs_confined_and_comes_back() {
         return;
     }
     let world = api_world(REAL_KEY);
-    let sandbox = Sandbox::start(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
+    let sandbox = start_sandbox(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
     let pid = sandbox.child_of_uid(CREDENTIAL_UID).expect("the gateway");
     let field = |key: &str| status_field(pid, key).unwrap();
     assert_eq!(field("Name"), "cordon-cred");

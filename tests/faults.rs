@@ -462,6 +462,55 @@ time.sleep(5)' </dev/null >/dev/null 2>&1 &\nsleep 0.3";
     );
 }
 
+/// A credential in a secret file the agent's uid could read: refused with the fix, nothing of
+/// the agent runs (it would find the credential where cordon did).
+#[test]
+fn secret_file_readable_by_the_agent() {
+    if !privileged() {
+        return;
+    }
+    let world = world();
+    let setup = "mkdir -p /run/secrets && echo sk-ant-fault-key > /run/secrets/anthropic_api_key \
+                 && chmod 644 /run/secrets/anthropic_api_key";
+    let start = start(&world, setup, As::Root, &ALLOW);
+    assert_refused(
+        &world,
+        "secret file readable by the agent",
+        &start,
+        "chmod 600",
+        secs(2),
+    );
+    assert!(
+        !start.stderr.contains("sk-ant-fault-key"),
+        "{}",
+        start.stderr
+    );
+}
+
+/// With a credential, a process already holding the credential gateway's port stops the start:
+/// the agent's API requests would go to whoever holds it.
+#[test]
+fn credential_gateway_port_taken() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![format!("api.anthropic.com={ALLOWED}")],
+        ..WorldOpts::default()
+    });
+    let setup = "/usr/bin/python3 -c 'import socket,time\n\
+s=socket.socket(); s.bind((\"127.0.0.1\", 10080)); s.listen()\n\
+time.sleep(5)' </dev/null >/dev/null 2>&1 &\nsleep 0.3\nexport ANTHROPIC_API_KEY=sk-ant-fault-key";
+    let start = start(&world, setup, As::Root, &ALLOW);
+    assert_refused(
+        &world,
+        "credential gateway port taken",
+        &start,
+        "--no-credential-gateway",
+        secs(2),
+    );
+}
+
 /// One name resolves, one does not: the agent starts with what resolved; `--strict` refuses.
 #[test]
 fn resolver_answers_partly() {

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::world::*;
@@ -15,57 +14,15 @@ use support::{cordon, privileged};
 
 const GATEWAY_UID: &str = "65053";
 
-/// cordon running `/bin/sleep` as the agent with the gateway, while the test probes as the
-/// agent's uid from outside (the redirect and the fence go by uid, not by process).
-struct Sandbox {
-    child: Child,
-    log: String,
-}
-
-impl Sandbox {
-    fn start(world: &World, allow: &[&str]) -> Sandbox {
-        let log = world.path(&format!("cordon-{}.log", allow.len()));
-        let mut command = world.sandbox_command(cordon());
-        command.args(["--dns", "gateway", "--no-harden", "--no-default-profile"]);
-        for entry in allow {
-            command.args(["--allow", entry]);
-        }
-        command
-            .args(["--user", AGENT_UID, "--", "/bin/sleep", "300"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let mut child = command.spawn().expect("start cordon");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("starting /bin/sleep") {
-                break;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("cordon exited ({status}) before the agent started:\n{text}");
-            }
-            assert!(Instant::now() < deadline, "cordon did not start:\n{text}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Sandbox { child, log }
+/// cordon running `/bin/sleep` as the agent with the gateway, allowing `allow`.
+fn start_sandbox(world: &World, allow: &[&str]) -> SleepingAgent {
+    let mut command = world.sandbox_command(cordon());
+    command.args(["--dns", "gateway", "--no-harden", "--no-default-profile"]);
+    for entry in allow {
+        command.args(["--allow", entry]);
     }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        // SAFETY: signalling the cordon process this test started; the agent exits on it.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        eprintln!("cordon's log:\n{}", self.log());
-    }
+    command.args(["--user", AGENT_UID, "--", "/bin/sleep", "300"]);
+    SleepingAgent::start(command, world.path(&format!("cordon-{}.log", allow.len())))
 }
 
 /// `cordon ARGS` as root in the sandbox: its status and everything it printed.
@@ -85,21 +42,13 @@ fn dns_log(world: &World) -> String {
 
 /// The gateway: the one process of the gateway's uid (in this test's sandbox: a child of
 /// `sandbox`).
-fn gateway_pid(sandbox: &Sandbox) -> Option<u32> {
+fn gateway_pid(sandbox: &SleepingAgent) -> Option<u32> {
     let children =
         std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", sandbox.pid())).ok()?;
     children
         .split_whitespace()
         .filter_map(|pid| pid.parse::<u32>().ok())
         .find(|pid| status_field(*pid, "Uid").is_some_and(|uid| uid.starts_with(GATEWAY_UID)))
-}
-
-fn status_field(pid: u32, key: &str) -> Option<String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let (k, v) = line.split_once(':')?;
-        (k == key).then(|| v.trim().to_string())
-    })
 }
 
 /// `SPEC VERDICT DETAIL` per probe, as the agent.
@@ -131,7 +80,7 @@ fn only_allowlisted_names_reach_the_resolver_and_their_answers_open_them() {
         ],
         ..WorldOpts::default()
     });
-    let sandbox = Sandbox::start(
+    let sandbox = start_sandbox(
         &world,
         &["allowed.test", "*.wild.test", "rebind.test", "lan.test"],
     );
@@ -217,7 +166,7 @@ fn a_name_that_moves_to_a_new_address_keeps_working() {
         ],
         ..WorldOpts::default()
     });
-    let _sandbox = Sandbox::start(&world, &["moving.test"]);
+    let _sandbox = start_sandbox(&world, &["moving.test"]);
     let ask = format!("dns:moving.test@{GATEWAY}");
     assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
     assert_eq!(verdict(&world, &format!("tcp:{ALLOWED}:443")).0, "open");
@@ -249,7 +198,7 @@ fn a_name_asked_again_within_its_ttl_is_answered_from_the_cache() {
         dns_args: vec!["--ttl".into(), "30".into()],
         ..WorldOpts::default()
     });
-    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let _sandbox = start_sandbox(&world, &["allowed.test"]);
     let ask = format!("dns:allowed.test@{GATEWAY}");
     let heard = || {
         dns_log(&world)
@@ -290,7 +239,7 @@ fn allowlisted_names_in_the_hosts_file_open_at_start() {
     world.set_hosts(&format!(
         "127.0.0.1 localhost\n{ALLOWED} hosted.test\n{BLOCKED} unlisted.test\n"
     ));
-    let sandbox = Sandbox::start(&world, &["hosted.test:443"]);
+    let sandbox = start_sandbox(&world, &["hosted.test:443"]);
     assert!(
         sandbox.log().contains(&format!(
             "hosted.test is in /etc/hosts: {ALLOWED} opened at start"
@@ -312,7 +261,7 @@ fn each_block_is_named_with_what_would_allow_it() {
         return;
     }
     let world = World::new(WorldOpts::default());
-    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let sandbox = start_sandbox(&world, &["allowed.test"]);
     let got = probe(
         &world,
         &[
@@ -390,7 +339,7 @@ fn root_changes_the_running_allowlist_and_the_agent_cannot() {
         ..WorldOpts::default()
     });
     let _sink = start_sink(&world);
-    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let sandbox = start_sandbox(&world, &["allowed.test"]);
     let control = |args: &[&str]| cordon_as_root(&world, args);
     let later = format!("dns:later.test@{GATEWAY}");
     assert_eq!(verdict(&world, &later).1, "REFUSED");
@@ -490,7 +439,7 @@ fn root_allows_and_denies_address_entries_while_the_agent_runs() {
         ..WorldOpts::default()
     });
     let _sink = start_sink(&world);
-    let _sandbox = Sandbox::start(&world, &["allowed.test", "peer.test"]);
+    let _sandbox = start_sandbox(&world, &["allowed.test", "peer.test"]);
     let control = |args: &[&str]| cordon_as_root(&world, args);
     let fence_finding = || {
         let (_, text) = control(&["check"]);
@@ -555,7 +504,7 @@ fn the_gateway_runs_confined_and_out_of_the_agents_reach() {
         return;
     }
     let world = World::new(WorldOpts::default());
-    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let sandbox = start_sandbox(&world, &["allowed.test"]);
     let pid = gateway_pid(&sandbox).expect("a gateway process");
     let field = |key: &str| status_field(pid, key).unwrap();
     assert_eq!(field("Name"), "cordon-dns");
@@ -615,7 +564,7 @@ fn names_fail_closed_while_the_gateway_is_down_and_it_comes_back() {
         return;
     }
     let world = World::new(WorldOpts::default());
-    let sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let sandbox = start_sandbox(&world, &["allowed.test"]);
     let first = gateway_pid(&sandbox).expect("a gateway process");
     let ask = format!("dns:allowed.test@{GATEWAY}");
     assert_eq!(verdict(&world, &ask).0, "answered");
@@ -665,7 +614,7 @@ fn behind_docker_embedded_dns_the_forwarders_own_port_is_closed_to_the_agent() {
         docker_dns: true,
         ..WorldOpts::default()
     });
-    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let _sandbox = start_sandbox(&world, &["allowed.test"]);
     let got = probe(
         &world,
         &[
@@ -708,7 +657,7 @@ fn an_ipv4_only_namespace_gets_the_gateway() {
         ipv6_off: true,
         ..WorldOpts::default()
     });
-    let _sandbox = Sandbox::start(&world, &["allowed.test"]);
+    let _sandbox = start_sandbox(&world, &["allowed.test"]);
     let got = probe(
         &world,
         &[

@@ -157,14 +157,28 @@ pub fn agent_environment(
 }
 
 /// The names among `vars` that cordon would remove as credentials by default (its own `CORDON_*`
-/// settings and the agent's own credentials aside): for `cordon check`, which runs with the
-/// container's configured environment, as `docker exec` sessions do.
+/// settings aside), and the Anthropic credential variables unless they hold the credential
+/// gateway's placeholder: for `cordon check`, which runs with the container's configured
+/// environment, as `docker exec` sessions do.
 pub fn credential_names(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<String> {
     let rules = Rules::default();
+    let anthropic = |name: &OsStr, value: &OsStr| {
+        [
+            "ANTHROPIC_API_KEY",
+            "CLAUDE_CODE_OAUTH_TOKEN",
+            "ANTHROPIC_AUTH_TOKEN",
+        ]
+        .iter()
+        .any(|n| name == *n)
+            && !value.is_empty()
+            && value != crate::credential::PLACEHOLDER
+    };
     let mut names: Vec<String> = vars
         .into_iter()
         .filter(|(name, _)| !matches(OWN_PREFIX.as_bytes(), name.as_bytes()))
-        .filter(|(name, value)| rules.verdict(name, value) != Verdict::Keep)
+        .filter(|(name, value)| {
+            rules.verdict(name, value) != Verdict::Keep || anthropic(name, value)
+        })
         .map(|(name, _)| name.to_string_lossy().into_owned())
         .collect();
     names.sort();
@@ -354,6 +368,39 @@ mod tests {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, value)| value.as_os_str())
+    }
+
+    /// `cordon check` names a real Anthropic credential in an exec session's environment (the
+    /// credential gateway keeps it from the agent: a session holding it undoes that), not the
+    /// gateway's placeholder.
+    #[test]
+    fn check_names_a_real_anthropic_credential_not_the_placeholder() {
+        let vars = |pairs: &[(&str, &str)]| -> Vec<(OsString, OsString)> {
+            pairs
+                .iter()
+                .map(|(n, v)| ((*n).into(), (*v).into()))
+                .collect()
+        };
+        let real = vars(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-api03-real"),
+            ("CLAUDE_CODE_OAUTH_TOKEN", "tok"),
+            ("CORDON_ALLOW", "x.test"),
+            ("GITHUB_TOKEN", "ghp_x"),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:10080"),
+        ]);
+        assert_eq!(
+            credential_names(real),
+            [
+                "ANTHROPIC_API_KEY",
+                "CLAUDE_CODE_OAUTH_TOKEN",
+                "GITHUB_TOKEN"
+            ]
+        );
+        let placeholder = vars(&[
+            ("ANTHROPIC_AUTH_TOKEN", crate::credential::PLACEHOLDER),
+            ("ANTHROPIC_BASE_URL", "http://127.0.0.1:10080"),
+        ]);
+        assert!(credential_names(placeholder).is_empty());
     }
 
     /// The credential variables a review found reaching the agent, by name or by value, and

@@ -29,6 +29,10 @@ pub const CREDENTIAL_NAME: &str = "cordon-cred";
 /// The capabilities PID 1 keeps permitted to start the gateway again.
 pub const RESTART_CAPABILITIES: [Capability; 2] = [Capability::CAP_SETUID, Capability::CAP_SETGID];
 
+/// Connections from the agent served at once (each holds one to the upstream): the gateway's
+/// descriptors and memory stay bounded whatever the agent opens.
+const MAX_CONNECTIONS: usize = 256;
+
 /// The system CA stores looked for, in order, when `SSL_CERT_FILE` names none.
 const CA_BUNDLES: &[&str] = &[
     "/etc/ssl/certs/ca-certificates.crt",
@@ -182,12 +186,21 @@ fn serve(config: &Config, listener: &TcpListener) -> std::io::Result<()> {
         .build()?;
     let listener = listener.try_clone()?;
     listener.set_nonblocking(true)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         loop {
+            // Beyond MAX_CONNECTIONS, connections wait in the listen backlog.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return Ok(());
+            };
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            tokio::spawn(proxy::serve_connection(stream, shared.clone()));
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                proxy::serve_connection(stream, shared).await;
+                drop(slot);
+            });
         }
     })
 }

@@ -207,6 +207,19 @@ pub fn plan_probes(ruleset: &Ruleset, net: &NetInfo) -> Vec<Probe> {
                 add("resolver's own port", resolver, Proto::Udp, 5300, false);
             }
         }
+        if let Some(upstream) = &ruleset.credential_upstream {
+            // Open to the credential gateway's uid alone: the agent's own attempt meets what
+            // its allowlist says (without an entry of its own for it, a rejection).
+            for addr in upstream.addrs.iter().filter(|a| Family::of(a) == family) {
+                add(
+                    "credential gateway's upstream",
+                    *addr,
+                    Proto::Tcp,
+                    upstream.port,
+                    false,
+                );
+            }
+        }
         match &rules.forwarder {
             Forwarder::None => {}
             Forwarder::To(upstreams) => {
@@ -558,6 +571,36 @@ mod tests {
                 "gateway tcp/172.18.0.1:80 Reject",
                 "cloud metadata tcp/169.254.169.254:80 Reject",
                 "ipv6 address udp/[2001:db8::1]:443 Reject unrouted",
+            ]
+        );
+    }
+
+    /// The credential gateway's upstream is probed as the agent: rejected (an IPv6 rejection
+    /// with a datagram, as every one).
+    #[test]
+    fn the_credential_gateways_upstream_is_probed_as_the_agent() {
+        let upstream = crate::fence::plan::CredentialUpstream {
+            uid: 65054,
+            port: 443,
+            addrs: vec![
+                "203.0.113.7".parse().unwrap(),
+                "2001:db8::7".parse().unwrap(),
+            ],
+        };
+        let probes = plan_probes(
+            &ruleset(&["api.example.test"], "nameserver 127.0.0.11\n")
+                .with_credential_upstream(upstream),
+            &container_net(),
+        );
+        let upstream: Vec<String> = classes(&probes)
+            .into_iter()
+            .filter(|class| class.starts_with("credential"))
+            .collect();
+        assert_eq!(
+            upstream,
+            [
+                "credential gateway's upstream tcp/203.0.113.7:443 Reject",
+                "credential gateway's upstream udp/[2001:db8::7]:443 Reject unrouted",
             ]
         );
     }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::run::{run_for, MINUTE};
 use crate::support::{privileged, workspace_root};
 use crate::world::*;
 
@@ -135,6 +136,108 @@ fn devcontainer_cli_form_runs_cordon_as_pid1_and_the_keep_alive_as_node() {
         out.elapsed
     );
     assert_eq!(world.inspect(&c, "{{.State.ExitCode}}"), "143");
+}
+
+/// The base-image devcontainer's credential route: the key as a root-only secret file (the
+/// example's mount), an editor terminal (`docker exec -u node` with the example's remoteEnv)
+/// running the real CLI: the turn completes through the credential gateway with the real key,
+/// and neither the terminal's environment nor the container's configuration holds it.
+#[test]
+fn devcontainer_terminal_uses_the_credential_gateway() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let image = world.s.devcontainer_image.as_str();
+    let config =
+        std::fs::read_to_string(workspace_root().join("docker/devcontainer/devcontainer.json"))
+            .unwrap();
+    assert!(
+        config.contains("target=/run/secrets/anthropic_api_key,type=bind,readonly"),
+        "the example mounts the secret file"
+    );
+    let remote_env = remote_env(&config);
+    assert_eq!(
+        remote_env
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect::<Vec<_>>(),
+        ["ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"],
+        "{remote_env:?}"
+    );
+    let secret = world.dir.join("anthropic_api_key");
+    std::fs::write(&secret, E2E_API_KEY).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let mut parts = vec![
+        "--cap-add=NET_ADMIN".to_string(),
+        "--cap-add=NET_RAW".into(),
+        "--security-opt=no-new-privileges".into(),
+        "--mount".into(),
+        format!(
+            "type=bind,src={},dst=/run/secrets/anthropic_api_key,readonly",
+            secret.display()
+        ),
+    ];
+    parts.extend(world.credential_upstream_args());
+    parts.push(image.into());
+    let parts: Vec<&str> = parts.iter().map(String::as_str).collect();
+    let c = world.start("devcontainer-credential", Dns::Embedded, &parts);
+    let logs = world.wait_log(&c, "cordon: starting sleep as node", 1);
+    assert!(logs.contains("credential gateway (uid 65054)"), "{logs}");
+
+    let mut exec = world.docker();
+    exec.args(["exec", "-u", "node", "-w", "/tmp"]);
+    for (name, value) in &remote_env {
+        exec.args(["-e", &format!("{name}={value}")]);
+    }
+    exec.args([
+        c.as_str(),
+        "claude",
+        "--dangerously-skip-permissions",
+        "-p",
+        "Say hello",
+    ]);
+    let turn = run_for(exec, 3 * MINUTE);
+    assert!(
+        turn.ok() && turn.stdout.contains("cordon-e2e-reply"),
+        "{}",
+        turn.both()
+    );
+    let tls = world.tls_mock_log();
+    assert!(
+        tls.contains(&format!("cred=x-api-key:{E2E_API_KEY}")),
+        "{tls}"
+    );
+    assert!(!tls.contains("placeholder"), "{tls}");
+    // The terminal's environment and the container's configuration: no key.
+    let env = world.exec("node", &c, &["env"]);
+    assert!(!env.stdout.contains(E2E_API_KEY), "{}", env.stdout);
+    let configured = world.inspect(&c, "{{json .Config.Env}}");
+    assert!(!configured.contains(E2E_API_KEY), "{configured}");
+    // And node cannot read the file.
+    let read = world.exec("node", &c, &["cat", "/run/secrets/anthropic_api_key"]);
+    assert!(
+        !read.ok() && !read.stdout.contains(E2E_API_KEY),
+        "{}",
+        read.both()
+    );
+}
+
+/// The `remoteEnv` block of a devcontainer.json: NAME → VALUE, in order.
+fn remote_env(config: &str) -> Vec<(String, String)> {
+    config
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("\"remoteEnv\""))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('}'))
+        .filter_map(|l| {
+            let quoted: Vec<&str> = l.split('"').skip(1).step_by(2).collect();
+            match quoted[..] {
+                [name, value] => Some((name.to_string(), value.to_string())),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// An existing devcontainer with cordon dropped in as /usr/local/bin/init-firewall.sh

@@ -17,6 +17,8 @@
 //!   P4.2 / P6::2        the world: the sandboxes' DNS server, listeners on :8080
 //!   P4.3                a LAN peer (tcp 22, 80)
 //!   P4.10 / P6::ff10    every allowlisted name: the Messages API mock on :80, a listener on :443
+//!   P4.11               the Messages API mock over TLS on :443 (test CA): the credential
+//!                       gateway's upstream for sandboxes given `--add-host api.anthropic.com:P4.11`
 //!   P4.20 / P6::ff20    example.com, evil.test, ...: names no allowlist names (tcp 80, 443)
 //!   P4.53               a DNS server that is not the sandboxes' resolver
 //!   P4.128/25           where Docker puts the sandboxes

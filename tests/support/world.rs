@@ -631,3 +631,77 @@ pub fn assert_verdicts(got: &HashMap<String, String>, expected: &[(&str, &str)])
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
+
+/// cordon started in the sandbox with `/bin/sleep` as the agent, its stderr in a log file; the
+/// tests probe as the agent's uid from outside (the fence goes by uid, not by process). Stopped
+/// with SIGTERM when dropped, its log printed.
+pub struct SleepingAgent {
+    pub child: Child,
+    pub log: String,
+}
+
+impl SleepingAgent {
+    /// Spawns `command` (cordon, whose agent is `/bin/sleep`) with stderr to `log`, and waits
+    /// until the agent starts.
+    pub fn start(mut command: Command, log: String) -> SleepingAgent {
+        command
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let mut child = command.spawn().expect("start cordon");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("starting /bin/sleep") {
+                break;
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("cordon exited ({status}) before the agent started:\n{text}");
+            }
+            assert!(Instant::now() < deadline, "cordon did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        SleepingAgent { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// cordon's children (the agent, the gateways).
+    pub fn children(&self) -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.pid()))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect()
+    }
+
+    /// The child whose every uid is `uid`.
+    pub fn child_of_uid(&self, uid: &str) -> Option<u32> {
+        self.children().into_iter().find(|pid| {
+            status_field(*pid, "Uid").is_some_and(|u| u.split_whitespace().all(|u| u == uid))
+        })
+    }
+}
+
+impl Drop for SleepingAgent {
+    fn drop(&mut self) {
+        // SAFETY: signalling the cordon process this test started; the agent exits on it.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        eprintln!("cordon's log:\n{}", self.log());
+    }
+}
+
+/// A field of /proc/PID/status.
+pub fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
