@@ -147,6 +147,19 @@ fn text_corpus() -> [Vec<Vec<u8>>; 4] {
     ]
 }
 
+/// Requests as the agent sends them to the credential gateway (target, then headers).
+fn request_corpus() -> Vec<Vec<u8>> {
+    [
+        "/v1/messages?beta=true\nx-api-key: sk-ant-own\nanthropic-version: 2023-06-01\ncontent-length: 10",
+        "/v1/messages\nauthorization: Bearer placeholder\nanthropic-beta: a,oauth-2025-04-20\nhost: x",
+        "/v1/models\nconnection: keep-alive, x-y\nx-y: 1\ntransfer-encoding: chunked\nX-Api-Key: a\nx-api-key: b",
+        "http://evil.test/v1/messages\nhost: evil.test",
+    ]
+    .iter()
+    .map(|r| r.as_bytes().to_vec())
+    .collect()
+}
+
 /// Packets as the reject chain logs them: IPv4 TCP and UDP, IPv6 UDP.
 fn packet_corpus() -> Vec<Vec<u8>> {
     let mut v4 = vec![
@@ -184,7 +197,8 @@ fn main() {
     let (queries, answers) = dns_corpus();
     let [entries, resolv, passwd, blocked] = text_corpus();
     let packets = packet_corpus();
-    let corpora: [(&str, &Vec<Vec<u8>>); 7] = [
+    let requests = request_corpus();
+    let corpora: [(&str, &Vec<Vec<u8>>); 8] = [
         ("gateway query", &queries),
         ("gateway answer", &answers),
         ("allowlist entry", &entries),
@@ -192,13 +206,14 @@ fn main() {
         ("passwd/group", &passwd),
         ("rejected packet", &packets),
         ("blocked table", &blocked),
+        ("credential request", &requests),
     ];
     panic::set_hook(Box::new(|_| {}));
     let started = Instant::now();
     let mut crashes = 0u64;
-    let mut per_target = [0u64; 7];
+    let mut per_target = [0u64; 8];
     for run in 0..executions {
-        let target = (run % 7) as usize;
+        let target = (run % 8) as usize;
         let (label, corpus) = corpora[target];
         let input = &corpus[rng.below(corpus.len())];
         let other = &corpus[rng.below(corpus.len())];
@@ -211,7 +226,8 @@ fn main() {
             3 => fuzz::resolv_conf(&text),
             4 => fuzz::passwd(&text),
             5 => fuzz::rejected_packet(&mutated),
-            _ => fuzz::blocked_table(&text),
+            6 => fuzz::blocked_table(&text),
+            _ => fuzz::credential_request(&mutated),
         }));
         per_target[target] += 1;
         if outcome.is_err() {
@@ -224,7 +240,8 @@ fn main() {
     let elapsed = started.elapsed().as_secs_f64();
     println!(
         "fuzz: {executions} executions in {elapsed:.1} s ({:.0}/s): {} per target \
-         (query, answer, entry, resolv.conf, passwd, packet, blocked table); {crashes} crashes",
+         (query, answer, entry, resolv.conf, passwd, packet, blocked table, credential request); \
+         {crashes} crashes",
         executions as f64 / elapsed,
         per_target[0]
     );

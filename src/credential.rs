@@ -106,6 +106,14 @@ impl std::fmt::Debug for Credential {
 }
 
 impl Credential {
+    pub(crate) fn new(kind: Kind, secret: &str, source: &str) -> Credential {
+        Credential {
+            kind,
+            secret: secret.into(),
+            source: source.into(),
+        }
+    }
+
     pub fn secret(&self) -> &str {
         &self.secret
     }

@@ -69,3 +69,44 @@ pub fn rejected_packet(bytes: &[u8]) {
 pub fn blocked_table(text: &str) {
     let _ = crate::gateway::block_log::parse_table(text);
 }
+
+/// A request from the agent to the credential gateway: the first line a request target, each
+/// further line `name: value`. Whatever it carries, what goes upstream has the real credential
+/// alone, in the one header its kind takes, and the upstream's Host.
+pub fn credential_request(bytes: &[u8]) {
+    use crate::credential::{proxy, Credential, Kind, Upstream};
+    let text = String::from_utf8_lossy(bytes);
+    let mut lines = text.lines();
+    let mut builder = hyper::Request::post(lines.next().unwrap_or("/"));
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            builder = builder.header(name.trim(), value.trim());
+        }
+    }
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let upstream = Upstream::parse("https://api.example.test/prefix", "fuzz").expect("an upstream");
+    for kind in [Kind::ApiKey, Kind::OAuthToken] {
+        let credential = Credential::new(kind, "real-secret", "fuzz");
+        let mut parts = parts.clone();
+        if proxy::rewrite_request(&mut parts, &upstream, &credential).is_err() {
+            continue;
+        }
+        let h = &parts.headers;
+        let (carrier, other, value) = match kind {
+            Kind::ApiKey => ("x-api-key", "authorization", "real-secret"),
+            _ => ("authorization", "x-api-key", "Bearer real-secret"),
+        };
+        let carried: Vec<_> = h.get_all(carrier).iter().collect();
+        assert!(carried.len() == 1 && carried[0] == value, "{carried:?}");
+        assert!(
+            !h.contains_key(other),
+            "another credential header went along"
+        );
+        assert_eq!(h.get_all("host").iter().count(), 1);
+        assert_eq!(h["host"], "api.example.test");
+        assert!(parts.uri.path().starts_with("/prefix"), "{}", parts.uri);
+    }
+}

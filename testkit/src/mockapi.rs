@@ -113,6 +113,9 @@ fn serve(o: Opts) -> io::Result<()> {
         &[format!("tcp {}", listener.local_addr()?)],
     )?;
     for s in listener.incoming().flatten() {
+        // Headers and body go in separate writes: without this, Nagle holds the second until
+        // the client's delayed ACK (40 ms per response).
+        let _ = s.set_nodelay(true);
         let (st, tls) = (st.clone(), tls.clone());
         thread::spawn(move || {
             let _ = match tls {
