@@ -60,6 +60,15 @@ fn the_real_claude_cli_answers_interactively_through_the_credential_gateway() {
     claude_completes_a_turn(&[], Credential::ApiKeyThroughTheGateway, true);
 }
 
+/// The same with an OAuth token.
+#[test]
+fn the_real_claude_cli_answers_interactively_with_an_oauth_token() {
+    if !privileged() {
+        return;
+    }
+    claude_completes_a_turn(&[], Credential::OAuthTokenThroughTheGateway, true);
+}
+
 fn claude_completes_a_turn(environment: &[&str], credential: Credential, interactive: bool) {
     let world = World::new();
     let mut environment: Vec<String> = environment.iter().map(|e| e.to_string()).collect();
@@ -205,7 +214,22 @@ fn claude_completes_a_turn(environment: &[&str], credential: Credential, interac
             );
         }
     }
-    assert_eq!(world.volumes.lock().unwrap().len(), 1, "one HOME volume");
+    let volumes = world.volumes.lock().unwrap().clone();
+    assert_eq!(volumes.len(), 1, "one HOME volume");
+    if credential != Credential::HeldByTheAgent {
+        // Nothing the agent wrote in its HOME (~/.claude, ~/.claude.json) holds the credential.
+        let mut grep = world.docker();
+        grep.args(["run", "--rm", "-v", &format!("{}:/h:ro", volumes[0])])
+            .args(["--network", "none", "--entrypoint", "grep", &world.s.image])
+            .args(["-rlF", secret, "/h"]);
+        let found = run_for(grep, MINUTE);
+        assert_eq!(
+            found.code,
+            Some(1),
+            "the credential in HOME: {}",
+            found.both()
+        );
+    }
 }
 
 /// What a `-p` turn printed: the reply, and cordon's start-up lines for this shape.
