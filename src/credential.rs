@@ -280,6 +280,64 @@ pub fn upstream_if_present(
     upstream(vars).map(Some)
 }
 
+/// What the entrypoint and `cordon firewall` take before the fence: the credential, its
+/// upstream, and the CA store to verify the upstream with.
+pub struct Taken {
+    pub intake: Intake,
+    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl Taken {
+    /// What the fence opens to the gateway alone.
+    pub fn upstream_host_port(&self) -> (String, u16) {
+        (self.intake.upstream.host.clone(), self.intake.upstream.port)
+    }
+
+    /// The gateway's configuration, with the upstream's addresses the fence resolved.
+    pub fn config(self, addrs: Vec<std::net::IpAddr>) -> service::Config {
+        let port = self.intake.upstream.port;
+        service::Config {
+            addrs: addrs
+                .into_iter()
+                .map(|addr| std::net::SocketAddr::new(addr, port))
+                .collect(),
+            credential: self.intake.credential,
+            upstream: self.intake.upstream,
+            roots: self.roots,
+        }
+    }
+}
+
+/// The credential gateway's intake (`intake`) and the CA store, as root before anything of the
+/// agent runs; the credential's values are wiped from cordon's own environment block.
+pub fn take(mode: Mode, account: &Account, vars: &[(OsString, OsString)]) -> Result<Option<Taken>> {
+    let Some(intake) = intake(mode, vars, Path::new(SECRETS_DIR), account)? else {
+        return Ok(None);
+    };
+    let ssl_cert_file = vars
+        .iter()
+        .find(|(name, _)| name == "SSL_CERT_FILE")
+        .map(|(_, value)| PathBuf::from(value));
+    let (bundle, roots) = service::load_roots(ssl_cert_file)?;
+    wipe_from_own_environment();
+    log::info!(
+        "credential gateway: the credential from {} ({}) stays with the gateway; the agent \
+         reaches the API with ANTHROPIC_BASE_URL={} and {AGENT_VARIABLE}={PLACEHOLDER} (CA \
+         certificates: {}, {} of them){}",
+        intake.credential.source,
+        intake.credential.kind.variable(),
+        agent_base_url(),
+        bundle.display(),
+        roots.len(),
+        if intake.ignored.is_empty() {
+            String::new()
+        } else {
+            format!("; also found and not used: {}", intake.ignored.join(", "))
+        }
+    );
+    Ok(Some(Taken { intake, roots }))
+}
+
 /// Reads a secret file after checking that the agent could not read it itself.
 fn read_secret_file(kind: Kind, path: &Path, account: &Account) -> Result<Credential> {
     let at = || Location::new(path.display().to_string(), None);

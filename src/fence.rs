@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::agent::user::{self, NOBODY};
 use crate::capabilities;
+use crate::credential::{self, service::CredentialGateway};
 use crate::error::{exit, Error, Result};
 use crate::gateway;
 use crate::gateway::filter::{Names, OwnNetworks};
@@ -261,18 +262,30 @@ pub fn plan(opts: &Options) -> Result<i32> {
 /// SIGQUIT are held until the namespace is fenced or locked down, then end it with 128+n.
 pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Result<i32> {
     let scope = Scope::enter(opts)?;
-    let probe_uid = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
-        Ok(account) => account.uid,
+    let account = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
+        Ok(account) => account,
         Err(error) => {
             log::debug!("probing as uid {NOBODY}: {error}");
-            NOBODY
+            user::Account::nobody()
         }
     };
+    let probe_uid = account.uid;
     let ready = scope.ready(opts)?;
     capabilities::require(capabilities::FENCE).map_err(|e| ready.refuse(e))?;
-    let fence = establish(opts, ready, probe_uid, Some(signals))?;
-    // The gateway outlives this command as a daemon; a later run replaces it.
+    // A credential given to the drop-in (a secret file: sudo passes no variables) gets a
+    // credential gateway daemon, for the sessions whose remoteEnv points at it.
+    let vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    let taken =
+        credential::take(credential::Mode::Auto, &account, &vars).map_err(|e| ready.refuse(e))?;
+    let mut opts = opts.clone();
+    opts.credential_upstream = taken.as_ref().map(credential::Taken::upstream_host_port);
+    let fence = establish(&opts, ready, probe_uid, Some(signals))?;
+    // The gateways outlive this command as daemons; a later run replaces them.
     fence.start_gateway(probe_uid, signals, Keeper::Daemon)?;
+    if let Some(taken) = taken {
+        let config = taken.config(fence.credential_upstream_addrs());
+        CredentialGateway::start(config, signals, Keeper::Daemon).map_err(|e| fence.refuse(e))?;
+    }
     fence.confirm()?;
     if let Some(signal) = signals.pending_stop() {
         log::warn!(

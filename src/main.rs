@@ -1,6 +1,5 @@
 use std::ffi::OsString;
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use cordon::agent::{env, launch, user};
@@ -12,7 +11,6 @@ use cordon::gateway::service::Keeper;
 use cordon::harden::background;
 use cordon::sys::signals::Signals;
 use cordon::{check, fence, gateway, harden, logging, supervise};
-use rustls::pki_types::CertificateDer;
 
 fn main() -> ExitCode {
     // Before anything else: a stop signal during set-up is held until cordon can act on it
@@ -92,23 +90,28 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
     }
     // The credential, read as root before anything of the agent runs.
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let intake = take_credential(&mut start, &account, &vars).map_err(|e| ready.refuse(e))?;
+    let taken = credential::take(start.credential, &account, &vars)
+        .and_then(|taken| match taken {
+            Some(_) if start.exec => Err(Error::Usage(
+                "the credential gateway needs cordon to stay as the supervisor, which --exec \
+                 gives up: use --no-credential-gateway with --exec (the agent then holds the \
+                 credential)"
+                    .into(),
+            )),
+            taken => Ok(taken),
+        })
+        .map_err(|e| ready.refuse(e))?;
+    if let Some(taken) = &taken {
+        start.fence.credential_upstream = Some(taken.upstream_host_port());
+    }
     let fence = fence::establish(&start.fence, ready, account.uid, None)?;
     let mut gateway = fence.start_gateway(account.uid, signals, Keeper::Supervisor)?;
-    let mut credential_gateway = match intake {
-        Some((found, roots)) => {
+    let mut credential_gateway = match taken {
+        Some(taken) => {
             vars = credential::agent_variables(vars);
-            let config = credential::service::Config {
-                addrs: fence
-                    .credential_upstream_addrs()
-                    .into_iter()
-                    .map(|addr| SocketAddr::new(addr, found.upstream.port))
-                    .collect(),
-                credential: found.credential,
-                upstream: found.upstream,
-                roots,
-            };
-            let started = CredentialGateway::start(config, signals).map_err(|e| fence.refuse(e))?;
+            let config = taken.config(fence.credential_upstream_addrs());
+            let started = CredentialGateway::start(config, signals, Keeper::Supervisor)
+                .map_err(|e| fence.refuse(e))?;
             Some(started)
         }
         None => None,
@@ -157,50 +160,6 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
         &start.supervise,
         &mut residents,
     ))
-}
-
-/// The credential gateway's intake (`credential::intake`): the credential and its upstream,
-/// the CA store to verify the upstream with; the fence is told to open the upstream to the
-/// gateway alone, and the credential's values are wiped from cordon's own environment.
-fn take_credential(
-    start: &mut Start,
-    account: &user::Account,
-    vars: &[(OsString, OsString)],
-) -> Result<Option<(credential::Intake, Vec<CertificateDer<'static>>)>> {
-    let secrets = Path::new(credential::SECRETS_DIR);
-    let Some(found) = credential::intake(start.credential, vars, secrets, account)? else {
-        return Ok(None);
-    };
-    if start.exec {
-        return Err(Error::Usage(
-            "the credential gateway needs cordon to stay as the supervisor, which --exec gives \
-             up: use --no-credential-gateway with --exec (the agent then holds the credential)"
-                .into(),
-        ));
-    }
-    let ssl_cert_file = vars
-        .iter()
-        .find(|(name, _)| name == "SSL_CERT_FILE")
-        .map(|(_, value)| PathBuf::from(value));
-    let (bundle, roots) = credential::service::load_roots(ssl_cert_file)?;
-    credential::wipe_from_own_environment();
-    log::info!(
-        "credential gateway: the agent gets ANTHROPIC_BASE_URL={} and a placeholder {}; the \
-         credential from {} ({}) stays with the gateway (CA certificates: {}, {} of them){}",
-        credential::agent_base_url(),
-        credential::AGENT_VARIABLE,
-        found.credential.source,
-        found.credential.kind.variable(),
-        bundle.display(),
-        roots.len(),
-        if found.ignored.is_empty() {
-            String::new()
-        } else {
-            format!("; also found and not used: {}", found.ignored.join(", "))
-        }
-    );
-    start.fence.credential_upstream = Some((found.upstream.host.clone(), found.upstream.port));
-    Ok(Some((found, roots)))
 }
 
 /// The harden stage: what must happen before the agent starts, and what may run beside it

@@ -66,6 +66,20 @@ pub struct Account {
     pub shell: PathBuf,
 }
 
+impl Account {
+    /// The overflow user, for `cordon firewall` when the agent's account does not exist here.
+    pub fn nobody() -> Account {
+        Account {
+            name: "nobody".into(),
+            uid: NOBODY,
+            gid: NOBODY,
+            groups: Vec::new(),
+            home: PathBuf::from("/nonexistent"),
+            shell: PathBuf::from("/usr/sbin/nologin"),
+        }
+    }
+}
+
 /// Resolves `--user` (a name, UID or UID:GID) and `--uid-from PATH`. Never returns root. May
 /// create or renumber the account's HOME (see the module documentation).
 pub fn resolve(spec: &str, uid_from: Option<&Path>) -> Result<Account> {

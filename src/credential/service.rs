@@ -12,6 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{ForkResult, Pid};
 use rustls::pki_types::pem::PemObject;
@@ -19,6 +20,7 @@ use rustls::pki_types::CertificateDer;
 
 use super::{proxy, Credential, Upstream, CREDENTIAL_PORT, CREDENTIAL_UID};
 use crate::error::{Error, Result};
+use crate::gateway::service::Keeper;
 use crate::sys::caps::Capability;
 use crate::sys::resident;
 use crate::sys::signals::Signals;
@@ -79,32 +81,64 @@ pub fn load_roots(
     })
 }
 
+/// Where `cordon firewall` notes its credential gateway daemon's pid (root-owned, 0644).
+pub const DAEMON_PID_FILE: &str = "/run/cordon/credential-gateway.pid";
+
 /// The running gateway.
 pub struct CredentialGateway {
     config: Config,
     listener: TcpListener,
     pid: Option<Pid>,
     restarts: resident::Restarts,
+    keeper: Keeper,
 }
 
 impl CredentialGateway {
-    /// Binds the port and forks the gateway. Call while cordon is single-threaded.
-    pub fn start(config: Config, signals: &Signals) -> Result<CredentialGateway> {
+    /// Binds the port and forks the gateway, kept by `keeper` (see `gateway::service::Keeper`:
+    /// PID 1 restarts it; a daemon of `cordon firewall` is replaced by the next run and, if it
+    /// dies, leaves the agent's requests refused until then). Call while single-threaded.
+    pub fn start(config: Config, signals: &Signals, keeper: Keeper) -> Result<CredentialGateway> {
         let at = SocketAddr::from(([127, 0, 0, 1], CREDENTIAL_PORT));
-        let listener = TcpListener::bind(at).map_err(|error| {
-            Error::CannotFence(format!(
-                "binding the credential gateway's port {at}: {error}; free it, or start with \
-                 --no-credential-gateway"
-            ))
-        })?;
+        let patience = match keeper {
+            Keeper::Daemon => {
+                if let Some(pid) = resident::replace_daemon(DAEMON_PID_FILE, CREDENTIAL_UID) {
+                    log::info!("replaced the credential gateway of the previous run (pid {pid})");
+                }
+                Duration::from_secs(2)
+            }
+            Keeper::Supervisor => Duration::ZERO,
+        };
+        let deadline = Instant::now() + patience;
+        let listener =
+            resident::retry_in_use(deadline, || TcpListener::bind(at)).map_err(|error| {
+                Error::CannotFence(format!(
+                    "binding the credential gateway's port {at}: {error}; free it, or start \
+                     with --no-credential-gateway"
+                ))
+            })?;
         let mut gateway = CredentialGateway {
             config,
             listener,
             pid: None,
             restarts: resident::Restarts::default(),
+            keeper,
         };
-        gateway.restarts.allow();
-        gateway.fork(signals)?;
+        match keeper {
+            Keeper::Supervisor => {
+                gateway.restarts.allow();
+                gateway.fork(signals)?;
+            }
+            Keeper::Daemon => {
+                let pid = resident::fork_daemon(CREDENTIAL_NAME, || gateway.run_child(signals))
+                    .map_err(|e| Error::sys("starting the credential gateway's daemon", e))?;
+                gateway.pid = Some(pid);
+                if let Err(error) = resident::note_daemon(DAEMON_PID_FILE, pid) {
+                    log::warn!(
+                        "cannot note the credential gateway's pid in {DAEMON_PID_FILE}: {error}"
+                    );
+                }
+            }
+        }
         log::info!(
             "credential gateway (uid {CREDENTIAL_UID}) on http://{at} sends the agent's API \
              requests to https://{}{} with the credential from {}",
@@ -133,10 +167,15 @@ impl CredentialGateway {
     }
 
     fn run_child(&self, signals: &Signals) -> i32 {
+        let dies_with_parent = self.keeper == Keeper::Supervisor;
+        if !dies_with_parent {
+            // Its output goes nowhere, and no pipe it held keeps a caller waiting.
+            resident::detach_stdio();
+        }
         let confinement = resident::Confinement {
             uid: CREDENTIAL_UID,
             keep: &[],
-            dies_with_parent: true,
+            dies_with_parent,
         };
         if let Err(error) = resident::confine(signals, &[self.listener.as_raw_fd()], &confinement) {
             log::error!("credential gateway: {error}");

@@ -22,7 +22,6 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
 use nix::unistd::{ForkResult, Pid};
 
 use super::block_log::{self, BlockLog};
@@ -113,8 +112,8 @@ impl Listeners {
                      static"
                 ))
             };
-            let udp = retry_in_use(deadline, || UdpSocket::bind(at)).map_err(failed)?;
-            let tcp = retry_in_use(deadline, || TcpListener::bind(at)).map_err(failed)?;
+            let udp = resident::retry_in_use(deadline, || UdpSocket::bind(at)).map_err(failed)?;
+            let tcp = resident::retry_in_use(deadline, || TcpListener::bind(at)).map_err(failed)?;
             listeners.udp.push(udp);
             listeners.tcp.push(tcp);
         }
@@ -124,20 +123,6 @@ impl Listeners {
     fn descriptors(&self) -> impl Iterator<Item = i32> + '_ {
         let udp = self.udp.iter().map(|s| s.as_raw_fd());
         udp.chain(self.tcp.iter().map(|s| s.as_raw_fd()))
-    }
-}
-
-/// `bind()` again while the address is in use, until `deadline`.
-fn retry_in_use<T>(deadline: Instant, bind: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
-    loop {
-        match bind() {
-            Err(error)
-                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            outcome => return outcome,
-        }
     }
 }
 
@@ -198,7 +183,7 @@ impl Gateway {
                 Keeper::Supervisor => {
                     let _ = nix::sys::wait::waitpid(pid, None);
                 }
-                Keeper::Daemon => wait_gone(pid, Duration::from_secs(1)),
+                Keeper::Daemon => resident::wait_gone(pid, Duration::from_secs(1)),
             }
         }
     }
@@ -206,8 +191,7 @@ impl Gateway {
     /// A daemon's pid, noted for the next run (which replaces it) and `cordon check`.
     pub fn note_daemon(&self) {
         if let (Keeper::Daemon, Some(pid)) = (self.keeper, self.pid) {
-            let path = std::path::Path::new(DAEMON_PID_FILE);
-            if let Err(error) = crate::sys::run_dir::replace(path, 0o644, &format!("{pid}\n")) {
+            if let Err(error) = resident::note_daemon(DAEMON_PID_FILE, pid) {
                 log::warn!("cannot note the DNS gateway's pid in {DAEMON_PID_FILE}: {error}");
             }
         }
@@ -218,38 +202,8 @@ impl Gateway {
 /// that process is a gateway: the gateway's uid), so that this run's can take the port. Its
 /// answered addresses stay in the sets, and live flows are untouched.
 pub fn replace_daemon() {
-    let Some(pid) = std::fs::read_to_string(DAEMON_PID_FILE)
-        .ok()
-        .and_then(|text| text.trim().parse::<i32>().ok())
-    else {
-        return;
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let is_gateway = status
-        .lines()
-        .any(|line| line.starts_with(&format!("Uid:\t{GATEWAY_UID}\t")));
-    if !is_gateway {
-        return;
-    }
-    let pid = Pid::from_raw(pid);
-    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-    wait_gone(pid, Duration::from_secs(2));
-    log::info!("replaced the DNS gateway of the previous run (pid {pid})");
-}
-
-/// Waits until `pid` (not a child of ours) is gone, at most `bound`.
-fn wait_gone(pid: Pid, bound: Duration) {
-    let deadline = Instant::now() + bound;
-    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        // A zombie until its parent reaps it: gone enough once it is one.
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| rest.starts_with('Z'))
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if let Some(pid) = resident::replace_daemon(DAEMON_PID_FILE, GATEWAY_UID) {
+        log::info!("replaced the DNS gateway of the previous run (pid {pid})");
     }
 }
 
@@ -281,41 +235,10 @@ impl Gateway {
     /// The daemon: a child that starts a session of its own and forks the gateway, which its
     /// parent then leaves to init; the gateway's pid comes back over a pipe.
     fn fork_daemon(&mut self, signals: &Signals) -> Result<()> {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| Error::sys("creating a pipe", e))?;
-        // SAFETY: `cordon firewall` is single-threaded here; the child never returns.
-        match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
-            ForkResult::Parent { child } => {
-                drop(write);
-                let _ = nix::sys::wait::waitpid(child, None);
-                let mut bytes = [0u8; 4];
-                let got = nix::unistd::read(&read, &mut bytes).unwrap_or(0);
-                if got != 4 {
-                    return Err(Error::sys("starting the DNS gateway's daemon", Errno::EIO));
-                }
-                self.pid = Some(Pid::from_raw(i32::from_ne_bytes(bytes)));
-                Ok(())
-            }
-            ForkResult::Child => {
-                drop(read);
-                let _ = nix::unistd::setsid();
-                // SAFETY: as above; the session leader only forks and reports.
-                let code =
-                    match resident::fork_named(GATEWAY_NAME, || unsafe { nix::unistd::fork() }) {
-                        Ok(ForkResult::Parent { child }) => {
-                            let _ = nix::unistd::write(&write, &child.as_raw().to_ne_bytes());
-                            0
-                        }
-                        Ok(ForkResult::Child) => {
-                            drop(write);
-                            self.run_child(signals, false)
-                        }
-                        Err(_) => 1,
-                    };
-                // SAFETY: ending this process without unwinding into cordon's stack.
-                unsafe { libc::_exit(code) }
-            }
-        }
+        let pid = resident::fork_daemon(GATEWAY_NAME, || self.run_child(signals, false))
+            .map_err(|e| Error::sys("starting the DNS gateway's daemon", e))?;
+        self.pid = Some(pid);
+        Ok(())
     }
 
     fn fork(&mut self, signals: &Signals) -> Result<()> {

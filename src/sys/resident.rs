@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::unistd::{ForkResult, Gid, Uid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid};
 
 use crate::sys::caps::{self, Capability};
 use crate::sys::signals::Signals;
@@ -176,5 +176,103 @@ impl Restarts {
         }
         self.starts.push_back(now);
         true
+    }
+}
+
+/// Forks `run` as a daemon of its own session, named `name` from its first instruction: a child
+/// starts the session and forks it, then exits, leaving it to init. Returns its pid. Call while
+/// single-threaded; `run` runs in the daemon and gives its exit status.
+pub fn fork_daemon(name: &str, run: impl FnOnce() -> i32) -> nix::Result<Pid> {
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: the caller is single-threaded; the child never returns.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => {
+            drop(write);
+            let _ = nix::sys::wait::waitpid(child, None);
+            let mut bytes = [0u8; 4];
+            match nix::unistd::read(&read, &mut bytes)? {
+                4 => Ok(Pid::from_raw(i32::from_ne_bytes(bytes))),
+                _ => Err(Errno::EIO),
+            }
+        }
+        ForkResult::Child => {
+            drop(read);
+            let _ = nix::unistd::setsid();
+            // SAFETY: as above; the session leader only forks and reports.
+            let code = match fork_named(name, || unsafe { nix::unistd::fork() }) {
+                Ok(ForkResult::Parent { child }) => {
+                    let _ = nix::unistd::write(&write, &child.as_raw().to_ne_bytes());
+                    0
+                }
+                Ok(ForkResult::Child) => {
+                    drop(write);
+                    run()
+                }
+                Err(_) => 1,
+            };
+            // SAFETY: ending this process without unwinding into the caller's stack.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
+/// Notes a daemon's pid in `pid_file` (root-owned, 0644) for the next run and `cordon check`.
+pub fn note_daemon(pid_file: &str, pid: Pid) -> std::io::Result<()> {
+    crate::sys::run_dir::replace(std::path::Path::new(pid_file), 0o644, &format!("{pid}\n"))
+}
+
+/// The daemon `pid_file` names, if it still runs as `uid` (else the pid is stale or reused).
+pub fn running_daemon(pid_file: &str, uid: u32) -> Option<Pid> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .any(|line| line.starts_with(&format!("Uid:\t{uid}\t")))
+        .then(|| Pid::from_raw(pid))
+}
+
+/// Stops the daemon an earlier run left (see `running_daemon`) and waits until it is gone, so
+/// that this run's can take its port. Returns its pid.
+pub fn replace_daemon(pid_file: &str, uid: u32) -> Option<Pid> {
+    let pid = running_daemon(pid_file, uid)?;
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    wait_gone(pid, Duration::from_secs(2));
+    Some(pid)
+}
+
+/// Waits until `pid` (not a child of ours) is gone, at most `bound`.
+pub fn wait_gone(pid: Pid, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    while Instant::now() < deadline && std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        // A zombie until its parent reaps it: gone enough once it is one.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `bind()` again while the address is in use, until `deadline`.
+pub fn retry_in_use<T>(
+    deadline: Instant,
+    bind: impl Fn() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    loop {
+        match bind() {
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            outcome => return outcome,
+        }
     }
 }

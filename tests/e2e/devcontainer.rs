@@ -223,6 +223,134 @@ fn devcontainer_terminal_uses_the_credential_gateway() {
     );
 }
 
+/// The drop-in with a credential: the secret file (the example's mount) makes
+/// `sudo init-firewall.sh` leave a credential gateway daemon beside the DNS one; a terminal
+/// with the example's remoteEnv sends an API request through it as the CLI would (this image
+/// has no CLI: curl with the placeholder), which reaches the API with the real key, which no
+/// session of node's holds. A rerun replaces the daemon; killed, the agent's requests
+/// are refused (never sent another way) until the next run.
+#[test]
+fn dropin_terminal_uses_the_credential_gateway_daemon() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let config = std::fs::read_to_string(
+        workspace_root().join("docker/devcontainer-dropin/devcontainer.json"),
+    )
+    .unwrap();
+    assert!(
+        config.contains("target=/run/secrets/anthropic_api_key,type=bind,readonly"),
+        "the example mounts the secret file"
+    );
+    let remote_env = remote_env(&config);
+    let secret = world.dir.join("anthropic_api_key");
+    std::fs::write(&secret, E2E_API_KEY).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let script = "echo Container started\ntrap \"exit 0\" 15\n\nexec \"$@\"\nwhile sleep 1 & wait $!; do :; done";
+    let mount = format!(
+        "type=bind,src={},dst=/run/secrets/anthropic_api_key,readonly",
+        secret.display()
+    );
+    // sudo passes no SSL_CERT_FILE: the test CA is the system store here.
+    let mut upstream = world.credential_upstream_args();
+    upstream.extend([
+        "-v".into(),
+        format!(
+            "{}:/etc/ssl/certs/ca-certificates.crt:ro",
+            world.dir.join("pki/ca.pem").display()
+        ),
+    ]);
+    let mut parts: Vec<&str> = vec!["--user", "node", "--mount", &mount];
+    parts.extend(upstream.iter().map(String::as_str));
+    parts.extend(CAPS);
+    parts.extend([
+        "--entrypoint",
+        "/bin/sh",
+        &world.s.dropin_image,
+        "-c",
+        script,
+        "-",
+    ]);
+    let c = world.start("dropin-credential", Dns::Embedded, &parts);
+    world.wait_log(&c, "Container started", 1);
+    let out = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
+    assert!(out.ok(), "{}", out.both());
+    assert!(
+        out.stderr.contains("credential gateway (uid 65054)"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.both().contains(E2E_API_KEY));
+
+    let turn = |world: &World| {
+        let mut exec = world.docker();
+        exec.args(["exec", "-u", "node", "-w", "/tmp"]);
+        for (name, value) in &remote_env {
+            exec.args(["-e", &format!("{name}={value}")]);
+        }
+        exec.args([
+            c.as_str(),
+            "sh",
+            "-c",
+            "curl -sSf --max-time 10 -X POST \"$ANTHROPIC_BASE_URL/v1/messages/count_tokens\" \
+             -H \"authorization: Bearer $ANTHROPIC_AUTH_TOKEN\" -d '{}'",
+        ]);
+        run_for(exec, MINUTE)
+    };
+    let first = turn(&world);
+    assert!(
+        first.ok() && first.stdout.contains("input_tokens"),
+        "{}",
+        first.both()
+    );
+    let tls = world.tls_mock_log();
+    assert!(
+        tls.contains(&format!("cred=x-api-key:{E2E_API_KEY}")),
+        "{tls}"
+    );
+    assert!(!tls.contains("placeholder"), "{tls}");
+    let env = world.exec("node", &c, &["env"]);
+    assert!(!env.stdout.contains(E2E_API_KEY), "{}", env.stdout);
+
+    // A rerun replaces the daemon; the next turn goes through the new one.
+    let daemon = || {
+        world
+            .exec("root", &c, &["cat", "/run/cordon/credential-gateway.pid"])
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let before = daemon();
+    let again = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
+    assert!(again.ok(), "{}", again.both());
+    let after = daemon();
+    assert!(!after.is_empty() && after != before, "{before} → {after}");
+    assert!(turn(&world).ok(), "after the rerun");
+    // Killed: requests are refused, and nothing reaches the API.
+    let requests = world
+        .tls_mock_log()
+        .lines()
+        .filter(|l| l.contains("cred="))
+        .count();
+    assert!(world.exec("root", &c, &["kill", "-9", &after]).ok());
+    let refused = turn(&world);
+    assert!(
+        !refused.ok(),
+        "a turn without the gateway: {}",
+        refused.both()
+    );
+    assert_eq!(
+        world
+            .tls_mock_log()
+            .lines()
+            .filter(|l| l.contains("cred="))
+            .count(),
+        requests,
+        "a request reached the API without the gateway"
+    );
+}
+
 /// The `remoteEnv` block of a devcontainer.json: NAME → VALUE, in order.
 fn remote_env(config: &str) -> Vec<(String, String)> {
     config
