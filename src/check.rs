@@ -58,6 +58,7 @@ pub fn run(args: &Options) -> Result<i32> {
         sessions_without_nnp: sessions_without_no_new_privs(Path::new("/proc")),
         other_mounts: harden::scan_other_mounts(),
         background,
+        credential_gateway: crate::credential::service::check_status(Path::new("/proc")),
     };
     let findings = assess(&facts);
     // --quiet (the HEALTHCHECK): only what did not hold, and the verdict.
@@ -214,6 +215,8 @@ pub struct Facts {
     pub other_mounts: Vec<Scan>,
     /// The background harden pass, where there is one.
     pub background: Option<background::Report>,
+    /// The credential gateway, where one was started here: running (what it serves) or not.
+    pub credential_gateway: Option<std::result::Result<String, String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -304,6 +307,11 @@ pub fn assess(facts: &Facts) -> Vec<Finding> {
     }));
     if facts.fence.facts.is_empty() {
         findings.push(finding(Verdict::Fail, "fence", "nothing could be checked"));
+    }
+    match &facts.credential_gateway {
+        Some(Ok(text)) => findings.push(finding(Verdict::Ok, "credential gateway", text)),
+        Some(Err(text)) => findings.push(finding(Verdict::Fail, "credential gateway", text)),
+        None => {}
     }
     findings.push(environment(&facts.credentials_in_env));
     findings.push(sessions(&facts.sessions_without_nnp));
@@ -689,7 +697,18 @@ Seccomp:\t2
             sessions_without_nnp: Vec::new(),
             other_mounts: Vec::new(),
             background: None,
+            credential_gateway: None,
         }
+    }
+
+    #[test]
+    fn a_credential_gateway_that_is_down_fails() {
+        let mut facts = facts(agent(), vec![], true);
+        assert!(failures(&facts).is_empty());
+        facts.credential_gateway = Some(Ok("running".into()));
+        assert!(failures(&facts).is_empty());
+        facts.credential_gateway = Some(Err("not running".into()));
+        assert_eq!(failures(&facts), ["credential gateway"]);
     }
 
     fn failures(facts: &Facts) -> Vec<&'static str> {

@@ -282,9 +282,13 @@ pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Res
     let fence = establish(&opts, ready, probe_uid, Some(signals))?;
     // The gateways outlive this command as daemons; a later run replaces them.
     fence.start_gateway(probe_uid, signals, Keeper::Daemon)?;
-    if let Some(taken) = taken {
-        let config = taken.config(fence.credential_upstream_addrs());
-        CredentialGateway::start(config, signals, Keeper::Daemon).map_err(|e| fence.refuse(e))?;
+    match taken {
+        Some(taken) => {
+            let config = taken.config(fence.credential_upstream_addrs());
+            CredentialGateway::start(config, signals, Keeper::Daemon)
+                .map_err(|e| fence.refuse(e))?;
+        }
+        None => credential::service::none_here(),
     }
     fence.confirm()?;
     if let Some(signal) = signals.pending_stop() {

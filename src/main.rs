@@ -114,7 +114,10 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
                 .map_err(|e| fence.refuse(e))?;
             Some(started)
         }
-        None => None,
+        None => {
+            credential::service::none_here();
+            None
+        }
     };
     let beside_the_agent = harden_before_the_agent(&start, no_new_privs_everywhere)?;
     let environment = env::agent_environment(vars, &account, &start.env);

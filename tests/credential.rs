@@ -406,4 +406,16 @@ fn the_gateway_runs_confined_and_comes_back() {
         .contains("the credential gateway was started again"));
     let out = http(&world, "req POST /v1/messages/count_tokens 0");
     assert!(out.starts_with("200 "), "{out}");
+    // `cordon check` (as root: this harness keeps /run/cordon root's alone; as node in a
+    // container, tests/e2e/devcontainer.rs) names it running.
+    let check = world
+        .sandbox_command(cordon())
+        .arg("check")
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains("credential gateway: running as uid 65054"),
+        "{check}"
+    );
 }

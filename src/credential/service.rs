@@ -83,6 +83,48 @@ pub fn load_roots(
 
 /// Where `cordon firewall` notes its credential gateway daemon's pid (root-owned, 0644).
 pub const DAEMON_PID_FILE: &str = "/run/cordon/credential-gateway.pid";
+/// Where a start notes that a credential gateway serves here, and its upstream (root-owned,
+/// 0644): for `cordon check`.
+pub const STATE_FILE: &str = "/run/cordon/credential-gateway";
+
+/// A start without a credential: no credential gateway serves here any longer. Stops the daemon
+/// an earlier `cordon firewall` left (the fence no longer opens its upstream) and the note for
+/// `cordon check` (a restarted container keeps /run).
+pub fn none_here() {
+    if let Some(pid) = resident::replace_daemon(DAEMON_PID_FILE, CREDENTIAL_UID) {
+        log::info!(
+            "stopped the credential gateway of the previous run (pid {pid}): no credential now"
+        );
+    }
+    let _ = std::fs::remove_file(STATE_FILE);
+}
+
+/// What `cordon check` says of the credential gateway (`None` where none was started here):
+/// whether a process of its name and uid runs (`proc`: /proc).
+pub fn check_status(proc: &std::path::Path) -> Option<std::result::Result<String, String>> {
+    let upstream = std::fs::read_to_string(STATE_FILE).ok()?;
+    let upstream = upstream.trim();
+    let running = std::fs::read_dir(proc).ok()?.flatten().any(|entry| {
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        status
+            .lines()
+            .any(|l| l == format!("Name:\t{CREDENTIAL_NAME}"))
+            && status
+                .lines()
+                .any(|l| l.starts_with(&format!("Uid:\t{CREDENTIAL_UID}\t")))
+    });
+    Some(if running {
+        Ok(format!(
+            "running as uid {CREDENTIAL_UID} on 127.0.0.1:{CREDENTIAL_PORT}, for {upstream}"
+        ))
+    } else {
+        Err(format!(
+            "not running: the agent's API requests are refused until it is back (the \
+             entrypoint starts it again at once; the drop-in: rerun init-firewall.sh); for \
+             {upstream}"
+        ))
+    })
+}
 
 /// The running gateway.
 pub struct CredentialGateway {
@@ -139,11 +181,18 @@ impl CredentialGateway {
                 }
             }
         }
+        let upstream = format!(
+            "https://{}{}",
+            gateway.config.upstream.authority(),
+            gateway.config.upstream.path_prefix
+        );
+        let state = std::path::Path::new(STATE_FILE);
+        if let Err(error) = crate::sys::run_dir::replace(state, 0o644, &format!("{upstream}\n")) {
+            log::warn!("cannot note the credential gateway in {STATE_FILE}: {error}");
+        }
         log::info!(
             "credential gateway (uid {CREDENTIAL_UID}) on http://{at} sends the agent's API \
-             requests to https://{}{} with the credential from {}",
-            gateway.config.upstream.authority(),
-            gateway.config.upstream.path_prefix,
+             requests to {upstream} with the credential from {}",
             gateway.config.credential.source
         );
         Ok(gateway)

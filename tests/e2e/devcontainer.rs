@@ -327,6 +327,26 @@ fn dropin_terminal_uses_the_credential_gateway_daemon() {
     let after = daemon();
     assert!(!after.is_empty() && after != before, "{before} → {after}");
     assert!(turn(&world).ok(), "after the rerun");
+    // `cordon check` (this image has the binary only as init-firewall.sh) says it runs, and
+    // after a kill that it does not.
+    let check = || {
+        world
+            .exec(
+                "node",
+                &c,
+                &[
+                    "bash",
+                    "-c",
+                    "exec -a cordon /usr/local/bin/init-firewall.sh check",
+                ],
+            )
+            .stdout
+    };
+    let running = check();
+    assert!(
+        running.contains("credential gateway: running as uid 65054"),
+        "{running}"
+    );
     // Killed: requests are refused, and nothing reaches the API.
     let requests = world
         .tls_mock_log()
@@ -340,6 +360,8 @@ fn dropin_terminal_uses_the_credential_gateway_daemon() {
         "a turn without the gateway: {}",
         refused.both()
     );
+    let down = check();
+    assert!(down.contains("credential gateway: not running"), "{down}");
     assert_eq!(
         world
             .tls_mock_log()
