@@ -67,9 +67,9 @@ elif mode in ("upload", "download"):
     start = time.perf_counter()
     for _ in range(n):
         if mode == "upload":
-            request(conn, "POST", "/testkit/upload", payload)
+            request(conn, "POST", "/v1/messages/count_tokens", payload)
         else:
-            got = request(conn, "GET", f"/testkit/download?bytes={size}")
+            got = request(conn, "GET", f"/v1/models/testkit-download?bytes={size}")
             assert len(got) == size
     print(f"{n * size / (time.perf_counter() - start) / 1e6:.1f}")
 elif mode == "streams":
@@ -78,7 +78,7 @@ elif mode == "streams":
 
     def stream(i):
         conn = connect()
-        conn.request("GET", f"/testkit/sse?events={int(seconds * 10)}&interval_ms=100",
+        conn.request("GET", f"/v1/models/testkit-sse?events={int(seconds * 10)}&interval_ms=100",
                      headers=HEADERS)
         response = conn.getresponse()
         while True:

@@ -3,7 +3,7 @@
 # with a credential, the Messages API mock over TLS in the world (certificate from a test CA,
 # api.anthropic.com answered by the bench's DNS server), and the agent's uid sending requests
 # (bench/api-client.py) through the gateway (http://127.0.0.1:10080) or directly (TLS to the
-# mock, which an address entry opens for this comparison). Each round measures direct and
+# mock, which an entry naming the upstream and its address opens for this comparison). Each round measures direct and
 # through-the-gateway back to back, so a slower moment of the machine hits both:
 #   - latency: 2,000 small POSTs one after another on one kept-alive connection (p50, p99);
 #   - throughput: 50 uploads and 50 downloads of 1 MB each;
@@ -36,7 +36,8 @@ mock_pid=$!
 for _ in $(seq 500); do [ -e "$work/mock.ready" ] && break; sleep 0.01; done
 
 ip netns exec "$sandbox" env ANTHROPIC_API_KEY=sk-ant-bench-key SSL_CERT_FILE="$work/pki/ca.pem" \
-    "$bin/cordon" --no-harden --no-default-profile --allow "$api:443" --user 1000 \
+    "$bin/cordon" --no-harden --no-default-profile --allow api.anthropic.com:443 --allow "$api:443" \
+    --user 1000 \
     -- /bin/sleep 3600 2> "$work/cordon.log" &
 cordon_pid=$!
 for _ in $(seq 500); do grep -q 'starting /bin/sleep' "$work/cordon.log" && break; sleep 0.01; done

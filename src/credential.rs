@@ -314,6 +314,13 @@ pub fn take(mode: Mode, account: &Account, vars: &[(OsString, OsString)]) -> Res
     let Some(intake) = intake(mode, vars, Path::new(SECRETS_DIR), account)? else {
         return Ok(None);
     };
+    if account.uid == CREDENTIAL_UID || account.gid == CREDENTIAL_UID {
+        return Err(Error::BadUser(format!(
+            "the agent's uid or gid ({}:{}) is the credential gateway's ({CREDENTIAL_UID}): it \
+             could reach the API itself and signal the gateway; choose another user",
+            account.uid, account.gid
+        )));
+    }
     let ssl_cert_file = vars
         .iter()
         .find(|(name, _)| name == "SSL_CERT_FILE")
@@ -338,36 +345,80 @@ pub fn take(mode: Mode, account: &Account, vars: &[(OsString, OsString)]) -> Res
     Ok(Some(Taken { intake, roots }))
 }
 
-/// Reads a secret file after checking that the agent could not read it itself.
+/// Reads a secret file, which must be root's alone (owned by root, no permission for group or
+/// others, no ACL: then no other uid can read it, whoever the agent is) and where the agent
+/// cannot replace it. Checked on the descriptor that is read.
 fn read_secret_file(kind: Kind, path: &Path, account: &Account) -> Result<Credential> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     let at = || Location::new(path.display().to_string(), None);
-    let real = std::fs::canonicalize(path)
-        .map_err(|e| Error::bad_input(at(), format!("cannot open the secret file: {e}")))?;
-    if let Some(why) = readable_by(&real, account) {
+    let cannot =
+        |e: std::io::Error| Error::bad_input(at(), format!("cannot read the secret file: {e}"));
+    let real = std::fs::canonicalize(path).map_err(cannot)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&real)
+        .map_err(cannot)?;
+    let meta = file.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        return Err(Error::bad_input(at(), "not a regular file"));
+    }
+    // SAFETY: asks the size of an extended attribute of an open descriptor, into no buffer.
+    let acl = unsafe {
+        libc::fgetxattr(
+            file.as_raw_fd(),
+            c"system.posix_acl_access".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    } > 0;
+    if meta.uid() != 0 || meta.mode() & 0o077 != 0 || acl {
         return Err(Error::bad_input(
             at(),
             format!(
-                "the agent ({}, uid {}) could read this secret file: {why}. Make it readable by \
-                 root only: a Compose file secret is a bind mount that keeps the host file's \
-                 owner and mode (on the host: chown root:root FILE && chmod 600 FILE); a Swarm \
-                 secret needs `uid: \"0\"` and `mode: 0400`",
+                "the agent ({}, uid {}) could read this secret file, or another uid could: it is \
+                 owned by uid {} gid {} with mode {:04o}{}, and must be root's alone. A Compose \
+                 file secret is a bind mount that keeps the host file's owner and mode (on the \
+                 host: chown root:root FILE && chmod 600 FILE); a Swarm secret needs \
+                 `uid: \"0\"` and `mode: 0400`",
+                account.name,
+                account.uid,
+                meta.uid(),
+                meta.gid(),
+                meta.mode() & 0o7777,
+                if acl { " and an ACL" } else { "" }
+            ),
+        ));
+    }
+    // A file the agent could replace (at a later start, or before a drop-in's rerun) would
+    // give the gateway the agent's own credential: every request, and the workspace in it, to
+    // an account of its choosing.
+    if let Some(why) = replaceable_by(path, &real, account) {
+        return Err(Error::bad_input(
+            at(),
+            format!(
+                "the agent ({}, uid {}) could replace this secret file with one of its own: \
+                 {why}. Keep it where only root can write, e.g. /run/secrets (a bind mount of a \
+                 root-owned 0600 file from outside the workspace)",
                 account.name, account.uid
             ),
         ));
     }
-    let meta = std::fs::metadata(&real)
-        .map_err(|e| Error::bad_input(at(), format!("cannot open the secret file: {e}")))?;
-    if !meta.is_file() || meta.len() > MAX_SECRET_LEN {
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_SECRET_LEN {
         return Err(Error::bad_input(
             at(),
-            "not a regular file of at most 64 KiB: a secret file holds the credential alone",
+            "larger than 64 KiB: a secret file holds the credential alone",
         ));
     }
-    let text = std::fs::read(&real)
-        .map_err(|e| Error::bad_input(at(), format!("cannot read the secret file: {e}")))?;
-    let secret = String::from_utf8(text)
+    let text = String::from_utf8(bytes)
         .map_err(|_| Error::bad_input(at(), "the secret file is not UTF-8 text"))?;
-    let secret = secret.trim();
+    let secret = text.trim();
     if secret.is_empty() || secret.contains(char::is_whitespace) {
         return Err(Error::bad_input(
             at(),
@@ -381,36 +432,49 @@ fn read_secret_file(kind: Kind, path: &Path, account: &Account) -> Result<Creden
     })
 }
 
-/// Why `account` could read the file at `real` (a path without symlinks), or `None`: it can when
-/// it may search every directory from `/` down and read the file. Owner, group and other bits
-/// as the kernel applies them (ACLs are not read).
-fn readable_by(real: &Path, account: &Account) -> Option<String> {
-    let allows = |meta: &std::fs::Metadata, bit: u32| {
-        let mode = meta.mode();
-        if meta.uid() == account.uid {
-            mode & (bit << 6) != 0
-        } else if account.groups.contains(&meta.gid()) || meta.gid() == account.gid {
-            mode & (bit << 3) != 0
-        } else {
-            mode & bit != 0
-        }
-    };
-    for dir in real.ancestors().skip(1) {
-        match std::fs::metadata(dir) {
-            Ok(meta) if allows(&meta, 0o1) => {}
-            // A directory it cannot pass (or one that cannot be read: then nothing can).
-            _ => return None,
+/// Why `account` could put a file of its own at `path` (as given, and as resolved: `real`), or
+/// `None`: it owns the file or a directory on either path, or may write to such a directory
+/// (unless the directory is sticky and not its own, where it can remove only its own files).
+fn replaceable_by(path: &Path, real: &Path, account: &Account) -> Option<String> {
+    let file = std::fs::metadata(real).ok()?;
+    if file.uid() == account.uid {
+        return Some(format!("it is owned by uid {}", file.uid()));
+    }
+    let given = path
+        .parent()
+        .map(|dir| dir.ancestors())
+        .into_iter()
+        .flatten();
+    for dir in given.chain(real.ancestors().skip(1)) {
+        let Ok(meta) = std::fs::metadata(dir) else {
+            continue;
+        };
+        let sticky = meta.mode() & 0o1000 != 0;
+        let owned = meta.uid() == account.uid;
+        if owned || (account_may(account, &meta, 0o2) && !sticky) {
+            return Some(format!(
+                "{} is {} (uid {}, mode {:04o})",
+                dir.display(),
+                if owned { "its own" } else { "writable by it" },
+                meta.uid(),
+                meta.mode() & 0o7777
+            ));
         }
     }
-    let meta = std::fs::metadata(real).ok()?;
-    allows(&meta, 0o4).then(|| {
-        format!(
-            "it is owned by uid {} gid {} with mode {:04o}",
-            meta.uid(),
-            meta.gid(),
-            meta.mode() & 0o7777
-        )
-    })
+    None
+}
+
+/// Whether `account` has permission `bit` (4 read, 2 write, 1 search) on a file of `meta`:
+/// owner, group and other bits as the kernel applies them (ACLs are not read).
+fn account_may(account: &Account, meta: &std::fs::Metadata, bit: u32) -> bool {
+    let mode = meta.mode();
+    if meta.uid() == account.uid {
+        mode & (bit << 6) != 0
+    } else if account.groups.contains(&meta.gid()) || meta.gid() == account.gid {
+        mode & (bit << 3) != 0
+    } else {
+        mode & bit != 0
+    }
 }
 
 /// The agent's variables with the gateway on: every credential variable (and `*_FILE`,
@@ -542,33 +606,59 @@ mod tests {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let file = dir.join("anthropic_api_key");
         std::fs::write(&file, "sk-ant-from-file\n").unwrap();
-        let me = nix::unistd::getuid().as_raw();
-        let mut agent = account();
-        // Another uid: the "other" bits decide (the test may run as root or not).
+        let agent = account();
+        let refusal = |dir: &Path| {
+            intake(Mode::Auto, &[], dir, &agent)
+                .unwrap_err()
+                .to_string()
+        };
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let err = intake(Mode::Auto, &[], &dir, &agent)
-            .unwrap_err()
-            .to_string();
+        let err = refusal(&dir);
         assert!(
             err.contains("could read this secret file") && err.contains("chmod 600"),
             "{err}"
         );
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if !nix::unistd::geteuid().is_root() {
+            // Not root's: refused whoever the agent is (the rest needs root to chown).
+            assert!(refusal(&dir).contains("must be root's alone"));
+            std::fs::remove_dir_all(&dir).unwrap();
+            return;
+        }
         let found = intake(Mode::Auto, &[], &dir, &agent).unwrap().unwrap();
         assert_eq!(found.credential.secret(), "sk-ant-from-file");
         assert_eq!(found.credential.source, file.display().to_string());
-        // The agent as the file's owner reads it whatever the other bits say.
-        agent.uid = me;
-        assert!(intake(Mode::Auto, &[], &dir, &agent).is_err());
-        // A directory on the path it cannot search keeps it out.
-        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
-        agent.uid = 4242;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        // Root's but the group may read: refused (the group may be the agent's, or another
+        // uid's).
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(refusal(&dir).contains("mode 0640"));
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o400)).unwrap();
         assert!(intake(Mode::Auto, &[], &dir, &agent).unwrap().is_some());
+        // Owned by the agent: refused (it could chmod it).
+        let chown = |path: &Path, uid: u32| {
+            nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap()
+        };
+        chown(&file, 4242);
+        assert!(refusal(&dir).contains("owned by uid 4242"));
+        chown(&file, 0);
+        // A directory the agent may write (not sticky): it could put its own key there.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(refusal(&dir).contains("could replace this secret file"));
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(
+            intake(Mode::Auto, &[], &dir, &agent).unwrap().is_some(),
+            "sticky"
+        );
+        // A directory the agent owns: it could rename the file away.
+        chown(&dir, 4242);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(refusal(&dir).contains("its own"));
+        chown(&dir, 0);
         // A variable naming the file takes precedence over the default path, and wins over
         // the variables.
         let other = dir.join("elsewhere");
         std::fs::write(&other, "oauth-from-file").unwrap();
+        std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o600)).unwrap();
         let env = vars(&[
             ("CLAUDE_CODE_OAUTH_TOKEN_FILE", other.to_str().unwrap()),
             ("ANTHROPIC_API_KEY", "sk-var"),

@@ -96,8 +96,11 @@ fn read_inputs(opts: &Options) -> Result<(Policy, ResolvConf, Option<CredentialU
     let conf = resolv_conf::read(&opts.resolv_conf)?;
     let upstream = match &opts.credential_upstream {
         Some((host, port)) => {
-            leave_the_api_to_the_credential_gateway(&mut policy, host);
-            Some(resolve_credential_upstream(opts, host, *port, &conf)?)
+            let host = host.trim_end_matches('.');
+            let agent_too = leave_the_api_to_the_credential_gateway(&mut policy, host);
+            let mut upstream = resolve_credential_upstream(opts, host, *port, &conf)?;
+            upstream.agent_too = agent_too;
+            Some(upstream)
         }
         None => None,
     };
@@ -108,30 +111,37 @@ fn read_inputs(opts: &Options) -> Result<(Policy, ResolvConf, Option<CredentialU
 /// requests go through the credential gateway (which holds the credential: no login).
 const CLAUDE_PROFILE_HOSTS: [&str; 3] = ["api.anthropic.com", "claude.ai", "platform.claude.com"];
 
-/// With the credential gateway the agent keeps no way to the API of its own: the default
-/// profile's Anthropic hosts go, and an entry that still opens the upstream is named.
-fn leave_the_api_to_the_credential_gateway(policy: &mut Policy, upstream: &str) {
+/// With the credential gateway the agent keeps no way to the API of its own: the built-in
+/// profiles' entries for the upstream and the default profile's Anthropic hosts go. Whether an
+/// entry of the user's own (`--allow`, an allowlist file, `CORDON_ALLOW`) still names the
+/// upstream: then it stays open to the agent too, with a warning; otherwise the fence rejects
+/// the agent's connections to its addresses whatever else would open them (another name's
+/// answer, a network entry).
+fn leave_the_api_to_the_credential_gateway(policy: &mut Policy, upstream: &str) -> bool {
     let from_default_profile = format!("profile {}", policy::DEFAULT_PROFILE);
+    let names_upstream = |target: &Target| match target {
+        Target::Name(name) => name == upstream,
+        Target::Wildcard(parent) => upstream.ends_with(&format!(".{parent}")),
+        Target::Net(_) => false,
+    };
     policy.entries.retain(|entry| {
-        !(entry.origin.source == from_default_profile
-            && matches!(&entry.target, Target::Name(name) if CLAUDE_PROFILE_HOSTS.contains(&name.as_str())))
+        let claude_host = entry.origin.source == from_default_profile
+            && matches!(&entry.target, Target::Name(name) if CLAUDE_PROFILE_HOSTS.contains(&name.as_str()));
+        let from_a_profile = entry.origin.source.starts_with("profile ");
+        !(claude_host || from_a_profile && names_upstream(&entry.target))
     });
-    for entry in &policy.entries {
-        let opens = match &entry.target {
-            Target::Name(name) => name == upstream,
-            Target::Wildcard(parent) => upstream.ends_with(&format!(".{parent}")),
-            Target::Net(_) => false,
-        };
-        if opens {
-            log::warn!(
-                "{}: {} lets the agent reach the credential gateway's upstream itself, which \
-                 reopens the channel the gateway closes (a key of its own, an account of its \
-                 own); remove it unless that is what you want",
-                entry.origin,
-                entry.target
-            );
-        }
+    let mut opened = false;
+    for entry in policy.entries.iter().filter(|e| names_upstream(&e.target)) {
+        opened = true;
+        log::warn!(
+            "{}: {} lets the agent reach the credential gateway's upstream itself, which \
+             reopens the channel the gateway closes (a key of its own, an account of its own); \
+             remove it unless that is what you want",
+            entry.origin,
+            entry.target
+        );
     }
+    opened
 }
 
 /// The credential gateway's upstream addresses: an address as it is, else the hosts file, else
@@ -173,6 +183,7 @@ fn resolve_credential_upstream(
         uid: crate::credential::CREDENTIAL_UID,
         port,
         addrs,
+        agent_too: false,
     })
 }
 

@@ -148,7 +148,7 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
     assert!(log.contains("credential gateway (uid 65054)"), "{log}");
     assert!(!log.contains(REAL_KEY), "the key in cordon's log");
 
-    let agent = sandbox.child_of_uid(AGENT_UID).expect("the agent");
+    let agent = sandbox.wait_child_of_uid(AGENT_UID).expect("the agent");
     let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(
@@ -162,7 +162,10 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
     );
     // cordon's own environment block no longer holds it either (wiped after reading), nor
     // that of the gateway forked from it.
-    for pid in [sandbox.pid(), sandbox.child_of_uid(CREDENTIAL_UID).unwrap()] {
+    for pid in [
+        sandbox.pid(),
+        sandbox.wait_child_of_uid(CREDENTIAL_UID).unwrap(),
+    ] {
         let own = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(
             !String::from_utf8_lossy(&own).contains(REAL_KEY),
@@ -194,14 +197,31 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
             &format!("req POST /v1/messages/count_tokens 0 '{headers}'"),
         );
         assert!(
-            out.starts_with("200 {\"input_tokens\":1}"),
+            out.starts_with("200 {\"input_tokens\":1,\"bytes\":0}"),
             "{headers}: {out}"
         );
         assert!(out.contains("again 200"), "keep-alive: {out}");
     }
-    let out = http(&world, "req POST /testkit/upload 1048576");
-    assert!(out.starts_with("200 {\"bytes\":1048576}"), "{out}");
+    let out = http(&world, "req POST /v1/messages/count_tokens 1048576");
+    assert!(
+        out.starts_with("200 {\"input_tokens\":1,\"bytes\":1048576}"),
+        "{out}"
+    );
+    // Nothing but the Messages API: an OAuth token's own endpoints (which hand out keys), the
+    // account's files, a path that climbs out of a prefix never leave.
+    for path in [
+        "/api/oauth/claude_cli/create_api_key",
+        "/v1/files",
+        "/v1/models/../../api/oauth",
+    ] {
+        let out = http(&world, &format!("req POST {path} 0"));
+        assert!(out.starts_with("403 "), "{path}: {out}");
+    }
     let seen = api_log(&world);
+    assert!(
+        !seen.contains("/api/") && !seen.contains("/v1/files"),
+        "{seen}"
+    );
     assert!(seen.lines().count() >= 8, "{seen}");
     for line in seen.lines().filter(|l| l.contains(" cred=")) {
         assert!(
@@ -237,7 +257,7 @@ fn an_oauth_token_from_a_secret_file_goes_as_a_bearer_token() {
     std::fs::write(&file, format!("{token}\n")).unwrap();
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let sandbox = start_sandbox(&world, &[("CLAUDE_CODE_OAUTH_TOKEN_FILE", file)]);
-    let agent = sandbox.child_of_uid(AGENT_UID).expect("the agent");
+    let agent = sandbox.wait_child_of_uid(AGENT_UID).expect("the agent");
     let environ =
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{agent}/environ")).unwrap())
             .into_owned();
@@ -269,8 +289,8 @@ fn an_oauth_token_from_a_secret_file_goes_as_a_bearer_token() {
 }
 
 /// Server-sent events arrive one by one as the API sends them, nothing held back: over a 30 s
-/// stream, no event is later through the gateway than the latest one straight to the API by
-/// more than 5 ms.
+/// stream every event arrives within 100 ms of being sent (they are 1 s apart), and the
+/// gateway's median delay is within 5 ms of the same stream's straight to the API.
 #[test]
 fn a_stream_arrives_event_by_event() {
     if !privileged() {
@@ -278,7 +298,7 @@ fn a_stream_arrives_event_by_event() {
     }
     let world = api_world(REAL_KEY);
     let _sandbox = start_sandbox(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
-    let stream = "'/testkit/sse?events=31&interval_ms=1000'";
+    let stream = "'/v1/models/testkit-sse?events=31&interval_ms=1000'";
     let script = world.path("agent_http.py");
     // Straight to the mock, at the same time, from the world (the fence keeps the sandbox out).
     let mut direct = std::process::Command::new("ip");
@@ -303,9 +323,20 @@ fn a_stream_arrives_event_by_event() {
     let (gateway, direct) = (delays(&gateway), delays(&direct));
     eprintln!("event delays in µs, through the gateway: {gateway:?}\ndirect: {direct:?}");
     assert_eq!((gateway.len(), direct.len()), (31, 31));
-    let worst_direct = direct.iter().max().unwrap();
+    let median = |delays: &[i64]| {
+        let mut sorted = delays.to_vec();
+        sorted.sort();
+        sorted[sorted.len() / 2]
+    };
+    // Each event as it comes: none waits for the next (1 s later) or for a buffer to fill.
     assert!(
-        gateway.iter().all(|us| *us <= worst_direct + 5_000),
+        gateway.iter().all(|us| *us < 100_000),
+        "through the gateway: {gateway:?}"
+    );
+    // And the latency added is within 5 ms of direct (medians: this machine's scheduling
+    // jitter, with other tests running, reaches a few ms on single events either way).
+    assert!(
+        median(&gateway) <= median(&direct) + 5_000,
         "through the gateway: {gateway:?}; direct: {direct:?}"
     );
 }
@@ -365,7 +396,9 @@ fn the_gateway_runs_confined_and_comes_back() {
     }
     let world = api_world(REAL_KEY);
     let sandbox = start_sandbox(&world, &[("ANTHROPIC_API_KEY", REAL_KEY.into())]);
-    let pid = sandbox.child_of_uid(CREDENTIAL_UID).expect("the gateway");
+    let pid = sandbox
+        .wait_child_of_uid(CREDENTIAL_UID)
+        .expect("the gateway");
     let field = |key: &str| status_field(pid, key).unwrap();
     assert_eq!(field("Name"), "cordon-cred");
     assert!(field("Gid").split_whitespace().all(|g| g == CREDENTIAL_UID));

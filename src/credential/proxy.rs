@@ -75,6 +75,22 @@ async fn forward(
     upstream: &Mutex<Option<SendRequest<Incoming>>>,
 ) -> Response<Body> {
     let (mut parts, body) = request.into_parts();
+    if !forwarded(&parts.method, parts.uri.path()) {
+        log::info!(
+            "credential gateway: {} {} refused: not the Messages API",
+            parts.method,
+            parts.uri.path()
+        );
+        return error_response(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "{} {} is not forwarded: the gateway passes the Messages API alone ({})",
+                parts.method,
+                parts.uri.path(),
+                FORWARDED.map(|(m, p)| format!("{m} {p}")).join(", ")
+            ),
+        );
+    }
     if let Err(error) = rewrite_request(&mut parts, &shared.upstream, &shared.credential) {
         return error_response(StatusCode::BAD_REQUEST, &error);
     }
@@ -152,6 +168,37 @@ async fn connect(shared: &Shared) -> Result<SendRequest<Incoming>, String> {
         }
     }
     Err(last)
+}
+
+/// What the gateway forwards: the Messages API the CLI uses, nothing else of what the
+/// credential could do (other endpoints of the account, an OAuth token's own endpoints that
+/// hand out new credentials). `*` is one path segment.
+pub const FORWARDED: [(&str, &str); 4] = [
+    ("POST", "/v1/messages"),
+    ("POST", "/v1/messages/count_tokens"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/*"),
+];
+
+/// Whether `method` `path` (without the query) is in `FORWARDED`.
+pub fn forwarded(method: &hyper::Method, path: &str) -> bool {
+    FORWARDED.iter().any(|(m, pattern)| {
+        let segments = |p: &str| p.split('/').map(String::from).collect::<Vec<_>>();
+        let (want, got) = (segments(pattern), segments(path));
+        method.as_str() == *m
+            && want.len() == got.len()
+            && want.iter().zip(&got).all(|(w, g)| {
+                if w == "*" {
+                    !g.is_empty()
+                        && g.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                        && g != "."
+                        && g != ".."
+                } else {
+                    w == g
+                }
+            })
+    })
 }
 
 /// The request as it goes upstream: the upstream's path prefix and Host, hop-by-hop headers
@@ -347,6 +394,34 @@ mod tests {
                 _ => "claude-code-20250219",
             };
             assert_eq!(p.headers["anthropic-beta"], beta);
+        }
+    }
+
+    #[test]
+    fn only_the_messages_api_is_forwarded() {
+        use hyper::Method;
+        for (method, path) in [
+            (Method::POST, "/v1/messages"),
+            (Method::POST, "/v1/messages/count_tokens"),
+            (Method::GET, "/v1/models"),
+            (Method::GET, "/v1/models/claude-sonnet-4-5"),
+        ] {
+            assert!(forwarded(&method, path), "{method} {path}");
+        }
+        for (method, path) in [
+            (Method::GET, "/v1/messages"),
+            (Method::POST, "/v1/messages/batches"),
+            (Method::GET, "/v1/files"),
+            (Method::POST, "/api/oauth/claude_cli/create_api_key"),
+            (Method::GET, "/v1/models/.."),
+            (Method::GET, "/v1/models/%2e%2e"),
+            (Method::GET, "/v1/models/a/b"),
+            (Method::POST, "/v1/messages/"),
+            (Method::POST, "//v1/messages"),
+            (Method::TRACE, "/v1/messages"),
+            (Method::POST, "/v1/../v1/messages"),
+        ] {
+            assert!(!forwarded(&method, path), "{method} {path}");
         }
     }
 

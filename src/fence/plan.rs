@@ -179,13 +179,15 @@ pub struct Ruleset {
 }
 
 /// The credential gateway's way out: its `uid` reaches `addrs` on TCP `port` and nothing else
-/// beyond loopback; no other uid is given these addresses by this rule (the agent reaches them
-/// only if its own allowlist names them).
+/// beyond loopback. Every other uid's connections there are rejected, whatever else would open
+/// them (another name answered with the same address, a network entry), unless `agent_too`: an
+/// entry of the user's names the upstream itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialUpstream {
     pub uid: u32,
     pub port: u16,
     pub addrs: Vec<IpAddr>,
+    pub agent_too: bool,
 }
 
 /// Where the DNS of every uid but root goes.
@@ -415,6 +417,15 @@ impl Ruleset {
     }
 
     pub fn verdict(&self, as_root: bool, dst: IpAddr, proto: Proto, port: u16) -> Verdict {
+        if let Some(upstream) = &self.credential_upstream {
+            if !upstream.agent_too
+                && proto == Proto::Tcp
+                && port == upstream.port
+                && upstream.addrs.contains(&dst)
+            {
+                return Verdict::Reject;
+            }
+        }
         self.family(Family::of(&dst))
             .verdict(self.agent_dns, as_root, dst, proto, port)
     }
@@ -695,11 +706,15 @@ impl Ruleset {
         if let Some(upstream) = &self.credential_upstream {
             let owner = format!("-m owner --uid-owner {}", upstream.uid);
             for addr in upstream.addrs.iter().filter(|a| Family::of(a) == family) {
-                chain.push(format!(
-                    "-d {} -p tcp -m tcp --dport {} {owner} -j {CHAIN_ALLOW}",
+                let to = format!(
+                    "-d {} -p tcp -m tcp --dport {}",
                     host_net(*addr),
                     upstream.port
-                ));
+                );
+                chain.push(format!("{to} {owner} -j {CHAIN_ALLOW}"));
+                if !upstream.agent_too {
+                    chain.push(format!("{to} -j {CHAIN_REJECT}"));
+                }
             }
             chain.push(format!("{owner} -j {CHAIN_REJECT}"));
         }
@@ -1079,27 +1094,36 @@ mod tests {
             uid: 65053,
             port: 10053,
         });
-        let ruleset = without
-            .clone()
-            .with_credential_upstream(CredentialUpstream {
-                uid: 65054,
-                port: 443,
-                addrs: vec![
-                    "203.0.113.7".parse().unwrap(),
-                    "2001:db8::7".parse().unwrap(),
-                ],
-            });
+        // The upstream shares an address with an allowlisted name (192.0.2.10): still closed
+        // to the agent on the upstream's port, open on the others the name allows.
+        let upstream = CredentialUpstream {
+            uid: 65054,
+            port: 443,
+            addrs: vec![
+                "192.0.2.10".parse().unwrap(),
+                "2001:db8::7".parse().unwrap(),
+            ],
+            agent_too: false,
+        };
+        let ruleset = without.clone().with_credential_upstream(upstream.clone());
         assert_ne!(ruleset.flow_mark, without.flow_mark);
         let agent =
             |r: &Ruleset, dst: &str, port| r.verdict(false, dst.parse().unwrap(), Proto::Tcp, port);
-        for dst in ["203.0.113.7", "2001:db8::7", "192.0.2.10"] {
-            assert_eq!(
-                agent(&ruleset, dst, 443),
-                agent(&without, dst, 443),
-                "{dst}"
-            );
-        }
-        assert_eq!(agent(&ruleset, "203.0.113.7", 443), Verdict::Reject);
+        assert_eq!(agent(&without, "192.0.2.10", 443), Verdict::Allow);
+        assert_eq!(agent(&ruleset, "192.0.2.10", 443), Verdict::Reject);
+        assert_eq!(agent(&ruleset, "192.0.2.10", 80), Verdict::Allow);
+        assert_eq!(agent(&ruleset, "2001:db8::7", 443), Verdict::Reject);
+        // An entry of the user's for the upstream opens it to the agent too.
+        let opened = without
+            .clone()
+            .with_credential_upstream(CredentialUpstream {
+                agent_too: true,
+                ..upstream
+            });
+        assert_eq!(agent(&opened, "192.0.2.10", 443), Verdict::Allow);
+        let closing = "-d 192.0.2.10/32 -p tcp -m tcp --dport 443 -j CORDON_REJECT";
+        assert!(!opened.iptables_restore(Family::V4).contains(closing));
+        assert!(ruleset.iptables_restore(Family::V4).contains(closing));
         insta::assert_snapshot!(format!(
             "{}\n{}",
             ruleset.iptables_restore(Family::V4),

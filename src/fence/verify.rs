@@ -586,6 +586,7 @@ mod tests {
                 "203.0.113.7".parse().unwrap(),
                 "2001:db8::7".parse().unwrap(),
             ],
+            agent_too: false,
         };
         let probes = plan_probes(
             &ruleset(&["api.example.test"], "nameserver 127.0.0.11\n")

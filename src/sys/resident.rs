@@ -67,18 +67,7 @@ pub fn confine(
     confinement: &Confinement,
 ) -> std::result::Result<(), String> {
     let fail = |what: &'static str| move |errno: Errno| format!("{what}: {}", errno.desc());
-    if confinement.dies_with_parent {
-        // SAFETY: plain system call with integer arguments.
-        unsafe {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            )
-        };
-    }
+    let parent = nix::unistd::getppid();
     signals.restore().map_err(fail("restoring signals"))?;
     close_other_descriptors(keep);
     let kept = confinement
@@ -120,7 +109,26 @@ pub fn confine(
     Errno::result(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) })
         .map_err(fail("clearing keep-caps"))?;
     nix::sys::prctl::set_no_new_privs().map_err(fail("setting no_new_privs"))?;
-    nix::sys::prctl::set_dumpable(false).map_err(fail("clearing dumpable"))
+    nix::sys::prctl::set_dumpable(false).map_err(fail("clearing dumpable"))?;
+    if confinement.dies_with_parent {
+        // After the change of uid, which clears the parent-death signal; a parent gone
+        // meanwhile is seen in getppid.
+        // SAFETY: plain system call with integer arguments.
+        Errno::result(unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        })
+        .map_err(fail("asking to die with PID 1"))?;
+        if nix::unistd::getppid() != parent {
+            return Err("PID 1 is gone".into());
+        }
+    }
+    Ok(())
 }
 
 /// Makes every capability of `bits` that is permitted effective too.

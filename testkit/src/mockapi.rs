@@ -4,8 +4,9 @@
 //! the credential it carried (`cred=x-api-key:VALUE` / `cred=bearer:VALUE` / `cred=none`); with `--expect-credential-file`
 //! (credentials one per line in a file, not on a command line everyone can read) any other
 //! gets 401, as from the real API. For the gateway's tests and bench: `GET
-//! /testkit/sse?events=N&interval_ms=M` (N events, M ms apart, each with the send time),
-//! `GET /testkit/download?bytes=N`, `POST /testkit/upload` (answers the body's length).
+//! /v1/models/testkit-sse?events=N&interval_ms=M` (N events, M ms apart, each with the send
+//! time), `GET /v1/models/testkit-download?bytes=N`, and `POST /v1/messages/count_tokens`
+//! answers the body's length too (paths the credential gateway forwards).
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::SocketAddr;
@@ -403,7 +404,7 @@ fn respond(req: &Request, w: &mut impl Write, st: &State) -> io::Result<()> {
         }
     }
     match (req.method.as_str(), path) {
-        ("GET", "/testkit/sse") => {
+        ("GET", "/v1/models/testkit-sse") => {
             let events = query_number(&req.target, "events", 3);
             let interval =
                 std::time::Duration::from_millis(query_number(&req.target, "interval_ms", 100));
@@ -423,7 +424,7 @@ fn respond(req: &Request, w: &mut impl Write, st: &State) -> io::Result<()> {
             w.write_all(b"0\r\n\r\n")?;
             w.flush()
         }
-        ("GET", "/testkit/download") => {
+        ("GET", "/v1/models/testkit-download") => {
             let bytes = query_number(&req.target, "bytes", 0) as usize;
             write!(
                 w,
@@ -438,12 +439,6 @@ fn respond(req: &Request, w: &mut impl Write, st: &State) -> io::Result<()> {
             }
             w.flush()
         }
-        ("POST", "/testkit/upload") => send(
-            w,
-            req,
-            "200 OK",
-            &format!(r#"{{"bytes":{}}}"#, req.body.len()),
-        ),
         ("HEAD" | "GET", _) => send(w, req, "200 OK", "{}"),
         ("POST", "/v1/messages") => {
             let body = String::from_utf8_lossy(&req.body);
@@ -476,7 +471,12 @@ request-id: req_testkit\r\nTransfer-Encoding: chunked\r\nConnection: {conn}\r\n\
             w.write_all(b"0\r\n\r\n")?;
             w.flush()
         }
-        ("POST", "/v1/messages/count_tokens") => send(w, req, "200 OK", r#"{"input_tokens":1}"#),
+        ("POST", "/v1/messages/count_tokens") => send(
+            w,
+            req,
+            "200 OK",
+            &format!(r#"{{"input_tokens":1,"bytes":{}}}"#, req.body.len()),
+        ),
         _ => {
             st.log
                 .line(&format!("  -> 404 {} {}", req.method, req.target));

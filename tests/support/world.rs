@@ -680,6 +680,19 @@ impl SleepingAgent {
             .collect()
     }
 
+    /// The child whose every uid is `uid`, waiting up to 5 s for it (the agent's process
+    /// changes its uid only after cordon logs that it starts it).
+    pub fn wait_child_of_uid(&self, uid: &str) -> Option<u32> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.child_of_uid(uid) {
+                Some(pid) => return Some(pid),
+                None if Instant::now() > deadline => return None,
+                None => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+
     /// The child whose every uid is `uid`.
     pub fn child_of_uid(&self, uid: &str) -> Option<u32> {
         self.children().into_iter().find(|pid| {
