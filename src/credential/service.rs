@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -199,20 +199,12 @@ impl CredentialGateway {
     }
 
     fn fork(&mut self, signals: &Signals) -> Result<()> {
-        // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
-        // from the supervisor's loop), so the child may allocate; it never returns.
-        let forked = resident::fork_named(CREDENTIAL_NAME, || unsafe { nix::unistd::fork() });
-        match forked.map_err(|e| Error::sys("fork", e))? {
-            ForkResult::Parent { child } => {
-                self.pid = Some(child);
-                Ok(())
-            }
-            ForkResult::Child => {
-                let code = self.run_child(signals);
-                // SAFETY: ending the gateway without unwinding into PID 1's stack.
-                unsafe { libc::_exit(code) }
-            }
-        }
+        // cordon is single-threaded when it starts the gateway (before the agent, and from
+        // the supervisor's loop).
+        let pid = resident::fork_child(CREDENTIAL_NAME, || self.run_child(signals))
+            .map_err(|e| Error::sys("fork", e))?;
+        self.pid = Some(pid);
+        Ok(())
     }
 
     fn run_child(&self, signals: &Signals) -> i32 {

@@ -22,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 
 use super::block_log::{self, BlockLog};
 use super::filter::{Event, Names, OwnNetworks};
@@ -242,20 +242,12 @@ impl Gateway {
     }
 
     fn fork(&mut self, signals: &Signals) -> Result<()> {
-        // SAFETY: cordon is single-threaded when it starts the gateway (before the agent, and
-        // from the supervisor's loop), so the child may allocate; it never returns.
-        let forked = resident::fork_named(GATEWAY_NAME, || unsafe { nix::unistd::fork() });
-        match forked.map_err(|e| Error::sys("fork", e))? {
-            ForkResult::Parent { child } => {
-                self.pid = Some(child);
-                Ok(())
-            }
-            ForkResult::Child => {
-                let code = self.run_child(signals, true);
-                // SAFETY: ending the gateway without unwinding into PID 1's stack.
-                unsafe { libc::_exit(code) }
-            }
-        }
+        // cordon is single-threaded when it starts the gateway (before the agent, and from
+        // the supervisor's loop).
+        let pid = resident::fork_child(GATEWAY_NAME, || self.run_child(signals, true))
+            .map_err(|e| Error::sys("fork", e))?;
+        self.pid = Some(pid);
+        Ok(())
     }
 }
 

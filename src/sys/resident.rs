@@ -187,6 +187,20 @@ impl Restarts {
     }
 }
 
+/// Forks `run` as a child named `name` from its first instruction, which exits with what `run`
+/// returns; the child's pid. Call while single-threaded (the child may allocate).
+pub fn fork_child(name: &str, run: impl FnOnce() -> i32) -> nix::Result<Pid> {
+    // SAFETY: the caller is single-threaded; the child never returns.
+    match fork_named(name, || unsafe { nix::unistd::fork() })? {
+        ForkResult::Parent { child } => Ok(child),
+        ForkResult::Child => {
+            let code = run();
+            // SAFETY: ending the child without unwinding into the caller's stack.
+            unsafe { libc::_exit(code) }
+        }
+    }
+}
+
 /// Forks `run` as a daemon of its own session, named `name` from its first instruction: a child
 /// starts the session and forks it, then exits, leaving it to init. Returns its pid. Call while
 /// single-threaded; `run` runs in the daemon and gives its exit status.
