@@ -219,14 +219,14 @@ pub fn intake(
     for kind in Kind::ALL {
         if let Some(value) = var(kind.variable()) {
             let secret = value.to_str().map(str::trim).unwrap_or_default();
-            if secret.is_empty() || secret == PLACEHOLDER {
-                continue;
+            if !secret.is_empty() && secret != PLACEHOLDER {
+                found.push(Credential {
+                    kind,
+                    secret: secret.to_string(),
+                    source: kind.variable().to_string(),
+                });
             }
-            found.push(Credential {
-                kind,
-                secret: secret.to_string(),
-                source: kind.variable().to_string(),
-            });
+            zero_os_string(value);
         }
     }
     if found.is_empty() {
@@ -310,10 +310,22 @@ impl Taken {
 
 /// The credential gateway's intake (`intake`) and the CA store, as root before anything of the
 /// agent runs; the credential's values are wiped from cordon's own environment block.
-pub fn take(mode: Mode, account: &Account, vars: &[(OsString, OsString)]) -> Result<Option<Taken>> {
+pub fn take(
+    mode: Mode,
+    account: &Account,
+    vars: &mut [(OsString, OsString)],
+) -> Result<Option<Taken>> {
     let Some(intake) = intake(mode, vars, Path::new(SECRETS_DIR), account)? else {
         return Ok(None);
     };
+    // The copies of the credential's variables in `vars` go now; the credential itself stays
+    // for the gateway (and its restarts), noted for the processes that must forget it.
+    for (name, value) in vars.iter_mut() {
+        if Kind::ALL.iter().any(|k| name == k.variable()) {
+            zero_os_string(std::mem::take(value));
+        }
+    }
+    remember_to_forget(intake.credential.secret());
     if account.uid == CREDENTIAL_UID || account.gid == CREDENTIAL_UID {
         return Err(Error::BadUser(format!(
             "the agent's uid or gid ({}:{}) is the credential gateway's ({CREDENTIAL_UID}): it \
@@ -419,16 +431,18 @@ fn read_secret_file(kind: Kind, path: &Path, account: &Account) -> Result<Creden
     let text = String::from_utf8(bytes)
         .map_err(|_| Error::bad_input(at(), "the secret file is not UTF-8 text"))?;
     let secret = text.trim();
-    if secret.is_empty() || secret.contains(char::is_whitespace) {
-        return Err(Error::bad_input(
+    let credential =
+        (!secret.is_empty() && !secret.contains(char::is_whitespace)).then(|| Credential {
+            kind,
+            secret: secret.to_string(),
+            source: path.display().to_string(),
+        });
+    zero_os_string(text.into());
+    credential.ok_or_else(|| {
+        Error::bad_input(
             at(),
             "the secret file must hold the credential alone, on one line",
-        ));
-    }
-    Ok(Credential {
-        kind,
-        secret: secret.to_string(),
-        source: path.display().to_string(),
+        )
     })
 }
 
@@ -474,6 +488,39 @@ fn account_may(account: &Account, meta: &std::fs::Metadata, bit: u32) -> bool {
         mode & (bit << 3) != 0
     } else {
         mode & bit != 0
+    }
+}
+
+/// Overwrites a string's bytes before it is freed: freed memory is not cleared, and a process
+/// forked later would find the bytes in its heap.
+fn zero_os_string(value: OsString) {
+    use std::os::unix::ffi::OsStringExt;
+    let mut bytes = value.into_vec();
+    bytes.fill(0);
+    std::hint::black_box(&bytes);
+}
+
+/// Where the credential lives in this process (address and length of its one long-lived
+/// copy), for `forget_in_this_process`.
+static LONG_LIVED: std::sync::Mutex<Vec<(usize, usize)>> = std::sync::Mutex::new(Vec::new());
+
+fn remember_to_forget(secret: &str) {
+    if let Ok(mut places) = LONG_LIVED.lock() {
+        places.push((secret.as_ptr() as usize, secret.len()));
+    }
+}
+
+/// Overwrites the credential in a process forked from cordon that has no use for it (the DNS
+/// gateway, the harden helper): their copy of cordon's memory holds it too, and the DNS gateway
+/// parses what the agent sends. Call in the child, right after the fork.
+pub fn forget_in_this_process() {
+    if let Ok(places) = LONG_LIVED.lock() {
+        for (address, len) in places.iter() {
+            // SAFETY: each entry is the heap buffer of a credential this process's parent
+            // noted and holds until it exits (never freed: the gateway keeps it for restarts);
+            // after fork the child owns its copy of that memory, and nothing reads it again.
+            unsafe { std::ptr::write_bytes(*address as *mut u8, 0, *len) };
+        }
     }
 }
 

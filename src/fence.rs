@@ -285,9 +285,9 @@ pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Res
     capabilities::require(capabilities::FENCE).map_err(|e| ready.refuse(e))?;
     // A credential given to the drop-in (a secret file: sudo passes no variables) gets a
     // credential gateway daemon, for the sessions whose remoteEnv points at it.
-    let vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
-    let taken =
-        credential::take(credential::Mode::Auto, &account, &vars).map_err(|e| ready.refuse(e))?;
+    let mut vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+    let taken = credential::take(credential::Mode::Auto, &account, &mut vars)
+        .map_err(|e| ready.refuse(e))?;
     let mut opts = opts.clone();
     opts.credential_upstream = taken.as_ref().map(credential::Taken::upstream_host_port);
     let fence = establish(&opts, ready, probe_uid, Some(signals))?;

@@ -90,7 +90,7 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
     }
     // The credential, read as root before anything of the agent runs.
     let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    let taken = credential::take(start.credential, &account, &vars)
+    let taken = credential::take(start.credential, &account, &mut vars)
         .and_then(|taken| match taken {
             Some(_) if start.exec => Err(Error::Usage(
                 "the credential gateway needs cordon to stay as the supervisor, which --exec \

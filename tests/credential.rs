@@ -12,6 +12,7 @@ use support::world::*;
 use support::{cordon, privileged, testkit};
 
 const CREDENTIAL_UID: &str = "65054";
+const DNS_GATEWAY_UID: &str = "65053";
 const REAL_KEY: &str = "sk-ant-api03-REAL-user-key-0123456789";
 const PLACEHOLDER: &str = "cordon-credential-gateway-placeholder";
 const AGENTS_OWN_KEY: &str = "sk-ant-api03-attackers-own-key";
@@ -129,6 +130,32 @@ fn http(world: &World, args: &str) -> String {
     )
 }
 
+/// Whether a process's writable memory (heap, stacks, data) holds `needle` (read as root).
+fn memory_holds(pid: u32, needle: &str) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for line in maps
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("rw-p"))
+    {
+        let range = line.split_whitespace().next().unwrap();
+        let (start, end) = range.split_once('-').unwrap();
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut bytes = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut bytes).is_err() {
+            continue;
+        }
+        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            return true;
+        }
+    }
+    false
+}
+
 fn api_log(world: &World) -> String {
     std::fs::read_to_string(world.path("api.log")).unwrap_or_default()
 }
@@ -172,6 +199,18 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
             "pid {pid}'s environment holds the key"
         );
     }
+    // In memory: the credential gateway holds it (which shows the search finds it); the DNS
+    // gateway, forked from the same cordon and parsing the agent's DNS, has forgotten it.
+    let credential_gateway = sandbox.wait_child_of_uid(CREDENTIAL_UID).unwrap();
+    let dns_gateway = sandbox.wait_child_of_uid(DNS_GATEWAY_UID).unwrap();
+    assert!(
+        memory_holds(credential_gateway, REAL_KEY),
+        "the search finds nothing"
+    );
+    assert!(
+        !memory_holds(dns_gateway, REAL_KEY),
+        "the DNS gateway's memory holds the key"
+    );
     // Nothing the agent's uid can read holds it: every process's environment and command line,
     // and the files under /proc it may open.
     let needle = world.path("needle");

@@ -254,6 +254,7 @@ impl Gateway {
 impl Gateway {
     /// The gateway process itself: confined, then serving; its exit status.
     fn run_child(&self, signals: &Signals, dies_with_parent: bool) -> i32 {
+        crate::credential::forget_in_this_process();
         if !dies_with_parent {
             // A daemon outlives the command that started it: its output goes nowhere (the
             // block log's table keeps what it would print), and no pipe it held keeps a

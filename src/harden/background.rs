@@ -84,6 +84,7 @@ pub fn start(work: Work, signals: &Signals) -> Result<Pid> {
     match unsafe { nix::unistd::fork() }.map_err(|e| Error::sys("fork", e))? {
         ForkResult::Parent { child } => Ok(child),
         ForkResult::Child => {
+            crate::credential::forget_in_this_process();
             let code = match confine(signals) {
                 Ok(()) => run(work, &status),
                 Err(error) => {
