@@ -356,17 +356,37 @@ pub fn parse(args: Vec<OsString>) -> Result<Parsed, Refusal> {
         .map(PathBuf::from)
         .and_then(|path| path.file_name().map(|name| name.to_os_string()));
     let args = if invoked_as.as_deref() == Some(INIT_FIREWALL_NAME.as_ref()) {
-        let mut firewall_args: Vec<OsString> = vec!["cordon".into(), "firewall".into()];
-        firewall_args.push("--profile".into());
-        firewall_args.push("anthropic-devcontainer".into());
-        firewall_args.extend(args.into_iter().skip(1));
-        firewall_args
+        init_firewall_args(args)
     } else {
         args
     };
     Cli::try_parse_from(args)
         .map(from_cli)
         .map_err(Refusal::from)
+}
+
+/// `init-firewall.sh [ARGS]` as cordon's own command line: `cordon firewall --profile
+/// anthropic-devcontainer [ARGS]`, or, for a subcommand that reads or asks (`check`, `plan`,
+/// `blocked`, `status`, `allow`, `deny`), that subcommand (`plan` with the same profile), so
+/// that a drop-in image answers them under the one name it has.
+fn init_firewall_args(args: Vec<OsString>) -> Vec<OsString> {
+    const FORWARDED: [&str; 6] = ["check", "plan", "blocked", "status", "allow", "deny"];
+    let mut rest = args.into_iter().skip(1).peekable();
+    let mut cordon: Vec<OsString> = vec!["cordon".into()];
+    match rest.peek().and_then(|first| first.to_str()) {
+        Some("plan") => {
+            cordon.push(rest.next().unwrap_or_default());
+            cordon.extend(["--profile".into(), "anthropic-devcontainer".into()]);
+        }
+        Some(sub) if FORWARDED.contains(&sub) => cordon.push(rest.next().unwrap_or_default()),
+        _ => cordon.extend([
+            "firewall".into(),
+            "--profile".into(),
+            "anthropic-devcontainer".into(),
+        ]),
+    }
+    cordon.extend(rest);
+    cordon
 }
 
 /// Why the command line does not lead to a run: help or version was asked for, or it is wrong.
@@ -642,6 +662,41 @@ mod tests {
             panic!("expected the firewall subcommand");
         };
         assert_eq!(fence.sources.profiles, ["anthropic-devcontainer"]);
+    }
+
+    /// Under the drop-in's one name, the reading subcommands answer as under `cordon`'s.
+    #[test]
+    fn init_firewall_sh_forwards_the_reading_subcommands() {
+        let at = "/usr/local/bin/init-firewall.sh";
+        assert!(matches!(parse_strs(&[at]), Invocation::Firewall { .. }));
+        assert!(matches!(
+            parse_strs(&[at, "--strict"]),
+            Invocation::Firewall { .. }
+        ));
+        assert!(matches!(parse_strs(&[at, "check"]), Invocation::Check(_)));
+        assert!(matches!(
+            parse_strs(&[at, "check", "-q"]),
+            Invocation::Check(check::Options { quiet: true, .. })
+        ));
+        assert!(matches!(
+            parse_strs(&[at, "blocked"]),
+            Invocation::Blocked { .. }
+        ));
+        assert!(matches!(
+            parse_strs(&[at, "status"]),
+            Invocation::Control(_)
+        ));
+        match parse_strs(&[at, "plan"]) {
+            Invocation::Plan { fence } => assert!(fence
+                .sources
+                .profiles
+                .contains(&"anthropic-devcontainer".to_string())),
+            other => panic!("{other:?}"),
+        }
+        match parse_strs(&[at, "allow", "x.test"]) {
+            Invocation::Control(line) => assert_eq!(line, "allow x.test"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

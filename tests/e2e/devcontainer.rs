@@ -327,25 +327,20 @@ fn dropin_terminal_uses_the_credential_gateway_daemon() {
     let after = daemon();
     assert!(!after.is_empty() && after != before, "{before} → {after}");
     assert!(turn(&world).ok(), "after the rerun");
-    // `cordon check` (this image has the binary only as init-firewall.sh) says it runs, and
-    // after a kill that it does not.
-    let check = || {
-        world
-            .exec(
-                "node",
-                &c,
-                &[
-                    "bash",
-                    "-c",
-                    "exec -a cordon /usr/local/bin/init-firewall.sh check",
-                ],
-            )
-            .stdout
-    };
+    // `cordon check` (the drop-in's `cordon` is init-firewall.sh under its other name) says it
+    // runs, and after a kill that it does not; `init-firewall.sh check` answers the same.
+    let check = || world.exec("node", &c, &["cordon", "check"]).stdout;
     let running = check();
     assert!(
         running.contains("credential gateway: running as uid 65054"),
         "{running}"
+    );
+    let same = world.exec("node", &c, &["/usr/local/bin/init-firewall.sh", "check"]);
+    assert!(
+        same.stdout
+            .contains("credential gateway: running as uid 65054"),
+        "{}",
+        same.both()
     );
     // Killed: requests are refused, and nothing reaches the API.
     let requests = world
