@@ -284,7 +284,7 @@ pub fn upstream_if_present(
 /// upstream, and the CA store to verify the upstream with.
 pub struct Taken {
     pub intake: Intake,
-    pub roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub ca_bundle: PathBuf,
 }
 
 impl Taken {
@@ -303,7 +303,7 @@ impl Taken {
                 .collect(),
             credential: self.intake.credential,
             upstream: self.intake.upstream,
-            roots: self.roots,
+            ca_bundle: self.ca_bundle,
         }
     }
 }
@@ -337,24 +337,23 @@ pub fn take(
         .iter()
         .find(|(name, _)| name == "SSL_CERT_FILE")
         .map(|(_, value)| PathBuf::from(value));
-    let (bundle, roots) = service::load_roots(ssl_cert_file)?;
+    let ca_bundle = service::find_ca_bundle(ssl_cert_file)?;
     wipe_from_own_environment();
     log::info!(
         "credential gateway: the credential from {} ({}) stays with the gateway; the agent \
          reaches the API with ANTHROPIC_BASE_URL={} and {AGENT_VARIABLE}={PLACEHOLDER} (CA \
-         certificates: {}, {} of them){}",
+         certificates: {}){}",
         intake.credential.source,
         intake.credential.kind.variable(),
         agent_base_url(),
-        bundle.display(),
-        roots.len(),
+        ca_bundle.display(),
         if intake.ignored.is_empty() {
             String::new()
         } else {
             format!("; also found and not used: {}", intake.ignored.join(", "))
         }
     );
-    Ok(Some(Taken { intake, roots }))
+    Ok(Some(Taken { intake, ca_bundle }))
 }
 
 /// Reads a secret file, which must be root's alone (owned by root, no permission for group or

@@ -42,37 +42,33 @@ const CA_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+const CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
+
 /// What the gateway serves.
 pub struct Config {
     pub credential: Credential,
     pub upstream: Upstream,
     /// The upstream's addresses, resolved by the fence at start.
     pub addrs: Vec<SocketAddr>,
-    /// The CA certificates the upstream's certificate is verified against.
-    pub roots: Vec<CertificateDer<'static>>,
+    /// The CA store the upstream's certificate is verified against (`find_ca_bundle`); the
+    /// gateway reads it itself, so that PID 1 holds none of it.
+    pub ca_bundle: PathBuf,
 }
 
-/// Reads the CA store: `SSL_CERT_FILE` if set, else the first system bundle found.
-pub fn load_roots(
-    ssl_cert_file: Option<PathBuf>,
-) -> Result<(PathBuf, Vec<CertificateDer<'static>>)> {
+/// The CA store: `SSL_CERT_FILE` if set, else the first system bundle that holds a
+/// certificate. Only looked at here: the gateway parses it.
+pub fn find_ca_bundle(ssl_cert_file: Option<PathBuf>) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = match ssl_cert_file {
         Some(path) => vec![path],
         None => CA_BUNDLES.iter().map(PathBuf::from).collect(),
     };
     for path in candidates {
-        if !path.exists() {
-            continue;
-        }
-        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-            .map_err(|e| Error::Io {
-                context: format!("reading the CA certificates in {}", path.display()),
-                source: std::io::Error::other(e.to_string()),
-            })?
-            .filter_map(|cert| cert.ok())
-            .collect();
-        if !certs.is_empty() {
-            return Ok((path, certs));
+        let text = std::fs::read(&path).unwrap_or_default();
+        if text
+            .windows(CERTIFICATE.len())
+            .any(|w| w == CERTIFICATE.as_bytes())
+        {
+            return Ok(path);
         }
     }
     Err(Error::MissingTool {
@@ -218,11 +214,18 @@ impl CredentialGateway {
             keep: &[],
             dies_with_parent,
         };
+        // Read as root (the store may be anywhere), parsed once confined.
+        let ca_bundle = std::fs::read(&self.config.ca_bundle);
         if let Err(error) = resident::confine(signals, &[self.listener.as_raw_fd()], &confinement) {
             log::error!("credential gateway: {error}");
             return 1;
         }
-        match serve(&self.config, &self.listener) {
+        let roots = ca_bundle.map(|pem| {
+            CertificateDer::pem_slice_iter(&pem)
+                .filter_map(|cert| cert.ok())
+                .collect()
+        });
+        match roots.and_then(|roots| serve(&self.config, &self.listener, roots)) {
             Ok(()) => 0,
             Err(error) => {
                 log::error!("credential gateway stopped: {error}");
@@ -252,8 +255,12 @@ impl crate::supervise::Resident for CredentialGateway {
 }
 
 /// Accepts the agent's connections until the listener fails.
-fn serve(config: &Config, listener: &TcpListener) -> std::io::Result<()> {
-    let tls = proxy::tls_connector(config.roots.clone()).map_err(std::io::Error::other)?;
+fn serve(
+    config: &Config,
+    listener: &TcpListener,
+    roots: Vec<CertificateDer<'static>>,
+) -> std::io::Result<()> {
+    let tls = proxy::tls_connector(roots).map_err(std::io::Error::other)?;
     let shared = Arc::new(proxy::Shared {
         credential: config.credential.clone(),
         upstream: config.upstream.clone(),

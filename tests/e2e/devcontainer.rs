@@ -165,9 +165,7 @@ fn devcontainer_terminal_uses_the_credential_gateway() {
         ["ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN"],
         "{remote_env:?}"
     );
-    let secret = world.dir.join("anthropic_api_key");
-    std::fs::write(&secret, E2E_API_KEY).unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = root_only_secret(&world);
     let mut parts = vec![
         "--cap-add=NET_ADMIN".to_string(),
         "--cap-add=NET_RAW".into(),
@@ -203,15 +201,7 @@ fn devcontainer_terminal_uses_the_credential_gateway() {
         "{}",
         turn.both()
     );
-    let tls = world.tls_mock_log();
-    assert!(
-        tls.contains(&format!("cred=x-api-key:{E2E_API_KEY}")),
-        "{tls}"
-    );
-    assert!(!tls.contains("placeholder"), "{tls}");
-    // The terminal's environment and the container's configuration: no key.
-    let env = world.exec("node", &c, &["env"]);
-    assert!(!env.stdout.contains(E2E_API_KEY), "{}", env.stdout);
+    assert_the_api_got_the_real_key_and_node_has_none(&world, &c);
     let configured = world.inspect(&c, "{{json .Config.Env}}");
     assert!(!configured.contains(E2E_API_KEY), "{configured}");
     // And node cannot read the file.
@@ -244,9 +234,7 @@ fn dropin_terminal_uses_the_credential_gateway_daemon() {
         "the example mounts the secret file"
     );
     let remote_env = remote_env(&config);
-    let secret = world.dir.join("anthropic_api_key");
-    std::fs::write(&secret, E2E_API_KEY).unwrap();
-    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let secret = root_only_secret(&world);
     let script = "echo Container started\ntrap \"exit 0\" 15\n\nexec \"$@\"\nwhile sleep 1 & wait $!; do :; done";
     let mount = format!(
         "type=bind,src={},dst=/run/secrets/anthropic_api_key,readonly",
@@ -304,14 +292,7 @@ fn dropin_terminal_uses_the_credential_gateway_daemon() {
         "{}",
         first.both()
     );
-    let tls = world.tls_mock_log();
-    assert!(
-        tls.contains(&format!("cred=x-api-key:{E2E_API_KEY}")),
-        "{tls}"
-    );
-    assert!(!tls.contains("placeholder"), "{tls}");
-    let env = world.exec("node", &c, &["env"]);
-    assert!(!env.stdout.contains(E2E_API_KEY), "{}", env.stdout);
+    assert_the_api_got_the_real_key_and_node_has_none(&world, &c);
 
     // A rerun replaces the daemon; the next turn goes through the new one.
     let daemon = || {
@@ -366,6 +347,27 @@ fn dropin_terminal_uses_the_credential_gateway_daemon() {
         requests,
         "a request reached the API without the gateway"
     );
+}
+
+/// The API key in a file of the world's, root's alone (0600), to mount as a secret.
+fn root_only_secret(world: &World) -> std::path::PathBuf {
+    let secret = world.dir.join("anthropic_api_key");
+    std::fs::write(&secret, E2E_API_KEY).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    secret
+}
+
+/// The API mock got the real key and never the placeholder; a terminal's environment (node's,
+/// as an editor's) holds no key.
+fn assert_the_api_got_the_real_key_and_node_has_none(world: &World, c: &str) {
+    let tls = world.tls_mock_log();
+    assert!(
+        tls.contains(&format!("cred=x-api-key:{E2E_API_KEY}")),
+        "{tls}"
+    );
+    assert!(!tls.contains("placeholder"), "{tls}");
+    let env = world.exec("node", c, &["env"]);
+    assert!(!env.stdout.contains(E2E_API_KEY), "{}", env.stdout);
 }
 
 /// The `remoteEnv` block of a devcontainer.json: NAME → VALUE, in order.
