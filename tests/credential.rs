@@ -113,6 +113,25 @@ fn start_sandbox(world: &World, env: &[(&str, String)]) -> SleepingAgent {
     SleepingAgent::start(command, world.path("cordon.log"))
 }
 
+/// The agent's pid once it runs `/bin/sleep` (its uid changes before the exec, and until the
+/// exec /proc shows cordon's environment).
+fn agent_after_exec(sandbox: &SleepingAgent) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = sandbox.child_of_uid(AGENT_UID) {
+            if status_field(pid, "Name").as_deref() == Some("sleep") {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent never ran: {}",
+            sandbox.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `line` in the sandbox as the agent's uid; its stdout (its stderr goes to the test's).
 fn as_agent(world: &World, line: &str) -> String {
     let output = world.sandbox_sh(&format!(
@@ -175,7 +194,7 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
     assert!(log.contains("credential gateway (uid 65054)"), "{log}");
     assert!(!log.contains(REAL_KEY), "the key in cordon's log");
 
-    let agent = sandbox.wait_child_of_uid(AGENT_UID).expect("the agent");
+    let agent = agent_after_exec(&sandbox);
     let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();
     let environ = String::from_utf8_lossy(&environ);
     assert!(
@@ -296,7 +315,7 @@ fn an_oauth_token_from_a_secret_file_goes_as_a_bearer_token() {
     std::fs::write(&file, format!("{token}\n")).unwrap();
     std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let sandbox = start_sandbox(&world, &[("CLAUDE_CODE_OAUTH_TOKEN_FILE", file)]);
-    let agent = sandbox.wait_child_of_uid(AGENT_UID).expect("the agent");
+    let agent = agent_after_exec(&sandbox);
     let environ =
         String::from_utf8_lossy(&std::fs::read(format!("/proc/{agent}/environ")).unwrap())
             .into_owned();
