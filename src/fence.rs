@@ -23,7 +23,7 @@ use crate::gateway;
 use crate::gateway::filter::{Names, OwnNetworks};
 use crate::gateway::service::{self, Gateway, Keeper};
 use crate::sys::caps::{self, Capability};
-use crate::sys::signals::Signals;
+use crate::sys::signals::{self, Signals};
 use apply::Tools;
 use netinfo::{Ipv6, NetInfo};
 use plan::{CredentialUpstream, Family, NatHook, Ruleset, SetMembers};
@@ -270,7 +270,8 @@ pub fn plan(opts: &Options) -> Result<i32> {
 }
 
 /// `cordon firewall` and `init-firewall.sh`: apply, verify, exit. SIGINT, SIGTERM, SIGHUP and
-/// SIGQUIT are held until the namespace is fenced or locked down, then end it with 128+n.
+/// SIGQUIT end set-up at its next checkpoint or wait (at most ~20 ms away), egress locked down,
+/// with 128+n; one that comes once the fence is confirmed leaves it in place.
 pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Result<i32> {
     let scope = Scope::enter(opts)?;
     let account = match user::lookup(&agent.user, agent.uid_from.as_deref()) {
@@ -290,7 +291,7 @@ pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Res
         .map_err(|e| ready.refuse(e))?;
     let mut opts = opts.clone();
     opts.credential_upstream = taken.as_ref().map(credential::Taken::upstream_host_port);
-    let fence = establish(&opts, ready, probe_uid, Some(signals))?;
+    let fence = establish(&opts, ready, probe_uid)?;
     // The gateways outlive this command as daemons; a later run replaces them.
     fence.start_gateway(probe_uid, signals, Keeper::Daemon)?;
     match taken {
@@ -301,7 +302,9 @@ pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Res
         }
         None => credential::service::none_here(),
     }
+    interrupted().map_err(|e| fence.refuse(e))?;
     fence.confirm()?;
+    signals::set_up_ends_on_stop(false);
     if let Some(signal) = signals.pending_stop() {
         log::warn!(
             "{}, after the fence was in place: it holds",
@@ -360,6 +363,8 @@ impl Scope {
     }
 
     fn refuse_with(&self, variant: Option<&'static str>, error: Error) -> Error {
+        // Set-up is over: the lockdown's own tools must run to the end.
+        signals::set_up_ends_on_stop(false);
         if !caps::holds(Capability::CAP_NET_ADMIN) {
             return error;
         }
@@ -546,17 +551,8 @@ fn failed_read(detail: String) -> Error {
 /// Builds the fence and proves it. Once cordon is able to change the firewall, any failure —
 /// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict, a stop signal
 /// (`stop`, for `cordon firewall`) — leaves egress locked down instead of open.
-pub fn establish(
-    opts: &Options,
-    mut ready: Ready,
-    agent_uid: u32,
-    stop: Option<&Signals>,
-) -> Result<Fence> {
+pub fn establish(opts: &Options, mut ready: Ready, agent_uid: u32) -> Result<Fence> {
     let mut timings = std::mem::replace(&mut ready.scope.timings, Timings::start());
-    let interrupted = || match stop.and_then(Signals::pending_stop) {
-        Some(signal) => Err(Error::Interrupted { signal }),
-        None => Ok(()),
-    };
     match build(opts, agent_uid, &ready, &mut timings, &interrupted) {
         Ok((record, prepared)) => {
             log::info!("fence ready in {}", timings.summary());
@@ -570,7 +566,16 @@ pub fn establish(
                 upstream: prepared.upstream,
             })
         }
-        Err(cause) => Err(ready.refuse(cause)),
+        // A tool or lookup cut short by a stop signal failed because of it: say so.
+        Err(cause) => Err(ready.refuse(interrupted().err().unwrap_or(cause))),
+    }
+}
+
+/// Set-up's checkpoint: a pending stop signal ends it here (see `signals::set_up_ends_on_stop`).
+pub fn interrupted() -> Result<()> {
+    match signals::stop_during_set_up() {
+        Some(signal) => Err(Error::Interrupted { signal }),
+        None => Ok(()),
     }
 }
 
@@ -582,6 +587,7 @@ fn build(
     interrupted: &dyn Fn() -> Result<()>,
 ) -> Result<(record::Loaded, Prepared)> {
     let (tools, net) = (&ready.tools, &ready.scope.net);
+    interrupted()?;
     let (policy, conf, upstream) = read_inputs(opts)?;
     timings.mark("policy");
     let nat_reads = apply::NatReads::start(tools, net.ipv6, opts.dns == Dns::Gateway);

@@ -9,13 +9,14 @@ use cordon::credential::{self, service::CredentialGateway};
 use cordon::error::{exit, Error, Result};
 use cordon::gateway::service::Keeper;
 use cordon::harden::background;
-use cordon::sys::signals::Signals;
+use cordon::sys::signals::{self, Signals};
 use cordon::{check, fence, gateway, harden, logging, supervise};
 
 fn main() -> ExitCode {
     // Before anything else: a stop signal during set-up is held until cordon can act on it
-    // (forward it to the agent, or end `cordon firewall` in a consistent state), never fatal
-    // half-way. The other commands get the signal state they started with back.
+    // (end set-up with egress locked down, at the next checkpoint or wait), never fatal half-way;
+    // once the agent runs, the supervisor forwards it. The other commands get the signal state
+    // they started with back.
     let signals = match Signals::block_all() {
         Ok(signals) => signals,
         Err(error) => {
@@ -60,12 +61,18 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
                 .map(|upstream| (upstream.host, upstream.port));
             fence::plan(&fence)
         }),
-        Invocation::Firewall { fence, user } => fence::firewall(&fence, &user, signals),
+        Invocation::Firewall { fence, user } => {
+            signals::set_up_ends_on_stop(true);
+            fence::firewall(&fence, &user, signals)
+        }
         Invocation::Check(options) => restore().and_then(|()| check::run(&options)),
         Invocation::Harden => restore().and_then(|()| harden_now()),
         Invocation::Blocked { json } => restore().and_then(|()| gateway::block_log::print(json)),
         Invocation::Control(line) => restore().and_then(|()| gateway::control::request(&line)),
-        Invocation::Run(start) => entrypoint(start, signals),
+        Invocation::Run(start) => {
+            signals::set_up_ends_on_stop(true);
+            entrypoint(start, signals)
+        }
     }
 }
 
@@ -104,7 +111,7 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
     if let Some(taken) = &taken {
         start.fence.credential_upstream = Some(taken.upstream_host_port());
     }
-    let fence = fence::establish(&start.fence, ready, account.uid, None)?;
+    let fence = fence::establish(&start.fence, ready, account.uid)?;
     let mut gateway = fence.start_gateway(account.uid, signals, Keeper::Supervisor)?;
     let mut credential_gateway = match taken {
         Some(taken) => {
@@ -119,7 +126,9 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
             None
         }
     };
+    fence::interrupted().map_err(|e| fence.refuse(e))?;
     let beside_the_agent = harden_before_the_agent(&start, no_new_privs_everywhere)?;
+    fence::interrupted().map_err(|e| fence.refuse(e))?;
     let environment = env::agent_environment(vars, &account, &start.env);
     environment.log();
     let mut launch = launch::Launch::new(start.command, environment.vars, account)?;
@@ -134,6 +143,9 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
         launch = launch.supervisor_keeps(&kept);
     }
     fence.confirm()?;
+    // The last checkpoint: from here a stop signal is the agent's (the supervisor forwards it).
+    fence::interrupted().map_err(|e| fence.refuse(e))?;
+    signals::set_up_ends_on_stop(false);
     if start.exec {
         return launch.exec(signals);
     }

@@ -853,6 +853,81 @@ fn signals_during_firewall_set_up() {
     }
 }
 
+/// ^C (SIGINT) or SIGTERM while `--dns static` waits on a resolver that answers after 5 s, for
+/// the entrypoint and for `cordon firewall`: set-up ends within 200 ms of the signal, exit 128+n,
+/// one line saying it was interrupted, egress denied, the agent never started.
+#[test]
+fn a_stop_during_a_slow_resolution_ends_set_up_at_once() {
+    if !privileged() {
+        return;
+    }
+    for (signal, number) in [("INT", 2), ("TERM", 15)] {
+        for firewall in [false, true] {
+            let world = World::new(WorldOpts {
+                dns_args: vec!["--delay-ms".into(), "5000".into()],
+                ..WorldOpts::default()
+            });
+            let marker = world.dir.join("agent-ran");
+            let mut command = in_sandbox(&world);
+            if firewall {
+                command.arg("firewall");
+            }
+            command
+                .args([
+                    "--dns",
+                    "static",
+                    "--no-default-profile",
+                    "--user",
+                    AGENT_UID,
+                ])
+                .args(ALLOW)
+                .args([
+                    "--resolv-conf",
+                    &format!("/etc/netns/{}/resolv.conf", world.sandbox_ns),
+                ])
+                .stderr(Stdio::piped());
+            if !firewall {
+                command
+                    .args(["--no-harden", "--", "/bin/touch"])
+                    .arg(&marker);
+            }
+            let started = Instant::now();
+            let child = command.spawn().unwrap();
+            // The rules load in well under this; the answers are seconds away.
+            std::thread::sleep(Duration::from_millis(700));
+            let signalled = Instant::now();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::try_from(number).unwrap(),
+            )
+            .unwrap();
+            let output = child.wait_with_output().unwrap();
+            let after_signal = signalled.elapsed();
+            let shape = if firewall { "firewall" } else { "entrypoint" };
+            let case = format!("{shape}, SIG{signal} during the resolution");
+            let start = Start {
+                code: output.status.code(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                elapsed: started.elapsed(),
+                agent_ran: marker.exists(),
+            };
+            eprintln!(
+                "{case}: {:?} {:.0} ms after the signal\n{}",
+                start.code,
+                after_signal.as_secs_f64() * 1e3,
+                start.stderr
+            );
+            assert!(
+                after_signal < Duration::from_millis(200),
+                "{case}: took {after_signal:?} after the signal"
+            );
+            let fault = format!("SIG{signal} during set-up");
+            let hint = format!("set-up interrupted by SIG{signal}");
+            assert_refused(&world, &fault, &start, &hint, secs(2));
+        }
+    }
+}
+
 /// cordon itself (no `ip netns exec` in between, so a signal reaches it and nothing else) in the
 /// sandbox's network namespace; give it `--resolv-conf` (the sandbox's is under /etc/netns).
 fn in_sandbox(world: &World) -> Command {

@@ -3,6 +3,7 @@
 //! hickory-resolver does the DNS; its UDP queries travel over the shared sockets of `udp_mux`.
 
 use std::collections::HashMap;
+use std::ffi::c_int;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +15,7 @@ use hickory_resolver::Resolver;
 
 use crate::error::{Error, Result};
 use crate::fence::resolv_conf::ResolvConf;
+use crate::sys::signals;
 
 mod udp_mux;
 
@@ -154,9 +156,11 @@ async fn resolve_all(names: &[&str], conf: &ResolvConf, options: Options) -> Res
             }
         });
     }
-    let all_done = async { while lanes.join_next().await.is_some() {} };
-    let _ = tokio::time::timeout(bound, all_done).await;
+    let interrupted = wait_for_lanes(&mut lanes, bound).await;
     lanes.abort_all();
+    if let Some(signal) = interrupted {
+        return Err(Error::Interrupted { signal });
+    }
 
     let found = std::mem::take(&mut *found.lock().expect("results poisoned"));
     let names = found
@@ -178,6 +182,27 @@ async fn resolve_all(names: &[&str], conf: &ResolvConf, options: Options) -> Res
         names,
         refused: provider.refused_servers(),
     })
+}
+
+/// Waits until every lane is done or `bound` has passed; a stop signal during set-up ends the
+/// wait at once (looked for every 20 ms) and is returned.
+async fn wait_for_lanes(lanes: &mut tokio::task::JoinSet<()>, bound: Duration) -> Option<c_int> {
+    const LOOK_FOR_STOP: Duration = Duration::from_millis(20);
+    let deadline = tokio::time::Instant::now() + bound;
+    let all_done = async { while lanes.join_next().await.is_some() {} };
+    let mut all_done = std::pin::pin!(all_done);
+    loop {
+        let until = deadline.min(tokio::time::Instant::now() + LOOK_FOR_STOP);
+        if tokio::time::timeout_at(until, &mut all_done).await.is_ok() {
+            return None;
+        }
+        if let Some(signal) = signals::stop_during_set_up() {
+            return Some(signal);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
 }
 
 fn build_resolver(

@@ -75,6 +75,45 @@ fn is_ignored(signal: c_int) -> bool {
     rc == 0 && old.handler == libc::SIG_IGN
 }
 
+/// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT pending for this process (every thread blocks
+/// them, so one sent stays pending), if any; it stays pending.
+fn pending_stop() -> Option<c_int> {
+    let mut pending: Mask = 0;
+    // SAFETY: the set is valid for MASK_BYTES bytes.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigpending,
+            &mut pending as *mut Mask,
+            MASK_BYTES,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
+        .into_iter()
+        .find(|&signal| pending & bit(signal) != 0)
+}
+
+/// Whether a stop signal now ends set-up (`set_up_ends_on_stop`).
+static SET_UP_ENDS_ON_STOP: AtomicBool = AtomicBool::new(false);
+
+/// From `true` until `false`, the waits of set-up that can last (name resolution, a firewall tool
+/// held up by a lock) end early when a stop signal is pending (`stop_during_set_up`): the caller
+/// then locks egress down and exits 128+n. Off before the lockdown's own tools run, and before
+/// the agent starts (from then on a stop is the agent's).
+pub fn set_up_ends_on_stop(on: bool) {
+    SET_UP_ENDS_ON_STOP.store(on, Ordering::Relaxed);
+}
+
+/// The stop signal pending while set-up ends on one, if any.
+pub fn stop_during_set_up() -> Option<c_int> {
+    SET_UP_ENDS_ON_STOP
+        .load(Ordering::Relaxed)
+        .then(pending_stop)
+        .flatten()
+}
+
 /// The signal state cordon started with, and the set it now blocks.
 pub struct Signals {
     blocked: Mask,
@@ -122,21 +161,7 @@ impl Signals {
     /// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT that is pending (sent, still blocked),
     /// if any; it stays pending.
     pub fn pending_stop(&self) -> Option<c_int> {
-        let mut pending: Mask = 0;
-        // SAFETY: the set is valid for MASK_BYTES bytes.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigpending,
-                &mut pending as *mut Mask,
-                MASK_BYTES,
-            )
-        };
-        if rc != 0 {
-            return None;
-        }
-        [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
-            .into_iter()
-            .find(|&signal| pending & bit(signal) != 0)
+        pending_stop()
     }
 
     /// Blocks every catchable signal again. musl unblocked 33 and 34 in this thread when cordon

@@ -16,6 +16,8 @@ use nix::errno::Errno;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
+use crate::sys::signals;
+
 /// Where the tools are looked for, in this order.
 const SEARCH_PATH: &[&str] = &[
     "/usr/local/sbin",
@@ -209,6 +211,11 @@ impl Running {
         let Some(status) = status else {
             let _ = self.child.kill();
             let _ = self.child.wait();
+            if let Some(signal) = signals::stop_during_set_up() {
+                return Err(format!(
+                    "{tool} was stopped: set-up interrupted by signal {signal}"
+                ));
+            }
             let stderr = first_lines(&self.stderr.join().unwrap_or_default());
             return Err(format!(
                 "{tool} did not finish within {:.1} s and was stopped{}",
@@ -256,7 +263,8 @@ fn first_lines(stderr: &[u8]) -> String {
 }
 
 /// `Child::wait` with a deadline: polls, first often (the tools take milliseconds), then every
-/// 2 ms. `None` when the deadline passed.
+/// 2 ms. `None` when the deadline passed, or set-up was interrupted (a tool waiting on a held
+/// xtables lock must not hold up the lockdown).
 fn wait_until(
     child: &mut std::process::Child,
     deadline: Instant,
@@ -267,7 +275,7 @@ fn wait_until(
             return Ok(Some(status));
         }
         let now = Instant::now();
-        if now >= deadline {
+        if now >= deadline || signals::stop_during_set_up().is_some() {
             return Ok(None);
         }
         std::thread::sleep(pause.min(deadline - now));
