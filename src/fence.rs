@@ -2,6 +2,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod netinfo;
+pub(crate) mod opened;
 pub(crate) mod plan;
 pub(crate) mod policy;
 pub(crate) mod record;
@@ -699,6 +700,10 @@ fn build(
             .unwrap_or_default()
             .as_secs_f64()
             * 1e3
+    );
+    log::info!(
+        "opened: {}",
+        opened::summary(&prepared.policy, &prepared.resolution, opened::SHOWN)
     );
     Ok((record, prepared))
 }

@@ -81,7 +81,13 @@ fn every_verdict_holds_for_the_agent() {
     let log_before = world.listener_log().len();
     let output = world.cordon(FENCE);
     assert!(output.status.success());
-    assert!(stderr(&output).contains("self-test passed"));
+    let report = stderr(&output);
+    assert!(report.contains("self-test passed"), "{report}");
+    // What the policy opens, in one line: allowed.test resolved to one IPv4 and one IPv6 address.
+    assert!(
+        report.contains("opened: allowed.test:80,443 (2)\n"),
+        "{report}"
+    );
 
     let dns_elsewhere = format!("dns:allowed.test@{OTHER_DNS}");
     let dns_resolver = format!("dns:allowed.test@{GATEWAY}");
@@ -363,7 +369,10 @@ fn reapplying_never_opens_a_window() {
         };
         let mut args = FENCE.to_vec();
         args.extend(["--allow", extra, "-q"]);
-        assert!(world.cordon(&args).status.success());
+        let output = world.cordon(&args);
+        assert!(output.status.success());
+        // -q: warnings and errors only, not what was opened.
+        assert!(!stderr(&output).contains("opened:"), "{}", stderr(&output));
         applied += 1;
     }
     let summary = String::from_utf8(prober.wait_with_output().unwrap().stdout).unwrap();
