@@ -287,6 +287,12 @@ fn finding(verdict: Verdict, topic: &'static str, text: impl Into<String>) -> Fi
     }
 }
 
+/// The one line for a container with no fence at all (`FenceStatus::absent`).
+pub const FENCE_ABSENT: &str = "absent — nothing is blocked in this container. Apply it as root: \
+     `sudo /usr/local/bin/init-firewall.sh` in a drop-in devcontainer (its postStartCommand; a \
+     plain `docker restart` does not run it), or start the container with cordon as its \
+     entrypoint";
+
 pub fn assess(facts: &Facts) -> Vec<Finding> {
     // The container runs with no_new_privs (PID 1 started with it, as every exec session does):
     // setuid bits and file capabilities are inert, now and for any later session.
@@ -301,10 +307,14 @@ pub fn assess(facts: &Facts) -> Vec<Finding> {
         facts.background.as_ref().map(|report| &report.status),
         inert,
     ));
-    findings.extend(facts.fence.facts.iter().map(|fact| {
-        let verdict = if fact.ok { Verdict::Ok } else { Verdict::Fail };
-        finding(verdict, "fence", &fact.text)
-    }));
+    if facts.fence.absent {
+        findings.push(finding(Verdict::Fail, "fence", FENCE_ABSENT));
+    } else {
+        findings.extend(facts.fence.facts.iter().map(|fact| {
+            let verdict = if fact.ok { Verdict::Ok } else { Verdict::Fail };
+            finding(verdict, "fence", &fact.text)
+        }));
+    }
     if facts.fence.facts.is_empty() {
         findings.push(finding(Verdict::Fail, "fence", "nothing could be checked"));
     }
@@ -684,7 +694,32 @@ Seccomp:\t2
                 ok: holds,
                 text: "chains in place".to_string(),
             }],
+            absent: false,
         }
+    }
+
+    #[test]
+    fn an_absent_fence_is_one_line_that_says_how_to_apply_it() {
+        let mut facts = facts(agent(), Vec::new(), false);
+        facts.fence.facts = (0..6)
+            .map(|n| FenceFact {
+                ok: n == 0,
+                text: format!("probe {n} open"),
+            })
+            .collect();
+        facts.fence.absent = true;
+        let fence: Vec<String> = assess(&facts)
+            .iter()
+            .filter(|finding| finding.topic == "fence")
+            .map(|finding| finding.to_string())
+            .collect();
+        assert_eq!(fence.len(), 1, "{fence:?}");
+        assert!(fence[0].starts_with("FAIL"), "{fence:?}");
+        assert!(fence[0].contains("fence: absent"), "{fence:?}");
+        assert!(
+            fence[0].contains("sudo /usr/local/bin/init-firewall.sh"),
+            "{fence:?}"
+        );
     }
 
     fn facts(caller: Status, privileged: Vec<Privileged>, fence_holds: bool) -> Facts {

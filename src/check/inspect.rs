@@ -22,6 +22,9 @@ use crate::sys::tool;
 pub struct FenceStatus {
     /// One per fact (chains, set sizes, counters, probe verdicts), each judged on its own.
     pub facts: Vec<FenceFact>,
+    /// No fence at all: as root, no cordon chain and no record of one; otherwise, not one probe
+    /// was stopped (e.g. a drop-in container restarted without its postStartCommand).
+    pub absent: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,7 +63,8 @@ pub fn fence(backend: Backend) -> FenceStatus {
         };
         match Tools::locate(backend) {
             Ok(tools) => {
-                read_rules(&tools, &net, &mut status);
+                let chain_loaded = read_rules(&tools, &net, &mut status);
+                status.absent = recorded.is_none() && !chain_loaded;
                 compare_with_record(&tools, &net, recorded, &mut status);
             }
             Err(error) => status.fail(format!("cannot read the firewall: {error}")),
@@ -68,11 +72,16 @@ pub fn fence(backend: Backend) -> FenceStatus {
     } else {
         status.ok("not root: the firewall cannot be read, only probed".to_string());
     }
-    probe_blocked_classes(&net, can_read, &mut status);
+    let stopped = probe_blocked_classes(&net, can_read, &mut status);
+    if !can_read {
+        status.absent = stopped == 0;
+    }
     status
 }
 
-fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
+/// Judges each family's loaded rules and the sets; whether cordon's chain is in the IPv4 table.
+fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) -> bool {
+    let mut chain_loaded = false;
     let families: &[Family] = if net.ipv6.in_kernel() {
         &[Family::V4, Family::V6]
     } else {
@@ -83,6 +92,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
         match tool.run(&["-c", "-t", "filter"], "", tool::BOUND) {
             Ok(text) => {
                 let rules = SavedRules::parse(&text);
+                chain_loaded |= *family == Family::V4 && rules.chain_loaded;
                 match rules.problem() {
                     None => status.ok(format!(
                         "{} fence loaded: OUTPUT policy DROP, {} allowed and {} rejected packets \
@@ -116,6 +126,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) {
         }
         Err(detail) => status.fail(format!("cannot list the ipsets: {detail}")),
     }
+    chain_loaded
 }
 
 /// Compares the live fence with the record the entrypoint or `cordon firewall` left: every rule
@@ -166,6 +177,7 @@ fn compare_with_record(
 /// The facts `check` needs from `iptables-save -c -t filter`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SavedRules {
+    chain_loaded: bool,
     output_policy_drop: bool,
     output_jumps_first: bool,
     output_ends_in_reject: bool,
@@ -181,6 +193,9 @@ impl SavedRules {
         for line in text.lines() {
             if line.starts_with(":OUTPUT DROP") {
                 rules.output_policy_drop = true;
+            }
+            if line.starts_with(&format!(":{CHAIN_OUTPUT} ")) {
+                rules.chain_loaded = true;
             }
             let (packets, rule) = match line.strip_prefix('[').and_then(|r| r.split_once("] ")) {
                 Some((counters, rule)) => (
@@ -239,8 +254,8 @@ fn set_sizes(text: &str) -> Vec<(String, u64)> {
 }
 
 /// Destinations that no allowlist opens unless it names them explicitly; `check` has no
-/// allowlist, so it only probes these.
-fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) {
+/// allowlist, so it only probes these. Returns how many a fence rejected.
+fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) -> usize {
     let mut targets = verify::unallowed_classes(net);
     if !marked {
         // Unmarked, a blocked SYN is answered with the fence's reset, which looks like a host
@@ -273,6 +288,7 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         uid => uid,
     };
     probe_dns_elsewhere(uid, status);
+    let mut stopped = 0;
     for mut result in verify::run_probes(probes, uid, marked) {
         // An unmarked SYN to a documentation address (routed nowhere) that is refused at once
         // was refused by the fence's reset: without a fence it would leave and go unanswered.
@@ -280,12 +296,17 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
             result.observed = Observed::Rejected;
         }
         let line = format!("probe {}", result.describe());
+        // Stopped by a fence, not merely unrouted.
+        if result.observed == Observed::Rejected {
+            stopped += 1;
+        }
         if result.passed() {
             status.ok(line);
         } else {
             status.fail(line);
         }
     }
+    stopped
 }
 
 /// A question to a server that is not the resolver: the fence rejects it (static mode), or nat

@@ -422,6 +422,8 @@ fn dropin_init_firewall_via_sudo_fences_the_container() {
         before[&blocked].0, "open",
         "no fence before the postStartCommand"
     );
+    // Unfenced, `cordon check` (and `init-firewall.sh check`) as node says so in one line.
+    assert_check_says_absent(&world, &c, "before the postStartCommand");
     // Flows the agent opens before the postStartCommand: a TCP and a UDP stream to the blocked
     // address, one socket each, a line every 100 ms (bash's /dev/tcp and /dev/udp). The TCP one
     // leaves a mark when a write fails.
@@ -524,10 +526,49 @@ fn dropin_init_firewall_via_sudo_fences_the_container() {
         after["dns:evil.test@127.0.0.11"],
         ("error".to_string(), "REFUSED".to_string())
     );
+    // Fenced, the check no longer calls the fence absent.
+    let fenced = world.exec("node", &c, &["cordon", "check"]);
+    assert!(
+        !fenced.stdout.contains("fence: absent") && fenced.stdout.contains("ok    fence:"),
+        "{}",
+        fenced.both()
+    );
     // The postStartCommand runs again on every start: idempotent.
     let again = world.exec("node", &c, &["sudo", "/usr/local/bin/init-firewall.sh"]);
     assert!(again.ok(), "{}", again.both());
     world.assert_fenced(&c, Dns::Embedded);
+    // A plain `docker restart` (no devcontainer CLI, so no postStartCommand) leaves no fence: the
+    // README says so, and `cordon check` tells the user.
+    world.docker_must(&["restart", "-t", "1", c.as_str()]);
+    world.wait_log(&c, "Container started", 2);
+    let restarted = world.probe(&c, std::slice::from_ref(&blocked));
+    assert_eq!(
+        restarted[&blocked].0, "open",
+        "no fence after docker restart"
+    );
+    assert_check_says_absent(&world, &c, "after docker restart");
+}
+
+/// `cordon check` and `init-firewall.sh check` as node in an unfenced drop-in container: exit 1,
+/// and the fence is one line that says it is absent and how to apply it.
+fn assert_check_says_absent(world: &World, c: &str, when: &str) {
+    for command in [&["cordon", "check"][..], &["init-firewall.sh", "check"]] {
+        let out = world.exec("node", c, command);
+        let fence: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|line| line.contains(" fence: "))
+            .collect();
+        eprintln!("{command:?} {when}: {:?}\n{}", out.code, out.stdout);
+        assert_eq!(out.code, Some(1), "{when}: {}", out.both());
+        assert_eq!(fence.len(), 1, "{when}: {}", out.both());
+        assert!(
+            fence[0].starts_with("FAIL  fence: absent")
+                && fence[0].contains("sudo /usr/local/bin/init-firewall.sh"),
+            "{when}: {}",
+            fence[0]
+        );
+    }
 }
 
 /// The drop-in shape keeps the container running whatever cordon does: when `sudo
