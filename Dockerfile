@@ -51,11 +51,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -m 0755 target/x86_64-unknown-linux-musl/release/cordon /out/cordon
 
 FROM scratch AS cordon-from-build
-COPY --from=cordon-build /out/cordon /usr/local/bin/cordon
+COPY --from=cordon-build --chmod=0755 /out/cordon /usr/local/bin/cordon
 
 # ---- cordon prebuilt, from the build context ----------------------------------------------------
 FROM scratch AS cordon-from-context
-COPY cordon /usr/local/bin/cordon
+COPY --chmod=0755 cordon /usr/local/bin/cordon
 
 # ---- the binary alone (FROM scratch): `docker build --target binary`, then COPY --from= it --------
 FROM cordon-from-${CORDON_BINARY} AS binary
@@ -94,14 +94,14 @@ RUN set -eu; missing=; \
         && rm -rf /var/lib/apt/lists/*; \
     fi
 COPY --from=claude /out/usr/local/lib/node_modules/@anthropic-ai/claude-code /usr/local/lib/node_modules/@anthropic-ai/claude-code
-COPY --from=binary /usr/local/bin/cordon /usr/local/bin/cordon
+# Its mode is set here, not by a later chmod (which would copy the binary into a second layer).
+COPY --from=binary --chmod=0755 /usr/local/bin/cordon /usr/local/bin/cordon
 # npm's own layout (bin/claude -> ../lib/node_modules/...), whichever source the CLI came from.
 # /home/node/.claude exists owned by node so that a fresh named volume mounted there is node's.
 # `cordon harden` strips setuid/setgid bits, file capabilities and sudo now, so that the start
 # finds nothing to strip: the image also runs with `docker run --read-only`.
 RUN ln -sf ../lib/node_modules/@anthropic-ai/claude-code/bin/claude.exe /usr/local/bin/claude \
     && ln -sf cordon /usr/local/bin/init-firewall.sh \
-    && chmod 0755 /usr/local/bin/cordon \
     && mkdir -p /workspace /etc/cordon/allowlist.d /home/node/.claude \
     && chown node:node /workspace /home/node/.claude \
     && claude --version \

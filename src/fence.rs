@@ -689,8 +689,8 @@ fn build(
         .filter(|r| r.probe.expect == plan::Verdict::Reject)
         .count();
     log::info!(
-        "self-test passed: {} probes ({} allowed, {} blocked) in {:.1} ms",
-        results.len(),
+        "self-test passed: {} ({} allowed, {} blocked) in {:.1} ms",
+        crate::logging::count(results.len() as u64, "probe"),
         results.len() - blocked,
         blocked,
         results

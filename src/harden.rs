@@ -29,6 +29,7 @@ use nix::fcntl::{self, OFlag};
 use nix::sys::stat::{self, Mode};
 
 use crate::error::{Error, Result};
+use crate::logging::count;
 use crate::sys::mounts::{self, MountTable};
 use crate::sys::walk::{self, Kind};
 
@@ -315,14 +316,14 @@ impl Report {
         let stripped = if self.stripped.is_empty() {
             "no setuid/setgid files or file capabilities".to_string()
         } else {
-            let count =
+            let of_kind =
                 |pick: fn(&Privileged) -> bool| self.stripped.iter().filter(|f| pick(f)).count();
             format!(
-                "stripped {} files ({} setuid, {} setgid, {} with file capabilities): {}",
-                self.stripped.len(),
-                count(Privileged::setuid),
-                count(Privileged::setgid),
-                count(|f| f.capability),
+                "stripped {} ({} setuid, {} setgid, {} with file capabilities): {}",
+                count(self.stripped.len() as u64, "file"),
+                of_kind(Privileged::setuid),
+                of_kind(Privileged::setgid),
+                of_kind(|f| f.capability),
                 name_a_few(self.stripped.iter().map(|f| &f.path))
             )
         };
@@ -335,10 +336,10 @@ impl Report {
             )
         };
         format!(
-            "hardened {}: {} entries ({} files) in {} ms; {stripped}; {sudo}",
+            "hardened {}: {} ({}) in {} ms; {stripped}; {sudo}",
             self.scan.root.display(),
-            self.scan.entries,
-            self.scan.files,
+            count(self.scan.entries, "entry"),
+            count(self.scan.files, "file"),
             self.elapsed.as_millis()
         )
     }
@@ -393,14 +394,15 @@ impl MountsReport {
         let stripped = match self.stripped.len() {
             0 => "no setuid/setgid files or file capabilities".to_string(),
             n => format!(
-                "stripped {n} files: {}",
+                "stripped {}: {}",
+                count(n as u64, "file"),
                 name_a_few(self.stripped.iter().map(|f| &f.path))
             ),
         };
         format!(
-            "--strip-mounts: {} other mounts ({} entries) in {} ms; {stripped}",
-            self.mounts.len(),
-            self.entries,
+            "--strip-mounts: {} ({}) in {} ms; {stripped}",
+            count(self.mounts.len() as u64, "other mount"),
+            count(self.entries, "entry"),
             self.elapsed.as_millis()
         )
     }

@@ -19,6 +19,21 @@ pub fn name_a_few<T: Display>(
     }
 }
 
+/// `n` and the noun, plural unless `n` is 1: "1 file", "3 files", "2 entries", "1 address".
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        return format!("1 {noun}");
+    }
+    match noun.strip_suffix('y') {
+        Some(stem) if !stem.ends_with(['a', 'e', 'o', 'u']) => format!("{n} {stem}ies"),
+        _ if noun.ends_with('s') || noun.ends_with("sh") || noun.ends_with("ch") => {
+            format!("{n} {noun}es")
+        }
+        _ => format!("{n} {noun}s"),
+    }
+}
+
 /// `quiet` (-q) shows warnings and errors only; each `verbose` (-v) shows more.
 pub fn init(quiet: bool, verbose: u8) {
     let level = match (quiet, verbose) {
@@ -46,6 +61,16 @@ pub fn init(quiet: bool, verbose: u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_are_plural_unless_one() {
+        assert_eq!(count(1u64, "file"), "1 file");
+        assert_eq!(count(0u64, "file"), "0 files");
+        assert_eq!(count(2u64, "entry"), "2 entries");
+        assert_eq!(count(1u64, "entry"), "1 entry");
+        assert_eq!(count(3u64, "address"), "3 addresses");
+        assert_eq!(count(2u64, "day"), "2 days");
+    }
 
     #[test]
     fn names_a_few_then_counts() {

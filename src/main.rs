@@ -88,6 +88,7 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
     let ready = scope.ready(&start.fence)?;
     capabilities::require(&start_needs(&chosen, &start)).map_err(|e| ready.refuse(e))?;
     let account = chosen.prepare().map_err(|e| ready.refuse(e))?;
+    hint_if_the_workspace_is_not_writable(&account);
     if start.exec && start.fence.dns == fence::Dns::Gateway {
         return Err(ready.refuse(Error::Usage(
             "--dns gateway needs cordon to stay as the supervisor, which --exec gives up: use \
@@ -210,6 +211,19 @@ fn harden_before_the_agent(
         );
     }
     Ok((supervised && !strip_mounts).then_some(background::Work::ReportMounts))
+}
+
+/// The agent keeps cordon's working directory: say so at start if it cannot write there.
+fn hint_if_the_workspace_is_not_writable(account: &user::Account) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::env::current_dir() else {
+        return;
+    };
+    if let Ok(meta) = std::fs::metadata(&dir) {
+        if let Some(hint) = account.workspace_hint(&dir, meta.uid(), meta.gid(), meta.mode()) {
+            log::warn!("{hint}");
+        }
+    }
 }
 
 /// `cordon harden`: strip the root filesystem now (at image build time), then exit.

@@ -1807,3 +1807,51 @@ fn answered_addresses_open_their_ports_until_their_timeout() {
     std::thread::sleep(std::time::Duration::from_millis(2500));
     assert_verdicts(&world.probe(&[&blocked]), &[(&blocked, "refused")]);
 }
+
+/// The agent keeps cordon's working directory. One it cannot write to (a workspace mounted from
+/// a root-owned host directory) gets a warning at start naming the fix; one it owns gets none.
+#[test]
+fn a_workspace_the_agent_cannot_write_is_named_at_start() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let root_owned = world.dir.join("root-owned");
+    let agents = world.dir.join("agents");
+    for dir in [&root_owned, &agents] {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let uid: u32 = AGENT_UID.parse().unwrap();
+    std::os::unix::fs::chown(&agents, Some(uid), Some(uid)).unwrap();
+    let start_in = |dir: &std::path::Path| {
+        let mut command = world.sandbox_command(cordon());
+        command
+            .current_dir(dir)
+            .args(["--dns", "static", "--no-harden", "--no-default-profile"])
+            .args([
+                "--allow",
+                "allowed.test",
+                "--user",
+                AGENT_UID,
+                "--",
+                "/bin/true",
+            ]);
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        stderr(&output)
+    };
+    let warned = start_in(&root_owned);
+    let line = warned
+        .lines()
+        .find(|line| line.contains("cannot write to it"))
+        .unwrap_or_else(|| panic!("no warning for a root-owned workspace:\n{warned}"));
+    assert!(
+        line.starts_with("cordon: warning: the working directory")
+            && line.contains("belongs to uid 0")
+            && line.contains(&format!("sudo chown -R {uid}:")),
+        "{line}"
+    );
+    let quiet = start_in(&agents);
+    assert!(!quiet.contains("cannot write to it"), "{quiet}");
+}

@@ -80,6 +80,48 @@ impl Account {
     }
 }
 
+impl Account {
+    /// Whether a directory of this owner, group and mode lets the account create files in it.
+    pub fn may_write(&self, owner: u32, group: u32, mode: u32) -> bool {
+        let bits = if owner == self.uid {
+            mode >> 6
+        } else if self.groups.contains(&group) || group == self.gid {
+            mode >> 3
+        } else {
+            mode
+        };
+        bits & 0o3 == 0o3
+    }
+
+    /// A hint when the agent will start in a directory it cannot write to (a workspace
+    /// mounted from a root-owned host directory, e.g. when Docker runs as root on the host).
+    pub fn workspace_hint(&self, dir: &Path, owner: u32, group: u32, mode: u32) -> Option<String> {
+        if dir == Path::new("/") || self.may_write(owner, group, mode) {
+            return None;
+        }
+        let fix = match owner {
+            0 => format!(
+                "give it to the agent on the host (`sudo chown -R {}:{} DIR`)",
+                self.uid, self.gid
+            ),
+            _ => format!(
+                "start with `--uid-from {}` (the agent then runs as its owner, uid {owner}), or \
+                 give it to uid {} on the host",
+                dir.display(),
+                self.uid
+            ),
+        };
+        Some(format!(
+            "the working directory {} belongs to uid {owner} (mode {:o}) and {} (uid {}) \
+             cannot write to it: the agent will fail to save files there; {fix}",
+            dir.display(),
+            mode & 0o7777,
+            self.name,
+            self.uid
+        ))
+    }
+}
+
 /// Resolves `--user` (a name, UID or UID:GID) and `--uid-from PATH`. Never returns root. May
 /// create or renumber the account's HOME (see the module documentation).
 pub fn resolve(spec: &str, uid_from: Option<&Path>) -> Result<Account> {
@@ -508,6 +550,32 @@ claude:x:1001:
             pick("node", Some((1000, 1000))).unwrap(),
             pick("node", None).unwrap()
         );
+    }
+
+    #[test]
+    fn a_workspace_the_agent_cannot_write_gets_a_hint_naming_the_fix() {
+        let node = Account {
+            name: "node".into(),
+            uid: 1000,
+            gid: 1000,
+            groups: vec![1000],
+            home: PathBuf::from("/home/node"),
+            shell: PathBuf::from("/bin/bash"),
+        };
+        let dir = Path::new("/workspace");
+        assert_eq!(node.workspace_hint(dir, 1000, 1000, 0o755), None);
+        assert_eq!(node.workspace_hint(dir, 0, 1000, 0o775), None);
+        assert_eq!(node.workspace_hint(dir, 0, 0, 0o1777), None);
+        assert_eq!(node.workspace_hint(Path::new("/"), 0, 0, 0o755), None);
+        let root_owned = node.workspace_hint(dir, 0, 0, 0o755).unwrap();
+        assert!(
+            root_owned.contains("sudo chown -R 1000:1000 DIR"),
+            "{root_owned}"
+        );
+        let other = node.workspace_hint(dir, 1001, 1001, 0o700).unwrap();
+        assert!(other.contains("--uid-from /workspace"), "{other}");
+        // Write without search (x) is no write.
+        assert!(node.workspace_hint(dir, 1000, 1000, 0o600).is_some());
     }
 
     #[test]

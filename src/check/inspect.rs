@@ -121,7 +121,10 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) -> bool {
                 status.fail("no cordon sets are loaded".to_string());
             }
             for (name, size) in sizes {
-                status.ok(format!("set {name}: {size} entries"));
+                status.ok(format!(
+                    "set {name}: {}",
+                    crate::logging::count(size, "entry")
+                ));
             }
         }
         Err(detail) => status.fail(format!("cannot list the ipsets: {detail}")),

@@ -19,6 +19,7 @@ use nix::unistd::{ForkResult, Pid};
 
 use super::{scan_other_mounts, strip_other_mounts, Privileged, VISITED};
 use crate::error::{Error, Result};
+use crate::logging::count;
 use crate::sys::caps::{self, Capability};
 use crate::sys::run_dir;
 use crate::sys::signals::Signals;
@@ -183,8 +184,9 @@ fn describe_other_mounts(scans: &[super::Scan]) -> String {
     let entries: u64 = scans.iter().map(|scan| scan.entries).sum();
     if found.is_empty() {
         return format!(
-            "no setuid/setgid file or file capabilities on {} other mounts ({entries} entries)",
-            scans.len()
+            "no setuid/setgid file or file capabilities on {} ({})",
+            count(scans.len() as u64, "other mount"),
+            count(entries, "entry")
         );
     }
     for file in &found {
@@ -198,8 +200,9 @@ fn describe_other_mounts(scans: &[super::Scan]) -> String {
         );
     }
     format!(
-        "{} privileged files on other mounts ({entries} entries): {}",
-        found.len(),
+        "{} on other mounts ({}): {}",
+        count(found.len() as u64, "privileged file"),
+        count(entries, "entry"),
         crate::logging::name_a_few(found.iter().map(|f| f.path.display()), 5, ", ")
     )
 }

@@ -443,3 +443,42 @@ fn with_no_new_privileges_harden_runs_beside_the_agent() {
     );
     assert!(logs.contains("/workspace/suid (setuid root"), "{logs}");
 }
+
+/// The public Dockerfile sets the binary's mode as it copies it: the binary is in one layer of
+/// the image, not copied again by a later `chmod` (and likewise in the drop-in example).
+#[test]
+fn the_binary_is_in_one_layer_of_the_image() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new();
+    let binary = std::fs::metadata(crate::support::cordon()).unwrap().len();
+    for image in [&world.s.image, &world.s.dropin_image] {
+        let history = world.docker_must(&[
+            "history",
+            "--no-trunc",
+            "--human=false",
+            "--format",
+            "{{.Size}}\t{{.CreatedBy}}",
+            image,
+        ]);
+        let layers: Vec<(u64, &str)> = history
+            .stdout
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .map(|(size, created_by)| (size.parse().unwrap(), created_by))
+            .collect();
+        let holding: Vec<&(u64, &str)> = layers
+            .iter()
+            .filter(|(size, created_by)| *size >= binary && created_by.contains("cordon"))
+            .collect();
+        assert_eq!(holding.len(), 1, "{image}:\n{}", history.stdout);
+        assert!(
+            holding[0].1.starts_with("COPY"),
+            "{image}: {:?}",
+            holding[0]
+        );
+        let copy = holding[0].1;
+        assert!(copy.contains("/usr/local/bin/"), "{image}: {copy}");
+    }
+}

@@ -87,9 +87,23 @@ fn cordon_run_knows_which_cordon_options_take_a_value() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout).into_owned();
-    let launcher = std::fs::read_to_string(workspace_root().join("docker/cordon-run")).unwrap();
+    let launcher = workspace_root().join("docker/cordon-run");
+    let launcher_help = Command::new(&launcher).arg("--help").output().unwrap();
+    assert!(launcher_help.status.success());
+    let launcher_help = String::from_utf8_lossy(&launcher_help.stdout).into_owned();
+    let passed_through = launcher_help
+        .split_once("cordon options, passed to cordon")
+        .expect("cordon-run --help lists cordon's options")
+        .1;
     // cordon-run handles these itself.
-    let own = ["--allow", "--allowlist", "--profile", "--uid-from"];
+    let own = [
+        "--allow",
+        "--allowlist",
+        "--profile",
+        "--uid-from",
+        "--help",
+    ];
+    let mut checked = 0;
     for line in help.lines().map(str::trim) {
         let Some(rest) = line
             .strip_prefix("--")
@@ -97,16 +111,68 @@ fn cordon_run_knows_which_cordon_options_take_a_value() {
         else {
             continue;
         };
-        let Some((name, _)) = rest.split_once(" <") else {
-            continue;
+        let (name, takes_value) = match rest.split_once(" <") {
+            Some((name, _)) => (name, true),
+            None => (rest.trim_end_matches("..."), false),
         };
         let option = format!("--{name}");
         if own.contains(&option.as_str()) {
             continue;
         }
+        checked += 1;
+        // Listed, a value-taking one with its placeholder; and a flag is taken as one (a value
+        // option must not swallow the next word, nor a flag leave its value behind).
+        let listed = passed_through.split_whitespace().collect::<Vec<_>>();
+        let at = listed.iter().position(|word| *word == option);
+        assert!(at.is_some(), "cordon-run --help does not list {option}");
+        let next = listed.get(at.unwrap() + 1).copied().unwrap_or("");
+        assert_eq!(
+            !next.starts_with('-') && !next.is_empty(),
+            takes_value,
+            "cordon-run --help: {option} {next}"
+        );
+        let dry = Command::new(&launcher)
+            .args(["--dry-run", "--no-uid-from", "--image", "img", &option])
+            .args(if takes_value { &["VALUE"][..] } else { &[][..] })
+            .args(["--", "true"])
+            .env("DOCKER", "/bin/false")
+            .output()
+            .unwrap();
+        let command = String::from_utf8_lossy(&dry.stdout);
+        let expected = match takes_value {
+            true => format!(" img {option} VALUE -- true"),
+            false => format!(" img {option} -- true"),
+        };
         assert!(
-            launcher.contains(&format!(" {option} |")) || launcher.contains(&format!(" {option})")),
-            "docker/cordon-run does not know that {option} takes a value"
+            dry.status.success() && command.contains(&expected),
+            "{option}: {command}{}",
+            String::from_utf8_lossy(&dry.stderr)
+        );
+    }
+    assert!(checked >= 20, "only {checked} of cordon's options found");
+}
+
+/// A mistyped option, cordon-run's or cordon's, is refused in one line naming the closest one.
+#[test]
+fn cordon_run_names_the_closest_option_to_a_typo() {
+    let launcher = workspace_root().join("docker/cordon-run");
+    for (typo, meant) in [
+        ("--strcit", "--strict"),
+        ("--imgae", "--image"),
+        ("--no-credential-gatway", "--no-credential-gateway"),
+        ("--allowlst", "--allowlist"),
+    ] {
+        let out = Command::new(&launcher)
+            .args(["--dry-run", typo, "--", "true"])
+            .env("DOCKER", "/bin/false")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{typo}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{typo}: {stderr}");
+        assert!(
+            stderr.contains(&format!("unknown option {typo}; did you mean {meant}?")),
+            "{typo}: {stderr}"
         );
     }
 }
