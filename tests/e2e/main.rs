@@ -37,3 +37,4 @@ mod gateway;
 mod launcher;
 mod lifecycle;
 mod podman;
+mod readme;
