@@ -1855,3 +1855,43 @@ fn a_workspace_the_agent_cannot_write_is_named_at_start() {
     let quiet = start_in(&agents);
     assert!(!quiet.contains("cannot write to it"), "{quiet}");
 }
+
+/// `cordon check` where no fence was ever loaded, as root (no cordon chain, no record) and as the
+/// agent (nothing stopped, something got out): the fence is one line, saying it is absent and
+/// how to apply it; once the fence is loaded, that line is gone.
+#[test]
+fn check_in_a_namespace_without_a_fence_says_it_is_absent_in_one_line() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let cordon = cordon().display().to_string();
+    let check_as = |who: &str| {
+        let line = match who {
+            "root" => format!("exec {cordon} check"),
+            _ => format!(
+                "exec setpriv --reuid {AGENT_UID} --regid {AGENT_UID} --clear-groups {cordon} check"
+            ),
+        };
+        let output = world.sandbox_sh(&line);
+        let report = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), report)
+    };
+    for who in ["root", "agent"] {
+        let (code, report) = check_as(who);
+        let fence: Vec<&str> = report.lines().filter(|l| l.contains(" fence: ")).collect();
+        assert_eq!(code, Some(1), "{who}: {report}");
+        assert_eq!(fence.len(), 1, "{who}: {report}");
+        assert!(
+            fence[0].starts_with("FAIL  fence: absent")
+                && fence[0].contains("sudo /usr/local/bin/init-firewall.sh"),
+            "{who}: {report}"
+        );
+    }
+    assert!(world.cordon(FENCE).status.success());
+    for who in ["root", "agent"] {
+        let (_, report) = check_as(who);
+        assert!(!report.contains("fence: absent"), "{who}: {report}");
+        assert!(report.contains("ok    fence: "), "{who}: {report}");
+    }
+}

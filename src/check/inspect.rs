@@ -72,9 +72,11 @@ pub fn fence(backend: Backend) -> FenceStatus {
     } else {
         status.ok("not root: the firewall cannot be read, only probed".to_string());
     }
-    let stopped = probe_blocked_classes(&net, can_read, &mut status);
+    let probes = probe_blocked_classes(&net, can_read, &mut status);
     if !can_read {
-        status.absent = stopped == 0;
+        // Nothing stopped here and something got out; a rejection from outside the container
+        // (RejectedOutside) is reported probe by probe instead (it cannot be verified).
+        status.absent = probes.stopped == 0 && probes.failed > 0 && probes.rejected_outside == 0;
     }
     status
 }
@@ -256,9 +258,20 @@ fn set_sizes(text: &str) -> Vec<(String, u64)> {
     sizes
 }
 
+/// How the probes of `probe_blocked_classes` came out.
+#[derive(Default)]
+struct ProbeCounts {
+    /// Rejected by this namespace's fence.
+    stopped: usize,
+    /// Not stopped as they must be.
+    failed: usize,
+    /// Rejected by something outside this namespace.
+    rejected_outside: usize,
+}
+
 /// Destinations that no allowlist opens unless it names them explicitly; `check` has no
-/// allowlist, so it only probes these. Returns how many a fence rejected.
-fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) -> usize {
+/// allowlist, so it only probes these.
+fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) -> ProbeCounts {
     let mut targets = verify::unallowed_classes(net);
     if !marked {
         // Unmarked, a blocked SYN is answered with the fence's reset, which looks like a host
@@ -291,7 +304,7 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         uid => uid,
     };
     probe_dns_elsewhere(uid, status);
-    let mut stopped = 0;
+    let mut counts = ProbeCounts::default();
     for mut result in verify::run_probes(probes, uid, marked) {
         // An unmarked SYN to a documentation address (routed nowhere) that is refused at once
         // was refused by the fence's reset: without a fence it would leave and go unanswered.
@@ -299,17 +312,19 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
             result.observed = Observed::Rejected;
         }
         let line = format!("probe {}", result.describe());
-        // Stopped by a fence, not merely unrouted.
-        if result.observed == Observed::Rejected {
-            stopped += 1;
+        match result.observed {
+            Observed::Rejected => counts.stopped += 1,
+            Observed::RejectedOutside => counts.rejected_outside += 1,
+            _ => {}
         }
         if result.passed() {
             status.ok(line);
         } else {
+            counts.failed += 1;
             status.fail(line);
         }
     }
-    stopped
+    counts
 }
 
 /// A question to a server that is not the resolver: the fence rejects it (static mode), or nat
