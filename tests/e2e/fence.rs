@@ -27,7 +27,12 @@ fn the_real_claude_cli_answers_through_the_fence() {
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&["CORDON_DNS=static"], Credential::HeldByTheAgent, false);
+    claude_completes_a_turn(
+        &["CORDON_DNS=static"],
+        Credential::HeldByTheAgent,
+        false,
+        Shape::DualStack,
+    );
 }
 
 /// The defaults: the DNS gateway answers the CLI's names, the credential gateway holds the API
@@ -38,7 +43,12 @@ fn the_real_claude_cli_answers_through_the_dns_and_credential_gateways() {
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&[], Credential::ApiKeyThroughTheGateway, false);
+    claude_completes_a_turn(
+        &[],
+        Credential::ApiKeyThroughTheGateway,
+        false,
+        Shape::DualStack,
+    );
 }
 
 /// The same with an OAuth token (`claude setup-token`): it goes as a bearer token.
@@ -47,7 +57,12 @@ fn the_real_claude_cli_answers_with_an_oauth_token_through_the_credential_gatewa
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&[], Credential::OAuthTokenThroughTheGateway, false);
+    claude_completes_a_turn(
+        &[],
+        Credential::OAuthTokenThroughTheGateway,
+        false,
+        Shape::DualStack,
+    );
 }
 
 /// An interactive start, at a terminal (tests/e2e/pty-turn.py answers the first-run dialogs,
@@ -57,7 +72,12 @@ fn the_real_claude_cli_answers_interactively_through_the_credential_gateway() {
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&[], Credential::ApiKeyThroughTheGateway, true);
+    claude_completes_a_turn(
+        &[],
+        Credential::ApiKeyThroughTheGateway,
+        true,
+        Shape::DualStack,
+    );
 }
 
 /// The same with an OAuth token.
@@ -66,11 +86,49 @@ fn the_real_claude_cli_answers_interactively_with_an_oauth_token() {
     if !privileged() {
         return;
     }
-    claude_completes_a_turn(&[], Credential::OAuthTokenThroughTheGateway, true);
+    claude_completes_a_turn(
+        &[],
+        Credential::OAuthTokenThroughTheGateway,
+        true,
+        Shape::DualStack,
+    );
 }
 
-fn claude_completes_a_turn(environment: &[&str], credential: Credential, interactive: bool) {
-    let world = World::new();
+/// Both gateways on Docker's ordinary IPv4-only network, in a container started with
+/// `--cap-drop ALL` and the README's minimum: the credential gateway's rules, upstream lookup
+/// and restart budget work with what that shape grants.
+#[test]
+fn the_real_claude_cli_answers_through_the_credential_gateway_on_ipv4_only_with_minimum_caps() {
+    if !privileged() {
+        return;
+    }
+    claude_completes_a_turn(
+        &[],
+        Credential::ApiKeyThroughTheGateway,
+        false,
+        Shape::Ipv4OnlyMinimumCaps,
+    );
+}
+
+/// The container network and capabilities a turn runs with.
+#[derive(Clone, Copy, PartialEq)]
+enum Shape {
+    /// A dual-stack test network, cordon-run's capabilities.
+    DualStack,
+    /// An IPv4-only network (disable_ipv6=1), `--cap-drop ALL` and the README's minimum.
+    Ipv4OnlyMinimumCaps,
+}
+
+fn claude_completes_a_turn(
+    environment: &[&str],
+    credential: Credential,
+    interactive: bool,
+    shape: Shape,
+) {
+    let world = match shape {
+        Shape::DualStack => World::new(),
+        Shape::Ipv4OnlyMinimumCaps => World::ipv4_only(),
+    };
     let mut environment: Vec<String> = environment.iter().map(|e| e.to_string()).collect();
     environment.push(world.own_network_entries());
     let workspace = world.dir.join(format!("ws-{}", world.id));
@@ -103,6 +161,14 @@ fn claude_completes_a_turn(environment: &[&str], credential: Credential, interac
             .args(environment.iter().flat_map(|e| ["-e", e.as_str()]))
             .arg(format!("--docker-arg=--network={}", world.net))
             .arg(format!("--docker-arg=--dns={}", world.dns_ip()));
+        if shape == Shape::Ipv4OnlyMinimumCaps {
+            cmd.arg("--docker-arg=--cap-drop=ALL");
+            cmd.args(
+                MINIMUM
+                    .iter()
+                    .map(|cap| format!("--docker-arg=--cap-add={cap}")),
+            );
+        }
         match credential {
             Credential::HeldByTheAgent => {
                 cmd.args(["-e", "ANTHROPIC_BASE_URL=http://api.anthropic.com"])
