@@ -159,6 +159,18 @@ impl Error {
         }
     }
 
+    /// A failure of a tool or lookup that a stop signal ended during set-up.
+    pub fn cut_short_by_stop(&self) -> bool {
+        match self {
+            Error::Interrupted { .. } => true,
+            Error::Apply { detail, .. } => detail.contains(crate::sys::tool::CUT_SHORT),
+            Error::NotAsLoaded(detail) | Error::Resolve(detail) => {
+                detail.contains(crate::sys::tool::CUT_SHORT)
+            }
+            _ => false,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit::USAGE,

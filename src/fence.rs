@@ -305,7 +305,7 @@ pub fn firewall(opts: &Options, agent: &user::Request, signals: &Signals) -> Res
     }
     interrupted().map_err(|e| fence.refuse(e))?;
     fence.confirm()?;
-    signals::set_up_ends_on_stop(false);
+    signals::set_up_over();
     if let Some(signal) = signals.pending_stop() {
         log::warn!(
             "{}, after the fence was in place: it holds",
@@ -364,8 +364,14 @@ impl Scope {
     }
 
     fn refuse_with(&self, variant: Option<&'static str>, error: Error) -> Error {
+        // A tool or lookup that a stop cut short failed because of it: say so. Any other
+        // failure (a wrong verdict, say) is reported as what it is.
+        let error = match signals::stop_during_set_up() {
+            Some(signal) if error.cut_short_by_stop() => Error::Interrupted { signal },
+            _ => error,
+        };
         // Set-up is over: the lockdown's own tools must run to the end.
-        signals::set_up_ends_on_stop(false);
+        signals::set_up_over();
         if !caps::holds(Capability::CAP_NET_ADMIN) {
             return error;
         }
@@ -567,12 +573,11 @@ pub fn establish(opts: &Options, mut ready: Ready, agent_uid: u32) -> Result<Fen
                 upstream: prepared.upstream,
             })
         }
-        // A tool or lookup cut short by a stop signal failed because of it: say so.
-        Err(cause) => Err(ready.refuse(interrupted().err().unwrap_or(cause))),
+        Err(cause) => Err(ready.refuse(cause)),
     }
 }
 
-/// Set-up's checkpoint: a pending stop signal ends it here (see `signals::set_up_ends_on_stop`).
+/// Set-up's checkpoint: a pending stop signal ends it here (see `Signals::end_set_up_on_stop`).
 pub fn interrupted() -> Result<()> {
     match signals::stop_during_set_up() {
         Some(signal) => Err(Error::Interrupted { signal }),

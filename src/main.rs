@@ -62,7 +62,7 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
             fence::plan(&fence)
         }),
         Invocation::Firewall { fence, user } => {
-            signals::set_up_ends_on_stop(true);
+            signals.end_set_up_on_stop();
             fence::firewall(&fence, &user, signals)
         }
         Invocation::Check(options) => restore().and_then(|()| check::run(&options)),
@@ -70,7 +70,7 @@ fn run(invocation: Invocation, signals: &Signals) -> Result<i32> {
         Invocation::Blocked { json } => restore().and_then(|()| gateway::block_log::print(json)),
         Invocation::Control(line) => restore().and_then(|()| gateway::control::request(&line)),
         Invocation::Run(start) => {
-            signals::set_up_ends_on_stop(true);
+            signals.end_set_up_on_stop();
             entrypoint(start, signals)
         }
     }
@@ -146,7 +146,7 @@ fn entrypoint(mut start: Start, signals: &Signals) -> Result<i32> {
     fence.confirm()?;
     // The last checkpoint: from here a stop signal is the agent's (the supervisor forwards it).
     fence::interrupted().map_err(|e| fence.refuse(e))?;
-    signals::set_up_ends_on_stop(false);
+    signals::set_up_over();
     if start.exec {
         return launch.exec(signals);
     }

@@ -1888,6 +1888,16 @@ fn check_in_a_namespace_without_a_fence_says_it_is_absent_in_one_line() {
             "{who}: {report}"
         );
     }
+    // A failed run leaves egress locked down (a DROP policy, no cordon chain): not "absent".
+    world.set_resolv_conf("nameserver 192.0.2.53\n");
+    let failed = world.cordon(&[FENCE, &["--resolve-timeout", "1"]].concat());
+    assert_eq!(failed.status.code(), Some(75), "{}", stderr(&failed));
+    for who in ["root", "agent"] {
+        let (code, report) = check_as(who);
+        assert_eq!(code, Some(1), "{who}: {report}");
+        assert!(!report.contains("fence: absent"), "{who}: {report}");
+    }
+    world.set_resolv_conf(&format!("nameserver {GATEWAY}\n"));
     assert!(world.cordon(FENCE).status.success());
     for who in ["root", "agent"] {
         let (_, report) = check_as(who);

@@ -100,6 +100,10 @@ impl Account {
             return None;
         }
         let fix = match owner {
+            _ if owner == self.uid => format!(
+                "give its owner write access (`chmod u+rwx {}`)",
+                dir.display()
+            ),
             0 => format!(
                 "give it to the agent on the host (`sudo chown -R {}:{} DIR`)",
                 self.uid, self.gid
@@ -574,8 +578,9 @@ claude:x:1001:
         );
         let other = node.workspace_hint(dir, 1001, 1001, 0o700).unwrap();
         assert!(other.contains("--uid-from /workspace"), "{other}");
-        // Write without search (x) is no write.
-        assert!(node.workspace_hint(dir, 1000, 1000, 0o600).is_some());
+        // Write without search (x) is no write; the owner is told to chmod, not to --uid-from.
+        let own = node.workspace_hint(dir, 1000, 1000, 0o600).unwrap();
+        assert!(own.contains("chmod u+rwx /workspace"), "{own}");
     }
 
     #[test]

@@ -22,8 +22,9 @@ use crate::sys::tool;
 pub struct FenceStatus {
     /// One per fact (chains, set sizes, counters, probe verdicts), each judged on its own.
     pub facts: Vec<FenceFact>,
-    /// No fence at all: as root, no cordon chain and no record of one; otherwise, not one probe
-    /// was stopped (e.g. a drop-in container restarted without its postStartCommand).
+    /// No fence at all (e.g. a drop-in container restarted without its postStartCommand): not one
+    /// probe stopped, something got out, and, as root, the IPv4 table read back with neither
+    /// cordon's chain nor an OUTPUT policy of DROP (a lockdown has the policy).
     pub absent: bool,
 }
 
@@ -48,6 +49,7 @@ pub fn fence(backend: Backend) -> FenceStatus {
     let mut status = FenceStatus::default();
     let net = NetInfo::read();
     let can_read = nix::unistd::geteuid().is_root() && caps::holds(Capability::CAP_NET_ADMIN);
+    let mut no_fence_read = false;
     if can_read {
         let recorded = std::fs::read_to_string(record::RECORD_FILE);
         let recorded = match &recorded {
@@ -63,8 +65,7 @@ pub fn fence(backend: Backend) -> FenceStatus {
         };
         match Tools::locate(backend) {
             Ok(tools) => {
-                let chain_loaded = read_rules(&tools, &net, &mut status);
-                status.absent = recorded.is_none() && !chain_loaded;
+                no_fence_read = read_rules(&tools, &net, &mut status);
                 compare_with_record(&tools, &net, recorded, &mut status);
             }
             Err(error) => status.fail(format!("cannot read the firewall: {error}")),
@@ -73,17 +74,19 @@ pub fn fence(backend: Backend) -> FenceStatus {
         status.ok("not root: the firewall cannot be read, only probed".to_string());
     }
     let probes = probe_blocked_classes(&net, can_read, &mut status);
-    if !can_read {
-        // Nothing stopped here and something got out; a rejection from outside the container
-        // (RejectedOutside) is reported probe by probe instead (it cannot be verified).
-        status.absent = probes.stopped == 0 && probes.failed > 0 && probes.rejected_outside == 0;
-    }
+    // Nothing stopped here and something got out; a rejection from outside the container
+    // (RejectedOutside) is reported probe by probe instead (it cannot be verified).
+    status.absent = probes.stopped == 0
+        && probes.escaped > 0
+        && probes.rejected_outside == 0
+        && (!can_read || no_fence_read);
     status
 }
 
-/// Judges each family's loaded rules and the sets; whether cordon's chain is in the IPv4 table.
+/// Judges each family's loaded rules and the sets; whether the IPv4 table was read and holds
+/// neither cordon's chain nor an OUTPUT policy of DROP.
 fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) -> bool {
-    let mut chain_loaded = false;
+    let mut no_fence = false;
     let families: &[Family] = if net.ipv6.in_kernel() {
         &[Family::V4, Family::V6]
     } else {
@@ -94,7 +97,8 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) -> bool {
         match tool.run(&["-c", "-t", "filter"], "", tool::BOUND) {
             Ok(text) => {
                 let rules = SavedRules::parse(&text);
-                chain_loaded |= *family == Family::V4 && rules.chain_loaded;
+                no_fence |=
+                    *family == Family::V4 && !rules.chain_loaded && !rules.output_policy_drop;
                 match rules.problem() {
                     None => status.ok(format!(
                         "{} fence loaded: OUTPUT policy DROP, {} allowed and {} rejected packets \
@@ -131,7 +135,7 @@ fn read_rules(tools: &Tools, net: &NetInfo, status: &mut FenceStatus) -> bool {
         }
         Err(detail) => status.fail(format!("cannot list the ipsets: {detail}")),
     }
-    chain_loaded
+    no_fence
 }
 
 /// Compares the live fence with the record the entrypoint or `cordon firewall` left: every rule
@@ -263,8 +267,9 @@ fn set_sizes(text: &str) -> Vec<(String, u64)> {
 struct ProbeCounts {
     /// Rejected by this namespace's fence.
     stopped: usize,
-    /// Not stopped as they must be.
-    failed: usize,
+    /// Not stopped, and not for want of a route, a source address or the probe's uid: they
+    /// got out.
+    escaped: usize,
     /// Rejected by something outside this namespace.
     rejected_outside: usize,
 }
@@ -320,7 +325,12 @@ fn probe_blocked_classes(net: &NetInfo, marked: bool, status: &mut FenceStatus) 
         if result.passed() {
             status.ok(line);
         } else {
-            counts.failed += 1;
+            if !matches!(
+                result.observed,
+                Observed::NoRoute | Observed::CannotSend | Observed::NotAsOwner
+            ) {
+                counts.escaped += 1;
+            }
             status.fail(line);
         }
     }

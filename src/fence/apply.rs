@@ -17,6 +17,7 @@ use crate::fence::netinfo::Ipv6;
 use crate::fence::plan::{self, Family, NatHook, Ruleset};
 use crate::sys::nftables;
 use crate::sys::set_netlink;
+use crate::sys::signals;
 use crate::sys::tool::{self, Tool};
 
 /// Which iptables variant to drive.
@@ -278,7 +279,7 @@ pub fn load_rules(
     let judged = judge_loads(results, ipv6);
     for Failed { step, detail } in &judged.tolerated {
         // Deny IPv6 anyway, in case it is switched on later.
-        let denied = lockdown(Some(tools.variant), &[Family::V6], false);
+        let denied = signals::to_the_end(|| lockdown(Some(tools.variant), &[Family::V6], false));
         log::warn!(
             "{step} failed ({detail}); IPv6 is off in this namespace (no IPv6 address), so \
              nothing can leave over it{}",

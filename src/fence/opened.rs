@@ -20,6 +20,13 @@ pub fn summary(policy: &Policy, resolution: &Resolution, shown: usize) -> String
             Ports::Any => String::new(),
             Ports::Listed(_) => format!(":{}", entry.ports),
         };
+        // An IPv6 address or network with ports is written in brackets, as in the allowlist.
+        let target = match &entry.target {
+            Target::Net(net) if net.addr().is_ipv6() && !ports.is_empty() => {
+                format!("[{}]", entry.target)
+            }
+            target => target.to_string(),
+        };
         let count = match &entry.target {
             Target::Name(name) => match resolved.get(name.as_str()) {
                 Some(found) if found.outcome == Outcome::Resolved => {
@@ -30,7 +37,7 @@ pub fn summary(policy: &Policy, resolution: &Resolution, shown: usize) -> String
             },
             Target::Wildcard(_) | Target::Net(_) => String::new(),
         };
-        format!("{}{ports}{count}", entry.target)
+        format!("{target}{ports}{count}")
     });
     name_a_few(entries, shown, ", ")
 }
@@ -57,6 +64,8 @@ mod tests {
                 "*.npmjs.org:443",
                 "10.1.0.0/16:5432",
                 "192.0.2.7",
+                "[2001:db8::1]:443",
+                "2001:db8::/32",
                 "gone.test",
                 "github.com:22,443",
             ],
@@ -76,7 +85,7 @@ mod tests {
         assert_eq!(
             summary(&policy, &resolution, SHOWN),
             "api.anthropic.com:443 (2), *.npmjs.org:443, 10.1.0.0/16:5432, 192.0.2.7, \
-             gone.test:80,443 (not resolved), github.com:22,443"
+             [2001:db8::1]:443, 2001:db8::/32, gone.test:80,443 (not resolved), github.com:22,443"
         );
     }
 

@@ -3,7 +3,7 @@
 //! wait PID 1's loop sleeps in.
 
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -90,28 +90,37 @@ fn pending_stop() -> Option<c_int> {
     if rc != 0 {
         return None;
     }
-    [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT]
-        .into_iter()
-        .find(|&signal| pending & bit(signal) != 0)
+    STOPS.into_iter().find(|&signal| pending & bit(signal) != 0)
 }
 
-/// Whether a stop signal now ends set-up (`set_up_ends_on_stop`).
-static SET_UP_ENDS_ON_STOP: AtomicBool = AtomicBool::new(false);
+/// The signals that stop cordon's set-up.
+const STOPS: [c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
 
-/// From `true` until `false`, the waits of set-up that can last (name resolution, a firewall tool
-/// held up by a lock) end early when a stop signal is pending (`stop_during_set_up`): the caller
-/// then locks egress down and exits 128+n. Off before the lockdown's own tools run, and before
-/// the agent starts (from then on a stop is the agent's).
-pub fn set_up_ends_on_stop(on: bool) {
-    SET_UP_ENDS_ON_STOP.store(on, Ordering::Relaxed);
+/// The stop signals that now end set-up (`Signals::end_set_up_on_stop`); 0 for none.
+static SET_UP_STOPS: AtomicU64 = AtomicU64::new(0);
+
+/// Set-up is over (or failing, and its lockdown must run to the end): from here a stop is the
+/// agent's, or ends the process after the lockdown.
+pub fn set_up_over() {
+    SET_UP_STOPS.store(0, Ordering::Relaxed);
+}
+
+/// Runs `work` (a lockdown inside set-up) to its end whatever stop is pending, then lets stops
+/// end set-up again.
+pub fn to_the_end<T>(work: impl FnOnce() -> T) -> T {
+    let stops = SET_UP_STOPS.swap(0, Ordering::Relaxed);
+    let result = work();
+    SET_UP_STOPS.store(stops, Ordering::Relaxed);
+    result
 }
 
 /// The stop signal pending while set-up ends on one, if any.
 pub fn stop_during_set_up() -> Option<c_int> {
-    SET_UP_ENDS_ON_STOP
-        .load(Ordering::Relaxed)
-        .then(pending_stop)
-        .flatten()
+    let stops = SET_UP_STOPS.load(Ordering::Relaxed);
+    if stops == 0 {
+        return None;
+    }
+    pending_stop().filter(|&signal| stops & bit(signal) != 0)
 }
 
 /// The signal state cordon started with, and the set it now blocks.
@@ -156,6 +165,15 @@ impl Signals {
             set_disposition(signal, self.ignored_at_start & bit(signal) != 0)?;
         }
         set_mask(self.original_mask).map(drop)
+    }
+
+    /// From now until `set_up_over`, the waits of set-up that can last (name resolution, a
+    /// firewall tool held up by a lock) end early when a stop signal is pending
+    /// (`stop_during_set_up`): the caller then locks egress down and exits 128+n. A stop that
+    /// was ignored when cordon started (SIGHUP under nohup) does not count.
+    pub fn end_set_up_on_stop(&self) {
+        let stops = STOPS.iter().fold(0, |mask, &signal| mask | bit(signal));
+        SET_UP_STOPS.store(stops & !self.ignored_at_start, Ordering::Relaxed);
     }
 
     /// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT that is pending (sent, still blocked),

@@ -18,6 +18,9 @@ use nix::sys::stat::Mode;
 
 use crate::sys::signals;
 
+/// In a tool's error when a stop during set-up ended it (`Error::cut_short_by_stop`).
+pub const CUT_SHORT: &str = "was stopped: set-up interrupted";
+
 /// Where the tools are looked for, in this order.
 const SEARCH_PATH: &[&str] = &[
     "/usr/local/sbin",
@@ -212,9 +215,7 @@ impl Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
             if let Some(signal) = signals::stop_during_set_up() {
-                return Err(format!(
-                    "{tool} was stopped: set-up interrupted by signal {signal}"
-                ));
+                return Err(format!("{tool} {CUT_SHORT} by signal {signal}"));
             }
             let stderr = first_lines(&self.stderr.join().unwrap_or_default());
             return Err(format!(
