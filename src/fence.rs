@@ -708,7 +708,14 @@ fn build(
     );
     log::info!(
         "opened: {}",
-        opened::summary(&prepared.policy, &prepared.resolution, opened::SHOWN)
+        opened::summary(
+            &prepared.policy,
+            &prepared.resolution,
+            opts.credential_upstream
+                .as_ref()
+                .map(|(host, port)| (host.as_str(), *port)),
+            opened::SHOWN
+        )
     );
     Ok((record, prepared))
 }

@@ -193,6 +193,14 @@ fn the_agent_uses_the_api_only_through_the_gateway_and_never_holds_the_key() {
     let log = sandbox.log();
     assert!(log.contains("credential gateway (uid 65054)"), "{log}");
     assert!(!log.contains(REAL_KEY), "the key in cordon's log");
+    // The start-up report's line of what is open names the API as the gateway's alone.
+    let opened = log.lines().find(|l| l.starts_with("cordon: opened: "));
+    assert!(
+        opened.is_some_and(
+            |l| l.ends_with("; api.anthropic.com:443 through the credential gateway only")
+        ),
+        "{log}"
+    );
 
     let agent = agent_after_exec(&sandbox);
     let environ = std::fs::read(format!("/proc/{agent}/environ")).unwrap();

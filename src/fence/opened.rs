@@ -9,10 +9,19 @@ use crate::logging::name_a_few;
 /// Entries named before "and N more".
 pub const SHOWN: usize = 8;
 
-/// What `policy` opens, `shown` entries at most. `resolution` holds the names resolved at start.
-pub fn summary(policy: &Policy, resolution: &Resolution, shown: usize) -> String {
+/// What `policy` opens, `shown` entries at most. `resolution` holds the names resolved at start;
+/// `api` is the credential gateway's upstream (host, port), which only the gateway reaches.
+pub fn summary(
+    policy: &Policy,
+    resolution: &Resolution,
+    api: Option<(&str, u16)>,
+    shown: usize,
+) -> String {
+    let api = api.map_or_else(String::new, |(host, port)| {
+        format!("; {host}:{port} through the credential gateway only")
+    });
     if policy.entries.is_empty() {
-        return "nothing (loopback only)".to_string();
+        return format!("nothing (loopback only){api}");
     }
     let resolved = resolution.index();
     let entries = policy.entries.iter().map(|entry| {
@@ -39,7 +48,7 @@ pub fn summary(policy: &Policy, resolution: &Resolution, shown: usize) -> String
         };
         format!("{target}{ports}{count}")
     });
-    name_a_few(entries, shown, ", ")
+    name_a_few(entries, shown, ", ") + &api
 }
 
 #[cfg(test)]
@@ -83,7 +92,7 @@ mod tests {
             ..Resolution::default()
         };
         assert_eq!(
-            summary(&policy, &resolution, SHOWN),
+            summary(&policy, &resolution, None, SHOWN),
             "api.anthropic.com:443 (2), *.npmjs.org:443, 10.1.0.0/16:5432, 192.0.2.7, \
              [2001:db8::1]:443, 2001:db8::/32, gone.test:80,443 (not resolved), github.com:22,443"
         );
@@ -93,11 +102,25 @@ mod tests {
     fn a_long_policy_is_cut_with_a_count_and_an_empty_one_says_so() {
         let names: Vec<String> = (0..12).map(|n| format!("n{n}.test:443")).collect();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let line = summary(&Policy::of(&names, "test"), &Resolution::default(), 3);
+        let line = summary(&Policy::of(&names, "test"), &Resolution::default(), None, 3);
         assert_eq!(line, "n0.test:443, n1.test:443, n2.test:443 and 9 more");
         assert_eq!(
-            summary(&Policy::default(), &Resolution::default(), SHOWN),
+            summary(&Policy::default(), &Resolution::default(), None, SHOWN),
             "nothing (loopback only)"
+        );
+    }
+
+    #[test]
+    fn the_api_is_named_as_the_credential_gateways_alone() {
+        let api = Some(("api.anthropic.com", 443));
+        let policy = Policy::of(&["registry.npmjs.org:443"], "test");
+        assert_eq!(
+            summary(&policy, &Resolution::default(), api, SHOWN),
+            "registry.npmjs.org:443; api.anthropic.com:443 through the credential gateway only"
+        );
+        assert_eq!(
+            summary(&Policy::default(), &Resolution::default(), api, SHOWN),
+            "nothing (loopback only); api.anthropic.com:443 through the credential gateway only"
         );
     }
 }
