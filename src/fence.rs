@@ -557,10 +557,10 @@ fn failed_read(detail: String) -> Error {
 
 /// Builds the fence and proves it. Once cordon is able to change the firewall, any failure —
 /// a bad entry, an unreachable resolver, a rejected restore, a wrong verdict, a stop signal
-/// (`stop`, for `cordon firewall`) — leaves egress locked down instead of open.
+/// during set-up (`interrupted`) — leaves egress locked down instead of open.
 pub fn establish(opts: &Options, mut ready: Ready, agent_uid: u32) -> Result<Fence> {
     let mut timings = std::mem::replace(&mut ready.scope.timings, Timings::start());
-    match build(opts, agent_uid, &ready, &mut timings, &interrupted) {
+    match build(opts, agent_uid, &ready, &mut timings) {
         Ok((record, prepared)) => {
             log::info!("fence ready in {}", timings.summary());
             Ok(Fence {
@@ -590,7 +590,6 @@ fn build(
     agent_uid: u32,
     ready: &Ready,
     timings: &mut Timings,
-    interrupted: &dyn Fn() -> Result<()>,
 ) -> Result<(record::Loaded, Prepared)> {
     let (tools, net) = (&ready.tools, &ready.scope.net);
     interrupted()?;

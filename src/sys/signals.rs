@@ -75,9 +75,9 @@ fn is_ignored(signal: c_int) -> bool {
     rc == 0 && old.handler == libc::SIG_IGN
 }
 
-/// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT pending for this process (every thread blocks
-/// them, so one sent stays pending), if any; it stays pending.
-fn pending_stop() -> Option<c_int> {
+/// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT in `stops` that is pending for this process
+/// (every thread blocks them, so one sent stays pending), if any; it stays pending.
+fn pending_stop(stops: Mask) -> Option<c_int> {
     let mut pending: Mask = 0;
     // SAFETY: the set is valid for MASK_BYTES bytes.
     let rc = unsafe {
@@ -90,11 +90,17 @@ fn pending_stop() -> Option<c_int> {
     if rc != 0 {
         return None;
     }
-    STOPS.into_iter().find(|&signal| pending & bit(signal) != 0)
+    STOPS
+        .into_iter()
+        .find(|&signal| pending & stops & bit(signal) != 0)
 }
 
 /// The signals that stop cordon's set-up.
 const STOPS: [c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+fn every_stop() -> Mask {
+    STOPS.iter().fold(0, |mask, &signal| mask | bit(signal))
+}
 
 /// The stop signals that now end set-up (`Signals::end_set_up_on_stop`); 0 for none.
 static SET_UP_STOPS: AtomicU64 = AtomicU64::new(0);
@@ -120,7 +126,7 @@ pub fn stop_during_set_up() -> Option<c_int> {
     if stops == 0 {
         return None;
     }
-    pending_stop().filter(|&signal| stops & bit(signal) != 0)
+    pending_stop(stops)
 }
 
 /// The signal state cordon started with, and the set it now blocks.
@@ -172,14 +178,13 @@ impl Signals {
     /// (`stop_during_set_up`): the caller then locks egress down and exits 128+n. A stop that
     /// was ignored when cordon started (SIGHUP under nohup) does not count.
     pub fn end_set_up_on_stop(&self) {
-        let stops = STOPS.iter().fold(0, |mask, &signal| mask | bit(signal));
-        SET_UP_STOPS.store(stops & !self.ignored_at_start, Ordering::Relaxed);
+        SET_UP_STOPS.store(every_stop() & !self.ignored_at_start, Ordering::Relaxed);
     }
 
     /// The first of SIGINT, SIGTERM, SIGHUP and SIGQUIT that is pending (sent, still blocked),
     /// if any; it stays pending.
     pub fn pending_stop(&self) -> Option<c_int> {
-        pending_stop()
+        pending_stop(every_stop())
     }
 
     /// Blocks every catchable signal again. musl unblocked 33 and 34 in this thread when cordon
