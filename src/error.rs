@@ -161,12 +161,11 @@ impl Error {
 
     /// A failure of a tool or lookup that a stop signal ended during set-up.
     pub fn cut_short_by_stop(&self) -> bool {
+        // A lookup cut short returns `Interrupted`; a tool's error reaches here inside `Apply`
+        // (a load, or the read-back).
         match self {
             Error::Interrupted { .. } => true,
             Error::Apply { detail, .. } => detail.contains(crate::sys::tool::CUT_SHORT),
-            Error::NotAsLoaded(detail) | Error::Resolve(detail) => {
-                detail.contains(crate::sys::tool::CUT_SHORT)
-            }
             _ => false,
         }
     }

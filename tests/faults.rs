@@ -43,6 +43,16 @@ struct Start {
 }
 
 impl Start {
+    /// The outcome of a start that began at `started`; the agent ran if it left `marker`.
+    fn of(output: &std::process::Output, started: Instant, marker: &std::path::Path) -> Start {
+        Start {
+            code: output.status.code(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            elapsed: started.elapsed(),
+            agent_ran: marker.exists(),
+        }
+    }
+
     fn errors(&self) -> Vec<&str> {
         self.stderr
             .lines()
@@ -80,12 +90,7 @@ fn start(world: &World, setup: &str, who: As, args: &[&str]) -> Start {
     };
     let started = Instant::now();
     let output = world.sandbox_sh(&format!("set -e\n{setup}\n{line}"));
-    let start = Start {
-        code: output.status.code(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        elapsed: started.elapsed(),
-        agent_ran: marker.exists(),
-    };
+    let start = Start::of(&output, started, &marker);
     eprintln!(
         "→ {:?} in {:.0} ms, agent ran: {}\n{}",
         start.code,
@@ -905,12 +910,7 @@ fn a_stop_during_a_slow_resolution_ends_set_up_at_once() {
             let after_signal = signalled.elapsed();
             let shape = if firewall { "firewall" } else { "entrypoint" };
             let case = format!("{shape}, SIG{signal} during the resolution");
-            let start = Start {
-                code: output.status.code(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-                elapsed: started.elapsed(),
-                agent_ran: marker.exists(),
-            };
+            let start = Start::of(&output, started, &marker);
             eprintln!(
                 "{case}: {:?} {:.0} ms after the signal\n{}",
                 start.code,

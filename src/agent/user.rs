@@ -78,9 +78,7 @@ impl Account {
             shell: PathBuf::from("/usr/sbin/nologin"),
         }
     }
-}
 
-impl Account {
     /// Whether a directory of this owner, group and mode lets the account create files in it.
     pub fn may_write(&self, owner: u32, group: u32, mode: u32) -> bool {
         let bits = if owner == self.uid {
