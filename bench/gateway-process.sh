@@ -64,11 +64,20 @@ memory() {
 
 memory > "$work/memory0"
 
+# The gateway's CPU time so far, user and system, in clock ticks.
+cpu() { awk '{print $14, $15}' "/proc/$(gateway_pid)/stat"; }
+ticks=$(getconf CLK_TCK)
+
 # Per run and mix: direct, then through the gateway; one line "mix direct_qps gateway_qps
 # direct_ms gateway_ms lost".
 for run in $(seq "$runs"); do
     direct_allowed=$(perf root "$work/allowed$run")
+    read -r user0 sys0 <<<"$(cpu)"
     first=$(perf 1000 "$work/allowed$run")
+    read -r user1 sys1 <<<"$(cpu)"
+    # µs of the gateway's CPU per first-time question: user, system.
+    echo "$(((user1 - user0) * 1000000 / ticks / 10000)) $(((sys1 - sys0) * 1000000 / ticks / 10000))" \
+        >> "$work/cpu"
     again=$(perf 1000 "$work/again$run")
     direct_again=$(perf root "$work/again$run")
     direct_refused=$(perf root "$work/refused")
@@ -93,6 +102,8 @@ for mix in first again refused; do
     printf '%-44s %5s q/s %5s q/s %7s %6s ms %6s ms %5s\n' "$label" "$(col 2)" "$(col 3)" \
         "$ratio" "$(col 4)" "$(col 5)" "$(col 6)"
 done
+printf "gateway CPU per first-time question: %s µs user + %s µs system (from /proc's ticks)\n" \
+    "$(cut -d' ' -f1 "$work/cpu" | median)" "$(cut -d' ' -f2 "$work/cpu" | median)"
 printf 'gateway memory at start: %s\n' "$(cat "$work/memory0")"
 printf 'gateway memory after the first run (10,000 distinct names): %s\n' "$(cat "$work/memory1")"
 printf 'gateway memory after all runs (%s distinct names): %s\n' "$((runs * 10000))" "$(memory)"

@@ -17,8 +17,9 @@ pub fn gateway_names() -> Names {
 
 /// A message from the agent to the gateway.
 pub fn gateway_query(wire: &[u8], names: &Names) {
-    if let filter::QueryVerdict::Forward(question) = filter::judge_query(wire, names) {
-        assert!(names.allows(&question.name), "forwarded a name not allowed");
+    if let filter::QueryVerdict::Forward(allowed) = filter::judge_query(wire, names) {
+        let name = &allowed.question.name;
+        assert!(names.allows(name), "forwarded a name not allowed");
     }
 }
 
@@ -28,8 +29,9 @@ pub fn gateway_answer(wire: &[u8], names: &Names) {
         Name::from_ascii("api.example.test.").expect("a valid name"),
         RecordType::A,
     );
+    let allowed = filter::Allowed::judge(question, names).expect("an allowlisted name");
     if let Ok(answer) = Message::from_vec(wire) {
-        let verdict = filter::judge_answer(&question, &answer, names, &OwnNetworks::default());
+        let verdict = filter::judge_answer(&allowed, &answer, names, &OwnNetworks::default());
         for opened in &verdict.opened {
             assert!(
                 crate::fence::resolve::may_be_opened_by_name(opened.addr),

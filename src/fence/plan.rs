@@ -102,14 +102,20 @@ impl Family {
 
     /// (address, protocol, port) the DNS gateway opened from an answer, each for its TTL
     /// (`ipset` timeouts); empty in static mode.
-    pub fn answered_ports_set(self) -> String {
-        format!("cordon{}-answered", self.digit())
+    pub fn answered_ports_set(self) -> &'static str {
+        match self {
+            Family::V4 => "cordon4-answered",
+            Family::V6 => "cordon6-answered",
+        }
     }
 
     /// Addresses the DNS gateway opened on every port (a name entry without ports), each for its
     /// TTL; empty in static mode.
-    pub fn answered_hosts_set(self) -> String {
-        format!("cordon{}-answered-any", self.digit())
+    pub fn answered_hosts_set(self) -> &'static str {
+        match self {
+            Family::V4 => "cordon4-answered-any",
+            Family::V6 => "cordon6-answered-any",
+        }
     }
 
     /// Every set cordon loads for this family.
@@ -118,8 +124,8 @@ impl Family {
             self.ports_set(),
             self.hosts_set(),
             self.resolvers_set(),
-            self.answered_ports_set(),
-            self.answered_hosts_set(),
+            self.answered_ports_set().into(),
+            self.answered_hosts_set().into(),
         ]
     }
 
@@ -523,8 +529,8 @@ impl Ruleset {
             // Static mode: nothing answers, so nothing is opened by an answer. With the gateway
             // they change with every answer and are not held to a plan.
             if self.agent_dns == AgentDns::Resolvers {
-                sets.push((rules.family.answered_ports_set(), BTreeSet::new()));
-                sets.push((rules.family.answered_hosts_set(), BTreeSet::new()));
+                sets.push((rules.family.answered_ports_set().into(), BTreeSet::new()));
+                sets.push((rules.family.answered_hosts_set().into(), BTreeSet::new()));
             }
         }
         sets
@@ -873,8 +879,11 @@ fn set_kinds(family: Family) -> [(String, &'static str); 5] {
         (family.resolvers_set(), "hash:net,port"),
         // Every member carries its own timeout (the record's TTL, clamped); 60 s is only the
         // default of a member added without one.
-        (family.answered_ports_set(), "hash:ip,port timeout 60"),
-        (family.answered_hosts_set(), "hash:ip timeout 60"),
+        (
+            family.answered_ports_set().into(),
+            "hash:ip,port timeout 60",
+        ),
+        (family.answered_hosts_set().into(), "hash:ip timeout 60"),
     ]
 }
 

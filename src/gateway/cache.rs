@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use hickory_resolver::proto::op::{Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RecordType};
 
-use super::filter::{Opened, TTL_CEILING, TTL_FLOOR};
+use super::filter::{plain, Opened, TTL_CEILING, TTL_FLOOR};
 
 /// Answers kept at most (per loop); past that, the older half goes.
 pub const MAX_ENTRIES: usize = 1024;
@@ -31,7 +31,9 @@ const REFRESH: Duration = Duration::from_secs(TTL_FLOOR.as_secs() / 2);
 
 #[derive(Default)]
 pub struct AnswerCache {
-    entries: HashMap<(Name, RecordType), Entry>,
+    /// By the name as the allowlist writes it (lower case: one entry for every spelling; a
+    /// `str` hashes in one go, a `Name` byte by byte) and the record type.
+    entries: HashMap<(String, RecordType), Entry>,
     /// The allowlist's change count the entries were judged under.
     generation: u64,
 }
@@ -97,7 +99,7 @@ impl AnswerCache {
         now: Instant,
     ) -> Option<Hit> {
         self.follow(generation);
-        let key = (question.name.to_lowercase(), question.query_type);
+        let key = (plain(&question.name), question.query_type);
         let entry = self.entries.get_mut(&key)?;
         let age = now.saturating_duration_since(entry.stored);
         if age + MARGIN > entry.lifetime {
@@ -153,7 +155,7 @@ impl AnswerCache {
             self.make_room(now);
         }
         self.entries.insert(
-            (question.name.to_lowercase(), question.query_type),
+            (plain(&question.name), question.query_type),
             Entry {
                 wire: wire.to_vec(),
                 stored: now,

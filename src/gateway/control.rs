@@ -333,6 +333,7 @@ fn status(names: &Names, live: &Live) -> String {
     let sets: Vec<String> = [Family::V4, Family::V6]
         .iter()
         .flat_map(|family| [family.answered_ports_set(), family.answered_hosts_set()])
+        .map(String::from)
         .collect();
     let sizes = match set_netlink::members(&sets) {
         Ok(found) => sets

@@ -157,8 +157,35 @@ impl Names {
     }
 }
 
-/// A name as the allowlist writes it: lower case, no trailing dot.
-fn plain(name: &Name) -> String {
+/// A name as the allowlist writes it: lower case, no trailing dot. Labels of letters, digits,
+/// `-` and `_` (every name an entry can match) are copied as they are; any other label is
+/// escaped as `Name::to_ascii` writes it, so it can never read as a different name.
+pub(crate) fn plain(name: &Name) -> String {
+    let mut text = String::with_capacity(name.len());
+    for label in name.iter() {
+        let ordinary = label.iter().enumerate().all(|(at, &byte)| {
+            byte.is_ascii_alphanumeric()
+                || byte == b'_'
+                || (byte == b'-' && at > 0)
+                || (byte == b'*' && at == 0)
+        });
+        if !ordinary {
+            return escaped(name);
+        }
+        if !text.is_empty() {
+            text.push('.');
+        }
+        text.extend(
+            label
+                .iter()
+                .map(|&byte| char::from(byte.to_ascii_lowercase())),
+        );
+    }
+    text
+}
+
+/// `plain` of any name, through hickory's escaping.
+fn escaped(name: &Name) -> String {
     let mut text = name.to_ascii().to_ascii_lowercase();
     if text.ends_with('.') {
         text.pop();
@@ -166,11 +193,51 @@ fn plain(name: &Name) -> String {
     text
 }
 
+/// An allowlisted question, as judged: its name as the allowlist writes it, and the ports of the
+/// entries that allowed it under the allowlist's change count `generation`.
+#[derive(Debug)]
+pub struct Allowed {
+    pub question: Query,
+    name: String,
+    ports: Vec<Ports>,
+    generation: u64,
+}
+
+impl Allowed {
+    /// `question` if an entry of `names` allows it.
+    pub fn judge(question: Query, names: &Names) -> Option<Allowed> {
+        let name = plain(&question.name);
+        Allowed::by_name(question, name, names)
+    }
+
+    fn by_name(question: Query, name: String, names: &Names) -> Option<Allowed> {
+        // Read before the ports: a change in between shows as a newer generation later.
+        let generation = names.generation();
+        let ports = names.ports_for_plain(&name);
+        (!ports.is_empty()).then_some(Allowed {
+            question,
+            name,
+            ports,
+            generation,
+        })
+    }
+
+    /// The ports its answer opens: those judged with the question, unless root changed the
+    /// allowlist since (`cordon allow`, `cordon deny`), then as the allowlist reads now.
+    fn ports_now(&self, names: &Names) -> Vec<Ports> {
+        if names.generation() == self.generation {
+            self.ports.clone()
+        } else {
+            names.ports_for_plain(&self.name)
+        }
+    }
+}
+
 /// What to do with a datagram or TCP message the agent sent to the gateway.
 #[derive(Debug)]
 pub enum QueryVerdict {
     /// An allowlisted question: send it upstream as it is.
-    Forward(Query),
+    Forward(Allowed),
     /// Answer the agent with these bytes, upstream never sees the question.
     Answer(Vec<u8>),
     /// A question about a name no entry allows: answer REFUSED with `reply`, upstream never
@@ -197,21 +264,26 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
     let [question] = message.queries.as_slice() else {
         return refuse(&message, ResponseCode::FormErr);
     };
+    let name = plain(&question.name);
     if let Some(token) = &names.self_test_token {
-        if question.query_type == RecordType::TXT && plain(&question.name) == SELF_TEST_NAME {
+        if question.query_type == RecordType::TXT && name == SELF_TEST_NAME {
             return self_test_answer(&message, question, token);
         }
     }
-    if question.query_class != DNSClass::IN || !names.allows(&question.name) {
-        return match refuse(&message, ResponseCode::Refused) {
+    let allowed = match question.query_class {
+        DNSClass::IN => Allowed::by_name(question.clone(), name, names),
+        _ => None,
+    };
+    match allowed {
+        Some(allowed) => QueryVerdict::Forward(allowed),
+        None => match refuse(&message, ResponseCode::Refused) {
             QueryVerdict::Answer(reply) => QueryVerdict::Refused {
                 reply,
                 question: question.clone(),
             },
             other => other,
-        };
+        },
     }
-    QueryVerdict::Forward(question.clone())
 }
 
 /// An answer to `query` with `code` and its question echoed, as stub resolvers expect.
@@ -302,12 +374,22 @@ pub struct AnswerVerdict {
 
 /// The question as it goes upstream: under `id` (fresh and random, so that only the upstream
 /// that got it can answer it), recursion desired.
-pub fn upstream_query(question: &Query, id: u16) -> Option<Vec<u8>> {
-    let mut forwarded = Message::query();
-    forwarded.metadata.id = id;
-    forwarded.metadata.recursion_desired = true;
-    forwarded.add_query(question.clone());
-    forwarded.to_vec().ok()
+pub fn upstream_query(question: &Query, id: u16) -> Vec<u8> {
+    // Written out rather than through `Message::to_vec`, which costs more than the rest of
+    // forwarding a question (its encoder keeps every name suffix for compression): the header
+    // (`id`, flags with only RD set, one question) and the question. A parsed `Name` holds
+    // labels of at most 63 bytes, 255 in all, so the labels go out as they are.
+    let mut bytes = Vec::with_capacity(12 + question.name.len() + 6);
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in question.name.iter() {
+        bytes.push(label.len() as u8);
+        bytes.extend_from_slice(label);
+    }
+    bytes.push(0);
+    bytes.extend_from_slice(&u16::from(question.query_type).to_be_bytes());
+    bytes.extend_from_slice(&u16::from(question.query_class).to_be_bytes());
+    bytes
 }
 
 /// The upstream's answer (`wire`, parsed as `answer`) as the agent gets it: under the agent's
@@ -348,26 +430,26 @@ impl OwnNetworks {
     }
 }
 
-/// Judges an upstream answer to `question` (which `judge_query` forwarded): the addresses of the
+/// Judges an upstream answer to the question `judge_query` forwarded: the addresses of the
 /// records on the question's CNAME chain only.
 pub fn judge_answer(
-    question: &Query,
+    allowed: &Allowed,
     answer: &Message,
     names: &Names,
     own: &OwnNetworks,
 ) -> AnswerVerdict {
-    let ports: Vec<Ports> = names.ports_for(&question.name);
+    let ports = allowed.ports_now(names);
     let mut verdict = AnswerVerdict::default();
     if ports.is_empty() {
         return verdict;
     }
-    for (addr, ttl) in chain_addresses(&question.name, &answer.answers) {
+    for (addr, ttl) in chain_addresses(&allowed.question.name, &answer.answers) {
         if (!may_be_opened_by_name(addr) || own.contain(addr)) && !names.covers_address(addr) {
             verdict.refused.push(addr);
             continue;
         }
         verdict.opened.push(Opened {
-            name: plain(&question.name),
+            name: allowed.name.clone(),
             addr,
             ports: ports.clone(),
             timeout: Duration::from_secs(ttl.into()).clamp(TTL_FLOOR, TTL_CEILING),
@@ -521,6 +603,7 @@ mod tests {
     fn an_answer_opens_its_chain_only_for_the_ttl_within_bounds() {
         let allowed = names(&["api.example.test:443"]);
         let question = Query::query(name("api.example.test."), RecordType::A);
+        let question = Allowed::judge(question, &allowed).unwrap();
         let mut answer = Message::response(1, OpCode::Query);
         answer.answers = vec![
             cname("api.example.test.", "edge.cdn.test."),
@@ -558,14 +641,96 @@ mod tests {
         assert!(!verdict.refused.iter().any(|a| a.to_string() == "10.1.2.3"));
     }
 
+    #[test]
+    fn an_answer_opens_the_ports_the_allowlist_holds_when_it_arrives() {
+        let allowed = names(&["api.example.test:443"]);
+        let question = Query::query(name("api.example.test."), RecordType::A);
+        let QueryVerdict::Forward(forwarded) = judge_query(&query_of(&question), &allowed) else {
+            panic!("an allowlisted name is forwarded");
+        };
+        let mut answer = Message::response(1, OpCode::Query);
+        answer.answers = vec![a("api.example.test.", "192.0.2.10", 300)];
+        let ports = |verdict: AnswerVerdict| -> Vec<String> {
+            let opened = verdict.opened.iter();
+            opened
+                .flat_map(|o| o.ports.iter().map(|p| p.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            ports(judge_answer(
+                &forwarded,
+                &answer,
+                &allowed,
+                &OwnNetworks::default()
+            )),
+            ["443"]
+        );
+        // Root changes the entry while the question is upstream: the answer follows the change.
+        let (target, port_80) = crate::fence::policy::parse_entry("api.example.test:80").unwrap();
+        allowed.remove(&target);
+        let own = OwnNetworks::default();
+        assert!(judge_answer(&forwarded, &answer, &allowed, &own)
+            .opened
+            .is_empty());
+        allowed.add(&target, &port_80);
+        assert_eq!(
+            ports(judge_answer(&forwarded, &answer, &allowed, &own)),
+            ["80"]
+        );
+    }
+
+    #[test]
+    fn the_upstream_query_is_the_question_alone_as_a_message_would_write_it() {
+        let longest = format!("{0}.{0}.{0}.{1}.", "a".repeat(63), "B".repeat(61));
+        for text in ["api.example.test.", "A.b-C.cdn.test", ".", &longest] {
+            let question = Query::query(name(text), RecordType::AAAA);
+            let mut message = Message::query();
+            message.metadata.id = 0xbeef;
+            message.metadata.recursion_desired = true;
+            message.add_query(question.clone());
+            assert_eq!(
+                upstream_query(&question, 0xbeef),
+                message.to_vec().unwrap(),
+                "{text}"
+            );
+        }
+    }
+
+    /// A query message for `question` under id 0x4242.
+    fn query_of(question: &Query) -> Vec<u8> {
+        let mut message = Message::query();
+        message.metadata.id = 0x4242;
+        message.add_query(question.clone());
+        message.to_vec().unwrap()
+    }
+
     proptest! {
+        /// Any name reads as the allowlist writes names exactly as through hickory's escaping:
+        /// the copy of ordinary labels cannot make a name read as another.
+        #[test]
+        fn plain_names_read_as_hickory_writes_them(labels in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..8), 0..5), fqdn in any::<bool>()) {
+            let labels: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
+            if let Ok(mut name) = Name::from_labels(labels) {
+                name.set_fqdn(fqdn);
+                prop_assert_eq!(plain(&name), escaped(&name));
+            }
+        }
+
+        /// Ordinary names, in any case, take the copying path and agree too.
+        #[test]
+        fn ordinary_names_read_as_hickory_writes_them(text in "[a-zA-Z0-9_*][a-zA-Z0-9_-]{0,5}(\\.[a-zA-Z0-9_][a-zA-Z0-9_-]{0,5}){0,3}\\.?") {
+            if let Ok(name) = Name::from_ascii(&text) {
+                prop_assert_eq!(plain(&name), escaped(&name));
+            }
+        }
+
         /// Whatever the agent sends, the gateway neither panics nor forwards a name the
         /// allowlist does not hold.
         #[test]
         fn any_bytes_from_the_agent_are_judged_without_panic(wire in proptest::collection::vec(any::<u8>(), 0..600)) {
             let allowed = names(&["api.example.test", "*.cdn.test"]);
-            if let QueryVerdict::Forward(question) = judge_query(&wire, &allowed) {
-                prop_assert!(allowed.allows(&question.name));
+            if let QueryVerdict::Forward(forwarded) = judge_query(&wire, &allowed) {
+                prop_assert!(allowed.allows(&forwarded.question.name));
             }
         }
 
@@ -575,6 +740,7 @@ mod tests {
         fn any_upstream_answer_is_judged_without_panic(wire in proptest::collection::vec(any::<u8>(), 0..600)) {
             let allowed = names(&["api.example.test"]);
             let question = Query::query(name("api.example.test."), RecordType::A);
+            let question = Allowed::judge(question, &allowed).unwrap();
             if let Ok(answer) = Message::from_vec(&wire) {
                 let verdict = judge_answer(&question, &answer, &allowed, &OwnNetworks::default());
                 for opened in verdict.opened {

@@ -30,7 +30,7 @@ pub fn open(opened: &[Opened]) -> Result<(), String> {
 
 /// The (set, member) pairs an opened address goes into: the `answered` set with each port
 /// range of the entry, or `answered-any` for an entry without ports.
-pub fn members_of(found: &Opened) -> Vec<(String, Member)> {
+pub fn members_of(found: &Opened) -> Vec<(&'static str, Member)> {
     let family = match found.addr {
         IpAddr::V4(_) => Family::V4,
         IpAddr::V6(_) => Family::V6,
@@ -61,7 +61,7 @@ pub fn members_of(found: &Opened) -> Vec<(String, Member)> {
 
 /// One request per set: every member an answer opens there.
 fn open_with(adder: &mut Adder, opened: &[Opened]) -> Result<(), String> {
-    let mut per_set: Vec<(String, Vec<(Member, u32)>)> = Vec::new();
+    let mut per_set: Vec<(&str, Vec<(Member, u32)>)> = Vec::new();
     for found in opened {
         let timeout = found.timeout.as_secs().try_into().unwrap_or(u32::MAX);
         for (set, member) in members_of(found) {
@@ -81,7 +81,7 @@ fn open_with(adder: &mut Adder, opened: &[Opened]) -> Result<(), String> {
 }
 
 /// The `answered` set a member belongs in: by family, and whether it has ports.
-pub fn set_of(member: &Member) -> String {
+pub fn set_of(member: &Member) -> &'static str {
     let family = Family::of(&member.addr);
     match member.ports {
         Some(_) => family.answered_ports_set(),
@@ -93,7 +93,7 @@ pub fn set_of(member: &Member) -> String {
 pub fn close(members: &[Member]) -> Result<(), String> {
     let mut adder = Adder::open()?;
     let mut first_failure = None;
-    let mut sets: Vec<String> = members.iter().map(set_of).collect();
+    let mut sets: Vec<&str> = members.iter().map(set_of).collect();
     sets.sort();
     sets.dedup();
     for set in &sets {
@@ -185,8 +185,8 @@ mod tests {
             // Again: renews, no error.
             open(&opened).expect("open again");
             let members = set_netlink::members(&[
-                Family::V4.answered_ports_set(),
-                Family::V6.answered_hosts_set(),
+                Family::V4.answered_ports_set().into(),
+                Family::V6.answered_hosts_set().into(),
             ])
             .unwrap();
             let v4: Vec<&str> = members["cordon4-answered"]

@@ -86,7 +86,7 @@ fn connection(
     stream.set_read_timeout(Some(IDLE))?;
     stream.set_write_timeout(Some(IDLE))?;
     while let Some(query) = read_message(&mut stream)? {
-        let question = match judge_query(&query, names) {
+        let allowed = match judge_query(&query, names) {
             QueryVerdict::Drop => return Ok(()),
             QueryVerdict::Answer(reply) => {
                 write_message(&mut stream, &reply)?;
@@ -97,13 +97,11 @@ fn connection(
                 report(Event::Refused(&question));
                 continue;
             }
-            QueryVerdict::Forward(question) => question,
+            QueryVerdict::Forward(allowed) => allowed,
         };
         let asker_id = u16::from_be_bytes([query[0], query[1]]);
         let id: u16 = rand::random();
-        let Some(bytes) = upstream_query(&question, id) else {
-            return Ok(());
-        };
+        let bytes = upstream_query(&allowed.question, id);
         let mut up = TcpStream::connect_timeout(&upstream, IDLE)?;
         up.set_read_timeout(Some(IDLE))?;
         up.set_write_timeout(Some(IDLE))?;
@@ -115,10 +113,10 @@ fn connection(
         let Ok(answer) = Message::from_vec(&wire) else {
             return Ok(());
         };
-        if answer.metadata.id != id || answer.queries.first() != Some(&question) {
+        if answer.metadata.id != id || answer.queries.first() != Some(&allowed.question) {
             return Ok(());
         }
-        let verdict = judge_answer(&question, &answer, names, own);
+        let verdict = judge_answer(&allowed, &answer, names, own);
         if !verdict.opened.is_empty() {
             report(Event::Opened(&verdict.opened));
         }

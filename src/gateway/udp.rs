@@ -15,12 +15,12 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use hickory_resolver::proto::op::{Message, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
 
 use super::cache::{self, AnswerCache};
 use super::filter::{
-    answer_for_agent, judge_answer, judge_query, upstream_query, Event, Names, Opened, OwnNetworks,
-    QueryVerdict,
+    answer_for_agent, judge_answer, judge_query, upstream_query, Allowed, Event, Names, Opened,
+    OwnNetworks, QueryVerdict,
 };
 use crate::sys::datagrams::{Inbox, Outbox};
 
@@ -37,7 +37,7 @@ const BUFFER: usize = 4096;
 struct Pending {
     asker: SocketAddr,
     asker_id: u16,
-    question: Query,
+    allowed: Allowed,
     sent: Instant,
 }
 
@@ -70,7 +70,7 @@ pub fn serve(
                 let Some(asker) = datagram.sender.filter(|_| !datagram.truncated) else {
                     continue;
                 };
-                let question = match judge_query(datagram.bytes, names) {
+                let allowed = match judge_query(datagram.bytes, names) {
                     QueryVerdict::Drop => continue,
                     QueryVerdict::Answer(reply) => {
                         replies.push(reply, Some(asker));
@@ -81,16 +81,16 @@ pub fn serve(
                         report(Event::Refused(&question));
                         continue;
                     }
-                    QueryVerdict::Forward(question) => question,
+                    QueryVerdict::Forward(allowed) => allowed,
                 };
                 let asker_id = u16::from_be_bytes([datagram.bytes[0], datagram.bytes[1]]);
-                if let Some(hit) = cache.lookup(&question, asker_id, generation, now) {
+                if let Some(hit) = cache.lookup(&allowed.question, asker_id, generation, now) {
                     opened.extend(hit.reopen);
                     replies.push(hit.reply, Some(asker));
                     cached += 1;
                     continue;
                 }
-                match forward(question, asker, asker_id, &mut pending) {
+                match forward(allowed, asker, asker_id, &mut pending) {
                     Ok(query) => forwards.push(query, None),
                     Err(Some(reply)) => replies.push(reply, Some(asker)),
                     Err(None) => {}
@@ -137,14 +137,14 @@ pub fn serve(
 /// The upstream query for an allowlisted question, now pending under a fresh id; or the reply
 /// the asker gets instead (SERVFAIL when `MAX_PENDING` questions wait already).
 fn forward(
-    question: Query,
+    allowed: Allowed,
     asker: SocketAddr,
     asker_id: u16,
     pending: &mut HashMap<u16, Pending>,
 ) -> Result<Vec<u8>, Option<Vec<u8>>> {
     if pending.len() >= MAX_PENDING {
         let mut reply = Message::error_msg(asker_id, OpCode::Query, ResponseCode::ServFail);
-        reply.add_query(question);
+        reply.add_query(allowed.question);
         return Err(reply.to_vec().ok());
     }
     let id = loop {
@@ -153,13 +153,13 @@ fn forward(
             break id;
         }
     };
-    let query = upstream_query(&question, id).ok_or(None)?;
+    let query = upstream_query(&allowed.question, id);
     pending.insert(
         id,
         Pending {
             asker,
             asker_id,
-            question,
+            allowed,
             sent: Instant::now(),
         },
     );
@@ -191,18 +191,18 @@ impl Answer<'_> {
         // rest).
         let matches = pending
             .get(&answer.metadata.id)
-            .is_some_and(|waiting| answer.queries.first() == Some(&waiting.question));
+            .is_some_and(|waiting| answer.queries.first() == Some(&waiting.allowed.question));
         if !matches {
             return None;
         }
         let waiting = pending
             .remove(&answer.metadata.id)
             .expect("checked just above");
-        let verdict = judge_answer(&waiting.question, &answer, names, own);
+        let verdict = judge_answer(&waiting.allowed, &answer, names, own);
         let lifetime = cache::lifetime(&answer);
         let bytes = answer_for_agent(self.wire, answer, waiting.asker_id, &verdict)?;
         if let Some(lifetime) = lifetime {
-            let (question, opened) = (&waiting.question, &verdict.opened);
+            let (question, opened) = (&waiting.allowed.question, &verdict.opened);
             let (generation, now) = (self.generation, self.now);
             cache.store(question, &bytes, lifetime, opened, generation, now);
         }
@@ -242,7 +242,7 @@ fn wait_readable(a: &UdpSocket, b: &UdpSocket, millis: i32) -> io::Result<(bool,
 mod tests {
     use super::*;
     use crate::gateway::filter::names;
-    use hickory_resolver::proto::op::MessageType;
+    use hickory_resolver::proto::op::{MessageType, Query};
     use hickory_resolver::proto::rr::rdata::{A, CNAME};
     use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
     use std::str::FromStr;

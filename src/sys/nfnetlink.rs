@@ -51,6 +51,17 @@ pub fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
     out.resize(out.len().next_multiple_of(4), 0);
 }
 
+/// Appends a nested attribute whose payload `fill` appends in place (no buffer per level).
+pub fn nested(out: &mut Vec<u8>, kind: u16, fill: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    fill(out);
+    out.resize(out.len().next_multiple_of(4), 0);
+    let length = (out.len() - start) as u16;
+    out[start..start + 2].copy_from_slice(&length.to_ne_bytes());
+    out[start + 2..start + 4].copy_from_slice(&kind.to_ne_bytes());
+}
+
 /// Netlink attributes: (type without flags, payload).
 pub fn attrs(mut data: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {

@@ -118,38 +118,37 @@ impl Adder {
     }
 
     fn change(&mut self, command: u16, set: &str, members: &[(Member, u32)]) -> Result<(), String> {
-        let mut list = Vec::with_capacity(64 * members.len());
-        for (member, timeout) in members {
-            let mut data = Vec::with_capacity(64);
-            let mut ip = Vec::with_capacity(20);
-            match member.addr {
-                IpAddr::V4(v4) => {
-                    nfnetlink::attr(&mut ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets())
-                }
-                IpAddr::V6(v6) => {
-                    nfnetlink::attr(&mut ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets())
-                }
-            }
-            nfnetlink::attr(&mut data, ATTR_IP | NESTED, &ip);
-            if let Some((proto, first, last)) = member.ports {
-                nfnetlink::attr(&mut data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
-                if last != first {
-                    nfnetlink::attr(&mut data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
-                }
-                nfnetlink::attr(&mut data, ATTR_PROTO, &[proto]);
-            }
-            if command == IPSET_CMD_ADD {
-                nfnetlink::attr(&mut data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
-            }
-            nfnetlink::attr(&mut list, ATTR_DATA | NESTED, &data);
-        }
         // Without NLM_F_EXCL re-adding a member (or deleting one not there) is not an error;
         // an added member's timeout is renewed.
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
         let mut message = request(command, flags, set, 1);
+        message.reserve(16 + 48 * members.len());
         // A list of members (ADT) comes with a line number, for `ipset restore`'s errors.
         nfnetlink::attr(&mut message, ATTR_LINENO | NET_ORDER, &0u32.to_be_bytes());
-        nfnetlink::attr(&mut message, ATTR_ADT | NESTED, &list);
+        nfnetlink::nested(&mut message, ATTR_ADT | NESTED, |list| {
+            for (member, timeout) in members {
+                nfnetlink::nested(list, ATTR_DATA | NESTED, |data| {
+                    nfnetlink::nested(data, ATTR_IP | NESTED, |ip| match member.addr {
+                        IpAddr::V4(v4) => {
+                            nfnetlink::attr(ip, ATTR_IPADDR_IPV4 | NET_ORDER, &v4.octets())
+                        }
+                        IpAddr::V6(v6) => {
+                            nfnetlink::attr(ip, ATTR_IPADDR_IPV6 | NET_ORDER, &v6.octets())
+                        }
+                    });
+                    if let Some((proto, first, last)) = member.ports {
+                        nfnetlink::attr(data, ATTR_PORT | NET_ORDER, &first.to_be_bytes());
+                        if last != first {
+                            nfnetlink::attr(data, ATTR_PORT_TO | NET_ORDER, &last.to_be_bytes());
+                        }
+                        nfnetlink::attr(data, ATTR_PROTO, &[proto]);
+                    }
+                    if command == IPSET_CMD_ADD {
+                        nfnetlink::attr(data, ATTR_TIMEOUT | NET_ORDER, &timeout.to_be_bytes());
+                    }
+                });
+            }
+        });
         let length = message.len() as u32;
         message[..4].copy_from_slice(&length.to_ne_bytes());
         nfnetlink::send(&self.socket, &message)?;
