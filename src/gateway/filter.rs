@@ -161,7 +161,7 @@ impl Names {
 /// `-` and `_` (every name an entry can match) are copied as they are; any other label is
 /// escaped as `Name::to_ascii` writes it, so it can never read as a different name.
 pub(crate) fn plain(name: &Name) -> String {
-    let mut text = String::with_capacity(name.len());
+    let mut text = Vec::with_capacity(name.len());
     for label in name.iter() {
         let ordinary = label.iter().enumerate().all(|(at, &byte)| {
             byte.is_ascii_alphanumeric()
@@ -173,15 +173,12 @@ pub(crate) fn plain(name: &Name) -> String {
             return escaped(name);
         }
         if !text.is_empty() {
-            text.push('.');
+            text.push(b'.');
         }
-        text.extend(
-            label
-                .iter()
-                .map(|&byte| char::from(byte.to_ascii_lowercase())),
-        );
+        text.extend(label.iter().map(u8::to_ascii_lowercase));
     }
-    text
+    // Ordinary labels are ASCII.
+    String::from_utf8(text).unwrap_or_else(|_| escaped(name))
 }
 
 /// `plain` of any name, through hickory's escaping.

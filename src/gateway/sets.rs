@@ -3,12 +3,10 @@
 //! record's TTL, renewed by every later answer. An address whose timeout ran out takes no new
 //! connection; established flows go on through conntrack.
 
-use std::cell::RefCell;
-use std::net::IpAddr;
-
 use super::filter::Opened;
 use crate::fence::plan::Family;
 use crate::fence::policy::Ports;
+use std::cell::RefCell;
 
 use crate::sys::set_netlink::{Adder, Member};
 
@@ -30,33 +28,20 @@ pub fn open(opened: &[Opened]) -> Result<(), String> {
 
 /// The (set, member) pairs an opened address goes into: the `answered` set with each port
 /// range of the entry, or `answered-any` for an entry without ports.
-pub fn members_of(found: &Opened) -> Vec<(&'static str, Member)> {
-    let family = match found.addr {
-        IpAddr::V4(_) => Family::V4,
-        IpAddr::V6(_) => Family::V6,
-    };
-    let mut members = Vec::new();
-    for ports in &found.ports {
-        match ports {
-            Ports::Any => members.push((
-                family.answered_hosts_set(),
-                Member {
-                    addr: found.addr,
-                    ports: None,
-                },
-            )),
-            Ports::Listed(ranges) => members.extend(ranges.iter().map(|range| {
-                (
-                    family.answered_ports_set(),
-                    Member {
-                        addr: found.addr,
-                        ports: Some((range.proto.number(), range.first, range.last)),
-                    },
-                )
-            })),
-        }
-    }
-    members
+pub fn members_of(found: &Opened) -> impl Iterator<Item = (&'static str, Member)> + '_ {
+    let family = Family::of(&found.addr);
+    let addr = found.addr;
+    found.ports.iter().flat_map(move |ports| {
+        let (any, ranges) = match ports {
+            Ports::Any => (true, &[][..]),
+            Ports::Listed(ranges) => (false, ranges.as_slice()),
+        };
+        let host = any.then_some((family.answered_hosts_set(), Member { addr, ports: None }));
+        host.into_iter().chain(ranges.iter().map(move |range| {
+            let ports = Some((range.proto.number(), range.first, range.last));
+            (family.answered_ports_set(), Member { addr, ports })
+        }))
+    })
 }
 
 /// One request per set: every member an answer opens there.

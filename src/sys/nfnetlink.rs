@@ -43,11 +43,19 @@ pub fn send(socket: &OwnedFd, message: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Appends a netlink attribute (padded to 4 bytes).
+/// Appends a netlink attribute (padded to 4 bytes). Always inlined: the DNS gateway writes a
+/// few attributes of 1 to 16 bytes per answered address, and out of line each piece was a call
+/// to musl's `memcpy`, a tenth of the gateway's time for first-time names.
+#[inline(always)]
 pub fn attr(out: &mut Vec<u8>, kind: u16, payload: &[u8]) {
-    out.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(payload);
+    let length = 4 + payload.len();
+    out.reserve(length.next_multiple_of(4));
+    out.extend(
+        ((length as u16).to_ne_bytes())
+            .into_iter()
+            .chain(kind.to_ne_bytes()),
+    );
+    out.extend(payload.iter().copied());
     out.resize(out.len().next_multiple_of(4), 0);
 }
 
