@@ -346,13 +346,13 @@ pub fn from_hosts_file(path: &std::path::Path, names: &[&str]) -> Resolution {
 /// each name a CNAME on the chain points to. Records for any other name in the answer are
 /// ignored. Also the DNS gateway's rule.
 pub(crate) fn chain_addresses(question: &Name, answers: &[Record]) -> Vec<(IpAddr, u32)> {
-    let mut chain = vec![question.clone()];
+    let mut chain: Vec<&Name> = vec![question];
     loop {
-        let next: Vec<Name> = answers
+        let next: Vec<&Name> = answers
             .iter()
-            .filter(|record| chain.contains(&record.name))
+            .filter(|record| chain.contains(&&record.name))
             .filter_map(|record| match &record.data {
-                RData::CNAME(target) => Some(target.0.clone()),
+                RData::CNAME(target) => Some(&target.0),
                 _ => None,
             })
             .filter(|target| !chain.contains(target))
@@ -364,7 +364,7 @@ pub(crate) fn chain_addresses(question: &Name, answers: &[Record]) -> Vec<(IpAdd
     }
     answers
         .iter()
-        .filter(|record| chain.contains(&record.name))
+        .filter(|record| chain.contains(&&record.name))
         .filter_map(|record| record.data.ip_addr().map(|addr| (addr, record.ttl)))
         .collect()
 }

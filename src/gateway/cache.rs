@@ -224,7 +224,7 @@ mod tests {
         Opened {
             name: "api.example.test".into(),
             addr: [192, 0, 2, 1].into(),
-            ports: vec![Ports::Any],
+            ports: vec![Ports::Any].into(),
             timeout: Duration::from_secs(ttl).clamp(TTL_FLOOR, TTL_CEILING),
         }
     }

@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::filter::{Names, Opened};
@@ -146,7 +146,7 @@ pub struct Live {
 #[derive(Default)]
 struct Owner {
     /// The names it was answered for (one, mostly), the last answer's time.
-    names: Vec<String>,
+    names: Vec<Arc<str>>,
     members: Vec<Member>,
     answered: Option<Instant>,
 }
@@ -200,7 +200,7 @@ impl Live {
     pub fn answered(&self, addr: IpAddr) -> Option<(String, Duration)> {
         let owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         let owner = owners.get(&addr)?;
-        Some((owner.names.last()?.clone(), owner.answered?.elapsed()))
+        Some((owner.names.last()?.to_string(), owner.answered?.elapsed()))
     }
 
     /// The members of every address no name `names` still allows had opened; forgotten here.
@@ -441,9 +441,9 @@ mod tests {
         let last = MAX_TRACKED as u32 * 3 / 2 - 1;
         for i in 0..=last {
             live.opened(&[Opened {
-                name: format!("n{i}.cdn.test"),
+                name: format!("n{i}.cdn.test").into(),
                 addr: addr(i),
-                ports: vec![crate::fence::policy::Ports::Any],
+                ports: vec![crate::fence::policy::Ports::Any].into(),
                 timeout: Duration::from_secs(60),
             }]);
         }
@@ -503,7 +503,9 @@ mod tests {
         let opened = |name: &str, addr: &str| Opened {
             name: name.into(),
             addr: addr.parse().unwrap(),
-            ports: allowed.ports_for(&Name::from_str(&format!("{name}.")).unwrap()),
+            ports: allowed
+                .ports_for(&Name::from_str(&format!("{name}.")).unwrap())
+                .into(),
             timeout: Duration::from_secs(60),
         };
         live.opened(&[

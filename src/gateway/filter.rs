@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -195,8 +195,8 @@ fn escaped(name: &Name) -> String {
 #[derive(Debug)]
 pub struct Allowed {
     pub question: Query,
-    name: String,
-    ports: Vec<Ports>,
+    name: Arc<str>,
+    ports: Arc<[Ports]>,
     generation: u64,
 }
 
@@ -211,21 +211,21 @@ impl Allowed {
         // Read before the ports: a change in between shows as a newer generation later.
         let generation = names.generation();
         let ports = names.ports_for_plain(&name);
-        (!ports.is_empty()).then_some(Allowed {
+        (!ports.is_empty()).then(|| Allowed {
             question,
-            name,
-            ports,
+            name: name.into(),
+            ports: ports.into(),
             generation,
         })
     }
 
     /// The ports its answer opens: those judged with the question, unless root changed the
     /// allowlist since (`cordon allow`, `cordon deny`), then as the allowlist reads now.
-    fn ports_now(&self, names: &Names) -> Vec<Ports> {
+    fn ports_now(&self, names: &Names) -> Arc<[Ports]> {
         if names.generation() == self.generation {
-            self.ports.clone()
+            Arc::clone(&self.ports)
         } else {
-            names.ports_for_plain(&self.name)
+            names.ports_for_plain(&self.name).into()
         }
     }
 }
@@ -352,10 +352,11 @@ pub enum Event<'a> {
 /// One address an answer opens, with the ports of the entries that allow the name asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
-    /// The name asked, as the allowlist writes names.
-    pub name: String,
+    /// The name asked, as the allowlist writes names (shared by every address of an answer,
+    /// the cache and the gateway's bookkeeping).
+    pub name: Arc<str>,
     pub addr: IpAddr,
-    pub ports: Vec<Ports>,
+    pub ports: Arc<[Ports]>,
     /// How long it stays open for new connections (the record's TTL, clamped).
     pub timeout: Duration,
 }
@@ -446,9 +447,9 @@ pub fn judge_answer(
             continue;
         }
         verdict.opened.push(Opened {
-            name: allowed.name.clone(),
+            name: Arc::clone(&allowed.name),
             addr,
-            ports: ports.clone(),
+            ports: Arc::clone(&ports),
             timeout: Duration::from_secs(ttl.into()).clamp(TTL_FLOOR, TTL_CEILING),
         });
     }

@@ -156,13 +156,13 @@ mod tests {
                 Opened {
                     name: "a.example.test".into(),
                     addr: "192.0.2.10".parse().unwrap(),
-                    ports: vec![Ports::Listed(vec![tcp(443, 443), tcp(8000, 8002)])],
+                    ports: vec![Ports::Listed(vec![tcp(443, 443), tcp(8000, 8002)])].into(),
                     timeout: Duration::from_secs(90),
                 },
                 Opened {
                     name: "b.example.test".into(),
                     addr: "2001:db8::10".parse().unwrap(),
-                    ports: vec![Ports::Any],
+                    ports: vec![Ports::Any].into(),
                     timeout: Duration::from_secs(120),
                 },
             ];
