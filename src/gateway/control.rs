@@ -161,6 +161,28 @@ fn forget_older_half(owners: &mut HashMap<IpAddr, Owner>) {
     owners.retain(|_, owner| owner.answered > cut);
 }
 
+/// Notes which name opened each address, and into which set members.
+fn note(owners: &mut HashMap<IpAddr, Owner>, opened: &[Opened]) {
+    for found in opened {
+        if owners.len() >= MAX_TRACKED && !owners.contains_key(&found.addr) {
+            forget_older_half(owners);
+        }
+        let owner = owners.entry(found.addr).or_default();
+        owner.answered = Some(Instant::now());
+        if !owner.names.contains(&found.name) {
+            if owner.names.len() >= MAX_NAMES_PER_ADDRESS {
+                owner.names.remove(0);
+            }
+            owner.names.push(found.name.clone());
+        }
+        for (_, member) in sets::members_of(found) {
+            if !owner.members.contains(&member) {
+                owner.members.push(member);
+            }
+        }
+    }
+}
+
 impl Live {
     pub fn new(upstream: String) -> Live {
         Live {
@@ -173,27 +195,39 @@ impl Live {
         }
     }
 
+    /// Puts what answers opened into the sets and notes it, under the lock `cordon deny` takes
+    /// to find what to close. If root changed the allowlist after the answers were judged
+    /// (`judged_under`), only addresses whose name still has the same ports go in: a deny
+    /// either finds an address noted here or the address is not added.
+    pub fn open(&self, opened: &[Opened], judged_under: u64, names: &Names) {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let judged_again: Vec<Opened>;
+        let opened = match names.generation() == judged_under {
+            true => opened,
+            false => {
+                judged_again = opened
+                    .iter()
+                    .filter(|found| names.ports_for_plain(&found.name)[..] == found.ports[..])
+                    .cloned()
+                    .collect();
+                &judged_again
+            }
+        };
+        if opened.is_empty() {
+            return;
+        }
+        if let Err(error) = sets::open(opened) {
+            log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
+        }
+        note(&mut owners, opened);
+    }
+
     /// Notes which name opened each address, and into which set members.
     pub fn opened(&self, opened: &[Opened]) {
-        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
-        for found in opened {
-            if owners.len() >= MAX_TRACKED && !owners.contains_key(&found.addr) {
-                forget_older_half(&mut owners);
-            }
-            let owner = owners.entry(found.addr).or_default();
-            owner.answered = Some(Instant::now());
-            if !owner.names.contains(&found.name) {
-                if owner.names.len() >= MAX_NAMES_PER_ADDRESS {
-                    owner.names.remove(0);
-                }
-                owner.names.push(found.name.clone());
-            }
-            for (_, member) in sets::members_of(found) {
-                if !owner.members.contains(&member) {
-                    owner.members.push(member);
-                }
-            }
-        }
+        note(
+            &mut self.owners.lock().unwrap_or_else(|e| e.into_inner()),
+            opened,
+        );
     }
 
     /// The name an answer for `addr` was last for, and how long ago (the block log's context).
@@ -494,6 +528,31 @@ mod tests {
         assert!(restarted.allows(&name("a.cdn.test.")));
         assert!(restarted.covers_address("10.1.2.3".parse().unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_answer_judged_before_a_deny_does_not_open_after_it() {
+        let allowed = names(&["*.cdn.test:443"]);
+        let live = Live::new("10.0.0.2:53".into());
+        let judged_under = allowed.generation();
+        let opened = Opened {
+            name: "a.cdn.test".into(),
+            addr: "192.0.2.1".parse().unwrap(),
+            ports: allowed
+                .ports_for(&Name::from_str("a.cdn.test.").unwrap())
+                .into(),
+            timeout: Duration::from_secs(60),
+        };
+        // The deny runs to its end between the answer's judgement and its addresses going in.
+        allowed.remove(&Target::Wildcard("cdn.test".into()));
+        assert!(live.no_longer_allowed(&allowed).is_empty());
+        live.open(std::slice::from_ref(&opened), judged_under, &allowed);
+        assert_eq!(live.answered(opened.addr), None, "not added, so not noted");
+        // Allowed again with other ports: the answer judged under the first entry stays out.
+        let (target, port_22) = crate::fence::policy::parse_entry("*.cdn.test:22").unwrap();
+        allowed.add(&target, &port_22);
+        live.open(std::slice::from_ref(&opened), judged_under, &allowed);
+        assert_eq!(live.answered(opened.addr), None);
     }
 
     #[test]

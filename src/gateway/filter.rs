@@ -132,8 +132,14 @@ impl Names {
         self.ports_for_plain(&plain(name))
     }
 
-    /// `ports_for` of a name as the allowlist writes it.
+    /// `ports_for` of a name as the allowlist writes it. A name with an escaped label (a dot or
+    /// any other byte inside a label, which no entry can hold) matches nothing: read at its
+    /// escaped dots, `x\.cdn.test` (the labels `x.cdn` and `test`) would seem to lie below
+    /// `*.cdn.test` while its parent is `test`.
     pub fn ports_for_plain(&self, text: &str) -> Vec<Ports> {
+        if text.contains('\\') {
+            return Vec::new();
+        }
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<Ports> = table
             .exact
@@ -345,7 +351,13 @@ pub enum Event<'a> {
     Answered(usize),
     /// This many questions were answered from the cache.
     Cached(usize),
-    Opened(&'a [Opened]),
+    /// Addresses answers opened, judged under the allowlist's change count `judged_under` (read
+    /// before judging): if root changed the allowlist since, they are checked again before
+    /// they go into the sets.
+    Opened {
+        opened: &'a [Opened],
+        judged_under: u64,
+    },
     Refused(&'a Query),
 }
 
@@ -640,6 +652,33 @@ mod tests {
     }
 
     #[test]
+    fn a_dot_inside_a_label_does_not_make_a_name_lie_below_a_wildcard() {
+        let allowed = names(&["*.cdn.test", "api.example.test"]);
+        for labels in [
+            &["x.cdn", "test"][..],
+            &["a", "x.cdn", "test"],
+            &["api.example", "test"],
+            &["x", "cdn\\", "test"],
+        ] {
+            let raw: Vec<&[u8]> = labels.iter().map(|label| label.as_bytes()).collect();
+            let mut name = Name::from_labels(raw).unwrap();
+            name.set_fqdn(true);
+            let question = Query::query(name, RecordType::A);
+            let verdict = judge_query(&query_of(&question), &allowed);
+            assert!(
+                matches!(verdict, QueryVerdict::Refused { .. }),
+                "{labels:?}: {verdict:?}"
+            );
+        }
+        // The same names spelled with real label boundaries are allowed.
+        let question = Query::query(name("x.cdn.test."), RecordType::A);
+        assert!(matches!(
+            judge_query(&query_of(&question), &allowed),
+            QueryVerdict::Forward(_)
+        ));
+    }
+
+    #[test]
     fn an_answer_opens_the_ports_the_allowlist_holds_when_it_arrives() {
         let allowed = names(&["api.example.test:443"]);
         let question = Query::query(name("api.example.test."), RecordType::A);
@@ -729,6 +768,9 @@ mod tests {
             let allowed = names(&["api.example.test", "*.cdn.test"]);
             if let QueryVerdict::Forward(forwarded) = judge_query(&wire, &allowed) {
                 prop_assert!(allowed.allows(&forwarded.question.name));
+                // Only names of ordinary labels can be allowed: one with a byte escaped (a dot
+                // inside a label) never is.
+                prop_assert!(!plain(&forwarded.question.name).contains('\\'));
             }
         }
 

@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 
 use super::block_log::{self, BlockLog};
 use super::filter::{Event, Names, OwnNetworks};
-use super::{control, sets, tcp, udp};
+use super::{control, tcp, udp};
 use crate::error::{Error, Result};
 use crate::fence::plan::{gateway_listen_addr, AgentDns, Family};
 use crate::sys::caps::Capability;
@@ -307,12 +307,10 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
         Event::Cached(count) => {
             live.cached.fetch_add(count as u64, Ordering::Relaxed);
         }
-        Event::Opened(opened) => {
-            if let Err(error) = sets::open(opened) {
-                log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
-            }
-            live.opened(opened);
-        }
+        Event::Opened {
+            opened,
+            judged_under,
+        } => live.open(opened, judged_under, &config.names),
         Event::Refused(question) => {
             live.refused.fetch_add(1, Ordering::Relaxed);
             block_log.refused(question);

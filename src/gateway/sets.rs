@@ -201,4 +201,33 @@ mod tests {
             );
         });
     }
+
+    #[test]
+    fn thousands_of_members_go_in_and_out_in_requests_the_kernel_accepts() {
+        if !root() {
+            return;
+        }
+        in_a_new_namespace(|| {
+            let set = Family::V4.answered_hosts_set();
+            ipset(&["create", set, "hash:ip", "family", "inet", "timeout", "60"]);
+            // More than a 16-bit attribute length holds in one list (16 bytes per member).
+            let opened: Vec<Opened> = (0..5000u32)
+                .map(|i| Opened {
+                    name: "many.example.test".into(),
+                    addr: std::net::IpAddr::from((0x0a00_0000 + i).to_be_bytes()),
+                    ports: vec![Ports::Any].into(),
+                    timeout: Duration::from_secs(60),
+                })
+                .collect();
+            open(&opened).expect("open");
+            let count = || set_netlink::members(&[set.into()]).unwrap()[set].len();
+            assert_eq!(count(), 5000);
+            let members: Vec<Member> = opened
+                .iter()
+                .flat_map(|found| members_of(found).map(|(_, member)| member))
+                .collect();
+            close(&members).expect("close");
+            assert_eq!(count(), 0);
+        });
+    }
 }

@@ -86,6 +86,7 @@ fn connection(
     stream.set_read_timeout(Some(IDLE))?;
     stream.set_write_timeout(Some(IDLE))?;
     while let Some(query) = read_message(&mut stream)? {
+        let generation = names.generation();
         let allowed = match judge_query(&query, names) {
             QueryVerdict::Drop => return Ok(()),
             QueryVerdict::Answer(reply) => {
@@ -118,7 +119,10 @@ fn connection(
         }
         let verdict = judge_answer(&allowed, &answer, names, own);
         if !verdict.opened.is_empty() {
-            report(Event::Opened(&verdict.opened));
+            report(Event::Opened {
+                opened: &verdict.opened,
+                judged_under: generation,
+            });
         }
         report(Event::Answered(1));
         if let Some(reply) = answer_for_agent(&wire, answer, asker_id, &verdict) {
@@ -206,7 +210,7 @@ mod tests {
             std::thread::spawn(move || {
                 let allowed = names(&["*.example.test"]);
                 let open = |event: Event| {
-                    if let Event::Opened(found) = event {
+                    if let Event::Opened { opened: found, .. } = event {
                         opened.lock().unwrap().extend_from_slice(found)
                     }
                 };

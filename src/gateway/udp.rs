@@ -116,7 +116,10 @@ pub fn serve(
         }
         // The sets hold every address before any asker hears of it.
         if !opened.is_empty() {
-            report(Event::Opened(&opened));
+            report(Event::Opened {
+                opened: &opened,
+                judged_under: generation,
+            });
             opened.clear();
         }
         if answered > 0 {
@@ -315,7 +318,7 @@ mod tests {
             std::thread::spawn(move || {
                 let allowed = names(&["api.example.test:443"]);
                 let open = |event: Event| {
-                    if let Event::Opened(found) = event {
+                    if let Event::Opened { opened: found, .. } = event {
                         opened.lock().unwrap().extend_from_slice(found)
                     }
                 };

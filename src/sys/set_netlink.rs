@@ -85,6 +85,10 @@ pub struct Member {
     pub ports: Option<(u8, u16, u16)>,
 }
 
+/// Members in one request at most: the largest (IPv6, a port range, a timeout) takes 60 bytes,
+/// so 512 of them stay well inside the 64 KiB a netlink attribute can hold.
+const MEMBERS_PER_REQUEST: usize = 512;
+
 /// A netfilter netlink socket kept open to add members: the DNS gateway adds one per answered
 /// address, and a socket per add would cost more than the add.
 pub struct Adder {
@@ -117,7 +121,24 @@ impl Adder {
         }
     }
 
+    /// One request per `MEMBERS_PER_REQUEST` members: a netlink attribute's length is 16 bits,
+    /// and the list of members is one attribute (`cordon deny` may close thousands).
     fn change(&mut self, command: u16, set: &str, members: &[(Member, u32)]) -> Result<(), String> {
+        let mut first_failure = None;
+        for chunk in members.chunks(MEMBERS_PER_REQUEST) {
+            if let Err(error) = self.change_at_once(command, set, chunk) {
+                first_failure.get_or_insert(error);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+
+    fn change_at_once(
+        &mut self,
+        command: u16,
+        set: &str,
+        members: &[(Member, u32)],
+    ) -> Result<(), String> {
         // Without NLM_F_EXCL re-adding a member (or deleting one not there) is not an error;
         // an added member's timeout is renewed.
         let flags = libc::NLM_F_REQUEST | libc::NLM_F_ACK;
