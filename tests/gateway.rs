@@ -645,6 +645,28 @@ fn behind_docker_embedded_dns_the_forwarders_own_port_is_closed_to_the_agent() {
         !log.contains("tunnel"),
         "the tunnel reached the world:\n{log}"
     );
+
+    // Port 53 of Docker's resolver address is free (its resolver listens elsewhere) and any uid
+    // may bind it in a container: the agent must not speak from there to the gateway's
+    // upstream socket (read from /proc/net/udp like any uid can), neither to answer a question
+    // itself nor to open a tracked flow the gateway's next question would follow.
+    let udp = world.sandbox(&["cat", "/proc/net/udp"]);
+    let upstream_port = udp
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| {
+            fields.get(2) == Some(&"0B00007F:0035") && fields.get(7) == Some(&GATEWAY_UID)
+        })
+        .and_then(|fields| u16::from_str_radix(fields[1].split(':').nth(1)?, 16).ok())
+        .unwrap_or_else(|| panic!("the gateway's upstream socket in /proc/net/udp:\n{udp}"));
+    let spoof = format!("udpfrom:127.0.0.11:53>127.0.0.1:{upstream_port}");
+    assert_eq!(verdict(&world, &spoof).0, "denied", "{spoof}");
+    // Not in the gateway's cache (AAAA): this one goes upstream.
+    assert_eq!(
+        verdict(&world, "dns6:allowed.test@127.0.0.11").0,
+        "answered",
+        "the gateway's questions still reach Docker's resolver"
+    );
 }
 
 /// Docker's ordinary networks have no IPv6 at all: the gateway listens on IPv4 only and works.

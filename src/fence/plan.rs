@@ -657,6 +657,19 @@ impl Ruleset {
                     chain.push(format!("-d {dst} -o lo{owner} -j {CHAIN_ALLOW}"));
                 }
                 chain.push(format!("-d {dst} -o lo -j {CHAIN_REJECT}"));
+                // Nor may anyone else speak from it. Docker's resolver listens on a port of its
+                // own and leaves port 53 of its address free, which any uid may bind in a
+                // container: from there the agent could answer the gateway's upstream socket
+                // (which trusts its peer's address), or open a tracked flow that the gateway's
+                // next question to port 53 would join, skipping Docker's DNAT, and become its
+                // upstream. As for the gateway's port, TCP is held at the SYN-ACK.
+                for (proto, only) in [("udp", ""), ("tcp", " --tcp-flags SYN,ACK SYN,ACK")] {
+                    let from = format!("-s {dst} -o lo -p {proto} -m {proto}{only}");
+                    for owner in &resolver_owners {
+                        chain.push(format!("{from}{owner} -j {CHAIN_ALLOW}"));
+                    }
+                    chain.push(format!("{from} -j {CHAIN_REJECT}"));
+                }
             }
         }
         if let AgentDns::Gateway { port, .. } = self.agent_dns {

@@ -13,7 +13,7 @@ use crate::util::{errno_name, errno_of, fail, usage_error, Args};
 
 const USAGE: &str = "usage: testkit probe [--uid UID] [--gid GID] [--timeout-ms N] [--mark N] \
 [--repeat-for-ms N --interval-ms M] SPEC...
-  SPEC: tcp:ADDR:PORT | tcpb:ADDR:PORT (a blocking connect) | udp:ADDR:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
+  SPEC: tcp:ADDR:PORT | tcpb:ADDR:PORT (a blocking connect) | udp:ADDR:PORT | udpfrom:SRC:PORT>DST:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
 txt:NAME@SERVER[:PORT] | dnstcp:NAME@SERVER[:PORT] (A over TCP) | \
 http:ADDR:PORT[/PATH]   (ADDR: IPv4 or [IPv6])";
 
@@ -23,6 +23,12 @@ enum Target {
     /// A connect on a blocking socket, as most programs make it.
     TcpBlocking(SocketAddr),
     Udp(SocketAddr),
+    /// One datagram from a chosen source address and port (`udpfrom:SRC>DST`): whether the
+    /// fence lets it leave (`open`: sent; `denied`: refused at the send).
+    UdpFrom {
+        from: SocketAddr,
+        to: SocketAddr,
+    },
     Dns {
         name: String,
         server: SocketAddr,
@@ -152,6 +158,13 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
         "tcp" => Target::Tcp(addr(rest)?),
         "tcpb" => Target::TcpBlocking(addr(rest)?),
         "udp" => Target::Udp(addr(rest)?),
+        "udpfrom" => {
+            let (from, to) = rest.split_once('>').ok_or_else(bad)?;
+            Target::UdpFrom {
+                from: addr(from)?,
+                to: addr(to)?,
+            }
+        }
         "dns" | "dns6" | "txt" | "dnstcp" => {
             let (name, server) = rest.rsplit_once('@').ok_or_else(bad)?;
             if !dnswire::valid_name(name) {
@@ -281,6 +294,16 @@ impl Prober {
             Target::TcpBlocking(addr) => self.connect_blocking(addr),
             Target::Udp(addr) => {
                 self.datagram(addr, b"x", deadline, |_| Some(outcome(Verdict::Open, "-")))
+            }
+            Target::UdpFrom { from, to } => {
+                let sent = self.socket(to, libc::SOCK_DGRAM).and_then(|fd| {
+                    net::bind(fd.as_raw_fd(), from)?;
+                    UdpSocket::from(fd).send_to(b"x", to)
+                });
+                match sent {
+                    Ok(_) => outcome(Verdict::Open, "sent"),
+                    Err(e) => from_io(&e),
+                }
             }
             Target::Dns {
                 name,

@@ -194,6 +194,8 @@ impl World {
         };
         std::fs::write(etc.join("resolv.conf"), format!("nameserver {resolver}\n")).unwrap();
         if opts.docker_dns {
+            // As Docker sets it in every container: any uid may bind ports below 1024.
+            self.sandbox(&["sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"]);
             for proto in ["udp", "tcp"] {
                 self.sandbox(&[
                     "iptables",
