@@ -238,19 +238,37 @@ impl Live {
     }
 
     /// The members of every address no name `names` still allows had opened; forgotten here.
+    /// Also the members of an address that its remaining names do not give it (the denied
+    /// name's ports, where another name answered the same address with other ports).
     fn no_longer_allowed(&self, names: &Names) -> Vec<Member> {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = Vec::new();
-        owners.retain(|_, owner| {
+        owners.retain(|addr, owner| {
             owner
                 .names
                 .retain(|name| !names.ports_for_plain(name).is_empty());
-            if owner.names.is_empty() {
-                closed.append(&mut owner.members);
-                false
-            } else {
-                true
-            }
+            let still_given: Vec<Member> = owner
+                .names
+                .iter()
+                .flat_map(|name| {
+                    let found = Opened {
+                        name: Arc::clone(name),
+                        addr: *addr,
+                        ports: names.ports_for_plain(name).into(),
+                        timeout: Duration::ZERO,
+                    };
+                    sets::members_of(&found)
+                        .map(|(_, member)| member)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let (kept, gone) = owner
+                .members
+                .drain(..)
+                .partition(|member| still_given.contains(member));
+            owner.members = kept;
+            closed.extend::<Vec<Member>>(gone);
+            !owner.names.is_empty()
         });
         closed
     }
@@ -528,6 +546,33 @@ mod tests {
         assert!(restarted.allows(&name("a.cdn.test.")));
         assert!(restarted.covers_address("10.1.2.3".parse().unwrap()));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_deny_closes_the_ports_only_the_denied_name_gave_an_address_shared_with_another() {
+        let allowed = names(&["github.test:22", "*.github.test:443"]);
+        let live = Live::new("10.0.0.2:53".into());
+        let opened = |name: &str| Opened {
+            name: name.into(),
+            addr: "192.0.2.7".parse().unwrap(),
+            ports: allowed
+                .ports_for(&Name::from_str(&format!("{name}.")).unwrap())
+                .into(),
+            timeout: Duration::from_secs(60),
+        };
+        live.opened(&[opened("github.test"), opened("www.github.test")]);
+        allowed.remove(&Target::Name("github.test".into()));
+        let ports = |members: &[Member]| -> Vec<u16> {
+            members
+                .iter()
+                .filter_map(|m| m.ports.map(|p| p.1))
+                .collect()
+        };
+        assert_eq!(ports(&live.no_longer_allowed(&allowed)), [22]);
+        let owners = live.owners.lock().unwrap();
+        let left = &owners[&"192.0.2.7".parse::<IpAddr>().unwrap()];
+        assert_eq!(ports(&left.members), [443]);
+        assert_eq!(left.names, [Arc::<str>::from("www.github.test")]);
     }
 
     #[test]
