@@ -77,7 +77,7 @@ fn main() {
             panic!()
         };
         let question = &allowed.question;
-        let miss = cache.lookup(question, 1, 0, t0).is_none();
+        let miss = cache.lookup(&allowed, 1, 0, t0).is_none();
         assert!(miss);
         let t1 = Instant::now();
         let c1 = ALLOCATIONS.load(Ordering::Relaxed);
@@ -92,7 +92,7 @@ fn main() {
         let verdict = judge_answer(&allowed, &answer, &names, &own);
         let lifetime = cache::lifetime(&answer);
         let bytes = answer_for_agent(&reply, answer, 5, &verdict).unwrap();
-        cache.store(question, &bytes, lifetime.unwrap(), &verdict.opened, 0, t3);
+        cache.store(&allowed, &bytes, lifetime.unwrap(), &verdict.opened, 0, t3);
         let t4 = Instant::now();
         a_query += c1 - c0;
         a_up += c2 - c1;

@@ -13,12 +13,13 @@
 //!   counts changes), so a denied name is never answered from here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::{Message, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RecordType};
 
-use super::filter::{plain, Opened, TTL_CEILING, TTL_FLOOR};
+use super::filter::{Allowed, Opened, TTL_CEILING, TTL_FLOOR};
 
 /// Answers kept at most (per loop); past that, the older half goes.
 pub const MAX_ENTRIES: usize = 1024;
@@ -31,9 +32,10 @@ const REFRESH: Duration = Duration::from_secs(TTL_FLOOR.as_secs() / 2);
 
 #[derive(Default)]
 pub struct AnswerCache {
-    /// By the name as the allowlist writes it (lower case: one entry for every spelling; a
-    /// `str` hashes in one go, a `Name` byte by byte) and the record type.
-    entries: HashMap<(String, RecordType), Entry>,
+    /// By the name as the allowlist writes it (`Allowed::name`, judged with the question: lower
+    /// case, one entry for every spelling; a `str` hashes in one go, a `Name` byte by byte) and
+    /// the record type.
+    entries: HashMap<(Arc<str>, RecordType), Entry>,
     /// The allowlist's change count the entries were judged under.
     generation: u64,
 }
@@ -89,17 +91,18 @@ fn reply(wire: &[u8], question: &Query, remaining: u32) -> Option<Vec<u8>> {
 }
 
 impl AnswerCache {
-    /// The cached answer to `question` under the asker's id, if one is fresh enough. Entries
-    /// judged under another `generation` of the allowlist are dropped first.
+    /// The cached answer to the question `asked` under the asker's id, if one is fresh enough.
+    /// Entries judged under another `generation` of the allowlist are dropped first.
     pub fn lookup(
         &mut self,
-        question: &Query,
+        asked: &Allowed,
         asker_id: u16,
         generation: u64,
         now: Instant,
     ) -> Option<Hit> {
         self.follow(generation);
-        let key = (plain(&question.name), question.query_type);
+        let question = &asked.question;
+        let key = (Arc::clone(&asked.name), question.query_type);
         let entry = self.entries.get_mut(&key)?;
         let age = now.saturating_duration_since(entry.stored);
         if age + MARGIN > entry.lifetime {
@@ -135,12 +138,12 @@ impl AnswerCache {
         Some(Hit { reply, reopen })
     }
 
-    /// Keeps the answer (`wire`, as the agent got it) to `question` for `lifetime`; `opened`
+    /// Keeps the answer (`wire`, as the agent got it) to `asked` for `lifetime`; `opened`
     /// went into the sets just now. `generation` is the allowlist's change count read before
     /// the answer was judged: if it changed since, the answer is not kept.
     pub fn store(
         &mut self,
-        question: &Query,
+        asked: &Allowed,
         wire: &[u8],
         lifetime: Duration,
         opened: &[Opened],
@@ -155,7 +158,7 @@ impl AnswerCache {
             self.make_room(now);
         }
         self.entries.insert(
-            (plain(&question.name), question.query_type),
+            (Arc::clone(&asked.name), asked.question.query_type),
             Entry {
                 wire: wire.to_vec(),
                 stored: now,
@@ -204,6 +207,11 @@ mod tests {
     use hickory_resolver::proto::rr::{RData, Record};
     use std::str::FromStr;
 
+    /// `name` as the gateway forwards it, judged under an allowlist holding every `.test` name.
+    fn asked_for(name: &str) -> Allowed {
+        Allowed::judge(question(name), &crate::gateway::filter::names(&["*.test"])).unwrap()
+    }
+
     fn question(name: &str) -> Query {
         // from_ascii keeps the case (from_str lowercases).
         Query::query(Name::from_ascii(name).unwrap(), RecordType::A)
@@ -244,7 +252,7 @@ mod tests {
         let t0 = Instant::now();
         let stored = answer("api.example.test.", 30);
         let lifetime = lifetime(&stored).unwrap();
-        let q = question("api.example.test.");
+        let q = asked_for("api.example.test.");
         cache.store(
             &q,
             &stored.to_vec().unwrap(),
@@ -254,7 +262,7 @@ mod tests {
             t0,
         );
 
-        let asked = question("API.Example.Test.");
+        let asked = asked_for("API.Example.Test.");
         let hit = cache
             .lookup(&asked, 77, 0, t0 + Duration::from_secs(10))
             .unwrap();
@@ -280,7 +288,7 @@ mod tests {
         let stored = answer("api.example.test.", 86_400);
         let lifetime = lifetime(&stored).unwrap();
         assert_eq!(lifetime, TTL_CEILING);
-        let q = question("api.example.test.");
+        let q = asked_for("api.example.test.");
         cache.store(
             &q,
             &stored.to_vec().unwrap(),
@@ -306,7 +314,7 @@ mod tests {
         let t0 = Instant::now();
         let stored = answer("api.example.test.", 300);
         let wire = stored.to_vec().unwrap();
-        let q = question("api.example.test.");
+        let q = asked_for("api.example.test.");
         cache.store(&q, &wire, lifetime(&stored).unwrap(), &[opened(300)], 0, t0);
         assert!(cache.lookup(&q, 1, 0, t0).is_some());
         assert!(cache.lookup(&q, 1, 1, t0).is_none(), "allowlist changed");
@@ -341,7 +349,7 @@ mod tests {
             let stored = answer(name, 60);
             let wire = stored.to_vec().unwrap();
             cache.store(
-                &question(name),
+                &asked_for(name),
                 &wire,
                 lifetime(&stored).unwrap(),
                 &[],
@@ -356,13 +364,13 @@ mod tests {
             assert!(cache.len() <= MAX_ENTRIES);
         }
         let at = t0 + Duration::from_millis(last as u64);
-        let latest = question(&format!("n{last}.example.test."));
+        let latest = asked_for(&format!("n{last}.example.test."));
         assert!(
             cache.lookup(&latest, 1, 0, at).is_some(),
             "the latest is kept"
         );
         assert!(cache
-            .lookup(&question("n0.example.test."), 1, 0, at)
+            .lookup(&asked_for("n0.example.test."), 1, 0, at)
             .is_none());
 
         // Past their lifetime, the ones that ran out make room.

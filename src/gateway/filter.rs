@@ -166,7 +166,7 @@ impl Names {
 /// A name as the allowlist writes it: lower case, no trailing dot. Labels of letters, digits,
 /// `-` and `_` (every name an entry can match) are copied as they are; any other label is
 /// escaped as `Name::to_ascii` writes it, so it can never read as a different name.
-pub(crate) fn plain(name: &Name) -> String {
+fn plain(name: &Name) -> String {
     let mut text = Vec::with_capacity(name.len());
     for label in name.iter() {
         let ordinary = label.iter().enumerate().all(|(at, &byte)| {
@@ -201,7 +201,7 @@ fn escaped(name: &Name) -> String {
 #[derive(Debug)]
 pub struct Allowed {
     pub question: Query,
-    name: Arc<str>,
+    pub(super) name: Arc<str>,
     ports: Arc<[Ports]>,
     generation: u64,
 }

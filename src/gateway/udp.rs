@@ -84,7 +84,7 @@ pub fn serve(
                     QueryVerdict::Forward(allowed) => allowed,
                 };
                 let asker_id = u16::from_be_bytes([datagram.bytes[0], datagram.bytes[1]]);
-                if let Some(hit) = cache.lookup(&allowed.question, asker_id, generation, now) {
+                if let Some(hit) = cache.lookup(&allowed, asker_id, generation, now) {
                     opened.extend(hit.reopen);
                     replies.push(hit.reply, Some(asker));
                     cached += 1;
@@ -205,9 +205,9 @@ impl Answer<'_> {
         let lifetime = cache::lifetime(&answer);
         let bytes = answer_for_agent(self.wire, answer, waiting.asker_id, &verdict)?;
         if let Some(lifetime) = lifetime {
-            let (question, opened) = (&waiting.allowed.question, &verdict.opened);
+            let (asked, opened) = (&waiting.allowed, &verdict.opened);
             let (generation, now) = (self.generation, self.now);
-            cache.store(question, &bytes, lifetime, opened, generation, now);
+            cache.store(asked, &bytes, lifetime, opened, generation, now);
         }
         opened.extend(verdict.opened);
         Some((bytes, waiting.asker))
