@@ -254,7 +254,7 @@ impl Live {
                     let found = Opened {
                         name: Arc::clone(name),
                         addr: *addr,
-                        ports: names.ports_for_plain(name).into(),
+                        ports: names.ports_for_plain(name),
                         timeout: Duration::ZERO,
                     };
                     sets::members_of(&found)

@@ -15,9 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_resolver::proto::op::{
+    Header, Message, MessageType, Metadata, OpCode, Query, ResponseCode,
+};
 use hickory_resolver::proto::rr::rdata::TXT;
 use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_resolver::proto::serialize::binary::{BinDecodable, BinDecoder};
 use ipnet::IpNet;
 
 use crate::fence::policy::{Policy, Ports, Target};
@@ -47,14 +50,27 @@ pub struct Names {
     self_test_token: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct NameTable {
     /// Lower-case name without the trailing dot → the ports of every entry naming it.
-    exact: HashMap<String, Vec<Ports>>,
+    exact: HashMap<String, Arc<[Ports]>>,
     /// The part after `*.` → the ports of every wildcard entry for it.
-    below: HashMap<String, Vec<Ports>>,
+    below: HashMap<String, Arc<[Ports]>>,
     /// The networks of address entries, once each.
     nets: Vec<IpNet>,
+    /// No ports: what a name no entry allows gets (shared, so a refusal allocates nothing).
+    none: Arc<[Ports]>,
+}
+
+impl Default for NameTable {
+    fn default() -> NameTable {
+        NameTable {
+            exact: HashMap::new(),
+            below: HashMap::new(),
+            nets: Vec::new(),
+            none: Arc::from([]),
+        }
+    }
 }
 
 impl Names {
@@ -88,9 +104,9 @@ impl Names {
                 return;
             }
         };
-        let list = map.entry(name.clone()).or_default();
+        let list = map.entry(name.clone()).or_insert_with(|| Arc::from([]));
         if !list.contains(ports) {
-            list.push(ports.clone());
+            *list = list.iter().chain([ports]).cloned().collect();
         }
         self.changes.fetch_add(1, Ordering::SeqCst);
     }
@@ -129,33 +145,35 @@ impl Names {
 
     /// The ports of every entry that allows `name`; empty when none does.
     pub fn ports_for(&self, name: &Name) -> Vec<Ports> {
-        self.ports_for_plain(&plain(name))
+        self.ports_for_plain(&plain(name)).to_vec()
     }
 
     /// `ports_for` of a name as the allowlist writes it. A name with an escaped label (a dot or
     /// any other byte inside a label, which no entry can hold) matches nothing: read at its
     /// escaped dots, `x\.cdn.test` (the labels `x.cdn` and `test`) would seem to lie below
     /// `*.cdn.test` while its parent is `test`.
-    pub fn ports_for_plain(&self, text: &str) -> Vec<Ports> {
-        if text.contains('\\') {
-            return Vec::new();
-        }
+    pub fn ports_for_plain(&self, text: &str) -> Arc<[Ports]> {
         let table = self.table.read().unwrap_or_else(|e| e.into_inner());
-        let mut found: Vec<Ports> = table
-            .exact
-            .get(text)
-            .into_iter()
-            .flatten()
-            .cloned()
-            .collect();
-        // Every proper suffix of the name: `a.b.example.com` → `b.example.com`, `example.com`,
-        // `com`.
+        if text.contains('\\') {
+            return Arc::clone(&table.none);
+        }
+        // The exact entry, then every proper suffix of the name: `a.b.example.com` →
+        // `b.example.com`, `example.com`, `com`.
+        let mut matching = table.exact.get(text).into_iter().collect::<Vec<_>>();
         let mut rest = text;
         while let Some((_, parent)) = rest.split_once('.') {
-            found.extend(table.below.get(parent).into_iter().flatten().cloned());
+            matching.extend(table.below.get(parent));
             rest = parent;
         }
-        found
+        match matching.as_slice() {
+            [] => Arc::clone(&table.none),
+            [only] => Arc::clone(only),
+            several => several
+                .iter()
+                .flat_map(|ports| ports.iter())
+                .cloned()
+                .collect(),
+        }
     }
 
     pub fn allows(&self, name: &Name) -> bool {
@@ -166,8 +184,11 @@ impl Names {
 /// A name as the allowlist writes it: lower case, no trailing dot. Labels of letters, digits,
 /// `-` and `_` (every name an entry can match) are copied as they are; any other label is
 /// escaped as `Name::to_ascii` writes it, so it can never read as a different name.
-fn plain(name: &Name) -> String {
-    let mut text = Vec::with_capacity(name.len());
+fn plain(name: &Name) -> Arc<str> {
+    // A name on the wire has at most 255 bytes, so its ordinary text form fits (one allocation
+    // per question: the `Arc` itself).
+    let mut text = [0u8; 255];
+    let mut len = 0;
     for label in name.iter() {
         let ordinary = label.iter().enumerate().all(|(at, &byte)| {
             byte.is_ascii_alphanumeric()
@@ -175,16 +196,19 @@ fn plain(name: &Name) -> String {
                 || (byte == b'-' && at > 0)
                 || (byte == b'*' && at == 0)
         });
-        if !ordinary {
-            return escaped(name);
+        let dot = usize::from(len > 0);
+        if !ordinary || len + dot + label.len() > text.len() {
+            return escaped(name).into();
         }
-        if !text.is_empty() {
-            text.push(b'.');
+        text[len] = b'.';
+        len += dot;
+        for (to, byte) in text[len..].iter_mut().zip(label) {
+            *to = byte.to_ascii_lowercase();
         }
-        text.extend(label.iter().map(u8::to_ascii_lowercase));
+        len += label.len();
     }
     // Ordinary labels are ASCII.
-    String::from_utf8(text).unwrap_or_else(|_| escaped(name))
+    std::str::from_utf8(&text[..len]).map_or_else(|_| escaped(name).into(), Arc::from)
 }
 
 /// `plain` of any name, through hickory's escaping.
@@ -213,14 +237,14 @@ impl Allowed {
         Allowed::by_name(question, name, names)
     }
 
-    fn by_name(question: Query, name: String, names: &Names) -> Option<Allowed> {
+    fn by_name(question: Query, name: Arc<str>, names: &Names) -> Option<Allowed> {
         // Read before the ports: a change in between shows as a newer generation later.
         let generation = names.generation();
         let ports = names.ports_for_plain(&name);
-        (!ports.is_empty()).then(|| Allowed {
+        (!ports.is_empty()).then_some(Allowed {
             question,
-            name: name.into(),
-            ports: ports.into(),
+            name,
+            ports,
             generation,
         })
     }
@@ -231,7 +255,7 @@ impl Allowed {
         if names.generation() == self.generation {
             Arc::clone(&self.ports)
         } else {
-            names.ports_for_plain(&self.name).into()
+            names.ports_for_plain(&self.name)
         }
     }
 }
@@ -255,22 +279,33 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
     let Some(id) = wire.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
         return QueryVerdict::Drop;
     };
-    let Ok(message) = Message::from_vec(wire) else {
+    // Only the header and the question are read: nothing else of the agent's message is used
+    // (nor forwarded).
+    let mut decoder = BinDecoder::new(wire);
+    let Ok(Header { metadata, counts }) = Header::read(&mut decoder) else {
         return answer(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr));
     };
-    if message.metadata.message_type != MessageType::Query {
+    if metadata.message_type != MessageType::Query {
         return QueryVerdict::Drop;
     }
-    if message.metadata.op_code != OpCode::Query {
-        return refuse(&message, ResponseCode::NotImp);
+    let question = match counts.queries {
+        0 => None,
+        _ => match Query::read(&mut decoder) {
+            Ok(question) => Some(question),
+            Err(_) => return answer(Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)),
+        },
+    };
+    if metadata.op_code != OpCode::Query {
+        return refuse(&metadata, question, ResponseCode::NotImp);
     }
-    let [question] = message.queries.as_slice() else {
-        return refuse(&message, ResponseCode::FormErr);
+    let question = match (question, counts.queries) {
+        (Some(question), 1) => question,
+        (first, _) => return refuse(&metadata, first, ResponseCode::FormErr),
     };
     let name = plain(&question.name);
     if let Some(token) = &names.self_test_token {
-        if question.query_type == RecordType::TXT && name == SELF_TEST_NAME {
-            return self_test_answer(&message, question, token);
+        if question.query_type == RecordType::TXT && &*name == SELF_TEST_NAME {
+            return self_test_answer(&metadata, question, token);
         }
     }
     let allowed = match question.query_class {
@@ -279,33 +314,30 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
     };
     match allowed {
         Some(allowed) => QueryVerdict::Forward(allowed),
-        None => match refuse(&message, ResponseCode::Refused) {
-            QueryVerdict::Answer(reply) => QueryVerdict::Refused {
-                reply,
-                question: question.clone(),
-            },
+        None => match refuse(&metadata, Some(question.clone()), ResponseCode::Refused) {
+            QueryVerdict::Answer(reply) => QueryVerdict::Refused { reply, question },
             other => other,
         },
     }
 }
 
-/// An answer to `query` with `code` and its question echoed, as stub resolvers expect.
-fn refuse(query: &Message, code: ResponseCode) -> QueryVerdict {
-    let mut reply = Message::error_msg(query.metadata.id, query.metadata.op_code, code);
-    reply.metadata.recursion_desired = query.metadata.recursion_desired;
+/// An answer to the query with this header and `question` with `code`, the question echoed as
+/// stub resolvers expect.
+fn refuse(query: &Metadata, question: Option<Query>, code: ResponseCode) -> QueryVerdict {
+    let mut reply = Message::error_msg(query.id, query.op_code, code);
+    reply.metadata.recursion_desired = query.recursion_desired;
     reply.metadata.recursion_available = true;
-    for question in query.queries.iter().take(1) {
-        reply.add_query(question.clone());
-    }
+    reply.queries.extend(question);
     answer(reply)
 }
 
-fn self_test_answer(query: &Message, question: &Query, token: &str) -> QueryVerdict {
-    let mut reply = Message::error_msg(query.metadata.id, OpCode::Query, ResponseCode::NoError);
-    reply.metadata.recursion_desired = query.metadata.recursion_desired;
-    reply.add_query(question.clone());
+fn self_test_answer(query: &Metadata, question: Query, token: &str) -> QueryVerdict {
+    let mut reply = Message::error_msg(query.id, OpCode::Query, ResponseCode::NoError);
+    reply.metadata.recursion_desired = query.recursion_desired;
+    let name = question.name.clone();
+    reply.add_query(question);
     reply.add_answer(Record::from_rdata(
-        question.name.clone(),
+        name,
         0,
         RData::TXT(TXT::new(vec![token.to_string()])),
     ));
@@ -573,7 +605,8 @@ mod tests {
         let allowed = names(&["api.example.test"]);
         assert!(matches!(judge_query(&[], &allowed), QueryVerdict::Drop));
         assert!(matches!(judge_query(&[0x42], &allowed), QueryVerdict::Drop));
-        let mut garbage = vec![0x42, 0x42];
+        // A query header (QR clear), then bytes that are no question.
+        let mut garbage = vec![0x42, 0x42, 0x01, 0x00];
         garbage.extend([0xff; 20]);
         assert_eq!(code(judge_query(&garbage, &allowed)), ResponseCode::FormErr);
         let mut two = Message::query();
@@ -749,7 +782,7 @@ mod tests {
             let labels: Vec<&[u8]> = labels.iter().map(Vec::as_slice).collect();
             if let Ok(mut name) = Name::from_labels(labels) {
                 name.set_fqdn(fqdn);
-                prop_assert_eq!(plain(&name), escaped(&name));
+                prop_assert_eq!(plain(&name).to_string(), escaped(&name));
             }
         }
 
@@ -757,7 +790,7 @@ mod tests {
         #[test]
         fn ordinary_names_read_as_hickory_writes_them(text in "[a-zA-Z0-9_*][a-zA-Z0-9_-]{0,5}(\\.[a-zA-Z0-9_][a-zA-Z0-9_-]{0,5}){0,3}\\.?") {
             if let Ok(name) = Name::from_ascii(&text) {
-                prop_assert_eq!(plain(&name), escaped(&name));
+                prop_assert_eq!(plain(&name).to_string(), escaped(&name));
             }
         }
 
