@@ -91,7 +91,7 @@ fn main() {
         assert!(answer.queries.first() == Some(question));
         let verdict = judge_answer(&allowed, &answer, &names, &own);
         let lifetime = cache::lifetime(&answer);
-        let bytes = answer_for_agent(&reply, answer, 5, &verdict).unwrap();
+        let bytes = answer_for_agent(&reply, answer, question, 5, &verdict).unwrap();
         cache.store(&allowed, &bytes, lifetime.unwrap(), &verdict.opened, 0, t3);
         let t4 = Instant::now();
         a_query += c1 - c0;

@@ -29,7 +29,7 @@ pub fn gateway_answer(wire: &[u8], names: &Names) {
         Name::from_ascii("api.example.test.").expect("a valid name"),
         RecordType::A,
     );
-    let allowed = filter::Allowed::judge(question, names).expect("an allowlisted name");
+    let allowed = filter::Allowed::judge(question.clone(), names).expect("an allowlisted name");
     if let Ok(answer) = Message::from_vec(wire) {
         let verdict = filter::judge_answer(&allowed, &answer, names, &OwnNetworks::default());
         for opened in &verdict.opened {
@@ -39,7 +39,7 @@ pub fn gateway_answer(wire: &[u8], names: &Names) {
                 opened.addr
             );
         }
-        let _ = filter::answer_for_agent(wire, answer, 1, &verdict);
+        let _ = filter::answer_for_agent(wire, answer, &question, 1, &verdict);
     }
 }
 

@@ -123,6 +123,29 @@ fn only_allowlisted_names_reach_the_resolver_and_their_answers_open_them() {
         );
     }
 
+    // The agent's choice of letter case and of record type stays here: upstream hears the name
+    // in lower case (the probe accepts only an answer in its own case, as a stub doing DNS 0x20
+    // does), and a record type the gateway does not forward is refused here.
+    assert_eq!(
+        verdict(&world, &format!("dns:X.WiLd.TeSt@{GATEWAY}")),
+        ("answered".into(), BLOCKED.into()),
+        "asked again in another case: answered from the cache in the agent's case"
+    );
+    assert_eq!(
+        verdict(&world, &format!("dns:NeW.WiLd.TeSt@{GATEWAY}")).0,
+        "nxdomain",
+        "forwarded, answered in the agent's case"
+    );
+    assert_eq!(
+        verdict(&world, &format!("dnstype:65280/allowed.test@{GATEWAY}")),
+        ("error".into(), "REFUSED".into())
+    );
+    assert_eq!(
+        verdict(&world, &format!("dnstype:16/allowed.test@{GATEWAY}")).0,
+        "answered",
+        "TXT is forwarded"
+    );
+
     // Rebinding: an allowed name that answers with a metadata or LAN address opens nothing.
     assert_eq!(
         verdict(&world, &format!("dns:rebind.test@{GATEWAY}")),
@@ -145,6 +168,12 @@ fn only_allowlisted_names_reach_the_resolver_and_their_answers_open_them() {
     assert!(
         !log.contains("self-test.cordon.invalid"),
         "the self-test's name left the sandbox:\n{log}"
+    );
+    assert!(log.contains("new.wild.test A"), "{log}");
+    assert!(log.contains("allowed.test TXT"), "{log}");
+    assert!(
+        !log.contains("WiLd") && !log.contains("TYPE65280"),
+        "the agent's letter case or record type reached the world's DNS server:\n{log}"
     );
 }
 

@@ -372,8 +372,8 @@ pub(crate) fn chain_addresses(question: &Name, answers: &[Record]) -> Vec<(IpAdd
 /// A DNS answer may open a public or private address, never loopback (always reachable anyway),
 /// link-local (cloud metadata lives at 169.254.169.254), multicast or unspecified, a cloud
 /// metadata or platform endpoint (`METADATA`), nor an IPv6 address that carries a refused IPv4
-/// address (IPv4-mapped, IPv4-compatible, NAT64 64:ff9b::/96, 6to4 2002::/16): those need an
-/// address entry that names them.
+/// address (the encodings `embedded_ipv4` reads, and IPv4-mapped): those need an address entry
+/// that names them.
 pub fn may_be_opened_by_name(addr: IpAddr) -> bool {
     if METADATA.contains(&addr) {
         return false;
@@ -412,12 +412,17 @@ pub const METADATA: [IpAddr; 4] = [
     IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
 ];
 
-/// The IPv4 address an IPv6 address carries in the well-known encodings: NAT64 (64:ff9b::/96),
-/// IPv4-compatible (::/96, except :: and ::1) and 6to4 (2002::/16).
-fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+/// The IPv4 address an IPv6 address carries in the well-known encodings: NAT64 (64:ff9b::/96,
+/// and the local-use 64:ff9b:1::/48 read as a /96 prefix, its usual form), IPv4-translated
+/// (SIIT, ::ffff:0:0:0/96), IPv4-compatible (::/96, except :: and ::1) and 6to4 (2002::/16).
+/// (IPv4-mapped ::ffff:0:0/96 is refused as a whole by `may_be_opened_by_name`.)
+pub(crate) fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     let s = v6.segments();
     let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
+        return Some(low);
+    }
+    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
         return Some(low);
     }
     if s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
@@ -498,6 +503,9 @@ mod tests {
             "::a9fe:a9fe",
             "::7f00:1",
             "2002:a9fe:a9fe::1",
+            "64:ff9b:1::a9fe:a9fe",
+            "64:ff9b:1:2:3:4:7f00:1",
+            "::ffff:0:a9fe:a9fe",
         ] {
             assert!(
                 !may_be_opened_by_name(refused.parse().unwrap()),
@@ -517,6 +525,8 @@ mod tests {
             "168.63.129.17",
             "64:ff9b::c000:201",
             "2002:c000:201::1",
+            "64:ff9b:1::c000:201",
+            "::ffff:0:c000:201",
         ] {
             assert!(may_be_opened_by_name(allowed.parse().unwrap()), "{allowed}");
         }

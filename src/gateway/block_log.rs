@@ -34,6 +34,8 @@ const WINDOW: Duration = Duration::from_secs(10);
 pub enum Blocked {
     /// A question about a name no entry allows: (name, record type).
     Name { name: String, kind: String },
+    /// A question of a record type the gateway never forwards (`filter::FORWARDED_TYPES`).
+    Type { name: String, kind: String },
     /// A connection the fence rejected: protocol (6 TCP, 17 UDP, else other) and destination.
     Connection { proto: u8, dst: SocketAddr },
 }
@@ -86,13 +88,12 @@ impl BlockLog {
         if name.ends_with(".cordon.invalid") {
             return;
         }
-        self.record(
-            Blocked::Name {
-                name,
-                kind: question.query_type.to_string(),
-            },
-            None,
-        );
+        let kind = question.query_type.to_string();
+        let blocked = match super::filter::forwarded_type(question.query_type) {
+            true => Blocked::Name { name, kind },
+            false => Blocked::Type { name, kind },
+        };
+        self.record(blocked, None);
     }
 
     /// A rejected connection; `answered`: the name an answer for its address was for, and how
@@ -178,6 +179,12 @@ fn describe(blocked: &Blocked, answered: Option<(String, Duration)>) -> Entry {
         Blocked::Name { name, kind } => {
             (format!("name {name} ({kind})"), name.clone(), String::new())
         }
+        // No entry allows it: nothing to suggest.
+        Blocked::Type { name, kind } => (
+            format!("type {name} ({kind})"),
+            String::new(),
+            String::new(),
+        ),
         Blocked::Connection { proto, dst } => {
             let (proto_name, port) = match proto {
                 6 => ("tcp", dst.port().to_string()),
@@ -223,15 +230,22 @@ fn describe(blocked: &Blocked, answered: Option<(String, Duration)>) -> Entry {
 
 /// The line printed for a new block.
 pub fn line(entry: &Entry) -> String {
-    let (kind, what) = match entry.what.strip_prefix("name ") {
-        Some(name) => ("refused name", name),
-        None => ("blocked", entry.what.as_str()),
+    let (kind, what) = match (
+        entry.what.strip_prefix("name "),
+        entry.what.strip_prefix("type "),
+    ) {
+        (Some(name), _) => ("refused name", name),
+        (_, Some(question)) => ("refused record type", question),
+        _ => ("blocked", entry.what.as_str()),
     };
     let context = match entry.context.is_empty() {
         true => String::new(),
         false => format!(" ({})", entry.context),
     };
-    format!("{kind}: {what}{context} — allow with: {}", entry.allow_with)
+    match entry.allow_with.is_empty() {
+        true => format!("{kind}: {what}{context} — cordon forwards only common record types"),
+        false => format!("{kind}: {what}{context} — allow with: {}", entry.allow_with),
+    }
 }
 
 /// The file's text: one tab-separated row per block, most recent first.
@@ -380,6 +394,8 @@ mod tests {
             RecordType::TXT,
         );
         log.refused(&check);
+        let odd = Query::query(Name::from_str("api.example.").unwrap(), RecordType::NULL);
+        log.refused(&odd);
         let lines: Vec<String> = rows(&log).iter().map(line).collect();
         assert_eq!(
             lines,
@@ -387,6 +403,7 @@ mod tests {
                 "refused name: evil.example (TXT) — allow with: evil.example",
                 "blocked: tcp 203.0.113.5:22 (github.com, answered 0 s ago) — allow with: github.com:22",
                 "blocked: tcp [2001:db8::1]:443 — allow with: [2001:db8::1]:443",
+                "refused record type: api.example (NULL) — cordon forwards only common record types",
                 "blocked: udp 198.51.100.7:53 — allow with: 198.51.100.7:udp/53",
             ]
         );

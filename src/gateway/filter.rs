@@ -24,13 +24,45 @@ use hickory_resolver::proto::serialize::binary::{BinDecodable, BinDecoder};
 use ipnet::IpNet;
 
 use crate::fence::policy::{Policy, Ports, Target};
-use crate::fence::resolve::{chain_addresses, may_be_opened_by_name};
+use crate::fence::resolve::{chain_addresses, embedded_ipv4, may_be_opened_by_name};
 
 /// The shortest time an answered address stays open: a client that reconnects a little after a
 /// short-TTL answer still gets through.
 pub const TTL_FLOOR: Duration = Duration::from_secs(60);
 /// The longest: an address a name stopped pointing to closes within the hour.
 pub const TTL_CEILING: Duration = Duration::from_secs(3600);
+
+/// The record types the agent's questions may ask upstream; a question for any other type is
+/// answered REFUSED here. The agent picks a question's type freely: 16 bits of its choosing
+/// would reach the upstream resolvers' operators (and logs) with every question about an
+/// allowlisted name; with these 19, the choice says at most about 4 bits. Meta, obsolete and
+/// zone-transfer types, unassigned and private-use numbers are not on it.
+pub const FORWARDED_TYPES: [RecordType; 19] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::CNAME,
+    RecordType::HTTPS,
+    RecordType::SVCB,
+    RecordType::TXT,
+    RecordType::MX,
+    RecordType::SRV,
+    RecordType::NS,
+    RecordType::SOA,
+    RecordType::PTR,
+    RecordType::CAA,
+    RecordType::NAPTR,
+    RecordType::DS,
+    RecordType::DNSKEY,
+    RecordType::TLSA,
+    RecordType::SSHFP,
+    RecordType::OPENPGPKEY,
+    RecordType::ANY,
+];
+
+/// Whether a question of this type may go upstream (`FORWARDED_TYPES`).
+pub fn forwarded_type(kind: RecordType) -> bool {
+    FORWARDED_TYPES.contains(&kind)
+}
 
 /// The name the start-up self-test asks for (TXT), answered by the gateway itself with a token
 /// only PID 1 knows: an answer carrying it proves the question reached the gateway and not a
@@ -309,7 +341,9 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
         }
     }
     let allowed = match question.query_class {
-        DNSClass::IN => Allowed::by_name(question.clone(), name, names),
+        DNSClass::IN if forwarded_type(question.query_type) => {
+            Allowed::by_name(question.clone(), name, names)
+        }
         _ => None,
     };
     match allowed {
@@ -415,7 +449,8 @@ pub struct AnswerVerdict {
 }
 
 /// The question as it goes upstream: under `id` (fresh and random, so that only the upstream
-/// that got it can answer it), recursion desired.
+/// that got it can answer it), recursion desired, the name in lower case (the case of each
+/// letter, one bit of the agent's choosing, stays here; `answer_for_agent` gives it back).
 pub fn upstream_query(question: &Query, id: u16) -> Vec<u8> {
     // Written out rather than through `Message::to_vec`, which costs more than the rest of
     // forwarding a question (its encoder keeps every name suffix for compression): the header
@@ -426,7 +461,7 @@ pub fn upstream_query(question: &Query, id: u16) -> Vec<u8> {
     bytes.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
     for label in question.name.iter() {
         bytes.push(label.len() as u8);
-        bytes.extend_from_slice(label);
+        bytes.extend(label.iter().map(u8::to_ascii_lowercase));
     }
     bytes.push(0);
     bytes.extend_from_slice(&u16::from(question.query_type).to_be_bytes());
@@ -434,12 +469,14 @@ pub fn upstream_query(question: &Query, id: u16) -> Vec<u8> {
     bytes
 }
 
-/// The upstream's answer (`wire`, parsed as `answer`) as the agent gets it: under the agent's
-/// own id, with only the addresses it opened (no refused address, no record off the question's
-/// CNAME chain). When nothing is left out, the upstream's bytes go on with the id changed.
+/// The upstream's answer (`wire`, parsed as `answer`) to the agent's question `asked` as the
+/// agent gets it: under the agent's own id, its question's name in the agent's own case, with
+/// only the addresses it opened (no refused address, no record off the question's CNAME
+/// chain). When nothing is left out, the upstream's bytes go on with the id and case restored.
 pub fn answer_for_agent(
     wire: &[u8],
     mut answer: Message,
+    asked: &Query,
     asker_id: u16,
     verdict: &AnswerVerdict,
 ) -> Option<Vec<u8>> {
@@ -450,11 +487,40 @@ pub fn answer_for_agent(
     if wire.len() >= 2 && answer.answers.iter().all(kept) {
         let mut bytes = wire.to_vec();
         bytes[..2].copy_from_slice(&asker_id.to_be_bytes());
+        restore_case(&mut bytes, &asked.name);
         return Some(bytes);
     }
     answer.answers.retain(kept);
     answer.metadata.id = asker_id;
+    if let Some(question) = answer.queries.first_mut() {
+        question.name = asked.name.clone();
+    }
     answer.to_vec().ok()
+}
+
+/// Writes `asked`'s labels over the question name of `reply` (right after the header) where
+/// that is the same name in another case, as the upstream echoes the lower-case name it was
+/// asked. Stub resolvers that check the case they sent (DNS 0x20) accept the answer.
+fn restore_case(reply: &mut [u8], asked: &Name) {
+    let mut labels = Vec::new();
+    let mut at = 12;
+    for label in asked.iter() {
+        let end = at + 1 + label.len();
+        let same = reply.get(at..end).is_some_and(|wire| {
+            usize::from(wire[0]) == label.len() && wire[1..].eq_ignore_ascii_case(label)
+        });
+        if !same {
+            return;
+        }
+        labels.push((at + 1, label));
+        at = end;
+    }
+    if reply.get(at) != Some(&0) {
+        return;
+    }
+    for (at, label) in labels {
+        reply[at..at + label.len()].copy_from_slice(label);
+    }
 }
 
 /// Addresses a name must not open in this container: its own networks and gateways (besides
@@ -467,8 +533,17 @@ pub struct OwnNetworks {
 }
 
 impl OwnNetworks {
+    /// Whether `addr`, or the IPv4 address an IPv6 address carries (NAT64, 6to4, ...), is one
+    /// of these: through a NAT64 gateway, 64:ff9b::a00:5 reaches 10.0.0.5.
     fn contain(&self, addr: IpAddr) -> bool {
-        self.gateways.contains(&addr) || self.nets.iter().any(|net| net.contains(&addr))
+        let own = |addr: IpAddr| {
+            self.gateways.contains(&addr) || self.nets.iter().any(|net| net.contains(&addr))
+        };
+        let carried = match addr {
+            IpAddr::V6(v6) => embedded_ipv4(v6).is_some_and(|v4| own(v4.into())),
+            IpAddr::V4(_) => false,
+        };
+        own(addr) || carried
     }
 }
 
@@ -750,20 +825,103 @@ mod tests {
     }
 
     #[test]
-    fn the_upstream_query_is_the_question_alone_as_a_message_would_write_it() {
+    fn the_upstream_query_is_the_question_alone_in_lower_case_as_a_message_would_write_it() {
         let longest = format!("{0}.{0}.{0}.{1}.", "a".repeat(63), "B".repeat(61));
         for text in ["api.example.test.", "A.b-C.cdn.test", ".", &longest] {
             let question = Query::query(name(text), RecordType::AAAA);
             let mut message = Message::query();
             message.metadata.id = 0xbeef;
             message.metadata.recursion_desired = true;
-            message.add_query(question.clone());
-            assert_eq!(
-                upstream_query(&question, 0xbeef),
-                message.to_vec().unwrap(),
-                "{text}"
-            );
+            message.add_query(Query::query(name(text).to_lowercase(), RecordType::AAAA));
+            let sent = upstream_query(&question, 0xbeef);
+            assert_eq!(sent, message.to_vec().unwrap(), "{text}");
+            assert!(!sent.iter().any(u8::is_ascii_uppercase), "{text}");
         }
+    }
+
+    #[test]
+    fn the_agents_choice_of_case_and_record_type_stays_here() {
+        let allowed = names(&["api.example.test"]);
+        // The case of the agent's letters: not upstream, but back in the agent's answer.
+        let asked = Query::query(name("ApI.eXaMpLe.TEST."), RecordType::A);
+        let QueryVerdict::Forward(forwarded) = judge_query(&query_of(&asked), &allowed) else {
+            panic!("an allowlisted name is forwarded in any case");
+        };
+        let sent = Message::from_vec(&upstream_query(&forwarded.question, 0x1111)).unwrap();
+        assert!(sent.queries[0].name.eq_case(&name("api.example.test.")));
+        let mut upstream = Message::response(0x1111, OpCode::Query);
+        upstream.add_query(sent.queries[0].clone());
+        upstream.answers = vec![a("api.example.test.", "192.0.2.10", 300)];
+        let wire = upstream.to_vec().unwrap();
+        let own = OwnNetworks::default();
+        let parsed = Message::from_vec(&wire).unwrap();
+        let verdict = judge_answer(&forwarded, &parsed, &allowed, &own);
+        let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert_eq!(reply.metadata.id, 0x4242);
+        assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
+        assert_eq!(reply.answers.len(), 1);
+        // Also where a record is left out and the answer is written anew.
+        upstream
+            .answers
+            .push(a("api.example.test.", "169.254.169.254", 300));
+        let wire = upstream.to_vec().unwrap();
+        let parsed = Message::from_vec(&wire).unwrap();
+        let verdict = judge_answer(&forwarded, &parsed, &allowed, &own);
+        let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
+        assert_eq!(reply.answers.len(), 1);
+
+        // Record types: the common ones go upstream, any other number is refused here.
+        for kind in FORWARDED_TYPES {
+            let question = Query::query(name("api.example.test."), kind);
+            let verdict = judge_query(&query_of(&question), &allowed);
+            assert!(matches!(verdict, QueryVerdict::Forward(_)), "{kind}");
+        }
+        for number in [0, 10, 41, 250, 252, 65280, 65535, 4242] {
+            let kind = RecordType::from(number);
+            let question = Query::query(name("api.example.test."), kind);
+            let verdict = judge_query(&query_of(&question), &allowed);
+            assert!(matches!(verdict, QueryVerdict::Refused { .. }), "{number}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_answer_carrying_an_own_network_address_does_not_open() {
+        let allowed = names(&["api.example.test"]);
+        let question = Query::query(name("api.example.test."), RecordType::AAAA);
+        let forwarded = Allowed::judge(question, &allowed).unwrap();
+        let aaaa = |addr: &str| {
+            Record::from_rdata(
+                name("api.example.test."),
+                300,
+                RData::AAAA(hickory_resolver::proto::rr::rdata::AAAA(
+                    addr.parse().unwrap(),
+                )),
+            )
+        };
+        let mut answer = Message::response(1, OpCode::Query);
+        // 10.1.2.3 and the gateway 10.9.0.1 through NAT64 (well-known and local-use prefixes),
+        // 6to4 and SIIT; then a public address through NAT64.
+        answer.answers = [
+            "64:ff9b::a01:203",
+            "64:ff9b:1::a09:1",
+            "2002:a01:203::1",
+            "::ffff:0:a01:203",
+        ]
+        .into_iter()
+        .chain(["64:ff9b::c000:20a"])
+        .map(aaaa)
+        .collect();
+        let own = OwnNetworks {
+            nets: vec!["10.1.2.0/24".parse().unwrap()],
+            gateways: vec!["10.9.0.1".parse().unwrap()],
+        };
+        let verdict = judge_answer(&forwarded, &answer, &allowed, &own);
+        let opened: Vec<String> = verdict.opened.iter().map(|o| o.addr.to_string()).collect();
+        assert_eq!(opened, ["64:ff9b::c000:20a"]);
+        assert_eq!(verdict.refused.len(), 4);
     }
 
     /// A query message for `question` under id 0x4242.

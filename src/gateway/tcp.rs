@@ -125,7 +125,8 @@ fn connection(
             });
         }
         report(Event::Answered(1));
-        if let Some(reply) = answer_for_agent(&wire, answer, asker_id, &verdict) {
+        if let Some(reply) = answer_for_agent(&wire, answer, &allowed.question, asker_id, &verdict)
+        {
             write_message(&mut stream, &reply)?;
         }
     }

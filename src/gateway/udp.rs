@@ -203,7 +203,8 @@ impl Answer<'_> {
             .expect("checked just above");
         let verdict = judge_answer(&waiting.allowed, &answer, names, own);
         let lifetime = cache::lifetime(&answer);
-        let bytes = answer_for_agent(self.wire, answer, waiting.asker_id, &verdict)?;
+        let asked = &waiting.allowed.question;
+        let bytes = answer_for_agent(self.wire, answer, asked, waiting.asker_id, &verdict)?;
         if let Some(lifetime) = lifetime {
             let (asked, opened) = (&waiting.allowed, &verdict.opened);
             let (generation, now) = (self.generation, self.now);

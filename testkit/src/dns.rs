@@ -483,7 +483,7 @@ impl Server {
                 };
                 self.log.line(&format!(
                     "{peer} {transport} {} {}",
-                    q.name,
+                    q.spelled,
                     dnswire::type_name(q.qtype)
                 ));
                 let (rcode, answers) = match &self.records_file {

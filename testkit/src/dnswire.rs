@@ -83,7 +83,10 @@ impl Record {
 pub struct Query {
     pub id: u16,
     pub flags: u16,
+    /// Lower case, for lookups.
     pub name: String,
+    /// As the client spelled it (the query log shows what was sent).
+    pub spelled: String,
     pub qtype: u16,
     pub question: Vec<u8>,
     /// The largest UDP answer the client accepts (512, or its EDNS payload size).
@@ -104,6 +107,8 @@ pub struct Response {
     pub id: u16,
     pub flags: u16,
     pub rcode: u8,
+    /// The first question's name as the reply spells it (case kept), if it has one.
+    pub question: Option<String>,
     pub answers: Vec<Record>,
 }
 
@@ -212,6 +217,7 @@ pub fn parse_query(msg: &[u8]) -> Result<Query, Bad> {
         id,
         flags,
         name: name.to_ascii_lowercase(),
+        spelled: name,
         qtype,
         question,
         udp_size,
@@ -261,8 +267,11 @@ pub fn parse_response(msg: &[u8]) -> Option<Response> {
         return None;
     }
     let mut pos = 12;
+    let mut question = None;
     for _ in 0..u16_at(msg, 4)? {
-        pos = read_name(msg, pos)?.1 + 4;
+        let (name, end) = read_name(msg, pos)?;
+        question.get_or_insert(name);
+        pos = end + 4;
     }
     let mut answers = Vec::new();
     for _ in 0..u16_at(msg, 6)? {
@@ -286,6 +295,7 @@ pub fn parse_response(msg: &[u8]) -> Option<Response> {
         id,
         flags,
         rcode: (flags & 0xF) as u8,
+        question,
         answers,
     })
 }

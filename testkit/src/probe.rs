@@ -15,6 +15,7 @@ const USAGE: &str = "usage: testkit probe [--uid UID] [--gid GID] [--timeout-ms 
 [--repeat-for-ms N --interval-ms M] SPEC...
   SPEC: tcp:ADDR:PORT | tcpb:ADDR:PORT (a blocking connect) | udp:ADDR:PORT | udpfrom:SRC:PORT>DST:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
 txt:NAME@SERVER[:PORT] | dnstcp:NAME@SERVER[:PORT] (A over TCP) | \
+dnstype:NUMBER/NAME@SERVER[:PORT] (any record type) | \
 http:ADDR:PORT[/PATH]   (ADDR: IPv4 or [IPv6])";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -165,7 +166,16 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
                 to: addr(to)?,
             }
         }
-        "dns" | "dns6" | "txt" | "dnstcp" => {
+        "dns" | "dns6" | "txt" | "dnstcp" | "dnstype" => {
+            let (qtype, rest) = match kind {
+                "dnstype" => {
+                    let (number, rest) = rest.split_once('/').ok_or_else(bad)?;
+                    (number.parse().map_err(|_| bad())?, rest)
+                }
+                "dns6" => (AAAA, rest),
+                "txt" => (TXT, rest),
+                _ => (A, rest),
+            };
             let (name, server) = rest.rsplit_once('@').ok_or_else(bad)?;
             if !dnswire::valid_name(name) {
                 return Err(bad());
@@ -174,11 +184,7 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
             Target::Dns {
                 name: name.to_string(),
                 server,
-                qtype: match kind {
-                    "dns6" => AAAA,
-                    "txt" => TXT,
-                    _ => A,
-                },
+                qtype,
                 tcp: kind == "dnstcp",
             }
         }
@@ -314,10 +320,11 @@ impl Prober {
                 let id = query_id();
                 let query = dnswire::encode_query(id, name, *qtype);
                 if !tcp {
-                    return self.datagram(server, &query, deadline, |reply| dns_outcome(reply, id));
+                    let judge = |reply: &[u8]| dns_outcome(reply, id, name);
+                    return self.datagram(server, &query, deadline, judge);
                 }
                 match self.connect(server, deadline) {
-                    Ok(s) => dns_over_tcp(s, &query, id, deadline),
+                    Ok(s) => dns_over_tcp(s, &query, id, name, deadline),
                     Err(o) => o,
                 }
             }
@@ -432,8 +439,17 @@ impl Prober {
 }
 
 /// The verdict a DNS reply gives (None: not the answer to query `id`).
-fn dns_outcome(reply: &[u8], id: u16) -> Option<Outcome> {
+/// The outcome of `reply` to the question for `name` under `id`; None for a reply to another
+/// question. A reply whose question spells the name in another case is an error, as for a stub
+/// that checks the case it sent (DNS 0x20).
+fn dns_outcome(reply: &[u8], id: u16, name: &str) -> Option<Outcome> {
     let r = dnswire::parse_response(reply).filter(|r| r.id == id)?;
+    if r.question
+        .as_deref()
+        .is_some_and(|q| q != name.trim_end_matches('.'))
+    {
+        return Some(outcome(Verdict::Error, "CASE"));
+    }
     let ips: Vec<String> = (r.answers.iter())
         .filter_map(|a| match a.data {
             RData::Ip(ip) => Some(ip.to_string()),
@@ -450,7 +466,7 @@ fn dns_outcome(reply: &[u8], id: u16) -> Option<Outcome> {
 }
 
 /// One question over an open TCP connection (RFC 7766 framing).
-fn dns_over_tcp(mut s: TcpStream, query: &[u8], id: u16, deadline: Instant) -> Outcome {
+fn dns_over_tcp(mut s: TcpStream, query: &[u8], id: u16, name: &str, deadline: Instant) -> Outcome {
     let io = |s: &mut TcpStream| -> io::Result<Vec<u8>> {
         s.set_nonblocking(false)?;
         s.set_read_timeout(Some(left(deadline).max(Duration::from_millis(1))))?;
@@ -464,7 +480,9 @@ fn dns_over_tcp(mut s: TcpStream, query: &[u8], id: u16, deadline: Instant) -> O
         Ok(reply)
     };
     match io(&mut s) {
-        Ok(reply) => dns_outcome(&reply, id).unwrap_or_else(|| outcome(Verdict::Error, "WRONG_ID")),
+        Ok(reply) => {
+            dns_outcome(&reply, id, name).unwrap_or_else(|| outcome(Verdict::Error, "WRONG_ID"))
+        }
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => outcome(Verdict::Error, "CLOSED"),
         Err(e) => from_io(&e),
     }
@@ -590,7 +608,7 @@ mod tests {
         };
         let reply = |rcode, answers: &[Record], max| encode_response(&q, rcode, answers, max);
         let two = [cname, ip("10.0.0.1"), ip("10.0.0.2")];
-        let got = |wire: Vec<u8>| dns_outcome(&wire, 42).unwrap();
+        let got = |wire: Vec<u8>| dns_outcome(&wire, 42, "a.test").unwrap();
         assert_eq!(
             got(reply(NOERROR, &two, 512)),
             outcome(Verdict::Answered, "10.0.0.1,10.0.0.2")
@@ -608,7 +626,11 @@ mod tests {
             got(reply(NOERROR, &two, 40)),
             outcome(Verdict::Error, "TRUNCATED")
         );
-        assert_eq!(dns_outcome(&reply(NOERROR, &two, 512), 43), None); // someone else's answer
+        assert_eq!(dns_outcome(&reply(NOERROR, &two, 512), 43, "a.test"), None); // someone else's answer
+        assert_eq!(
+            dns_outcome(&reply(NOERROR, &two, 512), 42, "A.test"),
+            Some(outcome(Verdict::Error, "CASE"))
+        );
     }
 
     #[test]
