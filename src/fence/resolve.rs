@@ -388,7 +388,7 @@ pub fn may_be_opened_by_name(addr: IpAddr) -> bool {
         }
         IpAddr::V6(v6) => {
             let mapped = v6.to_ipv4_mapped().is_some();
-            let carried = embedded_ipv4(v6).is_some_and(|v4| !may_be_opened_by_name(v4.into()));
+            let carried = embedded_ipv4(v6).any(|v4| !may_be_opened_by_name(v4.into()));
             !(v6.is_loopback()
                 || v6.is_unicast_link_local()
                 || v6.is_multicast()
@@ -412,31 +412,37 @@ pub const METADATA: [IpAddr; 4] = [
     IpAddr::V6(std::net::Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)),
 ];
 
-/// The IPv4 address an IPv6 address carries in the well-known encodings: NAT64 (64:ff9b::/96,
-/// and the local-use 64:ff9b:1::/48 read as a /96 prefix, its usual form), IPv4-translated
-/// (SIIT, ::ffff:0:0:0/96), IPv4-compatible (::/96, except :: and ::1) and 6to4 (2002::/16).
-/// (IPv4-mapped ::ffff:0:0/96 is refused as a whole by `may_be_opened_by_name`.)
-pub(crate) fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    let s = v6.segments();
-    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
-    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] || s[..3] == [0x64, 0xff9b, 1] {
-        return Some(low);
-    }
-    if s[..6] == [0, 0, 0, 0, 0xffff, 0] {
-        return Some(low);
-    }
-    if s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback() {
-        return Some(low);
-    }
-    if s[0] == 0x2002 {
-        return Some(std::net::Ipv4Addr::new(
-            (s[1] >> 8) as u8,
-            s[1] as u8,
-            (s[2] >> 8) as u8,
-            s[2] as u8,
-        ));
-    }
-    None
+/// The IPv4 addresses an IPv6 address may carry in the well-known encodings: NAT64
+/// (64:ff9b::/96; in the local-use 64:ff9b:1::/48 the operator's prefix may be a /48, /56, /64
+/// or /96, and RFC 6052 puts the IPv4 address at a different place for each, so all four are
+/// read), IPv4-translated (SIIT, ::ffff:0:0:0/96), IPv4-compatible (::/96, except :: and ::1)
+/// and 6to4 (2002::/16). (IPv4-mapped ::ffff:0:0/96 is refused as a whole by
+/// `may_be_opened_by_name`.)
+pub(crate) fn embedded_ipv4(v6: std::net::Ipv6Addr) -> impl Iterator<Item = std::net::Ipv4Addr> {
+    let (s, o) = (v6.segments(), v6.octets());
+    let at = |i: [usize; 4]| Some(std::net::Ipv4Addr::new(o[i[0]], o[i[1]], o[i[2]], o[i[3]]));
+    let low = at([12, 13, 14, 15]);
+    let carried: [Option<std::net::Ipv4Addr>; 4] = if s[..3] == [0x64, 0xff9b, 1] {
+        // RFC 6052 §2.2: /48, /56, /64 (bits 64..71 are always zero, skipped), /96. A reading
+        // of all zeros is the padding of another layout, not an address.
+        [
+            at([6, 7, 9, 10]),
+            at([7, 9, 10, 11]),
+            at([9, 10, 11, 12]),
+            low,
+        ]
+        .map(|v4| v4.filter(|v4| !v4.is_unspecified()))
+    } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+        || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+        || (s[..6] == [0; 6] && !v6.is_unspecified() && !v6.is_loopback())
+    {
+        [low, None, None, None]
+    } else if s[0] == 0x2002 {
+        [at([2, 3, 4, 5]), None, None, None]
+    } else {
+        [None; 4]
+    };
+    carried.into_iter().flatten()
 }
 
 #[cfg(test)]
@@ -505,6 +511,10 @@ mod tests {
             "2002:a9fe:a9fe::1",
             "64:ff9b:1::a9fe:a9fe",
             "64:ff9b:1:2:3:4:7f00:1",
+            // 169.254.169.254 where a /48, /56 or /64 local-use NAT64 prefix puts it.
+            "64:ff9b:1:a9fe:a9:fe00::",
+            "64:ff9b:1:1a9:fe:a9fe::",
+            "64:ff9b:1:1:a9:fea9:fe00:0",
             "::ffff:0:a9fe:a9fe",
         ] {
             assert!(

@@ -20,6 +20,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hickory_resolver::proto::op::Query;
+use hickory_resolver::proto::rr::DNSClass;
 
 /// Where the gateway keeps the table (created by PID 1, root-owned 0644: the agent may read
 /// what it was refused).
@@ -34,7 +35,8 @@ const WINDOW: Duration = Duration::from_secs(10);
 pub enum Blocked {
     /// A question about a name no entry allows: (name, record type).
     Name { name: String, kind: String },
-    /// A question of a record type the gateway never forwards (`filter::FORWARDED_TYPES`).
+    /// A question of a class or record type the gateway never forwards (only class IN, and
+    /// `filter::FORWARDED_TYPES`): (name, class and type).
     Type { name: String, kind: String },
     /// A connection the fence rejected: protocol (6 TCP, 17 UDP, else other) and destination.
     Connection { proto: u8, dst: SocketAddr },
@@ -88,10 +90,20 @@ impl BlockLog {
         if name.ends_with(".cordon.invalid") {
             return;
         }
-        let kind = question.query_type.to_string();
-        let blocked = match super::filter::forwarded_type(question.query_type) {
-            true => Blocked::Name { name, kind },
-            false => Blocked::Type { name, kind },
+        let (class, kind) = (question.query_class, question.query_type);
+        let blocked = match (class, super::filter::forwarded_type(kind)) {
+            (DNSClass::IN, true) => Blocked::Name {
+                name,
+                kind: kind.to_string(),
+            },
+            (DNSClass::IN, false) => Blocked::Type {
+                name,
+                kind: kind.to_string(),
+            },
+            (class, _) => Blocked::Type {
+                name,
+                kind: format!("{class} {kind}"),
+            },
         };
         self.record(blocked, None);
     }
@@ -230,21 +242,21 @@ fn describe(blocked: &Blocked, answered: Option<(String, Duration)>) -> Entry {
 
 /// The line printed for a new block.
 pub fn line(entry: &Entry) -> String {
-    let (kind, what) = match (
-        entry.what.strip_prefix("name "),
-        entry.what.strip_prefix("type "),
-    ) {
-        (Some(name), _) => ("refused name", name),
-        (_, Some(question)) => ("refused record type", question),
-        _ => ("blocked", entry.what.as_str()),
-    };
     let context = match entry.context.is_empty() {
         true => String::new(),
         false => format!(" ({})", entry.context),
     };
-    match entry.allow_with.is_empty() {
-        true => format!("{kind}: {what}{context} — cordon forwards only common record types"),
-        false => format!("{kind}: {what}{context} — allow with: {}", entry.allow_with),
+    let allow = &entry.allow_with;
+    match (
+        entry.what.strip_prefix("name "),
+        entry.what.strip_prefix("type "),
+    ) {
+        (Some(name), _) => format!("refused name: {name} — allow with: {allow}"),
+        (_, Some(question)) => format!(
+            "refused question type: {question} — cordon forwards only class IN questions of \
+             common record types"
+        ),
+        _ => format!("blocked: {}{context} — allow with: {allow}", entry.what),
     }
 }
 
@@ -396,6 +408,9 @@ mod tests {
         log.refused(&check);
         let odd = Query::query(Name::from_str("api.example.").unwrap(), RecordType::NULL);
         log.refused(&odd);
+        let mut chaos = Query::query(Name::from_str("api.example.").unwrap(), RecordType::TXT);
+        chaos.query_class = DNSClass::CH;
+        log.refused(&chaos);
         let lines: Vec<String> = rows(&log).iter().map(line).collect();
         assert_eq!(
             lines,
@@ -403,7 +418,10 @@ mod tests {
                 "refused name: evil.example (TXT) — allow with: evil.example",
                 "blocked: tcp 203.0.113.5:22 (github.com, answered 0 s ago) — allow with: github.com:22",
                 "blocked: tcp [2001:db8::1]:443 — allow with: [2001:db8::1]:443",
-                "refused record type: api.example (NULL) — cordon forwards only common record types",
+                "refused question type: api.example (CH TXT) — cordon forwards only class IN \
+                 questions of common record types",
+                "refused question type: api.example (NULL) — cordon forwards only class IN \
+                 questions of common record types",
                 "blocked: udp 198.51.100.7:53 — allow with: 198.51.100.7:udp/53",
             ]
         );

@@ -35,8 +35,9 @@ pub const TTL_CEILING: Duration = Duration::from_secs(3600);
 /// The record types the agent's questions may ask upstream; a question for any other type is
 /// answered REFUSED here. The agent picks a question's type freely: 16 bits of its choosing
 /// would reach the upstream resolvers' operators (and logs) with every question about an
-/// allowlisted name; with these 19, the choice says at most about 4 bits. Meta, obsolete and
-/// zone-transfer types, unassigned and private-use numbers are not on it.
+/// allowlisted name; with these 19, the choice says at most about 4 bits. Obsolete and
+/// zone-transfer types, unassigned and private-use numbers are not on it; of the meta types only
+/// ANY, which older tools still ask (answered minimally since RFC 8482).
 pub const FORWARDED_TYPES: [RecordType; 19] = [
     RecordType::A,
     RecordType::AAAA,
@@ -311,6 +312,10 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
     let Some(id) = wire.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
         return QueryVerdict::Drop;
     };
+    // A response (QR set) is never answered, whatever follows.
+    if wire.get(2).is_some_and(|flags| flags & 0x80 != 0) {
+        return QueryVerdict::Drop;
+    }
     // Only the header and the question are read: nothing else of the agent's message is used
     // (nor forwarded).
     let mut decoder = BinDecoder::new(wire);
@@ -540,7 +545,7 @@ impl OwnNetworks {
             self.gateways.contains(&addr) || self.nets.iter().any(|net| net.contains(&addr))
         };
         let carried = match addr {
-            IpAddr::V6(v6) => embedded_ipv4(v6).is_some_and(|v4| own(v4.into())),
+            IpAddr::V6(v6) => embedded_ipv4(v6).any(|v4| own(v4.into())),
             IpAddr::V4(_) => false,
         };
         own(addr) || carried
@@ -684,6 +689,22 @@ mod tests {
         let mut garbage = vec![0x42, 0x42, 0x01, 0x00];
         garbage.extend([0xff; 20]);
         assert_eq!(code(judge_query(&garbage, &allowed)), ResponseCode::FormErr);
+        // With QR set, short or garbage: no reply at all.
+        for len in [3, 11, 24] {
+            let response = [0x42, 0x42, 0xff].into_iter().chain([0xff; 21]);
+            let response: Vec<u8> = response.take(len).collect();
+            assert!(matches!(
+                judge_query(&response, &allowed),
+                QueryVerdict::Drop
+            ));
+        }
+        // No question: FORMERR.
+        let mut none = Message::query();
+        none.metadata.id = 0x4242;
+        assert_eq!(
+            code(judge_query(&none.to_vec().unwrap(), &allowed)),
+            ResponseCode::FormErr
+        );
         let mut two = Message::query();
         two.metadata.id = 0x4242;
         two.add_query(Query::query(name("api.example.test."), RecordType::A));
@@ -828,7 +849,8 @@ mod tests {
     fn the_upstream_query_is_the_question_alone_in_lower_case_as_a_message_would_write_it() {
         let longest = format!("{0}.{0}.{0}.{1}.", "a".repeat(63), "B".repeat(61));
         for text in ["api.example.test.", "A.b-C.cdn.test", ".", &longest] {
-            let question = Query::query(name(text), RecordType::AAAA);
+            // `from_ascii` keeps the case (`from_str` lowers it).
+            let question = Query::query(Name::from_ascii(text).unwrap(), RecordType::AAAA);
             let mut message = Message::query();
             message.metadata.id = 0xbeef;
             message.metadata.recursion_desired = true;
@@ -843,7 +865,11 @@ mod tests {
     fn the_agents_choice_of_case_and_record_type_stays_here() {
         let allowed = names(&["api.example.test"]);
         // The case of the agent's letters: not upstream, but back in the agent's answer.
-        let asked = Query::query(name("ApI.eXaMpLe.TEST."), RecordType::A);
+        let asked = Query::query(
+            Name::from_ascii("ApI.eXaMpLe.TEST.").unwrap(),
+            RecordType::A,
+        );
+        assert!(!asked.name.eq_case(&name("api.example.test.")));
         let QueryVerdict::Forward(forwarded) = judge_query(&query_of(&asked), &allowed) else {
             panic!("an allowlisted name is forwarded in any case");
         };
@@ -872,6 +898,19 @@ mod tests {
         let reply = Message::from_vec(&reply).unwrap();
         assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
         assert_eq!(reply.answers.len(), 1);
+        // A reply whose question is not the agent's name in another case is left as it is.
+        for other in [
+            "api.example.tes.",
+            "xpi.example.test.",
+            "api.example.test.x.",
+        ] {
+            let mut reply = Message::response(1, OpCode::Query);
+            reply.add_query(Query::query(name(other), RecordType::A));
+            let mut bytes = reply.to_vec().unwrap();
+            let before = bytes.clone();
+            restore_case(&mut bytes, &asked.name);
+            assert_eq!(bytes, before, "{other}");
+        }
 
         // Record types: the common ones go upstream, any other number is refused here.
         for kind in FORWARDED_TYPES {
