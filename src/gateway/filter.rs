@@ -507,7 +507,6 @@ pub fn answer_for_agent(
 /// that is the same name in another case, as the upstream echoes the lower-case name it was
 /// asked. Stub resolvers that check the case they sent (DNS 0x20) accept the answer.
 fn restore_case(reply: &mut [u8], asked: &Name) {
-    let mut labels = Vec::new();
     let mut at = 12;
     for label in asked.iter() {
         let end = at + 1 + label.len();
@@ -517,14 +516,15 @@ fn restore_case(reply: &mut [u8], asked: &Name) {
         if !same {
             return;
         }
-        labels.push((at + 1, label));
         at = end;
     }
     if reply.get(at) != Some(&0) {
         return;
     }
-    for (at, label) in labels {
-        reply[at..at + label.len()].copy_from_slice(label);
+    let mut at = 12;
+    for label in asked.iter() {
+        reply[at + 1..at + 1 + label.len()].copy_from_slice(label);
+        at += 1 + label.len();
     }
 }
 
