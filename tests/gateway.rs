@@ -631,6 +631,64 @@ fn names_fail_closed_while_the_gateway_is_down_and_it_comes_back() {
     assert!(sandbox.log().contains("the DNS gateway was started again"));
 }
 
+/// A flow the fence accepted stays tracked for a while after its socket is gone, and nat is
+/// consulted only for a flow's first packet: the agent must not reach a real DNS server by
+/// joining one. Here the upstream flow of a gateway that died: its port, which any uid reads
+/// from /proc/net/udp, is free once it is gone.
+#[test]
+fn the_agent_cannot_join_the_upstream_flow_of_a_gateway_that_died() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts::default());
+    let sandbox = start_sandbox(&world, &["allowed.test"]);
+    let first = gateway_pid(&sandbox).expect("a gateway process");
+    // The gateway asks the world's resolver: its upstream flow is tracked and answered.
+    let ask = format!("dns:allowed.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &ask).0, "answered");
+    // Its upstream sockets (one per listening family; one of them asked).
+    let udp = world.sandbox(&["cat", "/proc/net/udp"]);
+    let upstream_ports: Vec<u16> = udp
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| {
+            fields.get(2) == Some(&"01004D0A:0035") && fields.get(7) == Some(&GATEWAY_UID)
+        })
+        .filter_map(|fields| u16::from_str_radix(fields[1].split(':').nth(1)?, 16).ok())
+        .collect();
+    assert!(
+        !upstream_ports.is_empty(),
+        "the gateway's upstream sockets:\n{udp}"
+    );
+
+    // SAFETY: signalling the gateway this test's cordon started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while gateway_pid(&sandbox).is_none_or(|pid| pid == first) {
+        assert!(Instant::now() < deadline, "the gateway was not restarted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // From each of the dead gateway's ports, a question no entry allows: refused by the new
+    // gateway (a flow nobody had is redirected to it) or stopped by the fence, never answered
+    // by the world's resolver.
+    for port in upstream_ports {
+        let join = format!("dnsfrom:{SANDBOX}:{port}/{TUNNEL}.{port}.tunnel.test@{GATEWAY}");
+        let got = verdict(&world, &join);
+        let stopped = ["denied", "rejected"].contains(&got.0.as_str());
+        assert!(
+            stopped || got == ("error".into(), "REFUSED".into()),
+            "{join}: {got:?}"
+        );
+    }
+    let log = dns_log(&world);
+    assert!(
+        !log.contains("tunnel"),
+        "a question reached the world's resolver:\n{log}"
+    );
+    // The agent's DNS still reaches the new gateway.
+    assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+}
+
 /// Behind Docker's embedded DNS (127.0.0.11, DNAT to a port of its own, a forwarder running as
 /// root): the agent's questions reach the gateway, and the forwarder's real port, which any uid
 /// can read from /proc/net/udp, is closed to the agent.

@@ -696,6 +696,18 @@ impl Ruleset {
                 chain.push(format!("{from} -j {CHAIN_REJECT}"));
             }
         }
+        if let AgentDns::Gateway { uid, .. } = self.agent_dns {
+            // nat redirects every other uid's DNS to the gateway, so a datagram of theirs that
+            // still goes to port 53 here joined a flow tracked before: one of a gateway that
+            // died (its port is free then, and readable in /proc/net/udp), of root's, or of
+            // Docker's forwarder. Those flows are marked as accepted, so the shortcut below
+            // would let it through to a real server. (TCP cannot join a closed flow: a SYN on
+            // one starts a new, redirected flow.)
+            chain.push(format!(
+                "-p udp -m udp --dport 53 -m owner ! --uid-owner 0 -m owner ! --uid-owner {uid} \
+                 -j {CHAIN_REJECT}"
+            ));
+        }
         chain.extend([
             format!("-o lo -j {CHAIN_ALLOW}"),
             // Only flows this policy accepted take this shortcut (see `flow_mark`). Probes never

@@ -138,12 +138,23 @@ fn over_udp(server: SocketAddr, token: &str) -> Result<(), String> {
         SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
         SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
     };
-    let socket = UdpSocket::bind((local, 0)).map_err(|e| e.to_string())?;
-    socket.connect(server).map_err(|e| e.to_string())?;
     let id = rand::random::<u16>();
-    socket
-        .send(&self_test_query(id))
-        .map_err(|e| format!("sending: {e}"))?;
+    // A datagram from a port whose flow to the server is still tracked (the upstream socket of
+    // a gateway just replaced, say) joins that flow instead of being redirected, and the fence
+    // rejects it (EPERM): asked again from another port. Where nat does not redirect at all,
+    // every try fails. A refused socket is held until the end, so the next gets another port.
+    let mut refused = Vec::new();
+    let socket = loop {
+        let socket = UdpSocket::bind((local, 0)).map_err(|e| e.to_string())?;
+        socket.connect(server).map_err(|e| e.to_string())?;
+        match socket.send(&self_test_query(id)) {
+            Err(error) if error.raw_os_error() == Some(libc::EPERM) && refused.len() < 2 => {
+                refused.push(socket)
+            }
+            Err(error) => return Err(format!("sending: {error}")),
+            Ok(_) => break socket,
+        }
+    };
     let deadline = Instant::now() + DEADLINE;
     let mut buffer = [0u8; 512];
     loop {

@@ -16,6 +16,7 @@ const USAGE: &str = "usage: testkit probe [--uid UID] [--gid GID] [--timeout-ms 
   SPEC: tcp:ADDR:PORT | tcpb:ADDR:PORT (a blocking connect) | udp:ADDR:PORT | udpfrom:SRC:PORT>DST:PORT | dns:NAME@SERVER[:PORT] | dns6:NAME@SERVER[:PORT] | \
 txt:NAME@SERVER[:PORT] | dnstcp:NAME@SERVER[:PORT] (A over TCP) | \
 dnstype:NUMBER/NAME@SERVER[:PORT] (any record type) | \
+dnsfrom:SRC:PORT/NAME@SERVER[:PORT] (A, sent from SRC:PORT) | \
 http:ADDR:PORT[/PATH]   (ADDR: IPv4 or [IPv6])";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,8 @@ enum Target {
         server: SocketAddr,
         qtype: u16,
         tcp: bool,
+        /// The address and port to send from (UDP), where one is given.
+        from: Option<SocketAddr>,
     },
     Http {
         addr: SocketAddr,
@@ -166,11 +169,17 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
                 to: addr(to)?,
             }
         }
-        "dns" | "dns6" | "txt" | "dnstcp" | "dnstype" => {
+        "dns" | "dns6" | "txt" | "dnstcp" | "dnstype" | "dnsfrom" => {
+            let mut from = None;
             let (qtype, rest) = match kind {
                 "dnstype" => {
                     let (number, rest) = rest.split_once('/').ok_or_else(bad)?;
                     (number.parse().map_err(|_| bad())?, rest)
+                }
+                "dnsfrom" => {
+                    let (source, rest) = rest.split_once('/').ok_or_else(bad)?;
+                    from = Some(addr(source)?);
+                    (A, rest)
                 }
                 "dns6" => (AAAA, rest),
                 "txt" => (TXT, rest),
@@ -186,6 +195,7 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
                 server,
                 qtype,
                 tcp: kind == "dnstcp",
+                from,
             }
         }
         "http" => {
@@ -298,9 +308,9 @@ impl Prober {
                 .connect(addr, deadline)
                 .map_or_else(|o| o, |_| outcome(Verdict::Open, "-")),
             Target::TcpBlocking(addr) => self.connect_blocking(addr),
-            Target::Udp(addr) => {
-                self.datagram(addr, b"x", deadline, |_| Some(outcome(Verdict::Open, "-")))
-            }
+            Target::Udp(addr) => self.datagram(addr, None, b"x", deadline, |_| {
+                Some(outcome(Verdict::Open, "-"))
+            }),
             Target::UdpFrom { from, to } => {
                 let sent = self.socket(to, libc::SOCK_DGRAM).and_then(|fd| {
                     net::bind(fd.as_raw_fd(), from)?;
@@ -316,12 +326,13 @@ impl Prober {
                 server,
                 qtype,
                 tcp,
+                from,
             } => {
                 let id = query_id();
                 let query = dnswire::encode_query(id, name, *qtype);
                 if !tcp {
                     let judge = |reply: &[u8]| dns_outcome(reply, id, name);
-                    return self.datagram(server, &query, deadline, judge);
+                    return self.datagram(server, from.as_ref(), &query, deadline, judge);
                 }
                 match self.connect(server, deadline) {
                     Ok(s) => dns_over_tcp(s, &query, id, name, deadline),
@@ -398,11 +409,18 @@ impl Prober {
     fn datagram(
         &self,
         addr: &SocketAddr,
+        from: Option<&SocketAddr>,
         payload: &[u8],
         deadline: Instant,
         mut accept: impl FnMut(&[u8]) -> Option<Outcome>,
     ) -> Outcome {
-        let s = match self.socket(addr, libc::SOCK_DGRAM) {
+        let bound = self.socket(addr, libc::SOCK_DGRAM).and_then(|fd| {
+            if let Some(from) = from {
+                net::bind(fd.as_raw_fd(), from)?;
+            }
+            Ok(fd)
+        });
+        let s = match bound {
             Ok(fd) => UdpSocket::from(fd),
             Err(e) => return from_io(&e),
         };
@@ -684,6 +702,7 @@ nxdomain=0 http=0"
                 server: sa(server),
                 qtype,
                 tcp: false,
+                from: None,
             })
         };
         assert_eq!(
@@ -705,6 +724,17 @@ nxdomain=0 http=0"
                 server: sa("10.0.0.53:53"),
                 qtype: A,
                 tcp: true,
+                from: None,
+            })
+        );
+        assert_eq!(
+            parse_spec("dnsfrom:10.0.0.2:4000/a.test@10.0.0.53"),
+            Ok(Target::Dns {
+                name: "a.test".into(),
+                server: sa("10.0.0.53:53"),
+                qtype: A,
+                tcp: false,
+                from: Some(sa("10.0.0.2:4000")),
             })
         );
         assert_eq!(parse_spec("dns:a.test@[::1]"), dns("a.test", "[::1]:53", A));
