@@ -701,12 +701,22 @@ impl Ruleset {
             // still goes to port 53 here joined a flow tracked before: one of a gateway that
             // died (its port is free then, and readable in /proc/net/udp), of root's, or of
             // Docker's forwarder. Those flows are marked as accepted, so the shortcut below
-            // would let it through to a real server. (TCP cannot join a closed flow: a SYN on
-            // one starts a new, redirected flow.)
-            chain.push(format!(
-                "-p udp -m udp --dport 53 -m owner ! --uid-owner 0 -m owner ! --uid-owner {uid} \
-                 -j {CHAIN_REJECT}"
-            ));
+            // would let it through to a real server. (Only in a flow's original direction: the
+            // agent may answer a client of its own whose port is 53.) Over TCP a SYN on a
+            // closed flow mostly starts a new, redirected one, but one on a half-open or
+            // half-closed flow does not; SYNs only, as a closed socket's last segments have no
+            // owner to match.
+            let others = format!("-m owner ! --uid-owner 0 -m owner ! --uid-owner {uid}");
+            chain.extend([
+                format!(
+                    "-p udp -m udp --dport 53 -m conntrack --ctdir ORIGINAL {others} \
+                     -j {CHAIN_REJECT}"
+                ),
+                format!(
+                    "-p tcp -m tcp --dport 53 --tcp-flags FIN,SYN,RST,ACK SYN {others} \
+                     -j {CHAIN_REJECT}"
+                ),
+            ]);
         }
         chain.extend([
             format!("-o lo -j {CHAIN_ALLOW}"),
