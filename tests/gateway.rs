@@ -51,6 +51,34 @@ fn gateway_pid(sandbox: &SleepingAgent) -> Option<u32> {
         .find(|pid| status_field(*pid, "Uid").is_some_and(|uid| uid.starts_with(GATEWAY_UID)))
 }
 
+/// The local ports of the gateway's upstream sockets (one per listening family) connected to
+/// `remote` as /proc/net/udp writes it (`01004D0A:0035` is 10.77.0.1:53), which any uid reads.
+fn upstream_ports(world: &World, remote: &str) -> Vec<u16> {
+    let udp = world.sandbox(&["cat", "/proc/net/udp"]);
+    let ports: Vec<u16> = udp
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|fields| fields.get(2) == Some(&remote) && fields.get(7) == Some(&GATEWAY_UID))
+        .filter_map(|fields| u16::from_str_radix(fields[1].split(':').nth(1)?, 16).ok())
+        .collect();
+    assert!(!ports.is_empty(), "the gateway's upstream sockets:\n{udp}");
+    ports
+}
+
+/// Kills the gateway `first` and waits for the supervisor's next one.
+fn kill_and_wait_for_the_next_gateway(sandbox: &SleepingAgent, first: u32) -> u32 {
+    // SAFETY: signalling the gateway this test's cordon started.
+    unsafe { libc::kill(first as i32, libc::SIGKILL) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match gateway_pid(sandbox) {
+            Some(pid) if pid != first => return pid,
+            _ => assert!(Instant::now() < deadline, "the gateway was not restarted"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// `SPEC VERDICT DETAIL` per probe, as the agent.
 fn probe(world: &World, specs: &[&str]) -> HashMap<String, (String, String)> {
     world
@@ -616,16 +644,7 @@ fn names_fail_closed_while_the_gateway_is_down_and_it_comes_back() {
         "a query reached the world's resolver while the gateway was stopped"
     );
 
-    // SAFETY: as above.
-    unsafe { libc::kill(first as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let second = loop {
-        match gateway_pid(&sandbox) {
-            Some(pid) if pid != first => break pid,
-            _ => assert!(Instant::now() < deadline, "the gateway was not restarted"),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let second = kill_and_wait_for_the_next_gateway(&sandbox, first);
     assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
     assert_eq!(status_field(second, "CapEff").unwrap(), "0000000000001000");
     assert!(sandbox.log().contains("the DNS gateway was started again"));
@@ -647,28 +666,9 @@ fn the_agent_cannot_join_the_upstream_flow_of_a_gateway_that_died() {
     let ask = format!("dns:allowed.test@{GATEWAY}");
     assert_eq!(verdict(&world, &ask).0, "answered");
     assert!(dns_log(&world).contains("allowed.test A"), "asked upstream");
-    // Its upstream sockets (one per listening family; one of them asked).
-    let udp = world.sandbox(&["cat", "/proc/net/udp"]);
-    let upstream_ports: Vec<u16> = udp
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .filter(|fields| {
-            fields.get(2) == Some(&"01004D0A:0035") && fields.get(7) == Some(&GATEWAY_UID)
-        })
-        .filter_map(|fields| u16::from_str_radix(fields[1].split(':').nth(1)?, 16).ok())
-        .collect();
-    assert!(
-        !upstream_ports.is_empty(),
-        "the gateway's upstream sockets:\n{udp}"
-    );
-
-    // SAFETY: signalling the gateway this test's cordon started.
-    unsafe { libc::kill(first as i32, libc::SIGKILL) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gateway_pid(&sandbox).is_none_or(|pid| pid == first) {
-        assert!(Instant::now() < deadline, "the gateway was not restarted");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // Its upstream sockets (one of them asked).
+    let upstream_ports = upstream_ports(&world, "01004D0A:0035");
+    kill_and_wait_for_the_next_gateway(&sandbox, first);
     // From each of the dead gateway's ports, a question no entry allows: refused by the new
     // gateway (a flow nobody had is redirected to it) or stopped by the fence, never answered
     // by the world's resolver. (A port the new gateway took again cannot be bound.)
@@ -737,17 +737,10 @@ fn behind_docker_embedded_dns_the_forwarders_own_port_is_closed_to_the_agent() {
     // may bind it in a container: the agent must not speak from there to the gateway's
     // upstream socket (read from /proc/net/udp like any uid can), neither to answer a question
     // itself nor to open a tracked flow the gateway's next question would follow.
-    let udp = world.sandbox(&["cat", "/proc/net/udp"]);
-    let upstream_port = udp
-        .lines()
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|fields| {
-            fields.get(2) == Some(&"0B00007F:0035") && fields.get(7) == Some(&GATEWAY_UID)
-        })
-        .and_then(|fields| u16::from_str_radix(fields[1].split(':').nth(1)?, 16).ok())
-        .unwrap_or_else(|| panic!("the gateway's upstream socket in /proc/net/udp:\n{udp}"));
-    let spoof = format!("udpfrom:127.0.0.11:53>127.0.0.1:{upstream_port}");
-    assert_eq!(verdict(&world, &spoof).0, "denied", "{spoof}");
+    for upstream_port in upstream_ports(&world, "0B00007F:0035") {
+        let spoof = format!("udpfrom:127.0.0.11:53>127.0.0.1:{upstream_port}");
+        assert_eq!(verdict(&world, &spoof).0, "denied", "{spoof}");
+    }
     // Not in the gateway's cache (AAAA): this one goes upstream.
     assert_eq!(
         verdict(&world, "dns6:allowed.test@127.0.0.11").0,
