@@ -661,7 +661,19 @@ fn build(
         ruleset,
     };
 
-    let results = verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid, true);
+    let mut results =
+        verify::run_probes(verify::plan_probes(&prepared.ruleset, net), agent_uid, true);
+    // A probe sends from a random port; one that lands on a flow tracked before it (the
+    // upstream socket's of a gateway a rerun just replaced) meets that flow, not the rule it
+    // tests. Failed probes run once more from fresh ports: a wrong rule fails again.
+    let failed: Vec<verify::Probe> = (results.iter())
+        .filter(|r| !r.passed())
+        .map(|r| r.probe.clone())
+        .collect();
+    if !failed.is_empty() {
+        results.retain(|r| r.passed());
+        results.extend(verify::run_probes(failed, agent_uid, true));
+    }
     for result in &results {
         log::debug!("probe {}", result.describe());
     }
