@@ -192,21 +192,19 @@ impl Names {
         }
         // The exact entry, then every proper suffix of the name: `a.b.example.com` →
         // `b.example.com`, `example.com`, `com`.
-        let mut matching = table.exact.get(text).into_iter().collect::<Vec<_>>();
+        // One matching entry's list is shared as it is; several are joined.
+        let mut found: Option<Arc<[Ports]>> = table.exact.get(text).cloned();
         let mut rest = text;
         while let Some((_, parent)) = rest.split_once('.') {
-            matching.extend(table.below.get(parent));
+            if let Some(ports) = table.below.get(parent) {
+                found = Some(match found {
+                    None => Arc::clone(ports),
+                    Some(before) => before.iter().chain(ports.iter()).cloned().collect(),
+                });
+            }
             rest = parent;
         }
-        match matching.as_slice() {
-            [] => Arc::clone(&table.none),
-            [only] => Arc::clone(only),
-            several => several
-                .iter()
-                .flat_map(|ports| ports.iter())
-                .cloned()
-                .collect(),
-        }
+        found.unwrap_or_else(|| Arc::clone(&table.none))
     }
 
     pub fn allows(&self, name: &Name) -> bool {
