@@ -90,20 +90,13 @@ impl BlockLog {
         if name.ends_with(".cordon.invalid") {
             return;
         }
-        let (class, kind) = (question.query_class, question.query_type);
-        let blocked = match (class, super::filter::forwarded_type(kind)) {
-            (DNSClass::IN, true) => Blocked::Name {
-                name,
-                kind: kind.to_string(),
-            },
-            (DNSClass::IN, false) => Blocked::Type {
-                name,
-                kind: kind.to_string(),
-            },
-            (class, _) => Blocked::Type {
-                name,
-                kind: format!("{class} {kind}"),
-            },
+        let kind = match question.query_class {
+            DNSClass::IN => question.query_type.to_string(),
+            class => format!("{class} {}", question.query_type),
+        };
+        let blocked = match super::filter::forwardable(question) {
+            true => Blocked::Name { name, kind },
+            false => Blocked::Type { name, kind },
         };
         self.record(blocked, None);
     }

@@ -60,9 +60,9 @@ pub const FORWARDED_TYPES: [RecordType; 19] = [
     RecordType::ANY,
 ];
 
-/// Whether a question of this type may go upstream (`FORWARDED_TYPES`).
-pub fn forwarded_type(kind: RecordType) -> bool {
-    FORWARDED_TYPES.contains(&kind)
+/// Whether a question of its class and type may go upstream: class IN, a `FORWARDED_TYPES` type.
+pub fn forwardable(question: &Query) -> bool {
+    question.query_class == DNSClass::IN && FORWARDED_TYPES.contains(&question.query_type)
 }
 
 /// The name the start-up self-test asks for (TXT), answered by the gateway itself with a token
@@ -343,11 +343,9 @@ pub fn judge_query(wire: &[u8], names: &Names) -> QueryVerdict {
             return self_test_answer(&metadata, question, token);
         }
     }
-    let allowed = match question.query_class {
-        DNSClass::IN if forwarded_type(question.query_type) => {
-            Allowed::by_name(question.clone(), name, names)
-        }
-        _ => None,
+    let allowed = match forwardable(&question) {
+        true => Allowed::by_name(question.clone(), name, names),
+        false => None,
     };
     match allowed {
         Some(allowed) => QueryVerdict::Forward(allowed),
