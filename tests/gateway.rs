@@ -244,6 +244,22 @@ fn a_name_that_moves_to_a_new_address_keeps_working() {
     let _ = std::fs::remove_file(&records);
 }
 
+/// A burst of questions at once, as a build resolving hundreds of names sends: every one is
+/// answered, none dropped while the gateway is busy with the ones before it.
+#[test]
+fn a_burst_of_questions_is_answered_without_loss() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        dns_args: vec!["--wildcard".into(), "burst.test=10.200.0.0/16".into()],
+        ..WorldOpts::default()
+    });
+    let _sandbox = start_sandbox(&world, &["*.burst.test"]);
+    let burst = format!("dnsburst:3000/burst.test@{GATEWAY}");
+    assert_eq!(verdict(&world, &burst), ("answered".into(), "3000".into()));
+}
+
 /// A name asked again within its TTL is answered by the gateway's cache: the world's server
 /// hears it once and the address stays open (the TTL's count-down: `gateway::cache`'s tests).
 #[test]
@@ -687,6 +703,53 @@ fn the_agent_cannot_join_the_upstream_flow_of_a_gateway_that_died() {
     );
     // The agent's DNS still reaches the new gateway.
     assert_eq!(verdict(&world, &ask), ("answered".into(), ALLOWED.into()));
+}
+
+/// The agent sends to the resolver from every port a restarted gateway might take: nat
+/// redirects each to the gateway, and connection tracking keeps that redirect for the port a
+/// while. The gateway started again forgets the flow of each port it takes, so its questions go
+/// to the resolver, not back to itself.
+#[test]
+fn a_restarted_gateway_does_not_take_over_a_redirect_the_agent_left() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![format!("again.test={ALLOWED}")],
+        ..WorldOpts::default()
+    });
+    // A hundred ports to choose from, so that the agent can cover them all.
+    world.sandbox(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40099"]);
+    let sandbox = start_sandbox(&world, &["allowed.test", "again.test"]);
+    let ask = |name: &str| verdict(&world, &format!("dns:{name}@{GATEWAY}"));
+    assert_eq!(ask("allowed.test").0, "answered");
+    let mut gateway = gateway_pid(&sandbox).expect("a gateway process");
+    let mut before = upstream_ports(&world, "01004D0A:0035");
+    for attempt in 0.. {
+        let plant: Vec<String> = (40000..40100)
+            .filter(|port| !before.contains(port))
+            .map(|port| format!("udpfrom:0.0.0.0:{port}>{GATEWAY}:53"))
+            .collect();
+        let planted = world.probe_timed(&plant.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            planted.values().all(|(verdict, _, _)| verdict == "open"),
+            "{planted:?}"
+        );
+        gateway = kill_and_wait_for_the_next_gateway(&sandbox, gateway);
+        let now = upstream_ports(&world, "01004D0A:0035");
+        // The new gateway took a port the agent had sent from (else it took the old ones again:
+        // once more).
+        if now.iter().any(|port| !before.contains(port)) {
+            break;
+        }
+        assert!(attempt < 3, "the gateway kept its ports: {before:?}");
+        before = now;
+    }
+    assert_eq!(
+        ask("again.test"),
+        ("answered".into(), ALLOWED.into()),
+        "the restarted gateway's question did not reach the resolver"
+    );
 }
 
 /// Behind Docker's embedded DNS (127.0.0.11, DNAT to a port of its own, a forwarder running as

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts};
-use hickory_resolver::proto::rr::{Name, RData, Record};
+use hickory_resolver::proto::rr::{DNSClass, Name, RData, Record};
 use hickory_resolver::Resolver;
 
 use crate::error::{Error, Result};
@@ -342,10 +342,13 @@ pub fn from_hosts_file(path: &std::path::Path, names: &[&str]) -> Resolution {
     }
 }
 
-/// The addresses (with TTLs) of the records on `question`'s CNAME chain: the name asked, and
-/// each name a CNAME on the chain points to. Records for any other name in the answer are
-/// ignored. Also the DNS gateway's rule.
+/// The addresses (with TTLs) of the Internet-class records on `question`'s CNAME chain: the
+/// name asked, and each name a CNAME on the chain points to. Records for any other name in the
+/// answer, or of another class, are ignored. Also the DNS gateway's rule.
 pub(crate) fn chain_addresses(question: &Name, answers: &[Record]) -> Vec<(IpAddr, u32)> {
+    let answers: Vec<&Record> = (answers.iter())
+        .filter(|record| record.dns_class == DNSClass::IN)
+        .collect();
     let mut chain: Vec<&Name> = vec![question];
     loop {
         let next: Vec<&Name> = answers

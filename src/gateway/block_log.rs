@@ -204,6 +204,18 @@ fn describe(blocked: &Blocked, answered: Option<(String, Duration)>) -> Entry {
                 6 | 17 => format!("{proto_name} {dst}"),
                 other => format!("protocol {other} to {}", dst.ip()),
             };
+            // DNS to a server that is not the gateway (an agent joining a flow the redirect
+            // never saw): no entry would let it through, and none should.
+            if matches!(proto, 6 | 17) && dst.port() == 53 {
+                return Entry {
+                    count: 0,
+                    first: 0,
+                    last: 0,
+                    what,
+                    allow_with: String::new(),
+                    context: String::new(),
+                };
+            }
             match answered {
                 Some((name, ago)) => {
                     let allow = match port.is_empty() {
@@ -248,6 +260,11 @@ pub fn line(entry: &Entry) -> String {
         (_, Some(question)) => format!(
             "refused question type: {question} — cordon forwards only class IN questions of \
              common record types"
+        ),
+        _ if allow.is_empty() => format!(
+            "blocked: {}{context} — DNS goes only through cordon's DNS gateway: allow names, \
+             not DNS servers",
+            entry.what
         ),
         _ => format!("blocked: {}{context} — allow with: {allow}", entry.what),
     }
@@ -415,7 +432,8 @@ mod tests {
                  questions of common record types",
                 "refused question type: api.example (NULL) — cordon forwards only class IN \
                  questions of common record types",
-                "blocked: udp 198.51.100.7:53 — allow with: 198.51.100.7:udp/53",
+                "blocked: udp 198.51.100.7:53 — DNS goes only through cordon's DNS gateway: \
+                 allow names, not DNS servers",
             ]
         );
         assert_eq!(

@@ -473,7 +473,9 @@ pub fn upstream_query(question: &Query, id: u16) -> Vec<u8> {
 /// The upstream's answer (`wire`, parsed as `answer`) to the agent's question `asked` as the
 /// agent gets it: under the agent's own id, its question's name in the agent's own case, with
 /// only the addresses it opened (no refused address, no record off the question's CNAME
-/// chain). When nothing is left out, the upstream's bytes go on with the id and case restored.
+/// chain), and no TTL beyond `TTL_CEILING` (the longest an answered address stays open: a
+/// program that keeps an answer as long as its TTL says asks again before it closes). When
+/// nothing is left out or shortened, the upstream's bytes go on with the id and case restored.
 pub fn answer_for_agent(
     wire: &[u8],
     mut answer: Message,
@@ -481,22 +483,44 @@ pub fn answer_for_agent(
     asker_id: u16,
     verdict: &AnswerVerdict,
 ) -> Option<Vec<u8>> {
-    let kept = |record: &hickory_resolver::proto::rr::Record| match record.data.ip_addr() {
+    let kept = |record: &Record| match record.data.ip_addr() {
         Some(addr) => verdict.opened.iter().any(|opened| opened.addr == addr),
         None => true,
     };
-    if wire.len() >= 2 && answer.answers.iter().all(kept) {
+    let ceiling = TTL_CEILING.as_secs() as u32;
+    let records = |answer: &Message| {
+        let sections = [&answer.answers, &answer.authorities, &answer.additionals];
+        sections.into_iter().flatten().all(|r| r.ttl <= ceiling)
+    };
+    if wire.len() >= 2 && answer.answers.iter().all(kept) && records(&answer) {
         let mut bytes = wire.to_vec();
         bytes[..2].copy_from_slice(&asker_id.to_be_bytes());
         restore_case(&mut bytes, &asked.name);
         return Some(bytes);
     }
     answer.answers.retain(kept);
+    for record in (answer.answers.iter_mut())
+        .chain(answer.authorities.iter_mut())
+        .chain(answer.additionals.iter_mut())
+    {
+        record.ttl = record.ttl.min(ceiling);
+    }
     answer.metadata.id = asker_id;
     if let Some(question) = answer.queries.first_mut() {
         question.name = asked.name.clone();
     }
     answer.to_vec().ok()
+}
+
+/// The reply `answer_for_agent` made for one asker, for another asker of the same question:
+/// under its id, the question name in its case.
+pub fn reply_for_another_asker(reply: &[u8], asker_id: u16, asked: &Name) -> Vec<u8> {
+    let mut bytes = reply.to_vec();
+    if bytes.len() >= 2 {
+        bytes[..2].copy_from_slice(&asker_id.to_be_bytes());
+        restore_case(&mut bytes, asked);
+    }
+    bytes
 }
 
 /// Writes `asked`'s labels over the question name of `reply` (right after the header) where
@@ -749,6 +773,10 @@ mod tests {
             a("edge.cdn.test.", "10.1.2.3", 300),
             a("edge.cdn.test.", "10.9.0.1", 300),
         ];
+        // Not an Internet (IN) record: it names no address of the Internet.
+        let mut chaos = a("edge.cdn.test.", "198.51.100.66", 300);
+        chaos.dns_class = DNSClass::CH;
+        answer.answers.push(chaos);
         let own = OwnNetworks {
             nets: vec!["10.1.2.0/24".parse().unwrap()],
             gateways: vec!["10.9.0.1".parse().unwrap()],
@@ -894,6 +922,16 @@ mod tests {
         let reply = Message::from_vec(&reply).unwrap();
         assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
         assert_eq!(reply.answers.len(), 1);
+        // And where a TTL is longer than an answered address stays open.
+        upstream.answers = vec![a("api.example.test.", "192.0.2.10", 86_400)];
+        let wire = upstream.to_vec().unwrap();
+        let parsed = Message::from_vec(&wire).unwrap();
+        let verdict = judge_answer(&forwarded, &parsed, &allowed, &own);
+        let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
+        let reply = Message::from_vec(&reply).unwrap();
+        assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
+        assert_eq!(reply.answers[0].ttl, TTL_CEILING.as_secs() as u32);
+        assert_eq!(verdict.opened[0].timeout, TTL_CEILING);
         // A reply whose question is not the agent's name in another case is left as it is.
         for other in [
             "api.example.tes.",

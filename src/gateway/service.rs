@@ -113,6 +113,7 @@ impl Listeners {
                 ))
             };
             let udp = resident::retry_in_use(deadline, || UdpSocket::bind(at)).map_err(failed)?;
+            queue_bursts(&udp);
             let tcp = resident::retry_in_use(deadline, || TcpListener::bind(at)).map_err(failed)?;
             listeners.udp.push(udp);
             listeners.tcp.push(tcp);
@@ -385,7 +386,11 @@ fn log_rejections(block_log: &BlockLog, live: &control::Live, stop: &AtomicBool)
     }
 }
 
-/// A UDP socket connected to the resolver: only it can answer on this socket.
+/// A UDP socket connected to the resolver: only it can answer on this socket. The agent may
+/// have sent to the resolver from this port before (nat redirected it here, and connection
+/// tracking keeps that redirect for the port while the flow lasts): that flow is forgotten
+/// first, or the gateway's questions would be redirected to itself. The agent cannot start it
+/// again: the port is the gateway's now.
 fn upstream_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
     let local: IpAddr = match upstream {
         SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
@@ -393,7 +398,24 @@ fn upstream_socket(upstream: SocketAddr) -> std::io::Result<UdpSocket> {
     };
     let socket = UdpSocket::bind((local, 0))?;
     socket.connect(upstream)?;
+    if let Err(error) = crate::sys::conntrack::forget_udp(socket.local_addr()?, upstream) {
+        log::warn!("DNS gateway: {error}");
+    }
+    queue_bursts(&socket);
     Ok(socket)
+}
+
+/// A deep receive queue (`datagrams::QUEUE_BYTES`): a burst of questions, or of their answers,
+/// waits for the gateway instead of being dropped.
+fn queue_bursts(socket: &UdpSocket) {
+    use std::os::fd::AsFd;
+    let granted = crate::sys::datagrams::enlarge_receive_queue(
+        socket.as_fd(),
+        crate::sys::datagrams::QUEUE_BYTES,
+    );
+    if granted < crate::sys::datagrams::QUEUE_BYTES {
+        log::debug!("DNS gateway: a receive queue of {granted} bytes (net.core.rmem_max)");
+    }
 }
 
 fn describe(outcome: std::io::Result<()>) -> String {

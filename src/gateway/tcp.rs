@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hickory_resolver::proto::op::Message;
 
@@ -17,7 +17,8 @@ use super::filter::{
 
 /// Connections from the agent served at once.
 pub const MAX_CONNECTIONS: usize = 64;
-/// How long a connection may sit idle, and how long upstream may take.
+/// How long a whole message may take to arrive (from the agent, after its last one; from
+/// upstream, after the question), so that a trickle of bytes does not hold a connection.
 const IDLE: Duration = Duration::from_secs(10);
 
 /// Serves until `stop` is set (checked every 100 ms).
@@ -48,7 +49,7 @@ pub fn serve(
             }
             let active = &active;
             scope.spawn(move || {
-                let _ = connection(stream, upstream, names, own, report);
+                let _ = connection(stream, upstream, names, own, report, IDLE);
                 active.fetch_sub(1, Ordering::Relaxed);
             });
         }
@@ -74,18 +75,19 @@ fn wait_for_connection(listener: &TcpListener, millis: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Every question on one connection from the agent, until it closes or idles.
+/// Every question on one connection from the agent, until it closes or a message takes longer
+/// than `idle`.
 fn connection(
     mut stream: TcpStream,
     upstream: SocketAddr,
     names: &Names,
     own: &OwnNetworks,
     report: &(dyn Fn(Event) + Sync),
+    idle: Duration,
 ) -> io::Result<()> {
     stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(IDLE))?;
-    stream.set_write_timeout(Some(IDLE))?;
-    while let Some(query) = read_message(&mut stream)? {
+    stream.set_write_timeout(Some(idle))?;
+    while let Some(query) = read_message(&mut stream, idle)? {
         let generation = names.generation();
         let allowed = match judge_query(&query, names) {
             QueryVerdict::Drop => return Ok(()),
@@ -103,11 +105,10 @@ fn connection(
         let asker_id = u16::from_be_bytes([query[0], query[1]]);
         let id: u16 = rand::random();
         let bytes = upstream_query(&allowed.question, id);
-        let mut up = TcpStream::connect_timeout(&upstream, IDLE)?;
-        up.set_read_timeout(Some(IDLE))?;
-        up.set_write_timeout(Some(IDLE))?;
+        let mut up = TcpStream::connect_timeout(&upstream, idle)?;
+        up.set_write_timeout(Some(idle))?;
         write_message(&mut up, &bytes)?;
-        let Some(answer) = read_message(&mut up)? else {
+        let Some(answer) = read_message(&mut up, idle)? else {
             return Ok(());
         };
         let wire = answer;
@@ -133,17 +134,38 @@ fn connection(
     Ok(())
 }
 
-/// One length-prefixed message; `None` at a clean end of the stream.
-fn read_message(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+/// One length-prefixed message, whole within `within`; `None` at a clean end of the stream.
+fn read_message(stream: &mut TcpStream, within: Duration) -> io::Result<Option<Vec<u8>>> {
+    let deadline = Instant::now() + within;
     let mut length = [0u8; 2];
-    match stream.read_exact(&mut length) {
+    match read_by(stream, &mut length, deadline) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
     let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
-    stream.read_exact(&mut message)?;
+    read_by(stream, &mut message, deadline)?;
     Ok(Some(message))
+}
+
+/// Fills `buffer` from `stream` by `deadline` (a timeout per read would let each byte that
+/// arrives in time start the wait again).
+fn read_by(stream: &mut TcpStream, buffer: &mut [u8], deadline: Instant) -> io::Result<()> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        stream.set_read_timeout(Some(left))?;
+        match stream.read(&mut buffer[filled..]) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(read) => filled += read,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn write_message(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
@@ -170,7 +192,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
             for mut stream in listener.incoming().flatten() {
-                while let Ok(Some(query)) = read_message(&mut stream) {
+                while let Ok(Some(query)) = read_message(&mut stream, IDLE) {
                     let query = Message::from_vec(&query).unwrap();
                     let question = query.queries[0].clone();
                     asked.lock().unwrap().push(question.name.to_ascii());
@@ -193,7 +215,7 @@ mod tests {
         query.metadata.id = 9;
         query.add_query(Query::query(Name::from_str(text).unwrap(), RecordType::A));
         write_message(stream, &query.to_vec().unwrap()).unwrap();
-        let answer = Message::from_vec(&read_message(stream).unwrap().unwrap()).unwrap();
+        let answer = Message::from_vec(&read_message(stream, IDLE).unwrap().unwrap()).unwrap();
         assert_eq!(answer.metadata.id, 9);
         answer
     }
@@ -239,5 +261,38 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         server.join().unwrap().unwrap();
         assert_eq!(*asked.lock().unwrap(), ["a.example.test."]);
+    }
+
+    #[test]
+    fn a_message_that_trickles_in_does_not_hold_its_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        let idle = Duration::from_millis(500);
+        let served = std::thread::spawn(move || {
+            let started = Instant::now();
+            let allowed = names(&["*.example.test"]);
+            let resolver = "127.0.0.1:9".parse().unwrap();
+            let outcome = connection(
+                stream,
+                resolver,
+                &allowed,
+                &OwnNetworks::default(),
+                &|_| {},
+                idle,
+            );
+            (outcome.map_err(|e| e.kind()), started.elapsed())
+        });
+        // A length of 40, then a byte every 100 ms: each arrives well within `idle` of the last.
+        client.write_all(&[0, 40]).unwrap();
+        for _ in 0..30 {
+            std::thread::sleep(Duration::from_millis(100));
+            if client.write_all(&[0]).is_err() || served.is_finished() {
+                break;
+            }
+        }
+        let (outcome, took) = served.join().unwrap();
+        assert_eq!(outcome, Err(io::ErrorKind::TimedOut));
+        assert!(took < Duration::from_millis(900), "held for {took:?}");
     }
 }

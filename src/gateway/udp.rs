@@ -5,7 +5,12 @@
 //! only the addresses it opened (no special-purpose address, no record off the question's CNAME
 //! chain).
 //!
-//! Memory stays bounded under a flood of distinct names: at most `MAX_PENDING` questions wait
+//! A question asked again while the same one waits for upstream joins it: one upstream query,
+//! and its answer goes to every asker. So the agent cannot hold many upstream ids open for one
+//! question, which would let a host that forges the resolver's answers hit one of them in a
+//! few tries; each question it keeps waiting gives a forger one chance in 65,536 per packet.
+//!
+//! Memory stays bounded under a flood of distinct names: at most `MAX_PENDING` askers wait
 //! for upstream at once (more are answered SERVFAIL), each for at most `UPSTREAM_WAIT`.
 
 use std::collections::HashMap;
@@ -15,12 +20,15 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::{Name, RecordType};
 
 use super::cache::{self, AnswerCache};
 use super::filter::{
-    answer_for_agent, judge_answer, judge_query, upstream_query, Allowed, Event, Names, Opened,
-    OwnNetworks, QueryVerdict,
+    answer_for_agent, judge_answer, judge_query, reply_for_another_asker, upstream_query, Allowed,
+    Event, Names, Opened, OwnNetworks, QueryVerdict,
 };
 use crate::sys::datagrams::{Inbox, Outbox};
 
@@ -33,12 +41,88 @@ const BATCH: usize = 32;
 /// Largest DNS message over UDP with EDNS.
 const BUFFER: usize = 4096;
 
-/// Where a forwarded question came from.
+/// Where a forwarded question came from, and who asked the same since.
 struct Pending {
     asker: SocketAddr,
     asker_id: u16,
     allowed: Allowed,
     sent: Instant,
+    joined: Vec<Joined>,
+}
+
+/// An asker of a question that was already waiting for upstream.
+struct Joined {
+    asker: SocketAddr,
+    asker_id: u16,
+    /// The name as this asker spelled it (its answer gets its case back).
+    name: Name,
+}
+
+/// The questions waiting for upstream: by the id they went under, and by the question itself
+/// (an identical question joins the one waiting).
+#[derive(Default)]
+struct Waiting {
+    by_id: HashMap<u16, Pending>,
+    by_question: HashMap<(Arc<str>, RecordType), u16>,
+    askers: usize,
+}
+
+impl Waiting {
+    /// Adds the asker to the identical question already waiting, if there is one (an asker
+    /// already there, a stub's retry, is not added twice); whether there was one.
+    fn join(&mut self, allowed: &Allowed, asker: SocketAddr, asker_id: u16) -> bool {
+        let key = (Arc::clone(&allowed.name), allowed.question.query_type);
+        let Some(pending) = (self.by_question.get(&key)).and_then(|id| self.by_id.get_mut(id))
+        else {
+            return false;
+        };
+        let already = (pending.asker, pending.asker_id) == (asker, asker_id)
+            || (pending.joined.iter()).any(|j| (j.asker, j.asker_id) == (asker, asker_id));
+        if !already {
+            pending.joined.push(Joined {
+                asker,
+                asker_id,
+                name: allowed.question.name.clone(),
+            });
+            self.askers += 1;
+        }
+        true
+    }
+
+    fn insert(&mut self, id: u16, pending: Pending) {
+        let key = (
+            Arc::clone(&pending.allowed.name),
+            pending.allowed.question.query_type,
+        );
+        self.by_question.insert(key, id);
+        self.by_id.insert(id, pending);
+        self.askers += 1;
+    }
+
+    /// The question that went under `id`, no longer waiting.
+    fn remove(&mut self, id: u16) -> Option<Pending> {
+        let pending = self.by_id.remove(&id)?;
+        let key = (
+            Arc::clone(&pending.allowed.name),
+            pending.allowed.question.query_type,
+        );
+        if self.by_question.get(&key) == Some(&id) {
+            self.by_question.remove(&key);
+        }
+        self.askers -= 1 + pending.joined.len();
+        Some(pending)
+    }
+
+    /// Forgets the questions that waited `UPSTREAM_WAIT` (their askers hear nothing and retry).
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u16> = (self.by_id.iter())
+            .filter(|(_, pending)| now.duration_since(pending.sent) >= UPSTREAM_WAIT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.remove(id);
+        }
+    }
 }
 
 /// Serves until `stop` is set (checked every 100 ms). `agents` receives the agent's questions;
@@ -53,7 +137,7 @@ pub fn serve(
     report: &dyn Fn(Event),
     stop: &AtomicBool,
 ) -> io::Result<()> {
-    let mut pending: HashMap<u16, Pending> = HashMap::new();
+    let mut pending = Waiting::default();
     let mut cache = AnswerCache::default();
     let mut inbox = Inbox::new(BATCH, BUFFER);
     let (mut replies, mut forwards) = (Outbox::default(), Outbox::default());
@@ -91,7 +175,8 @@ pub fn serve(
                     continue;
                 }
                 match forward(allowed, asker, asker_id, &mut pending) {
-                    Ok(query) => forwards.push(query, None),
+                    Ok(Some(query)) => forwards.push(query, None),
+                    Ok(None) => {}
                     Err(Some(reply)) => replies.push(reply, Some(asker)),
                     Err(None) => {}
                 }
@@ -106,12 +191,14 @@ pub fn serve(
                     generation,
                     now,
                 };
-                if let Some((reply, asker)) =
-                    answer.judge(names, own, &mut pending, &mut cache, &mut opened)
-                {
-                    replies.push(reply, Some(asker));
-                    answered += 1;
-                }
+                answered += answer.judge(
+                    names,
+                    own,
+                    &mut pending,
+                    &mut cache,
+                    &mut opened,
+                    &mut replies,
+                );
             }
         }
         // The sets hold every address before any asker hears of it.
@@ -131,42 +218,45 @@ pub fn serve(
         replies.send(agents.as_fd());
         if swept.elapsed() >= Duration::from_millis(100) {
             swept = Instant::now();
-            pending.retain(|_, waiting| swept.duration_since(waiting.sent) < UPSTREAM_WAIT);
+            pending.expire(swept);
         }
     }
     Ok(())
 }
 
-/// The upstream query for an allowlisted question, now pending under a fresh id; or the reply
-/// the asker gets instead (SERVFAIL when `MAX_PENDING` questions wait already).
+/// The upstream query for an allowlisted question, now pending under a fresh id (None: the
+/// asker joined the same question, already waiting); or the reply the asker gets instead
+/// (SERVFAIL when `MAX_PENDING` askers wait already).
 fn forward(
     allowed: Allowed,
     asker: SocketAddr,
     asker_id: u16,
-    pending: &mut HashMap<u16, Pending>,
-) -> Result<Vec<u8>, Option<Vec<u8>>> {
-    if pending.len() >= MAX_PENDING {
+    pending: &mut Waiting,
+) -> Result<Option<Vec<u8>>, Option<Vec<u8>>> {
+    if pending.askers >= MAX_PENDING {
         let mut reply = Message::error_msg(asker_id, OpCode::Query, ResponseCode::ServFail);
         reply.add_query(allowed.question);
         return Err(reply.to_vec().ok());
     }
+    if pending.join(&allowed, asker, asker_id) {
+        return Ok(None);
+    }
     let id = loop {
         let id = rand::random::<u16>();
-        if !pending.contains_key(&id) {
+        if !pending.by_id.contains_key(&id) {
             break id;
         }
     };
     let query = upstream_query(&allowed.question, id);
-    pending.insert(
-        id,
-        Pending {
-            asker,
-            asker_id,
-            allowed,
-            sent: Instant::now(),
-        },
-    );
-    Ok(query)
+    let waiting = Pending {
+        asker,
+        asker_id,
+        allowed,
+        sent: Instant::now(),
+        joined: Vec::new(),
+    };
+    pending.insert(id, waiting);
+    Ok(Some(query))
 }
 
 /// An upstream answer as it arrived, with the allowlist's change count and the time read
@@ -178,40 +268,51 @@ struct Answer<'a> {
 }
 
 impl Answer<'_> {
-    /// The reply to the asker waiting for this answer, with what it opens appended to
-    /// `opened`; kept in the cache if it may be. None for an answer to no pending question.
+    /// The replies to the askers waiting for this answer, into `replies`, with what it opens
+    /// appended to `opened`; kept in the cache if it may be. How many askers were answered:
+    /// none for an answer to no pending question.
     fn judge(
         &self,
         names: &Names,
         own: &OwnNetworks,
-        pending: &mut HashMap<u16, Pending>,
+        pending: &mut Waiting,
         cache: &mut AnswerCache,
         opened: &mut Vec<Opened>,
-    ) -> Option<(Vec<u8>, SocketAddr)> {
-        let answer = Message::from_vec(self.wire).ok()?;
+        replies: &mut Outbox,
+    ) -> usize {
+        let Ok(answer) = Message::from_vec(self.wire) else {
+            return 0;
+        };
         // Only the answer to the question sent under this id counts (the socket is connected,
         // so only the upstream's address gets here; the random id and the question guard the
         // rest).
-        let matches = pending
-            .get(&answer.metadata.id)
+        let matches = (pending.by_id.get(&answer.metadata.id))
             .is_some_and(|waiting| answer.queries.first() == Some(&waiting.allowed.question));
         if !matches {
-            return None;
+            return 0;
         }
         let waiting = pending
-            .remove(&answer.metadata.id)
+            .remove(answer.metadata.id)
             .expect("checked just above");
         let verdict = judge_answer(&waiting.allowed, &answer, names, own);
         let lifetime = cache::lifetime(&answer);
         let asked = &waiting.allowed.question;
-        let bytes = answer_for_agent(self.wire, answer, asked, waiting.asker_id, &verdict)?;
+        let Some(bytes) = answer_for_agent(self.wire, answer, asked, waiting.asker_id, &verdict)
+        else {
+            return 0;
+        };
         if let Some(lifetime) = lifetime {
             let (asked, opened) = (&waiting.allowed, &verdict.opened);
             let (generation, now) = (self.generation, self.now);
             cache.store(asked, &bytes, lifetime, opened, generation, now);
         }
         opened.extend(verdict.opened);
-        Some((bytes, waiting.asker))
+        for joined in &waiting.joined {
+            let reply = reply_for_another_asker(&bytes, joined.asker_id, &joined.name);
+            replies.push(reply, Some(joined.asker));
+        }
+        replies.push(bytes, Some(waiting.asker));
+        1 + waiting.joined.len()
     }
 }
 
@@ -258,11 +359,21 @@ mod tests {
 
     /// An upstream resolver: answers from `records`, logs every name it is asked.
     fn upstream(records: Vec<Record>, asked: Arc<Mutex<Vec<String>>>) -> SocketAddr {
+        slow_upstream(records, asked, Duration::ZERO)
+    }
+
+    /// An upstream resolver that answers each question `delay` after it came.
+    fn slow_upstream(
+        records: Vec<Record>,
+        asked: Arc<Mutex<Vec<String>>>,
+        delay: Duration,
+    ) -> SocketAddr {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         std::thread::spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                std::thread::sleep(delay);
                 let query = Message::from_vec(&buffer[..len]).unwrap();
                 let question = query.queries[0].clone();
                 asked.lock().unwrap().push(question.name.to_ascii());
@@ -289,6 +400,96 @@ mod tests {
             (7, MessageType::Response)
         );
         answer
+    }
+
+    /// The gateway serving `allowed` in a thread, forwarding to `resolver`; stopped when the
+    /// returned flag is set.
+    fn serving(
+        allowed: &'static [&'static str],
+        resolver: SocketAddr,
+    ) -> (SocketAddr, Arc<AtomicBool>) {
+        let agents = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gateway = agents.local_addr().unwrap();
+        let to_upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        to_upstream.connect(resolver).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let names = names(allowed);
+            let own = OwnNetworks::default();
+            serve(&agents, &to_upstream, &names, &own, &|_| {}, &stopped)
+        });
+        (gateway, stop)
+    }
+
+    #[test]
+    fn a_question_asked_again_while_it_waits_joins_it_and_every_asker_is_answered() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let record = Record::from_rdata(
+            name("slow.example.test."),
+            30,
+            RData::A(A("192.0.2.10".parse().unwrap())),
+        );
+        let delay = Duration::from_millis(300);
+        let resolver = slow_upstream(vec![record], Arc::clone(&asked), delay);
+        let (gateway, stop) = serving(&["slow.example.test"], resolver);
+        // Many askers (each its own socket and id, some in another case, one sending twice)
+        // while the first question waits for the slow upstream.
+        let spellings = [
+            "slow.example.test.",
+            "SLOW.example.TEST.",
+            "sLoW.eXaMpLe.TeSt.",
+        ];
+        let askers: Vec<(UdpSocket, u16, &str)> = (0..30u16)
+            .map(|i| {
+                let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+                client
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .unwrap();
+                (client, 100 + i, spellings[usize::from(i) % 3])
+            })
+            .collect();
+        for (client, id, spelled) in &askers {
+            let mut query = Message::query();
+            query.metadata.id = *id;
+            query.metadata.recursion_desired = true;
+            query.add_query(Query::query(
+                Name::from_ascii(spelled).unwrap(),
+                RecordType::A,
+            ));
+            client.send_to(&query.to_vec().unwrap(), gateway).unwrap();
+            if *id == 100 {
+                client.send_to(&query.to_vec().unwrap(), gateway).unwrap();
+            }
+        }
+        for (client, id, spelled) in &askers {
+            let mut buffer = [0u8; 4096];
+            let len = client.recv(&mut buffer).unwrap();
+            let answer = Message::from_vec(&buffer[..len]).unwrap();
+            assert_eq!(answer.metadata.id, *id);
+            let question = &answer.queries[0].name;
+            assert!(
+                question.eq_case(&Name::from_ascii(spelled).unwrap()),
+                "{question} for {spelled}"
+            );
+            let address = answer.answers[0].data.ip_addr().map(|a| a.to_string());
+            assert_eq!(address.as_deref(), Some("192.0.2.10"));
+        }
+        // The asker that sent twice is answered once.
+        let (first, _, _) = &askers[0];
+        first
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(
+            first.recv(&mut [0u8; 512]).is_err(),
+            "a second answer for one asker"
+        );
+        stop.store(true, Ordering::Relaxed);
+        assert_eq!(
+            *asked.lock().unwrap(),
+            ["slow.example.test."],
+            "one upstream query for all of them"
+        );
     }
 
     #[test]

@@ -7,6 +7,23 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
+/// How much each of the gateway's UDP sockets may queue while it is busy (the kernel doubles
+/// it and counts each datagram at its buffer's full size, about 1 kB): some thousands of
+/// questions, so a burst (a build resolving hundreds of names at once) waits instead of being
+/// dropped. Kernel memory, taken only while datagrams wait.
+pub const QUEUE_BYTES: usize = 4 << 20;
+
+/// Lets `socket` queue `bytes` of datagrams: beyond net.core.rmem_max this needs CAP_NET_ADMIN
+/// (SO_RCVBUFFORCE); without it (rootless containers) as much as rmem_max allows. The size the
+/// kernel granted.
+pub fn enlarge_receive_queue(socket: BorrowedFd<'_>, bytes: usize) -> usize {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    if setsockopt(&socket, sockopt::RcvBufForce, &bytes).is_err() {
+        let _ = setsockopt(&socket, sockopt::RcvBuf, &bytes);
+    }
+    getsockopt(&socket, sockopt::RcvBuf).unwrap_or(0)
+}
+
 /// Receive buffers for up to `capacity` datagrams of up to `size` bytes each, allocated once.
 pub struct Inbox {
     size: usize,

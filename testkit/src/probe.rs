@@ -17,6 +17,7 @@ const USAGE: &str = "usage: testkit probe [--uid UID] [--gid GID] [--timeout-ms 
 txt:NAME@SERVER[:PORT] | dnstcp:NAME@SERVER[:PORT] (A over TCP) | \
 dnstype:NUMBER/NAME@SERVER[:PORT] (any record type) | \
 dnsfrom:SRC:PORT/NAME@SERVER[:PORT] (A, sent from SRC:PORT) | \
+dnsburst:COUNT/SUFFIX@SERVER[:PORT] (A for qN.SUFFIX, N < COUNT, all sent at once) | \
 http:ADDR:PORT[/PATH]   (ADDR: IPv4 or [IPv6])";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -38,6 +39,14 @@ enum Target {
         tcp: bool,
         /// The address and port to send from (UDP), where one is given.
         from: Option<SocketAddr>,
+    },
+    /// COUNT questions (A for `qN.SUFFIX`) sent back to back, as a build resolving many names
+    /// at once does: `answered COUNT` when every one got an address,
+    /// else `timeout`/`error` with how many did.
+    DnsBurst {
+        count: u16,
+        suffix: String,
+        server: SocketAddr,
     },
     Http {
         addr: SocketAddr,
@@ -198,6 +207,18 @@ fn parse_spec(spec: &str) -> Result<Target, String> {
                 from,
             }
         }
+        "dnsburst" => {
+            let (count, rest) = rest.split_once('/').ok_or_else(bad)?;
+            let (suffix, server) = rest.rsplit_once('@').ok_or_else(bad)?;
+            if !dnswire::valid_name(suffix) {
+                return Err(bad());
+            }
+            Target::DnsBurst {
+                count: count.parse().map_err(|_| bad())?,
+                suffix: suffix.trim_end_matches('.').to_string(),
+                server: parse_server(server).ok_or_else(bad)?,
+            }
+        }
         "http" => {
             let (a, path) = rest.find('/').map_or((rest, "/"), |i| rest.split_at(i));
             Target::Http {
@@ -343,6 +364,88 @@ impl Prober {
                 Ok(s) => http_get(s, &format!("{addr}"), path, deadline),
                 Err(o) => o,
             },
+            Target::DnsBurst {
+                count,
+                suffix,
+                server,
+            } => self.burst(*count, suffix, server, deadline),
+        }
+    }
+
+    /// Sends every question of a burst without waiting for answers, spread over one socket per
+    /// `PER_SOCKET` questions (stub resolvers ask from a socket per lookup; one socket's own
+    /// buffer is then never what overflows), and then waits for the answers.
+    fn burst(&self, count: u16, suffix: &str, server: &SocketAddr, deadline: Instant) -> Outcome {
+        const PER_SOCKET: usize = 25;
+        let name = |id: u16| format!("q{id}.{suffix}");
+        let mut sockets = Vec::new();
+        for _ in 0..usize::from(count).div_ceil(PER_SOCKET) {
+            let connected = self.socket(server, libc::SOCK_DGRAM).and_then(|fd| {
+                let s = UdpSocket::from(fd);
+                s.connect(server)?;
+                Ok(s)
+            });
+            match connected {
+                Ok(s) => sockets.push(s),
+                Err(e) => return from_io(&e),
+            }
+        }
+        for id in 0..count {
+            let query = dnswire::encode_query(id, &name(id), A);
+            let s = &sockets[usize::from(id) / PER_SOCKET];
+            loop {
+                match s.send(&query) {
+                    Ok(_) => break,
+                    Err(e)
+                        if e.kind() == io::ErrorKind::WouldBlock && !left(deadline).is_zero() =>
+                    {
+                        let _ = net::poll1(s.as_raw_fd(), libc::POLLOUT, left(deadline));
+                    }
+                    Err(e) => return from_io(&e),
+                }
+            }
+        }
+        let (mut answered, mut failed) = (vec![false; usize::from(count)], 0u32);
+        let mut buf = vec![0u8; 65536];
+        let mut fds: Vec<libc::pollfd> = (sockets.iter())
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        while answered.contains(&false) && !left(deadline).is_zero() {
+            let millis = left(deadline).as_millis().clamp(1, 1000) as libc::c_int;
+            // SAFETY: fds is a valid array of pollfd for the duration of the call.
+            if unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) } < 0 {
+                break;
+            }
+            for (pollfd, s) in fds.iter().zip(&sockets) {
+                if pollfd.revents == 0 {
+                    continue;
+                }
+                while let Ok(n) = s.recv(&mut buf) {
+                    let Some(id) = dnswire::parse_response(&buf[..n]).map(|r| r.id) else {
+                        continue;
+                    };
+                    let Some(seen) = answered.get_mut(usize::from(id)) else {
+                        continue;
+                    };
+                    match dns_outcome(&buf[..n], id, &name(id)) {
+                        Some(o) if o.verdict == Verdict::Answered && o.detail != "-" => {
+                            *seen = true
+                        }
+                        Some(_) => failed += 1,
+                        None => {}
+                    }
+                }
+            }
+        }
+        let got = answered.iter().filter(|seen| **seen).count();
+        match (got == usize::from(count), failed) {
+            (true, _) => outcome(Verdict::Answered, count.to_string()),
+            (false, 0) => outcome(Verdict::Timeout, format!("{got}/{count}")),
+            (false, _) => outcome(Verdict::Error, format!("{got}/{count}+{failed}")),
         }
     }
 
@@ -684,6 +787,15 @@ nxdomain=0 http=0"
     #[test]
     fn specs_are_parsed() {
         let sa = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(
+            parse_spec("dnsburst:500/burst.test@10.0.0.1"),
+            Ok(Target::DnsBurst {
+                count: 500,
+                suffix: "burst.test".into(),
+                server: sa("10.0.0.1:53"),
+            })
+        );
+        assert!(parse_spec("dnsburst:70000/burst.test@10.0.0.1").is_err());
         assert_eq!(
             parse_spec("tcp:10.0.0.1:80"),
             Ok(Target::Tcp(sa("10.0.0.1:80")))

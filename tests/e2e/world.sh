@@ -45,6 +45,8 @@ for n in $blocked; do
     if $ipv6; then set -- "$@" --record "$n=$p6::ff20"; fi
 done
 set -- "$@" --record "lan.test=$p4.3"
+# Any name under burst.test: a burst of distinct names at once (the allowed host's address).
+set -- "$@" --wildcard "burst.test=$p4.10/32"
 
 pids=
 "$k" dns --listen "$p4.2:53" --listen "$p4.53:53" "$@" \
