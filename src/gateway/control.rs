@@ -149,6 +149,8 @@ struct Owner {
     names: Vec<Arc<str>>,
     members: Vec<Member>,
     answered: Option<Instant>,
+    /// Until when an answer put it into the sets, the latest.
+    open_until: Option<Instant>,
 }
 
 /// Makes room among the tracked addresses: forgets the half answered longest ago (those close
@@ -161,6 +163,31 @@ fn forget_older_half(owners: &mut HashMap<IpAddr, Owner>) {
     owners.retain(|_, owner| owner.answered > cut);
 }
 
+/// `opened` with no timeout shorter than what an earlier answer gave the same address (None:
+/// none is): adding a member again sets its timeout, and a program that keeps the earlier
+/// answer for its TTL (another name's, say, on the same CDN address) must find it still open.
+fn never_shorter(
+    owners: &HashMap<IpAddr, Owner>,
+    opened: &[Opened],
+    now: Instant,
+) -> Option<Vec<Opened>> {
+    let left = |found: &Opened| {
+        let until = owners.get(&found.addr)?.open_until?;
+        Some(until.saturating_duration_since(now)).filter(|left| *left > found.timeout)
+    };
+    opened.iter().any(|found| left(found).is_some()).then(|| {
+        (opened.iter())
+            .map(|found| Opened {
+                // Whole seconds, rounded up: the sets count in seconds.
+                timeout: left(found).map_or(found.timeout, |left| {
+                    Duration::from_secs(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+                }),
+                ..found.clone()
+            })
+            .collect()
+    })
+}
+
 /// Notes which name opened each address, and into which set members.
 fn note(owners: &mut HashMap<IpAddr, Owner>, opened: &[Opened]) {
     for found in opened {
@@ -168,7 +195,9 @@ fn note(owners: &mut HashMap<IpAddr, Owner>, opened: &[Opened]) {
             forget_older_half(owners);
         }
         let owner = owners.entry(found.addr).or_default();
-        owner.answered = Some(Instant::now());
+        let now = Instant::now();
+        owner.answered = Some(now);
+        owner.open_until = owner.open_until.max(Some(now + found.timeout));
         if !owner.names.contains(&found.name) {
             if owner.names.len() >= MAX_NAMES_PER_ADDRESS {
                 owner.names.remove(0);
@@ -216,6 +245,8 @@ impl Live {
         if opened.is_empty() {
             return;
         }
+        let lengthened = never_shorter(&owners, opened, Instant::now());
+        let opened = lengthened.as_deref().unwrap_or(opened);
         if let Err(error) = sets::open(opened) {
             log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
         }
@@ -573,6 +604,36 @@ mod tests {
         let left = &owners[&"192.0.2.7".parse::<IpAddr>().unwrap()];
         assert_eq!(ports(&left.members), [443]);
         assert_eq!(left.names, [Arc::<str>::from("www.github.test")]);
+    }
+
+    #[test]
+    fn a_later_answer_never_shortens_how_long_an_address_stays_open() {
+        let allowed = names(&["a.cdn.test:443", "b.cdn.test:443"]);
+        let opened = |name: &str, addr: &str, seconds: u64| Opened {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+            ports: allowed
+                .ports_for(&Name::from_str(&format!("{name}.")).unwrap())
+                .into(),
+            timeout: Duration::from_secs(seconds),
+        };
+        let live = Live::new("test".into());
+        live.opened(&[opened("a.cdn.test", "192.0.2.7", 3600)]);
+        let owners = live.owners.lock().unwrap();
+        let now = Instant::now();
+        // Another name's answer for the same address, with a short TTL: the address keeps the
+        // hour the first answer gave it.
+        let later = [
+            opened("b.cdn.test", "192.0.2.7", 60),
+            opened("b.cdn.test", "192.0.2.8", 60),
+        ];
+        let lengthened = never_shorter(&owners, &later, now).expect("one is lengthened");
+        let seconds: Vec<u64> = lengthened.iter().map(|o| o.timeout.as_secs()).collect();
+        assert!((3599..=3600).contains(&seconds[0]), "{seconds:?}");
+        assert_eq!(seconds[1], 60, "an address no answer gave more time");
+        // A longer timeout, or an address not seen before: as it is.
+        assert!(never_shorter(&owners, &[opened("b.cdn.test", "192.0.2.7", 3600)], now).is_none());
+        assert!(never_shorter(&owners, &[opened("b.cdn.test", "192.0.2.9", 60)], now).is_none());
     }
 
     #[test]

@@ -162,6 +162,10 @@ fn read_by(stream: &mut TcpStream, buffer: &mut [u8], deadline: Instant) -> io::
             Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
             Ok(read) => filled += read,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // A read timeout comes back as EAGAIN.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::ErrorKind::TimedOut.into())
+            }
             Err(e) => return Err(e),
         }
     }

@@ -36,6 +36,9 @@ use crate::sys::datagrams::{Inbox, Outbox};
 pub const MAX_PENDING: usize = 4096;
 /// How long a question waits for upstream; then the asker hears nothing (its stub retries).
 pub const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
+/// A waiting question asked again (a stub's retry: the query or its answer may have been lost)
+/// goes upstream again, under the same id, once this long has passed since it last went.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
 /// Datagrams read from one socket per wake-up at most.
 const BATCH: usize = 32;
 /// Largest DNS message over UDP with EDNS.
@@ -46,7 +49,8 @@ struct Pending {
     asker: SocketAddr,
     asker_id: u16,
     allowed: Allowed,
-    sent: Instant,
+    /// When it last went upstream; it waits `UPSTREAM_WAIT` from then.
+    last_sent: Instant,
     joined: Vec<Joined>,
 }
 
@@ -67,18 +71,35 @@ struct Waiting {
     askers: usize,
 }
 
+/// What became of an asker of a question that may be waiting already.
+enum Join {
+    /// It waits with the others.
+    Waits,
+    /// It waits, and the question goes upstream again under this id (`RESEND_AFTER`).
+    Resend(u16),
+    /// No room for another asker (`MAX_PENDING`).
+    Full,
+    /// The question is not waiting.
+    NotWaiting,
+}
+
 impl Waiting {
     /// Adds the asker to the identical question already waiting, if there is one (an asker
-    /// already there, a stub's retry, is not added twice); whether there was one.
-    fn join(&mut self, allowed: &Allowed, asker: SocketAddr, asker_id: u16) -> bool {
+    /// already there, a stub's retry, is not added twice, and needs no room).
+    fn join(&mut self, allowed: &Allowed, asker: SocketAddr, asker_id: u16, now: Instant) -> Join {
         let key = (Arc::clone(&allowed.name), allowed.question.query_type);
-        let Some(pending) = (self.by_question.get(&key)).and_then(|id| self.by_id.get_mut(id))
-        else {
-            return false;
+        let Some(&id) = self.by_question.get(&key) else {
+            return Join::NotWaiting;
+        };
+        let Some(pending) = self.by_id.get_mut(&id) else {
+            return Join::NotWaiting;
         };
         let already = (pending.asker, pending.asker_id) == (asker, asker_id)
             || (pending.joined.iter()).any(|j| (j.asker, j.asker_id) == (asker, asker_id));
         if !already {
+            if self.askers >= MAX_PENDING {
+                return Join::Full;
+            }
             pending.joined.push(Joined {
                 asker,
                 asker_id,
@@ -86,7 +107,11 @@ impl Waiting {
             });
             self.askers += 1;
         }
-        true
+        if now.saturating_duration_since(pending.last_sent) < RESEND_AFTER {
+            return Join::Waits;
+        }
+        pending.last_sent = now;
+        Join::Resend(id)
     }
 
     fn insert(&mut self, id: u16, pending: Pending) {
@@ -116,7 +141,9 @@ impl Waiting {
     /// Forgets the questions that waited `UPSTREAM_WAIT` (their askers hear nothing and retry).
     fn expire(&mut self, now: Instant) {
         let expired: Vec<u16> = (self.by_id.iter())
-            .filter(|(_, pending)| now.duration_since(pending.sent) >= UPSTREAM_WAIT)
+            .filter(|(_, pending)| {
+                now.saturating_duration_since(pending.last_sent) >= UPSTREAM_WAIT
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
@@ -174,7 +201,7 @@ pub fn serve(
                     cached += 1;
                     continue;
                 }
-                match forward(allowed, asker, asker_id, &mut pending) {
+                match forward(allowed, asker, asker_id, &mut pending, now) {
                     Ok(Some(query)) => forwards.push(query, None),
                     Ok(None) => {}
                     Err(Some(reply)) => replies.push(reply, Some(asker)),
@@ -225,21 +252,25 @@ pub fn serve(
 }
 
 /// The upstream query for an allowlisted question, now pending under a fresh id (None: the
-/// asker joined the same question, already waiting); or the reply the asker gets instead
-/// (SERVFAIL when `MAX_PENDING` askers wait already).
+/// asker joined the same question, already waiting, and it need not go again); or the reply
+/// the asker gets instead (SERVFAIL when `MAX_PENDING` askers wait already).
 fn forward(
     allowed: Allowed,
     asker: SocketAddr,
     asker_id: u16,
     pending: &mut Waiting,
+    now: Instant,
 ) -> Result<Option<Vec<u8>>, Option<Vec<u8>>> {
-    if pending.askers >= MAX_PENDING {
+    let full = match pending.join(&allowed, asker, asker_id, now) {
+        Join::Waits => return Ok(None),
+        Join::Resend(id) => return Ok(Some(upstream_query(&allowed.question, id))),
+        Join::Full => true,
+        Join::NotWaiting => pending.askers >= MAX_PENDING,
+    };
+    if full {
         let mut reply = Message::error_msg(asker_id, OpCode::Query, ResponseCode::ServFail);
         reply.add_query(allowed.question);
         return Err(reply.to_vec().ok());
-    }
-    if pending.join(&allowed, asker, asker_id) {
-        return Ok(None);
     }
     let id = loop {
         let id = rand::random::<u16>();
@@ -252,7 +283,7 @@ fn forward(
         asker,
         asker_id,
         allowed,
-        sent: Instant::now(),
+        last_sent: now,
         joined: Vec::new(),
     };
     pending.insert(id, waiting);
@@ -490,6 +521,59 @@ mod tests {
             ["slow.example.test."],
             "one upstream query for all of them"
         );
+    }
+
+    /// The question's first query (or its answer) lost: the asker's retry sends it again.
+    #[test]
+    fn a_retry_of_a_waiting_question_sends_it_upstream_again() {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let record = Record::from_rdata(
+            name("lossy.example.test."),
+            30,
+            RData::A(A("192.0.2.10".parse().unwrap())),
+        );
+        // Drops the first query it gets, answers the ones after.
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let resolver = socket.local_addr().unwrap();
+        let heard = Arc::clone(&asked);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok((len, from)) = socket.recv_from(&mut buffer) {
+                let query = Message::from_vec(&buffer[..len]).unwrap();
+                let mut heard = heard.lock().unwrap();
+                heard.push(query.metadata.id);
+                if heard.len() == 1 {
+                    continue;
+                }
+                let mut answer = Message::response(query.metadata.id, OpCode::Query);
+                answer.add_query(query.queries[0].clone());
+                answer.answers = vec![record.clone()];
+                socket.send_to(&answer.to_vec().unwrap(), from).unwrap();
+            }
+        });
+        let (gateway, stop) = serving(&["lossy.example.test"], resolver);
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut query = Message::query();
+        query.metadata.id = 7;
+        query.add_query(Query::query(name("lossy.example.test."), RecordType::A));
+        let query = query.to_vec().unwrap();
+        client.send_to(&query, gateway).unwrap();
+        assert!(
+            client.recv(&mut [0u8; 512]).is_err(),
+            "the first went unanswered"
+        );
+        // The stub's retry, more than `RESEND_AFTER` later.
+        client.send_to(&query, gateway).unwrap();
+        let mut buffer = [0u8; 4096];
+        let len = client.recv(&mut buffer).expect("the retry is answered");
+        assert_eq!(Message::from_vec(&buffer[..len]).unwrap().metadata.id, 7);
+        stop.store(true, Ordering::Relaxed);
+        let ids = asked.lock().unwrap().clone();
+        assert_eq!(ids.len(), 2, "sent twice: {ids:?}");
+        assert_eq!(ids[0], ids[1], "under the same id");
     }
 
     #[test]
