@@ -902,12 +902,15 @@ mod tests {
         let mut upstream = Message::response(0x1111, OpCode::Query);
         upstream.add_query(sent.queries[0].clone());
         upstream.answers = vec![a("api.example.test.", "192.0.2.10", 300)];
-        let wire = upstream.to_vec().unwrap();
-        let own = OwnNetworks::default();
-        let parsed = Message::from_vec(&wire).unwrap();
-        let verdict = judge_answer(&forwarded, &parsed, &allowed, &own);
-        let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
-        let reply = Message::from_vec(&reply).unwrap();
+        // The agent's reply to the upstream's answer, and what the answer opened.
+        let reply_to = |upstream: &Message| {
+            let wire = upstream.to_vec().unwrap();
+            let parsed = Message::from_vec(&wire).unwrap();
+            let verdict = judge_answer(&forwarded, &parsed, &allowed, &OwnNetworks::default());
+            let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
+            (Message::from_vec(&reply).unwrap(), verdict)
+        };
+        let (reply, _) = reply_to(&upstream);
         assert_eq!(reply.metadata.id, 0x4242);
         assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
         assert_eq!(reply.answers.len(), 1);
@@ -915,20 +918,12 @@ mod tests {
         upstream
             .answers
             .push(a("api.example.test.", "169.254.169.254", 300));
-        let wire = upstream.to_vec().unwrap();
-        let parsed = Message::from_vec(&wire).unwrap();
-        let verdict = judge_answer(&forwarded, &parsed, &allowed, &own);
-        let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
-        let reply = Message::from_vec(&reply).unwrap();
+        let (reply, _) = reply_to(&upstream);
         assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
         assert_eq!(reply.answers.len(), 1);
         // And where a TTL is longer than an answered address stays open.
         upstream.answers = vec![a("api.example.test.", "192.0.2.10", 86_400)];
-        let wire = upstream.to_vec().unwrap();
-        let parsed = Message::from_vec(&wire).unwrap();
-        let verdict = judge_answer(&forwarded, &parsed, &allowed, &own);
-        let reply = answer_for_agent(&wire, parsed, &asked, 0x4242, &verdict).unwrap();
-        let reply = Message::from_vec(&reply).unwrap();
+        let (reply, verdict) = reply_to(&upstream);
         assert!(reply.queries[0].name.eq_case(&asked.name), "{reply}");
         assert_eq!(reply.answers[0].ttl, TTL_CEILING.as_secs() as u32);
         assert_eq!(verdict.opened[0].timeout, TTL_CEILING);
