@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use nix::sys::socket::{SockaddrLike, SockaddrStorage};
 
 /// How much each of the gateway's UDP sockets may queue while it is busy (the kernel doubles
-/// it and counts each datagram at its buffer's full size, about 1 kB): some thousands of
+/// it and counts each datagram at its buffer's full size, about 830 bytes): some ten thousand
 /// questions, so a burst (a build resolving hundreds of names at once) waits instead of being
 /// dropped. Kernel memory, taken only while datagrams wait.
 pub const QUEUE_BYTES: usize = 4 << 20;
