@@ -198,14 +198,18 @@ fn note(owners: &mut HashMap<IpAddr, Owner>, opened: &[Opened]) {
         let now = Instant::now();
         owner.answered = Some(now);
         owner.open_until = owner.open_until.max(Some(now + found.timeout));
+        // One more at a time: most addresses have one name and a member or two, and thousands
+        // are tracked (a first push would make room for four).
         if !owner.names.contains(&found.name) {
             if owner.names.len() >= MAX_NAMES_PER_ADDRESS {
                 owner.names.remove(0);
             }
+            owner.names.reserve_exact(1);
             owner.names.push(found.name.clone());
         }
         for (_, member) in sets::members_of(found) {
             if !owner.members.contains(&member) {
+                owner.members.reserve_exact(1);
                 owner.members.push(member);
             }
         }
