@@ -6,9 +6,9 @@
 //!   only while `MARGIN` of that remains, with every TTL counted down and none beyond the
 //!   lifetime: an asker never hears an address is good for longer than the sets hold it (each
 //!   address went in for its record's TTL clamped to [`TTL_FLOOR`, `TTL_CEILING`]);
-//! - another answer for the same address may shorten its timeout, but never below
-//!   `TTL_FLOOR`, so a hit re-adds the answer's addresses once `REFRESH` (half the floor) has
-//!   passed since they were last added: at every hit the sets hold them for `REFRESH` more;
+//! - a hit re-adds the answer's addresses once `REFRESH` (half `TTL_FLOOR`) has passed since
+//!   they were last added, so at every hit the sets hold them for `REFRESH` more (also where
+//!   the gateway has forgotten an address, and with it the time an answer gave it, `control`);
 //! - any change to the allowlist (`cordon allow`, `cordon deny`) empties the cache (`Names`
 //!   counts changes), so a denied name is never answered from here.
 

@@ -188,14 +188,28 @@ fn never_shorter(
     })
 }
 
-/// Notes which name opened each address, and into which set members.
-fn note(owners: &mut HashMap<IpAddr, Owner>, opened: &[Opened]) {
+/// Adds what answers opened to the sets (`add`: `sets::open`, but for tests), no timeout
+/// shorter than an earlier answer gave, and notes it as of `now`. What is noted is the answers'
+/// own timeouts (each at most `TTL_CEILING`), never the lengthened ones: else each answer would
+/// push an address's time further out.
+fn open_and_note(
+    owners: &mut HashMap<IpAddr, Owner>,
+    opened: &[Opened],
+    now: Instant,
+    add: impl FnOnce(&[Opened]),
+) {
+    let lengthened = never_shorter(owners, opened, now);
+    add(lengthened.as_deref().unwrap_or(opened));
+    note(owners, opened, now);
+}
+
+/// Notes which name opened each address, and into which set members, as of `now`.
+fn note(owners: &mut HashMap<IpAddr, Owner>, opened: &[Opened], now: Instant) {
     for found in opened {
         if owners.len() >= MAX_TRACKED && !owners.contains_key(&found.addr) {
             forget_older_half(owners);
         }
         let owner = owners.entry(found.addr).or_default();
-        let now = Instant::now();
         owner.answered = Some(now);
         owner.open_until = owner.open_until.max(Some(now + found.timeout));
         // One more at a time: most addresses have one name and a member or two, and thousands
@@ -249,12 +263,11 @@ impl Live {
         if opened.is_empty() {
             return;
         }
-        let lengthened = never_shorter(&owners, opened, Instant::now());
-        let opened = lengthened.as_deref().unwrap_or(opened);
-        if let Err(error) = sets::open(opened) {
-            log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
-        }
-        note(&mut owners, opened);
+        open_and_note(&mut owners, opened, Instant::now(), |opened| {
+            if let Err(error) = sets::open(opened) {
+                log::warn!("DNS gateway: adding answered addresses to the fence: {error}");
+            }
+        });
     }
 
     /// Notes which name opened each address, and into which set members.
@@ -262,6 +275,7 @@ impl Live {
         note(
             &mut self.owners.lock().unwrap_or_else(|e| e.into_inner()),
             opened,
+            Instant::now(),
         );
     }
 
@@ -279,9 +293,14 @@ impl Live {
         let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
         let mut closed = Vec::new();
         owners.retain(|addr, owner| {
+            let before = owner.names.len();
             owner
                 .names
                 .retain(|name| !names.ports_for_plain(name).is_empty());
+            if owner.names.len() != before {
+                // A denied name's answer no longer keeps the address's time.
+                owner.open_until = None;
+            }
             let still_given: Vec<Member> = owner
                 .names
                 .iter()
@@ -611,7 +630,7 @@ mod tests {
     }
 
     #[test]
-    fn a_later_answer_never_shortens_how_long_an_address_stays_open() {
+    fn a_later_answer_never_shortens_how_long_an_address_stays_open_nor_lengthens_it() {
         let allowed = names(&["a.cdn.test:443", "b.cdn.test:443"]);
         let opened = |name: &str, addr: &str, seconds: u64| Opened {
             name: name.into(),
@@ -621,23 +640,71 @@ mod tests {
                 .into(),
             timeout: Duration::from_secs(seconds),
         };
-        let live = Live::new("test".into());
-        live.opened(&[opened("a.cdn.test", "192.0.2.7", 3600)]);
-        let owners = live.owners.lock().unwrap();
-        let now = Instant::now();
-        // Another name's answer for the same address, with a short TTL: the address keeps the
-        // hour the first answer gave it.
+        let mut owners = HashMap::new();
+        let start = Instant::now();
+        let added = |owners: &mut HashMap<IpAddr, Owner>, found: &[Opened], now: Instant| {
+            let mut seconds = Vec::new();
+            open_and_note(owners, found, now, |added| {
+                seconds.extend(added.iter().map(|o| o.timeout.as_secs()))
+            });
+            seconds
+        };
+        assert_eq!(
+            added(
+                &mut owners,
+                &[opened("a.cdn.test", "192.0.2.7", 3600)],
+                start
+            ),
+            [3600]
+        );
+        // Another name's answer for the same address, with a short TTL, a second later: the
+        // address keeps the hour the first answer gave it; a new address its own 60 s.
         let later = [
             opened("b.cdn.test", "192.0.2.7", 60),
             opened("b.cdn.test", "192.0.2.8", 60),
         ];
-        let lengthened = never_shorter(&owners, &later, now).expect("one is lengthened");
-        let seconds: Vec<u64> = lengthened.iter().map(|o| o.timeout.as_secs()).collect();
-        assert!((3599..=3600).contains(&seconds[0]), "{seconds:?}");
-        assert_eq!(seconds[1], 60, "an address no answer gave more time");
-        // A longer timeout, or an address not seen before: as it is.
+        let second = start + Duration::from_secs(1);
+        assert_eq!(added(&mut owners, &later, second), [3599, 60]);
+        // Ten thousand such answers do not push the address's time past the first answer's.
+        for step in 0..10_000u64 {
+            let now = second + Duration::from_micros(step * 100 + 37);
+            added(&mut owners, &later[..1], now);
+        }
+        let until = owners[&"192.0.2.7".parse::<IpAddr>().unwrap()]
+            .open_until
+            .unwrap();
+        assert!(
+            until <= start + Duration::from_secs(3600),
+            "{:?}",
+            until - start
+        );
+        // A longer timeout, or an address not seen before, goes in as it is.
+        let now = second;
         assert!(never_shorter(&owners, &[opened("b.cdn.test", "192.0.2.7", 3600)], now).is_none());
         assert!(never_shorter(&owners, &[opened("b.cdn.test", "192.0.2.9", 60)], now).is_none());
+    }
+
+    #[test]
+    fn a_denied_names_answer_no_longer_keeps_an_address_open() {
+        let allowed = names(&["a.cdn.test:443", "b.cdn.test:443"]);
+        let opened = |name: &str, seconds: u64| Opened {
+            name: name.into(),
+            addr: "192.0.2.7".parse().unwrap(),
+            ports: allowed
+                .ports_for(&Name::from_str(&format!("{name}.")).unwrap())
+                .into(),
+            timeout: Duration::from_secs(seconds),
+        };
+        let live = Live::new("test".into());
+        live.opened(&[opened("a.cdn.test", 3600), opened("b.cdn.test", 60)]);
+        allowed.remove(&Target::Name("a.cdn.test".into()));
+        live.no_longer_allowed(&allowed);
+        let owners = live.owners.lock().unwrap();
+        let b = [opened("b.cdn.test", 60)];
+        assert!(
+            never_shorter(&owners, &b, Instant::now()).is_none(),
+            "b's own 60 s"
+        );
     }
 
     #[test]
