@@ -71,6 +71,12 @@ struct Waiting {
     askers: usize,
 }
 
+/// Which waiting question an allowlisted one is the same as: its plain name (lower case) and
+/// type; only class IN is forwarded.
+fn question_key(allowed: &Allowed) -> (Arc<str>, RecordType) {
+    (Arc::clone(&allowed.name), allowed.question.query_type)
+}
+
 /// What became of an asker of a question that may be waiting already.
 enum Join {
     /// It waits with the others.
@@ -87,8 +93,7 @@ impl Waiting {
     /// Adds the asker to the identical question already waiting, if there is one (an asker
     /// already there, a stub's retry, is not added twice, and needs no room).
     fn join(&mut self, allowed: &Allowed, asker: SocketAddr, asker_id: u16, now: Instant) -> Join {
-        let key = (Arc::clone(&allowed.name), allowed.question.query_type);
-        let Some(&id) = self.by_question.get(&key) else {
+        let Some(&id) = self.by_question.get(&question_key(allowed)) else {
             return Join::NotWaiting;
         };
         let Some(pending) = self.by_id.get_mut(&id) else {
@@ -115,11 +120,7 @@ impl Waiting {
     }
 
     fn insert(&mut self, id: u16, pending: Pending) {
-        let key = (
-            Arc::clone(&pending.allowed.name),
-            pending.allowed.question.query_type,
-        );
-        self.by_question.insert(key, id);
+        self.by_question.insert(question_key(&pending.allowed), id);
         self.by_id.insert(id, pending);
         self.askers += 1;
     }
@@ -127,10 +128,7 @@ impl Waiting {
     /// The question that went under `id`, no longer waiting.
     fn remove(&mut self, id: u16) -> Option<Pending> {
         let pending = self.by_id.remove(&id)?;
-        let key = (
-            Arc::clone(&pending.allowed.name),
-            pending.allowed.question.query_type,
-        );
+        let key = question_key(&pending.allowed);
         if self.by_question.get(&key) == Some(&id) {
             self.by_question.remove(&key);
         }
