@@ -138,6 +138,9 @@ pub struct Live {
     pub forwarded: AtomicU64,
     pub cached: AtomicU64,
     pub refused: AtomicU64,
+    /// How many answers over UDP had matched no question when a UDP loop stopped believing
+    /// them (0: believed).
+    pub udp_distrusted: AtomicU64,
     started: Instant,
     upstream: String,
     owners: Mutex<HashMap<IpAddr, Owner>>,
@@ -236,6 +239,7 @@ impl Live {
             forwarded: AtomicU64::new(0),
             cached: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            udp_distrusted: AtomicU64::new(0),
             started: Instant::now(),
             upstream,
             owners: Mutex::default(),
@@ -452,7 +456,7 @@ fn status(names: &Names, live: &Live) -> String {
     format!(
         "DNS gateway: running for {} s as uid {}, asking {}\n\
          names: {exact} exact, {wildcards} wildcard(s); address entries: {nets}\n\
-         answers: {} forwarded, {} from the cache, {} refused\n\
+         answers: {} forwarded, {} from the cache, {} refused{}\n\
          sets: {sizes}\n",
         live.started.elapsed().as_secs(),
         super::service::GATEWAY_UID,
@@ -460,6 +464,12 @@ fn status(names: &Names, live: &Live) -> String {
         live.forwarded.load(Ordering::Relaxed),
         live.cached.load(Ordering::Relaxed),
         live.refused.load(Ordering::Relaxed),
+        match live.udp_distrusted.load(Ordering::Relaxed) {
+            0 => String::new(),
+            unwanted => format!(
+                "; over TCP only since {unwanted} answers over UDP matched no question (forged?)"
+            ),
+        },
     )
 }
 

@@ -10,6 +10,13 @@
 //! question, which would let a host that forges the resolver's answers hit one of them in a
 //! few tries; each question it keeps waiting gives a forger one chance in 65,536 per packet.
 //!
+//! Answers that match no question asked are counted: a host guessing ids sends many. After
+//! `UNWANTED_LIMIT` of them (in the loop's life, not per period: a slow forger is counted
+//! too) the loop believes no more answers over UDP for the rest of its life: each allowlisted question is answered with TC set (the asker's
+//! resolver asks again over TCP, which the TCP loop forwards over TCP, where an answer cannot
+//! be forged off the path), the waiting askers too, and the cache is emptied. A forger's
+//! chances before that are about `UNWANTED_LIMIT` in 65,536 per question it aims at, once.
+//!
 //! Memory stays bounded under a flood of distinct names: at most `MAX_PENDING` askers wait
 //! for upstream at once (more are answered SERVFAIL), each for at most `UPSTREAM_WAIT`.
 
@@ -22,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+use hickory_resolver::proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::{Name, RecordType};
 
 use super::cache::{self, AnswerCache};
@@ -39,6 +46,12 @@ pub const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
 /// A waiting question asked again (a stub's retry: the query or its answer may have been lost)
 /// goes upstream again, under the same id, once this long has passed since it last went.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
+/// Answers matching no question asked (and not a late answer: `Waiting::late`) that make the
+/// loop stop believing answers over UDP. An upstream sends next to none; a forger guessing ids
+/// gets about this many chances in 65,536 at the one question it aims at.
+pub const UNWANTED_LIMIT: u64 = 64;
+/// How long an answer may still come for a question nobody waits for any more.
+const LATE_WINDOW: Duration = Duration::from_secs(10);
 /// Datagrams read from one socket per wake-up at most.
 const BATCH: usize = 32;
 /// Largest DNS message over UDP with EDNS.
@@ -51,6 +64,8 @@ struct Pending {
     allowed: Allowed,
     /// When it last went upstream; it waits `UPSTREAM_WAIT` from then.
     last_sent: Instant,
+    /// It went upstream more than once: an answer may come for each.
+    resent: bool,
     joined: Vec<Joined>,
 }
 
@@ -69,6 +84,10 @@ struct Waiting {
     by_id: HashMap<u16, Pending>,
     by_question: HashMap<(Arc<str>, RecordType), u16>,
     askers: usize,
+    /// Ids an answer may still come under though nobody waits (a question sent twice and
+    /// answered once, or given up on), with when they last went; for `LATE_WINDOW`, at most
+    /// `MAX_PENDING` of them. Such an answer is not counted as unwanted.
+    late: HashMap<u16, Instant>,
 }
 
 /// Which waiting question an allowlisted one is the same as: its plain name (lower case) and
@@ -116,6 +135,7 @@ impl Waiting {
             return Join::Waits;
         }
         pending.last_sent = now;
+        pending.resent = true;
         Join::Resend(id)
     }
 
@@ -133,20 +153,75 @@ impl Waiting {
             self.by_question.remove(&key);
         }
         self.askers -= 1 + pending.joined.len();
+        if pending.resent {
+            self.expect_late(id, pending.last_sent);
+        }
         Some(pending)
     }
 
-    /// Forgets the questions that waited `UPSTREAM_WAIT` (their askers hear nothing and retry).
+    fn expect_late(&mut self, id: u16, sent: Instant) {
+        if self.late.len() < MAX_PENDING {
+            self.late.insert(id, sent);
+        }
+    }
+
+    /// Whether an answer under `id` that matched nothing waiting was one still expected (each
+    /// expected once).
+    fn took_late(&mut self, id: u16) -> bool {
+        self.late.remove(&id).is_some()
+    }
+
+    /// An id for a new question: none waiting or expected late goes under it.
+    fn fresh_id(&self) -> u16 {
+        loop {
+            let id = rand::random::<u16>();
+            if !self.by_id.contains_key(&id) && !self.late.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// Every question waiting, no longer waiting.
+    fn drain(&mut self) -> Vec<Pending> {
+        self.by_question.clear();
+        self.askers = 0;
+        self.by_id.drain().map(|(_, pending)| pending).collect()
+    }
+
+    /// Forgets the questions that waited `UPSTREAM_WAIT` (their askers hear nothing and retry;
+    /// their answers may still come), and the late answers no longer expected.
     fn expire(&mut self, now: Instant) {
-        let expired: Vec<u16> = (self.by_id.iter())
+        let expired: Vec<(u16, Instant)> = (self.by_id.iter())
             .filter(|(_, pending)| {
                 now.saturating_duration_since(pending.last_sent) >= UPSTREAM_WAIT
             })
-            .map(|(id, _)| *id)
+            .map(|(id, pending)| (*id, pending.last_sent))
             .collect();
-        for id in expired {
+        for (id, sent) in expired {
             self.remove(id);
+            self.expect_late(id, sent);
         }
+        (self.late).retain(|_, sent| now.saturating_duration_since(*sent) < LATE_WINDOW);
+    }
+}
+
+/// Answers over UDP that matched no question asked.
+#[derive(Default)]
+struct Unwanted {
+    total: u64,
+    /// For good, once `UNWANTED_LIMIT` came.
+    distrusted: bool,
+}
+
+impl Unwanted {
+    /// Counts one; true when this one makes the loop distrust UDP (once).
+    fn count(&mut self) -> bool {
+        self.total += 1;
+        if self.distrusted || self.total < UNWANTED_LIMIT {
+            return false;
+        }
+        self.distrusted = true;
+        true
     }
 }
 
@@ -167,6 +242,7 @@ pub fn serve(
     let mut inbox = Inbox::new(BATCH, BUFFER);
     let (mut replies, mut forwards) = (Outbox::default(), Outbox::default());
     let mut opened: Vec<Opened> = Vec::new();
+    let mut unwanted = Unwanted::default();
     let mut swept = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let (agent_ready, upstream_ready) = wait_readable(agents, upstream, 100)?;
@@ -193,6 +269,10 @@ pub fn serve(
                     QueryVerdict::Forward(allowed) => allowed,
                 };
                 let asker_id = u16::from_be_bytes([datagram.bytes[0], datagram.bytes[1]]);
+                if unwanted.distrusted {
+                    to_tcp(&mut replies, allowed.question, asker_id, asker);
+                    continue;
+                }
                 if let Some(hit) = cache.lookup(&allowed, asker_id, generation, now) {
                     opened.extend(hit.reopen);
                     replies.push(hit.reply, Some(asker));
@@ -211,12 +291,16 @@ pub fn serve(
         if upstream_ready {
             inbox.receive(upstream.as_fd())?;
             for datagram in inbox.iter().filter(|datagram| !datagram.truncated) {
+                // Once distrusted, what comes is read and dropped.
+                if unwanted.distrusted {
+                    break;
+                }
                 let answer = Answer {
                     wire: datagram.bytes,
                     generation,
                     now,
                 };
-                answered += answer.judge(
+                let judged = answer.judge(
                     names,
                     own,
                     &mut pending,
@@ -224,6 +308,17 @@ pub fn serve(
                     &mut opened,
                     &mut replies,
                 );
+                match judged {
+                    Judged::Answered(askers) => answered += askers,
+                    Judged::Unreadable => {}
+                    Judged::NoQuestion(id) if pending.took_late(id) => {}
+                    Judged::NoQuestion(_) => {
+                        if unwanted.count() {
+                            distrust(&mut pending, &mut cache, &mut replies);
+                            report(Event::UdpDistrusted(unwanted.total));
+                        }
+                    }
+                }
             }
         }
         // The sets hold every address before any asker hears of it.
@@ -270,22 +365,55 @@ fn forward(
         reply.add_query(allowed.question);
         return Err(reply.to_vec().ok());
     }
-    let id = loop {
-        let id = rand::random::<u16>();
-        if !pending.by_id.contains_key(&id) {
-            break id;
-        }
-    };
+    let id = pending.fresh_id();
     let query = upstream_query(&allowed.question, id);
     let waiting = Pending {
         asker,
         asker_id,
         allowed,
         last_sent: now,
+        resent: false,
         joined: Vec::new(),
     };
     pending.insert(id, waiting);
     Ok(Some(query))
+}
+
+/// Stops believing answers over UDP: every asker waiting is told to ask again over TCP, and
+/// what the cache holds (perhaps a forged answer that came before) is dropped.
+fn distrust(pending: &mut Waiting, cache: &mut AnswerCache, replies: &mut Outbox) {
+    for waiting in pending.drain() {
+        let question = &waiting.allowed.question;
+        to_tcp(replies, question.clone(), waiting.asker_id, waiting.asker);
+        for joined in waiting.joined {
+            let mut question = question.clone();
+            question.name = joined.name;
+            to_tcp(replies, question, joined.asker_id, joined.asker);
+        }
+    }
+    *cache = AnswerCache::default();
+}
+
+/// The reply that sends an asker to TCP: its question, no records, TC set.
+fn to_tcp(replies: &mut Outbox, question: Query, asker_id: u16, asker: SocketAddr) {
+    let mut reply = Message::response(asker_id, OpCode::Query);
+    reply.metadata.truncation = true;
+    reply.metadata.recursion_desired = true;
+    reply.metadata.recursion_available = true;
+    reply.add_query(question);
+    if let Ok(reply) = reply.to_vec() {
+        replies.push(reply, Some(asker));
+    }
+}
+
+/// What became of a datagram from upstream.
+enum Judged {
+    /// It answered the question waiting under its id: this many askers.
+    Answered(usize),
+    /// It is no DNS message.
+    Unreadable,
+    /// Nothing waits under its id for its question.
+    NoQuestion(u16),
 }
 
 /// An upstream answer as it arrived, with the allowlist's change count and the time read
@@ -298,8 +426,7 @@ struct Answer<'a> {
 
 impl Answer<'_> {
     /// The replies to the askers waiting for this answer, into `replies`, with what it opens
-    /// appended to `opened`; kept in the cache if it may be. How many askers were answered:
-    /// none for an answer to no pending question.
+    /// appended to `opened`; kept in the cache if it may be.
     fn judge(
         &self,
         names: &Names,
@@ -308,9 +435,9 @@ impl Answer<'_> {
         cache: &mut AnswerCache,
         opened: &mut Vec<Opened>,
         replies: &mut Outbox,
-    ) -> usize {
+    ) -> Judged {
         let Ok(answer) = Message::from_vec(self.wire) else {
-            return 0;
+            return Judged::Unreadable;
         };
         // Only the answer to the question sent under this id counts (the socket is connected,
         // so only the upstream's address gets here; the random id and the question guard the
@@ -318,7 +445,7 @@ impl Answer<'_> {
         let matches = (pending.by_id.get(&answer.metadata.id))
             .is_some_and(|waiting| answer.queries.first() == Some(&waiting.allowed.question));
         if !matches {
-            return 0;
+            return Judged::NoQuestion(answer.metadata.id);
         }
         let waiting = pending
             .remove(answer.metadata.id)
@@ -328,7 +455,7 @@ impl Answer<'_> {
         let asked = &waiting.allowed.question;
         let Some(bytes) = answer_for_agent(self.wire, answer, asked, waiting.asker_id, &verdict)
         else {
-            return 0;
+            return Judged::Answered(0);
         };
         if let Some(lifetime) = lifetime {
             let (asked, opened) = (&waiting.allowed, &verdict.opened);
@@ -341,7 +468,7 @@ impl Answer<'_> {
             replies.push(reply, Some(joined.asker));
         }
         replies.push(bytes, Some(waiting.asker));
-        1 + waiting.joined.len()
+        Judged::Answered(1 + waiting.joined.len())
     }
 }
 
@@ -650,5 +777,178 @@ mod tests {
         stop.store(true, Ordering::Relaxed);
         server.join().unwrap().unwrap();
         assert_eq!(*asked.lock().unwrap(), ["api.example.test."]);
+    }
+
+    /// A host that can send from the resolver's address, guessing ids: once `UNWANTED_LIMIT`
+    /// answers matched nothing asked, the waiting askers and every later one are sent to TCP,
+    /// and nothing more goes upstream over UDP or comes back from it.
+    #[test]
+    fn a_flood_of_answers_to_no_question_sends_the_askers_to_tcp() {
+        let resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        resolver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (gateway, stop) = serving(&["*.example.test"], resolver.local_addr().unwrap());
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let query_for = |text: &str| {
+            let mut query = Message::query();
+            query.metadata.id = 7;
+            query.metadata.recursion_desired = true;
+            query.add_query(Query::query(name(text), RecordType::A));
+            query.to_vec().unwrap()
+        };
+        let upstream_gets = || {
+            let mut buffer = [0u8; 4096];
+            let (len, gateway_side) = resolver.recv_from(&mut buffer).unwrap();
+            (Message::from_vec(&buffer[..len]).unwrap(), gateway_side)
+        };
+        let answer = |query: &Message, id: u16| {
+            let mut answer = Message::response(id, OpCode::Query);
+            answer.add_query(query.queries[0].clone());
+            answer.answers = vec![Record::from_rdata(
+                query.queries[0].name.clone(),
+                30,
+                RData::A(A("192.0.2.66".parse().unwrap())),
+            )];
+            answer.to_vec().unwrap()
+        };
+        let reply = || {
+            let mut buffer = [0u8; 4096];
+            let len = client.recv(&mut buffer).unwrap();
+            Message::from_vec(&buffer[..len]).unwrap()
+        };
+
+        // One short of the limit: the real answer still goes to the asker.
+        client
+            .send_to(&query_for("a.example.test."), gateway)
+            .unwrap();
+        let (query, gateway_side) = upstream_gets();
+        let real = query.metadata.id;
+        for guess in 1..UNWANTED_LIMIT as u16 {
+            let forged = answer(&query, real ^ guess);
+            resolver.send_to(&forged, gateway_side).unwrap();
+        }
+        resolver
+            .send_to(&answer(&query, real), gateway_side)
+            .unwrap();
+        let believed = reply();
+        assert!(!believed.metadata.truncation, "{believed:?}");
+        assert_eq!(believed.answers.len(), 1, "{believed:?}");
+
+        // The limit reached while a question waits: its asker is sent to TCP.
+        client
+            .send_to(&query_for("c.example.test."), gateway)
+            .unwrap();
+        let (waiting, _) = upstream_gets();
+        let forged = answer(&waiting, waiting.metadata.id ^ 1);
+        resolver.send_to(&forged, gateway_side).unwrap();
+        let sent_away = reply();
+        assert!(sent_away.metadata.truncation, "{sent_away:?}");
+        assert_eq!(
+            (sent_away.metadata.id, sent_away.answers.len()),
+            (7, 0),
+            "{sent_away:?}"
+        );
+        assert_eq!(sent_away.queries[0].name, name("c.example.test."));
+        // Its real answer, late, is not believed either.
+        let late = answer(&waiting, waiting.metadata.id);
+        resolver.send_to(&late, gateway_side).unwrap();
+
+        // A new question: to TCP at once, and nothing goes upstream over UDP.
+        client
+            .send_to(&query_for("b.example.test."), gateway)
+            .unwrap();
+        let later = reply();
+        assert!(later.metadata.truncation, "{later:?}");
+        assert_eq!(later.answers.len(), 0, "{later:?}");
+        client
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(client.recv(&mut [0u8; 512]).is_err(), "nothing more");
+        resolver
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        assert!(
+            resolver.recv(&mut [0u8; 512]).is_err(),
+            "a question went upstream over UDP after the flood"
+        );
+        stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Answers the gateway may still get for questions nobody waits for (sent twice and
+    /// answered once, or given up on) are expected once each, not counted as unwanted.
+    #[test]
+    fn late_answers_are_expected_once_and_unwanted_ones_counted() {
+        let names = names(&["*.example.test"]);
+        let allowed =
+            |text: &str| Allowed::judge(Query::query(name(text), RecordType::A), &names).unwrap();
+        let asker: SocketAddr = "127.0.0.1:5353".parse().unwrap();
+        let start = Instant::now();
+        let mut waiting = Waiting::default();
+
+        assert!(matches!(
+            forward(
+                allowed("twice.example.test."),
+                asker,
+                1,
+                &mut waiting,
+                start
+            ),
+            Ok(Some(_))
+        ));
+        let id = *waiting.by_id.keys().next().unwrap();
+        let retry_at = start + RESEND_AFTER;
+        assert!(matches!(
+            forward(
+                allowed("twice.example.test."),
+                asker,
+                1,
+                &mut waiting,
+                retry_at
+            ),
+            Ok(Some(_))
+        ));
+        assert!(waiting.remove(id).is_some(), "its first answer");
+        assert!(waiting.took_late(id), "its second answer is expected");
+        assert!(!waiting.took_late(id), "a third is not");
+
+        let given_up = allowed("slow.example.test.");
+        assert!(matches!(
+            forward(given_up, asker, 2, &mut waiting, start),
+            Ok(Some(_))
+        ));
+        let id = *waiting.by_id.keys().next().unwrap();
+        waiting.expire(start + UPSTREAM_WAIT);
+        assert!(waiting.by_id.is_empty());
+        assert!(
+            waiting.took_late(id),
+            "an answer after the wait is expected"
+        );
+        let answered_once = allowed("once.example.test.");
+        assert!(matches!(
+            forward(answered_once, asker, 3, &mut waiting, start),
+            Ok(Some(_))
+        ));
+        let id = *waiting.by_id.keys().next().unwrap();
+        waiting.remove(id);
+        assert!(
+            !waiting.took_late(id),
+            "a question sent once gets one answer"
+        );
+        waiting.expect_late(id, start);
+        waiting.expire(start + LATE_WINDOW);
+        assert!(!waiting.took_late(id), "expected for `LATE_WINDOW` only");
+
+        let mut unwanted = Unwanted::default();
+        for _ in 1..UNWANTED_LIMIT {
+            assert!(!unwanted.count());
+        }
+        assert!(unwanted.count(), "the limit");
+        assert!(!unwanted.count(), "reported once");
+        assert!(unwanted.distrusted);
+        assert_eq!(unwanted.total, UNWANTED_LIMIT + 1);
     }
 }
