@@ -58,6 +58,7 @@ fn gateway(upstream: SocketAddr) -> SocketAddr {
             &names,
             &OwnNetworks::default(),
             &open,
+            &cordon::gateway::udp::UdpTrust::default(),
             &stop,
         )
     });

@@ -215,7 +215,7 @@ impl Names {
 /// A name as the allowlist writes it: lower case, no trailing dot. Labels of letters, digits,
 /// `-` and `_` (every name an entry can match) are copied as they are; any other label is
 /// escaped as `Name::to_ascii` writes it, so it can never read as a different name.
-fn plain(name: &Name) -> Arc<str> {
+pub(super) fn plain(name: &Name) -> Arc<str> {
     // A name on the wire has at most 255 bytes, so its ordinary text form fits (one allocation
     // per question: the `Arc` itself).
     let mut text = [0u8; 255];

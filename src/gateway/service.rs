@@ -327,15 +327,17 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
         }
     };
     let stop = AtomicBool::new(false);
+    let trust = udp::UdpTrust::default();
     let upstream = config.upstream;
     // The loops end only on a failure; the first one stops all, so PID 1 starts a fresh gateway.
     let (ended, first_end) = std::sync::mpsc::channel::<String>();
     let failure = std::thread::scope(|scope| {
         for agents in &listeners.udp {
-            let (report, stop, ended) = (&report, &stop, ended.clone());
+            let (report, stop, ended, trust) = (&report, &stop, ended.clone(), &trust);
             scope.spawn(move || {
                 let outcome = upstream_socket(upstream).and_then(|socket| {
-                    udp::serve(agents, &socket, &config.names, &config.own, report, stop)
+                    let (names, own) = (&config.names, &config.own);
+                    udp::serve(agents, &socket, names, own, report, trust, stop)
                 });
                 let _ = ended.send(describe(outcome));
             });

@@ -10,12 +10,13 @@
 //! question, which would let a host that forges the resolver's answers hit one of them in a
 //! few tries; each question it keeps waiting gives a forger one chance in 65,536 per packet.
 //!
-//! Answers that match no question asked are counted: a host guessing ids sends many. After
-//! `UNWANTED_LIMIT` of them (in the loop's life, not per period: a slow forger is counted
-//! too) the loop believes no more answers over UDP for the rest of its life: each allowlisted question is answered with TC set (the asker's
-//! resolver asks again over TCP, which the TCP loop forwards over TCP, where an answer cannot
-//! be forged off the path), the waiting askers too, and the cache is emptied. A forger's
-//! chances before that are about `UNWANTED_LIMIT` in 65,536 per question it aims at, once.
+//! Answers that match no question asked are counted (`UdpTrust`, shared by the loops of both
+//! families): a host guessing ids sends many. After `UNWANTED_LIMIT` of them in the gateway's
+//! life (not per period: a slow forger is counted too) no loop believes answers over UDP any
+//! more: each allowlisted question is answered with TC set (the asker's resolver asks again
+//! over TCP, which the TCP loop forwards over TCP, where an answer cannot be forged off the
+//! path), the waiting askers too, and the caches are emptied. A forger's chances before that
+//! are about `UNWANTED_LIMIT` in 65,536 at the one question it aims at.
 //!
 //! Memory stays bounded under a flood of distinct names: at most `MAX_PENDING` askers wait
 //! for upstream at once (more are answered SERVFAIL), each for at most `UPSTREAM_WAIT`.
@@ -24,7 +25,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -50,8 +51,9 @@ const RESEND_AFTER: Duration = Duration::from_secs(1);
 /// loop stop believing answers over UDP. An upstream sends next to none; a forger guessing ids
 /// gets about this many chances in 65,536 at the one question it aims at.
 pub const UNWANTED_LIMIT: u64 = 64;
-/// How long an answer may still come for a question nobody waits for any more.
-const LATE_WINDOW: Duration = Duration::from_secs(10);
+/// How long an answer may still come for a question nobody waits for any more (a resolver
+/// gives up on an unreachable server well before).
+const LATE_WINDOW: Duration = Duration::from_secs(60);
 /// Datagrams read from one socket per wake-up at most.
 const BATCH: usize = 32;
 /// Largest DNS message over UDP with EDNS.
@@ -64,8 +66,8 @@ struct Pending {
     allowed: Allowed,
     /// When it last went upstream; it waits `UPSTREAM_WAIT` from then.
     last_sent: Instant,
-    /// It went upstream more than once: an answer may come for each.
-    resent: bool,
+    /// How many times it went upstream: an answer may come for each.
+    sends: u16,
     joined: Vec<Joined>,
 }
 
@@ -84,10 +86,19 @@ struct Waiting {
     by_id: HashMap<u16, Pending>,
     by_question: HashMap<(Arc<str>, RecordType), u16>,
     askers: usize,
-    /// Ids an answer may still come under though nobody waits (a question sent twice and
-    /// answered once, or given up on), with when they last went; for `LATE_WINDOW`, at most
-    /// `MAX_PENDING` of them. Such an answer is not counted as unwanted.
-    late: HashMap<u16, Instant>,
+    /// Answers that may still come though nobody waits (a question sent more than once and
+    /// answered once, or given up on), by id; for `LATE_WINDOW`, for at most `MAX_PENDING` ids.
+    /// Such an answer is not counted as unwanted.
+    late: HashMap<u16, Late>,
+}
+
+/// Answers still expected under an id.
+struct Late {
+    /// When the question last went.
+    sent: Instant,
+    /// Its plain name and type: only an answer to it is expected.
+    question: (Arc<str>, RecordType),
+    answers: u16,
 }
 
 /// Which waiting question an allowlisted one is the same as: its plain name (lower case) and
@@ -135,7 +146,7 @@ impl Waiting {
             return Join::Waits;
         }
         pending.last_sent = now;
-        pending.resent = true;
+        pending.sends = pending.sends.saturating_add(1);
         Join::Resend(id)
     }
 
@@ -153,22 +164,49 @@ impl Waiting {
             self.by_question.remove(&key);
         }
         self.askers -= 1 + pending.joined.len();
-        if pending.resent {
-            self.expect_late(id, pending.last_sent);
-        }
         Some(pending)
     }
 
-    fn expect_late(&mut self, id: u16, sent: Instant) {
-        if self.late.len() < MAX_PENDING {
-            self.late.insert(id, sent);
+    /// The question that went under `id`, answered: an answer may still come for each other
+    /// time it went.
+    fn answered(&mut self, id: u16) -> Option<Pending> {
+        let pending = self.remove(id)?;
+        self.expect_late(id, &pending, pending.sends - 1);
+        Some(pending)
+    }
+
+    fn expect_late(&mut self, id: u16, pending: &Pending, answers: u16) {
+        if answers > 0 && self.late.len() < MAX_PENDING {
+            let question = question_key(&pending.allowed);
+            let sent = pending.last_sent;
+            let late = Late {
+                sent,
+                question,
+                answers,
+            };
+            self.late.insert(id, late);
         }
     }
 
-    /// Whether an answer under `id` that matched nothing waiting was one still expected (each
-    /// expected once).
-    fn took_late(&mut self, id: u16) -> bool {
-        self.late.remove(&id).is_some()
+    /// Whether `answer`, which matched nothing waiting, was one still expected under its id
+    /// for its question.
+    fn took_late(&mut self, answer: &Message) -> bool {
+        let id = answer.metadata.id;
+        let Some(late) = self.late.get_mut(&id) else {
+            return false;
+        };
+        let Some(question) = answer.queries.first() else {
+            return false;
+        };
+        let key = (super::filter::plain(&question.name), question.query_type);
+        if key != late.question {
+            return false;
+        }
+        late.answers -= 1;
+        if late.answers == 0 {
+            self.late.remove(&id);
+        }
+        true
     }
 
     /// An id for a new question: none waiting or expected late goes under it.
@@ -191,37 +229,43 @@ impl Waiting {
     /// Forgets the questions that waited `UPSTREAM_WAIT` (their askers hear nothing and retry;
     /// their answers may still come), and the late answers no longer expected.
     fn expire(&mut self, now: Instant) {
-        let expired: Vec<(u16, Instant)> = (self.by_id.iter())
+        let expired: Vec<u16> = (self.by_id.iter())
             .filter(|(_, pending)| {
                 now.saturating_duration_since(pending.last_sent) >= UPSTREAM_WAIT
             })
-            .map(|(id, pending)| (*id, pending.last_sent))
+            .map(|(id, _)| *id)
             .collect();
-        for (id, sent) in expired {
-            self.remove(id);
-            self.expect_late(id, sent);
+        for id in expired {
+            if let Some(pending) = self.remove(id) {
+                self.expect_late(id, &pending, pending.sends);
+            }
         }
-        (self.late).retain(|_, sent| now.saturating_duration_since(*sent) < LATE_WINDOW);
+        (self.late).retain(|_, late| now.saturating_duration_since(late.sent) < LATE_WINDOW);
     }
 }
 
-/// Answers over UDP that matched no question asked.
+/// Answers over UDP that matched no question asked, counted for all of the gateway's UDP
+/// loops (one per family, each with its own upstream socket).
 #[derive(Default)]
-struct Unwanted {
-    total: u64,
+pub struct UdpTrust {
+    unwanted: AtomicU64,
     /// For good, once `UNWANTED_LIMIT` came.
-    distrusted: bool,
+    distrusted: AtomicBool,
 }
 
-impl Unwanted {
-    /// Counts one; true when this one makes the loop distrust UDP (once).
-    fn count(&mut self) -> bool {
-        self.total += 1;
-        if self.distrusted || self.total < UNWANTED_LIMIT {
+impl UdpTrust {
+    /// Counts one; true when this one makes the gateway distrust UDP (once).
+    fn count(&self) -> bool {
+        let total = self.unwanted.fetch_add(1, Ordering::Relaxed) + 1;
+        if total != UNWANTED_LIMIT {
             return false;
         }
-        self.distrusted = true;
+        self.distrusted.store(true, Ordering::Relaxed);
         true
+    }
+
+    fn distrusted(&self) -> bool {
+        self.distrusted.load(Ordering::Relaxed)
     }
 }
 
@@ -235,6 +279,7 @@ pub fn serve(
     names: &Names,
     own: &OwnNetworks,
     report: &dyn Fn(Event),
+    trust: &UdpTrust,
     stop: &AtomicBool,
 ) -> io::Result<()> {
     let mut pending = Waiting::default();
@@ -242,10 +287,15 @@ pub fn serve(
     let mut inbox = Inbox::new(BATCH, BUFFER);
     let (mut replies, mut forwards) = (Outbox::default(), Outbox::default());
     let mut opened: Vec<Opened> = Vec::new();
-    let mut unwanted = Unwanted::default();
+    // Whether this loop has stopped believing UDP (its askers sent to TCP, its cache emptied).
+    let mut distrusted = false;
     let mut swept = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let (agent_ready, upstream_ready) = wait_readable(agents, upstream, 100)?;
+        if trust.distrusted() && !distrusted {
+            distrust(&mut pending, &mut cache, &mut replies);
+            distrusted = true;
+        }
         let (generation, now) = (names.generation(), Instant::now());
         let (mut cached, mut answered) = (0, 0);
         // A burst from each socket per wake-up: a flood on one side cannot starve the other.
@@ -269,7 +319,7 @@ pub fn serve(
                     QueryVerdict::Forward(allowed) => allowed,
                 };
                 let asker_id = u16::from_be_bytes([datagram.bytes[0], datagram.bytes[1]]);
-                if unwanted.distrusted {
+                if distrusted {
                     to_tcp(&mut replies, allowed.question, asker_id, asker);
                     continue;
                 }
@@ -292,7 +342,7 @@ pub fn serve(
             inbox.receive(upstream.as_fd())?;
             for datagram in inbox.iter().filter(|datagram| !datagram.truncated) {
                 // Once distrusted, what comes is read and dropped.
-                if unwanted.distrusted {
+                if distrusted {
                     break;
                 }
                 let answer = Answer {
@@ -310,12 +360,15 @@ pub fn serve(
                 );
                 match judged {
                     Judged::Answered(askers) => answered += askers,
-                    Judged::Unreadable => {}
-                    Judged::NoQuestion(id) if pending.took_late(id) => {}
-                    Judged::NoQuestion(_) => {
-                        if unwanted.count() {
+                    Judged::Ignored => {}
+                    Judged::Unwanted(answer) if pending.took_late(&answer) => {}
+                    Judged::Unwanted(_) => {
+                        if trust.count() {
+                            report(Event::UdpDistrusted(UNWANTED_LIMIT));
+                        }
+                        if trust.distrusted() {
                             distrust(&mut pending, &mut cache, &mut replies);
-                            report(Event::UdpDistrusted(unwanted.total));
+                            distrusted = true;
                         }
                     }
                 }
@@ -372,7 +425,7 @@ fn forward(
         asker_id,
         allowed,
         last_sent: now,
-        resent: false,
+        sends: 1,
         joined: Vec::new(),
     };
     pending.insert(id, waiting);
@@ -410,10 +463,11 @@ fn to_tcp(replies: &mut Outbox, question: Query, asker_id: u16, asker: SocketAdd
 enum Judged {
     /// It answered the question waiting under its id: this many askers.
     Answered(usize),
-    /// It is no DNS message.
-    Unreadable,
-    /// Nothing waits under its id for its question.
-    NoQuestion(u16),
+    /// It is no DNS message, or one without a question (an error reply may have none), which
+    /// answers nothing and so cannot be a forged answer either.
+    Ignored,
+    /// It carries a question, but nothing waits under its id for that question.
+    Unwanted(Message),
 }
 
 /// An upstream answer as it arrived, with the allowlist's change count and the time read
@@ -437,18 +491,21 @@ impl Answer<'_> {
         replies: &mut Outbox,
     ) -> Judged {
         let Ok(answer) = Message::from_vec(self.wire) else {
-            return Judged::Unreadable;
+            return Judged::Ignored;
         };
+        if answer.queries.is_empty() {
+            return Judged::Ignored;
+        }
         // Only the answer to the question sent under this id counts (the socket is connected,
         // so only the upstream's address gets here; the random id and the question guard the
         // rest).
         let matches = (pending.by_id.get(&answer.metadata.id))
             .is_some_and(|waiting| answer.queries.first() == Some(&waiting.allowed.question));
         if !matches {
-            return Judged::NoQuestion(answer.metadata.id);
+            return Judged::Unwanted(answer);
         }
         let waiting = pending
-            .remove(answer.metadata.id)
+            .answered(answer.metadata.id)
             .expect("checked just above");
         let verdict = judge_answer(&waiting.allowed, &answer, names, own);
         let lifetime = cache::lifetime(&answer);
@@ -564,6 +621,15 @@ mod tests {
         allowed: &'static [&'static str],
         resolver: SocketAddr,
     ) -> (SocketAddr, Arc<AtomicBool>) {
+        serving_with(allowed, resolver, Arc::default())
+    }
+
+    /// As `serving`, counting unwanted answers in `trust`.
+    fn serving_with(
+        allowed: &'static [&'static str],
+        resolver: SocketAddr,
+        trust: Arc<UdpTrust>,
+    ) -> (SocketAddr, Arc<AtomicBool>) {
         let agents = UdpSocket::bind("127.0.0.1:0").unwrap();
         let gateway = agents.local_addr().unwrap();
         let to_upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -573,7 +639,15 @@ mod tests {
         std::thread::spawn(move || {
             let names = names(allowed);
             let own = OwnNetworks::default();
-            serve(&agents, &to_upstream, &names, &own, &|_| {}, &stopped)
+            serve(
+                &agents,
+                &to_upstream,
+                &names,
+                &own,
+                &|_| {},
+                &trust,
+                &stopped,
+            )
         });
         (gateway, stop)
     }
@@ -739,6 +813,7 @@ mod tests {
                     &allowed,
                     &OwnNetworks::default(),
                     &open,
+                    &UdpTrust::default(),
                     &stop,
                 )
             })
@@ -788,7 +863,16 @@ mod tests {
         resolver
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let (gateway, stop) = serving(&["*.example.test"], resolver.local_addr().unwrap());
+        // The other family's loop, counting with this one.
+        let trust = Arc::new(UdpTrust::default());
+        let other_resolver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (other, other_stop) = serving_with(
+            &["*.example.test"],
+            other_resolver.local_addr().unwrap(),
+            Arc::clone(&trust),
+        );
+        let (gateway, stop) =
+            serving_with(&["*.example.test"], resolver.local_addr().unwrap(), trust);
         let client = UdpSocket::bind("127.0.0.1:0").unwrap();
         client
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -827,6 +911,14 @@ mod tests {
             .unwrap();
         let (query, gateway_side) = upstream_gets();
         let real = query.metadata.id;
+        // Replies without a question answer nothing: not counted.
+        for guess in 1..=100 {
+            let mut empty = Message::response(real ^ guess, OpCode::Query);
+            empty.metadata.response_code = ResponseCode::FormErr;
+            resolver
+                .send_to(&empty.to_vec().unwrap(), gateway_side)
+                .unwrap();
+        }
         for guess in 1..UNWANTED_LIMIT as u16 {
             let forged = answer(&query, real ^ guess);
             resolver.send_to(&forged, gateway_side).unwrap();
@@ -875,7 +967,17 @@ mod tests {
             resolver.recv(&mut [0u8; 512]).is_err(),
             "a question went upstream over UDP after the flood"
         );
+        // The other family's loop too.
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        client
+            .send_to(&query_for("d.example.test."), other)
+            .unwrap();
+        let other_loop = reply();
+        assert!(other_loop.metadata.truncation, "{other_loop:?}");
         stop.store(true, Ordering::Relaxed);
+        other_stop.store(true, Ordering::Relaxed);
     }
 
     /// Answers the gateway may still get for questions nobody waits for (sent twice and
@@ -885,70 +987,74 @@ mod tests {
         let names = names(&["*.example.test"]);
         let allowed =
             |text: &str| Allowed::judge(Query::query(name(text), RecordType::A), &names).unwrap();
+        let answer = |id: u16, text: &str| {
+            let mut answer = Message::response(id, OpCode::Query);
+            answer.add_query(Query::query(name(text), RecordType::A));
+            answer
+        };
         let asker: SocketAddr = "127.0.0.1:5353".parse().unwrap();
         let start = Instant::now();
         let mut waiting = Waiting::default();
+        let ask = |text: &str, asker_id: u16, at: Instant, waiting: &mut Waiting| {
+            let sent = forward(allowed(text), asker, asker_id, waiting, at);
+            assert!(matches!(sent, Ok(Some(_))), "{text} goes upstream");
+        };
 
-        assert!(matches!(
-            forward(
-                allowed("twice.example.test."),
-                asker,
-                1,
-                &mut waiting,
-                start
-            ),
-            Ok(Some(_))
-        ));
+        // Sent three times (a retry a second or more apart each time), answered once: two more
+        // answers are expected, for that question only.
+        ask("thrice.example.test.", 1, start, &mut waiting);
         let id = *waiting.by_id.keys().next().unwrap();
-        let retry_at = start + RESEND_AFTER;
-        assert!(matches!(
-            forward(
-                allowed("twice.example.test."),
-                asker,
-                1,
-                &mut waiting,
-                retry_at
-            ),
-            Ok(Some(_))
-        ));
-        assert!(waiting.remove(id).is_some(), "its first answer");
-        assert!(waiting.took_late(id), "its second answer is expected");
-        assert!(!waiting.took_late(id), "a third is not");
+        ask(
+            "thrice.example.test.",
+            1,
+            start + RESEND_AFTER,
+            &mut waiting,
+        );
+        ask(
+            "thrice.example.test.",
+            1,
+            start + 2 * RESEND_AFTER,
+            &mut waiting,
+        );
+        assert!(waiting.answered(id).is_some(), "its first answer");
+        let late = answer(id, "THRICE.example.test.");
+        assert!(
+            !waiting.took_late(&answer(id, "other.example.test.")),
+            "another question"
+        );
+        assert!(waiting.took_late(&late), "its second answer is expected");
+        assert!(waiting.took_late(&late), "its third too");
+        assert!(!waiting.took_late(&late), "a fourth is not");
 
-        let given_up = allowed("slow.example.test.");
-        assert!(matches!(
-            forward(given_up, asker, 2, &mut waiting, start),
-            Ok(Some(_))
-        ));
+        // Given up on after sending it once: its one answer is expected.
+        ask("slow.example.test.", 2, start, &mut waiting);
         let id = *waiting.by_id.keys().next().unwrap();
         waiting.expire(start + UPSTREAM_WAIT);
         assert!(waiting.by_id.is_empty());
-        assert!(
-            waiting.took_late(id),
-            "an answer after the wait is expected"
-        );
-        let answered_once = allowed("once.example.test.");
-        assert!(matches!(
-            forward(answered_once, asker, 3, &mut waiting, start),
-            Ok(Some(_))
-        ));
-        let id = *waiting.by_id.keys().next().unwrap();
-        waiting.remove(id);
-        assert!(
-            !waiting.took_late(id),
-            "a question sent once gets one answer"
-        );
-        waiting.expect_late(id, start);
-        waiting.expire(start + LATE_WINDOW);
-        assert!(!waiting.took_late(id), "expected for `LATE_WINDOW` only");
+        let late = answer(id, "slow.example.test.");
+        assert!(waiting.took_late(&late), "an answer after the wait");
+        assert!(!waiting.took_late(&late), "one answer only");
 
-        let mut unwanted = Unwanted::default();
+        // Sent once and answered: nothing more is expected.
+        ask("once.example.test.", 3, start, &mut waiting);
+        let id = *waiting.by_id.keys().next().unwrap();
+        waiting.answered(id);
+        assert!(!waiting.took_late(&answer(id, "once.example.test.")));
+
+        // Expected for `LATE_WINDOW` only.
+        ask("forgotten.example.test.", 4, start, &mut waiting);
+        let id = *waiting.by_id.keys().next().unwrap();
+        waiting.expire(start + UPSTREAM_WAIT);
+        waiting.expire(start + LATE_WINDOW);
+        assert!(!waiting.took_late(&answer(id, "forgotten.example.test.")));
+
+        let trust = UdpTrust::default();
         for _ in 1..UNWANTED_LIMIT {
-            assert!(!unwanted.count());
+            assert!(!trust.count());
         }
-        assert!(unwanted.count(), "the limit");
-        assert!(!unwanted.count(), "reported once");
-        assert!(unwanted.distrusted);
-        assert_eq!(unwanted.total, UNWANTED_LIMIT + 1);
+        assert!(!trust.distrusted());
+        assert!(trust.count(), "the limit");
+        assert!(!trust.count(), "reported once");
+        assert!(trust.distrusted());
     }
 }

@@ -90,12 +90,15 @@ impl Inbox {
         self.count = 0;
         if received < 0 {
             let error = io::Error::last_os_error();
-            return match error.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                // A connected socket hears of an earlier datagram's ICMP error here; the next
-                // read goes on.
-                io::ErrorKind::ConnectionRefused => Ok(0),
-                _ => Err(error),
+            // Only a broken call ends the reading. Anything else is nothing waiting, or an
+            // error the kernel reports for an earlier datagram: on a connected socket an ICMP
+            // error from the peer (port or host unreachable, administratively prohibited,
+            // parameter problem: ECONNREFUSED, EHOSTUNREACH, EPROTO, ...), which anyone who
+            // can send from the peer's address can forge; the next read goes on.
+            let broken = [libc::EBADF, libc::EFAULT, libc::EINVAL, libc::ENOTSOCK];
+            return match error.raw_os_error() {
+                Some(errno) if broken.contains(&errno) => Err(error),
+                _ => Ok(0),
             };
         }
         self.count = received as usize;
