@@ -16,7 +16,7 @@
 //! more: each allowlisted question is answered with TC set (the asker's resolver asks again
 //! over TCP, which the TCP loop forwards over TCP, where an answer cannot be forged off the
 //! path), the waiting askers too, and the caches are emptied. A forger's chances before that
-//! are about `UNWANTED_LIMIT` in 65,536 at the one question it aims at.
+//! are about `UNWANTED_LIMIT` in 65,536 in all.
 //!
 //! Memory stays bounded under a flood of distinct names: at most `MAX_PENDING` askers wait
 //! for upstream at once (more are answered SERVFAIL), each for at most `UPSTREAM_WAIT`.
@@ -48,8 +48,8 @@ pub const UPSTREAM_WAIT: Duration = Duration::from_secs(5);
 /// goes upstream again, under the same id, once this long has passed since it last went.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
 /// Answers matching no question asked (and not a late answer: `Waiting::late`) that make the
-/// loop stop believing answers over UDP. An upstream sends next to none; a forger guessing ids
-/// gets about this many chances in 65,536 at the one question it aims at.
+/// gateway stop believing answers over UDP. An upstream sends next to none; a forger guessing
+/// ids gets about this many chances in 65,536 in all.
 pub const UNWANTED_LIMIT: u64 = 64;
 /// How long an answer may still come for a question nobody waits for any more (a resolver
 /// gives up on an unreachable server well before).
