@@ -244,6 +244,41 @@ fn a_name_that_moves_to_a_new_address_keeps_working() {
     let _ = std::fs::remove_file(&records);
 }
 
+/// A host that sends from the resolver's address, guessing ids (the world's server sends 70
+/// copies of one name's answer under other ids before the real one): the gateway stops
+/// believing answers over UDP at the 64th, sends the agent's resolver to TCP, and names still
+/// resolve over TCP.
+#[test]
+fn forged_answers_send_the_agents_dns_to_tcp() {
+    if !privileged() {
+        return;
+    }
+    let world = World::new(WorldOpts {
+        records: vec![format!("forged.test={ALLOWED}")],
+        dns_args: vec!["--forge-before".into(), "forged.test=70".into()],
+        ..WorldOpts::default()
+    });
+    let sandbox = start_sandbox(&world, &["allowed.test", "forged.test"]);
+    let truncated = ("error".to_string(), "TRUNCATED".to_string());
+    let forged = verdict(&world, &format!("dns:forged.test@{GATEWAY}"));
+    assert_eq!(forged, truncated, "the asker waiting at the 64th");
+    let later = verdict(&world, &format!("dns:allowed.test@{GATEWAY}"));
+    assert_eq!(later, truncated, "a later question over UDP");
+    let over_tcp = verdict(&world, &format!("dnstcp:allowed.test@{GATEWAY}"));
+    assert_eq!(over_tcp, ("answered".to_string(), ALLOWED.to_string()));
+    let (code, status) = cordon_as_root(&world, &["status"]);
+    assert_eq!(code, Some(0), "{status}");
+    assert!(status.contains("over TCP only"), "{status}");
+    let log = sandbox.log();
+    assert!(log.contains("matched no question"), "{log}");
+    assert_eq!(
+        dns_log(&world).matches("udp allowed.test").count(),
+        0,
+        "went upstream over UDP after the flood:\n{}",
+        dns_log(&world)
+    );
+}
+
 /// A burst of questions at once, as a build resolving hundreds of names sends: every one is
 /// answered, none dropped while the gateway is busy with the ones before it.
 #[test]

@@ -15,7 +15,8 @@ use crate::util::{fail, raise_fd_limit, usage_error, write_ready, Args, Log};
 
 const USAGE: &str = "usage: testkit dns --listen IP:PORT [--listen ...] [--record NAME=IP]... \
 [--cname NAME=TARGET]... [--stray NAME=IP]... [--wildcard SUFFIX=CIDR]... [--delay-ms N] [--no-answer] \
-[--query-log FILE] [--ready-file FILE] [--records-file FILE] [--ttl SECONDS]";
+[--query-log FILE] [--ready-file FILE] [--records-file FILE] [--ttl SECONDS] \
+[--forge-before NAME=COUNT]...";
 
 /// The TTL of every record unless `--ttl` says otherwise.
 const DEFAULT_TTL: u32 = 60;
@@ -210,6 +211,7 @@ struct Opts {
     query_log: Option<String>,
     ready_file: Option<String>,
     records_file: Option<String>,
+    forge_before: HashMap<String, u16>,
 }
 
 fn pair<'a>(flag: &str, v: &'a str) -> Result<(String, &'a str), String> {
@@ -230,6 +232,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         query_log: None,
         ready_file: None,
         records_file: None,
+        forge_before: HashMap::new(),
     };
     let mut a = Args::new(args);
     while let Some(flag) = a.next() {
@@ -269,6 +272,13 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--query-log" => o.query_log = Some(a.value(flag)?.to_string()),
             "--ready-file" => o.ready_file = Some(a.value(flag)?.to_string()),
             "--records-file" => o.records_file = Some(a.value(flag)?.to_string()),
+            "--forge-before" => {
+                let (name, count) = pair(flag, a.value(flag)?)?;
+                let count = count
+                    .parse()
+                    .map_err(|_| format!("{flag}: bad count {count:?}"))?;
+                o.forge_before.insert(name, count);
+            }
             _ => return Err(format!("unknown argument {flag:?}")),
         }
     }
@@ -290,6 +300,7 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 /// Where an answer goes.
+#[derive(Clone, Copy)]
 enum To {
     Udp(usize, SocketAddr),
     Tcp(u64),
@@ -315,6 +326,9 @@ struct Server {
     /// NAME=ADDRESS lines read at every question: they replace those names' records (a test
     /// changes an answer while the server runs).
     records_file: Option<String>,
+    /// Names whose answer over UDP comes after this many copies under other ids, from the same
+    /// address: what a host forging this server's answers sends, guessing ids.
+    forge_before: HashMap<String, u16>,
     log: Log,
     delay: Duration,
     no_answer: bool,
@@ -349,6 +363,7 @@ fn serve(o: Opts) -> io::Result<()> {
     let mut s = Server {
         zone: o.zone,
         records_file: o.records_file,
+        forge_before: o.forge_before,
         log,
         delay: o.delay,
         no_answer: o.no_answer,
@@ -473,10 +488,14 @@ impl Server {
             To::Udp(..) => 512,
             To::Tcp(_) => 65535,
         };
+        let mut forged = 0;
         let reply = match dnswire::parse_query(msg) {
             Err(Bad::Ignore) => return,
             Err(Bad::Reply(r)) => r,
             Ok(q) => {
+                if let To::Udp(..) = to {
+                    forged = self.forge_before.get(&q.name).copied().unwrap_or(0);
+                }
                 let transport = match to {
                     To::Udp(..) => "udp",
                     To::Tcp(_) => "tcp",
@@ -501,7 +520,14 @@ impl Server {
                 c.pending += 1;
             }
         }
-        self.due.push_back((Instant::now() + self.delay, to, reply));
+        let due = Instant::now() + self.delay;
+        for guess in 1..=forged {
+            let mut copy = reply.clone();
+            let id = u16::from_be_bytes([copy[0], copy[1]]) ^ guess;
+            copy[..2].copy_from_slice(&id.to_be_bytes());
+            self.due.push_back((due, to, copy));
+        }
+        self.due.push_back((due, to, reply));
     }
 
     /// Hands every due answer to its socket, writes what can be written (this also serves
