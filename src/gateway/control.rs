@@ -138,9 +138,8 @@ pub struct Live {
     pub forwarded: AtomicU64,
     pub cached: AtomicU64,
     pub refused: AtomicU64,
-    /// How many answers over UDP had matched no question when a UDP loop stopped believing
-    /// them (0: believed).
-    pub udp_distrusted: AtomicU64,
+    /// Whether the UDP loops stopped believing answers over UDP (`udp::UdpTrust`).
+    pub udp_distrusted: AtomicBool,
     started: Instant,
     upstream: String,
     owners: Mutex<HashMap<IpAddr, Owner>>,
@@ -239,7 +238,7 @@ impl Live {
             forwarded: AtomicU64::new(0),
             cached: AtomicU64::new(0),
             refused: AtomicU64::new(0),
-            udp_distrusted: AtomicU64::new(0),
+            udp_distrusted: AtomicBool::new(false),
             started: Instant::now(),
             upstream,
             owners: Mutex::default(),
@@ -465,9 +464,10 @@ fn status(names: &Names, live: &Live) -> String {
         live.cached.load(Ordering::Relaxed),
         live.refused.load(Ordering::Relaxed),
         match live.udp_distrusted.load(Ordering::Relaxed) {
-            0 => String::new(),
-            unwanted => format!(
-                "; over TCP only since {unwanted} answers over UDP matched no question (forged?)"
+            false => String::new(),
+            true => format!(
+                "; over TCP only since {} answers over UDP matched no question (forged?)",
+                super::udp::UNWANTED_LIMIT
             ),
         },
     )

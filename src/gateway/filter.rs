@@ -426,9 +426,10 @@ pub enum Event<'a> {
         judged_under: u64,
     },
     Refused(&'a Query),
-    /// A UDP loop stopped believing its upstream's answers over UDP after this many matched no
-    /// question asked (forged, most likely): its askers are sent to TCP from now on.
-    UdpDistrusted(u64),
+    /// The UDP loops stopped believing their upstream's answers over UDP after
+    /// `udp::UNWANTED_LIMIT` matched no question asked (forged, most likely): their askers are
+    /// sent to TCP from now on.
+    UdpDistrusted,
 }
 
 /// One address an answer opens, with the ports of the entries that allow the name asked.

@@ -316,12 +316,13 @@ fn serve(config: &Config, listeners: &Listeners) -> i32 {
             live.refused.fetch_add(1, Ordering::Relaxed);
             block_log.refused(question);
         }
-        Event::UdpDistrusted(unwanted) => {
-            live.udp_distrusted.store(unwanted, Ordering::Relaxed);
+        Event::UdpDistrusted => {
+            live.udp_distrusted.store(true, Ordering::Relaxed);
             log::warn!(
                 "DNS gateway: {unwanted} answers from {upstream} over UDP matched no question \
                  asked, as forged answers would: from now on allowlisted names are answered \
                  over TCP only (each UDP reply tells the resolver to ask again over TCP)",
+                unwanted = udp::UNWANTED_LIMIT,
                 upstream = config.upstream
             );
         }

@@ -364,7 +364,7 @@ pub fn serve(
                     Judged::Unwanted(answer) if pending.took_late(&answer) => {}
                     Judged::Unwanted(_) => {
                         if trust.count() {
-                            report(Event::UdpDistrusted(UNWANTED_LIMIT));
+                            report(Event::UdpDistrusted);
                         }
                         if trust.distrusted() {
                             distrust(&mut pending, &mut cache, &mut replies);
